@@ -1,0 +1,22 @@
+//! ringmq: a thread-per-core MQTT 3.1/3.1.1/5.0 broker.
+//!
+//! # Layout
+//! - [`codec`]: the MQTT wire format, pure functions over bytes.
+//! - [`topic`]: topic names and filters, shared-subscription parsing, the matching trie.
+//! - [`session`]: per-client MQTT state (QoS flows, queue, aliases, will); no I/O.
+//! - [`retained`]: the retained-message store.
+//! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
+//! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
+//! - [`server`]: boot: ports, mesh, pinned shard threads.
+//! - [`config`], [`cli`], [`stats`]: configuration, command line, counters.
+
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod retained;
+pub mod ring;
+pub mod server;
+pub mod session;
+pub mod shard;
+pub mod stats;
+pub mod topic;

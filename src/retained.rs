@@ -1,0 +1,151 @@
+//! Retained messages: a tree of topic names (not filters) so that a new subscription's filter
+//! finds its retained messages by walking only the branches it matches. Every shard holds a
+//! replica whose messages are shared by `Arc` across shards, so a replica costs an index only.
+
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use crate::session::Message;
+
+#[derive(Default)]
+struct Node {
+    children: AHashMap<Box<str>, Node>,
+    msg: Option<Arc<Message>>,
+}
+
+#[derive(Default)]
+pub struct RetainedStore {
+    root: Node,
+    len: usize,
+}
+
+impl RetainedStore {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Stores `msg` under its topic, or clears the topic when the payload is empty.
+    pub fn set(&mut self, msg: Arc<Message>) {
+        let levels: Vec<&str> = msg.topic.split('/').collect();
+        if msg.payload.is_empty() {
+            if remove(&mut self.root, &levels) {
+                self.len -= 1;
+            }
+            return;
+        }
+        let mut node = &mut self.root;
+        for l in &levels {
+            node = node.children.entry((*l).into()).or_default();
+        }
+        if node.msg.replace(msg).is_none() {
+            self.len += 1;
+        }
+    }
+
+    /// Calls `f` with every retained message whose topic matches `filter`.
+    pub fn for_each_match(&self, filter: &str, mut f: impl FnMut(&Arc<Message>)) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        walk(&self.root, &levels, true, &mut f);
+    }
+}
+
+fn remove(node: &mut Node, levels: &[&str]) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return node.msg.take().is_some();
+    };
+    let Some(child) = node.children.get_mut(*first) else {
+        return false;
+    };
+    let removed = remove(child, rest);
+    if child.msg.is_none() && child.children.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+fn walk(node: &Node, levels: &[&str], top: bool, f: &mut impl FnMut(&Arc<Message>)) {
+    let Some((first, rest)) = levels.split_first() else {
+        if let Some(m) = &node.msg {
+            f(m);
+        }
+        return;
+    };
+    match *first {
+        "#" => all(node, top, f),
+        "+" => {
+            for (name, child) in &node.children {
+                if !(top && name.starts_with('$')) {
+                    walk(child, rest, false, f);
+                }
+            }
+        }
+        name => {
+            if let Some(child) = node.children.get(name) {
+                walk(child, rest, false, f);
+            }
+        }
+    }
+}
+
+/// Everything at and below `node` (`#` also matches the parent level itself).
+fn all(node: &Node, top: bool, f: &mut impl FnMut(&Arc<Message>)) {
+    if let Some(m) = &node.msg {
+        f(m);
+    }
+    for (name, child) in &node.children {
+        if !(top && name.starts_with('$')) {
+            all(child, false, f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        let m = Message::new(
+            topic.into(),
+            Bytes::from_static(payload),
+            crate::codec::QoS::AtMostOnce,
+            true,
+            None,
+            "c".into(),
+            Instant::now(),
+        );
+        Arc::new(m)
+    }
+
+    fn topics(s: &RetainedStore, filter: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        s.for_each_match(filter, |m| out.push(m.topic.to_string()));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn set_replace_clear_and_match() {
+        let mut s = RetainedStore::default();
+        s.set(msg("a/b", b"1"));
+        s.set(msg("a/c", b"2"));
+        s.set(msg("a", b"3"));
+        s.set(msg("$SYS/x", b"4"));
+        s.set(msg("a/b", b"5"));
+        assert_eq!(s.len(), 4);
+        assert_eq!(topics(&s, "a/+"), ["a/b", "a/c"]);
+        assert_eq!(topics(&s, "a/#"), ["a", "a/b", "a/c"]);
+        assert_eq!(topics(&s, "#"), ["a", "a/b", "a/c"]);
+        assert_eq!(topics(&s, "$SYS/#"), ["$SYS/x"]);
+        assert_eq!(topics(&s, "+/x"), Vec::<String>::new());
+        s.set(msg("a/b", b""));
+        assert_eq!(s.len(), 3);
+        assert_eq!(topics(&s, "a/b"), Vec::<String>::new());
+    }
+}

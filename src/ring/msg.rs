@@ -1,0 +1,52 @@
+//! What crosses between shards. Everything here is `Send`: messages and retained copies are
+//! shared by `Arc`, sessions move by `Box` on a takeover.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use crate::session::{Message, Session};
+
+pub enum XMsg {
+    /// A publish for the receiving shard's own (non-shared) subscribers.
+    Publish(Arc<Message>),
+    /// A publish for one member of the shared subscription `group` (its full `$share/...`
+    /// filter) on the receiving shard.
+    Shared {
+        group: ByteString,
+        msg: Arc<Message>,
+    },
+    /// A retained message set, or cleared by an empty payload, for every shard's replica.
+    Retain(Arc<Message>),
+    /// Shard `shard` gained its first (`add`) or lost its last subscriber to `filter`.
+    Interest {
+        filter: ByteString,
+        shard: usize,
+        add: bool,
+    },
+    /// A CONNECT on `shard` claims `client_id`; sent to the id's home shard.
+    Claim {
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+        clean_start: bool,
+    },
+    /// From the home shard to the current owner: close the old connection and hand the session
+    /// to `shard`.
+    Takeover {
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+        clean_start: bool,
+    },
+    /// To the shard of a waiting CONNECT: go ahead, with the session when one continues.
+    Grant(Grant),
+    /// To the home shard: the session of `client_id` claimed with `token` has ended.
+    Release { client_id: ByteString, token: u64 },
+}
+
+pub struct Grant {
+    pub client_id: ByteString,
+    pub token: u64,
+    pub session: Option<Box<Session>>,
+}

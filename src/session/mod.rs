@@ -1,0 +1,378 @@
+//! Per-client MQTT session state, free of sockets and runtimes: subscriptions, the outbound
+//! QoS 1/2 window with packet-id allocation, the bounded offline queue, inbound QoS 2 state,
+//! topic aliases and the will. The shard feeds it events and writes what it returns. A session
+//! holds only `Send` data so it can move between shards on a takeover.
+
+mod message;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ahash::{AHashMap, AHashSet};
+use bytestring::ByteString;
+use smallvec::SmallVec;
+
+use crate::codec::{Protocol, QoS, SubOptions, Will};
+
+pub use message::Message;
+
+/// Subscription identifiers attached to one delivery.
+pub type SubIds = SmallVec<[u32; 1]>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubOptions,
+    pub id: Option<u32>,
+}
+
+/// A message waiting for (or in) the outbound window.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: SubIds,
+    /// The shared subscription (full `$share/...` filter) it was dispatched through, so it can
+    /// go to another member if this session ends before acknowledging it.
+    pub group: Option<ByteString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub delivery: Delivery,
+    pub state: OutState,
+}
+
+/// What the session says to do with a delivery.
+pub enum Admit {
+    /// Send now with this packet id (None at QoS 0).
+    Send(Option<u16>, Delivery),
+    Queued,
+    Dropped,
+}
+
+/// Limits a session applies, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_queued: usize,
+    pub queue_qos0: bool,
+    pub max_inflight: u16,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ByteString,
+    pub protocol: Protocol,
+    /// Seconds the session outlives its connection; `u32::MAX` never expires.
+    pub expiry_interval: u32,
+    pub subscriptions: AHashMap<ByteString, Subscription>,
+    pub will: Option<Will>,
+    /// Packet ids of inbound QoS 2 messages awaiting PUBREL.
+    pub inbound_qos2: AHashSet<u16>,
+    /// The client's receive maximum: our outbound window.
+    pub send_window: u16,
+    /// The largest packet the client accepts.
+    pub max_packet_size: u32,
+    pub alias_max_out: u16,
+    pub aliases_out: AHashMap<ByteString, u16>,
+    pub aliases_in: AHashMap<u16, ByteString>,
+    pub inflight: BTreeMap<u16, Inflight>,
+    pub queue: VecDeque<Delivery>,
+    next_pid: u16,
+    pub limits: SessionLimits,
+    /// Messages dropped for this client (queue full, too large, expired).
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ByteString, protocol: Protocol, limits: SessionLimits) -> Session {
+        Session {
+            client_id,
+            protocol,
+            expiry_interval: 0,
+            subscriptions: AHashMap::new(),
+            will: None,
+            inbound_qos2: AHashSet::new(),
+            send_window: limits.max_inflight,
+            max_packet_size: u32::MAX,
+            alias_max_out: 0,
+            aliases_out: AHashMap::new(),
+            aliases_in: AHashMap::new(),
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            next_pid: 0,
+            limits,
+            dropped: 0,
+        }
+    }
+
+    /// Resets what belongs to a connection rather than the session (aliases, limits).
+    pub fn attach(
+        &mut self,
+        protocol: Protocol,
+        send_window: u16,
+        max_packet: u32,
+        alias_max: u16,
+    ) {
+        self.protocol = protocol;
+        self.send_window = send_window.min(self.limits.max_inflight).max(1);
+        self.max_packet_size = max_packet;
+        self.alias_max_out = alias_max;
+        self.aliases_out.clear();
+        self.aliases_in.clear();
+    }
+
+    fn window_open(&self) -> bool {
+        self.inflight.len() < usize::from(self.send_window)
+    }
+
+    fn alloc_pid(&mut self) -> u16 {
+        loop {
+            self.next_pid = self.next_pid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pid) {
+                return self.next_pid;
+            }
+        }
+    }
+
+    /// Decides what happens to a delivery. `online` is whether a connection can take it now.
+    pub fn admit(&mut self, d: Delivery, online: bool) -> Admit {
+        if d.qos == QoS::AtMostOnce {
+            if online {
+                return Admit::Send(None, d);
+            }
+            if !self.limits.queue_qos0 {
+                self.dropped += 1;
+                return Admit::Dropped;
+            }
+        } else if online && self.queue.is_empty() && self.window_open() {
+            let pid = self.alloc_pid();
+            self.inflight.insert(
+                pid,
+                Inflight {
+                    delivery: d.clone(),
+                    state: OutState::Published,
+                },
+            );
+            return Admit::Send(Some(pid), d);
+        }
+        self.enqueue(d)
+    }
+
+    fn enqueue(&mut self, d: Delivery) -> Admit {
+        if self.queue.len() >= self.limits.max_queued {
+            self.dropped += 1;
+            return Admit::Dropped;
+        }
+        let kept = if d.msg.payload.len() < 4096 {
+            Delivery {
+                msg: Arc::new(d.msg.compacted()),
+                ..d
+            }
+        } else {
+            d
+        };
+        self.queue.push_back(kept);
+        Admit::Queued
+    }
+
+    /// Takes the next queued delivery that fits the window, allocating its packet id.
+    pub fn next_queued(&mut self, now: Instant) -> Option<(Option<u16>, Delivery)> {
+        loop {
+            let front = self.queue.front()?;
+            if front.msg.is_expired(now) {
+                self.queue.pop_front();
+                self.dropped += 1;
+                continue;
+            }
+            if front.qos == QoS::AtMostOnce {
+                return self.queue.pop_front().map(|d| (None, d));
+            }
+            if !self.window_open() {
+                return None;
+            }
+            let d = self.queue.pop_front()?;
+            let pid = self.alloc_pid();
+            self.inflight.insert(
+                pid,
+                Inflight {
+                    delivery: d.clone(),
+                    state: OutState::Published,
+                },
+            );
+            return Some((Some(pid), d));
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2 after PUBREL) ends a flow; false if no such flow.
+    pub fn complete(&mut self, pid: u16, expect: OutState, qos: QoS) -> bool {
+        match self.inflight.get(&pid) {
+            Some(f) if f.state == expect && f.delivery.qos == qos => {
+                self.inflight.remove(&pid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC: the flow moves on to PUBREL; false if no such flow.
+    pub fn received(&mut self, pid: u16) -> bool {
+        match self.inflight.get_mut(&pid) {
+            Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+                f.state = OutState::Released;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The outbound alias for `topic`: (alias, whether the topic must be sent with it).
+    pub fn alias_for(&mut self, topic: &ByteString) -> Option<(u16, bool)> {
+        if self.alias_max_out == 0 {
+            return None;
+        }
+        if let Some(a) = self.aliases_out.get(topic) {
+            return Some((*a, false));
+        }
+        let next = self.aliases_out.len() as u16 + 1;
+        if next > self.alias_max_out {
+            return None;
+        }
+        self.aliases_out.insert(topic.clone(), next);
+        Some((next, true))
+    }
+
+    /// Takes every delivery that came through a shared subscription and is not yet
+    /// acknowledged, for dispatch to another member.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut out: Vec<Delivery> = Vec::new();
+        self.inflight.retain(|_, f| {
+            if f.delivery.group.is_some() && f.state == OutState::Published {
+                out.push(f.delivery.clone());
+                return false;
+            }
+            true
+        });
+        self.queue.retain(|d| {
+            if d.group.is_some() {
+                out.push(d.clone());
+                return false;
+            }
+            true
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_queued: 3,
+            queue_qos0: false,
+            max_inflight: 2,
+        }
+    }
+
+    fn delivery(qos: QoS) -> Delivery {
+        let now = Instant::now();
+        let msg = Message::new(
+            "t".into(),
+            Bytes::from_static(b"x"),
+            qos,
+            false,
+            None,
+            "p".into(),
+            now,
+        );
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            sub_ids: SubIds::new(),
+            group: None,
+        }
+    }
+
+    #[test]
+    fn window_then_queue_then_drop() {
+        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        assert!(matches!(
+            s.admit(delivery(QoS::AtLeastOnce), true),
+            Admit::Send(Some(1), _)
+        ));
+        assert!(matches!(
+            s.admit(delivery(QoS::AtLeastOnce), true),
+            Admit::Send(Some(2), _)
+        ));
+        for _ in 0..3 {
+            assert!(matches!(
+                s.admit(delivery(QoS::AtLeastOnce), true),
+                Admit::Queued
+            ));
+        }
+        assert!(matches!(
+            s.admit(delivery(QoS::AtLeastOnce), true),
+            Admit::Dropped
+        ));
+        assert_eq!(s.dropped, 1);
+        assert!(s.next_queued(Instant::now()).is_none(), "window full");
+        assert!(s.complete(1, OutState::Published, QoS::AtLeastOnce));
+        let (pid, _) = s.next_queued(Instant::now()).expect("queued one fits now");
+        assert_eq!(pid, Some(3));
+    }
+
+    #[test]
+    fn qos2_flow_and_offline_qos0() {
+        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        assert!(matches!(
+            s.admit(delivery(QoS::AtMostOnce), false),
+            Admit::Dropped
+        ));
+        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true) else {
+            panic!("expected send");
+        };
+        assert!(
+            !s.complete(pid, OutState::Released, QoS::ExactlyOnce),
+            "PUBCOMP before PUBREC"
+        );
+        assert!(s.received(pid));
+        assert!(s.complete(pid, OutState::Released, QoS::ExactlyOnce));
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_inflight() {
+        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        s.next_pid = u16::MAX - 1;
+        assert!(matches!(
+            s.admit(delivery(QoS::AtLeastOnce), true),
+            Admit::Send(Some(65535), _)
+        ));
+        assert!(matches!(
+            s.admit(delivery(QoS::AtLeastOnce), true),
+            Admit::Send(Some(1), _)
+        ));
+    }
+
+    #[test]
+    fn aliases_assigned_up_to_max() {
+        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        s.alias_max_out = 1;
+        assert_eq!(s.alias_for(&"a".into()), Some((1, true)));
+        assert_eq!(s.alias_for(&"a".into()), Some((1, false)));
+        assert_eq!(s.alias_for(&"b".into()), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! The connection task: accept, then one loop per connection that waits for readability, new
+//! output or a close request. Reads go into the shard's shared buffer; only a frame split across
+//! reads is kept per connection. Writes are non-blocking `writev`s of what is queued. A client
+//! whose output backs up is no longer read from (its own TCP back-pressure), and neither is any
+//! client while a ring to another shard is full.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::net::{TcpListener, TcpStream};
+
+use super::link::{Close, ConnLink, LinkState};
+use super::{sock, Shard};
+use crate::codec::{decode, Disconnect, Packet, ReasonCode};
+
+/// Bytes read per readiness event before giving other connections a turn.
+const READ_BUDGET: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                monoio::spawn(serve(shard.clone(), stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+enum Event {
+    Readable,
+    Output,
+}
+
+async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = sock::prepare(&stream) {
+        tracing::debug!(%peer, error = %e, "socket setup failed");
+        return;
+    }
+    let link = Rc::new(ConnLink::new(peer, Instant::now()));
+    let idx = {
+        let mut sh = shard.borrow_mut();
+        sh.stats.connections.inc();
+        sh.conns.insert(link.clone())
+    };
+    let mut partial = BytesMut::new();
+    let mut readable = pin!(Some(stream.readable(false)));
+    let mut writable = pin!(None);
+    let mut eof = false;
+    loop {
+        if flush(&stream, &link).is_err() {
+            break;
+        }
+        if link.close.borrow().is_some() || eof {
+            break;
+        }
+        let want_read = {
+            let sh = shard.borrow();
+            let out_full = link.out.borrow().len() > sh.cfg.mqtt.max_outbound_bytes;
+            let claiming = matches!(link.state.get(), LinkState::Claiming(_));
+            !out_full && !claiming && !sh.ring_blocked()
+        };
+        let want_write = !link.out.borrow().is_empty();
+        if want_write && writable.is_none() {
+            writable.set(Some(stream.writable(false)));
+        }
+        let state_before = link.state.get();
+        let event = poll_fn(|cx| {
+            if want_read {
+                if let Some(r) = readable.as_mut().as_pin_mut() {
+                    if r.poll(cx).is_ready() {
+                        return Poll::Ready(Event::Readable);
+                    }
+                }
+            } else if shard.borrow().ring_blocked() {
+                shard.borrow_mut().blocked_readers.push(cx.waker().clone());
+            }
+            if let Some(w) = writable.as_mut().as_pin_mut() {
+                if w.poll(cx).is_ready() {
+                    writable.set(None);
+                    return Poll::Ready(Event::Output);
+                }
+            }
+            let out_pending = !link.out.borrow().is_empty() && !want_write;
+            if out_pending || link.close.borrow().is_some() || link.state.get() != state_before {
+                return Poll::Ready(Event::Output);
+            }
+            link.register(cx.waker());
+            Poll::Pending
+        })
+        .await;
+        if let Event::Readable = event {
+            readable.set(Some(stream.readable(false)));
+            eof = read(&shard, &stream, &link, &mut partial);
+        }
+        let drained = link.out.borrow().len() <= shard.borrow().cfg.mqtt.max_outbound_bytes / 2;
+        if drained {
+            if let Some(key) = link.session() {
+                shard.borrow_mut().pump_session(key, Instant::now());
+            }
+        }
+    }
+    finish(&stream, &link).await;
+    let mut sh = shard.borrow_mut();
+    sh.conns.remove(idx);
+    sh.stats.connections.dec();
+    sh.connection_closed(&link, Instant::now());
+}
+
+/// Reads and handles what the socket holds; true at end of stream or on a fatal error.
+fn read(
+    shard: &Rc<RefCell<Shard>>,
+    stream: &TcpStream,
+    link: &Rc<ConnLink>,
+    partial: &mut BytesMut,
+) -> bool {
+    let mut sh = shard.borrow_mut();
+    let mut buf = if partial.is_empty() {
+        std::mem::take(&mut sh.rbuf)
+    } else {
+        std::mem::take(partial)
+    };
+    let mut total = 0;
+    let mut eof = false;
+    let max = sh.cfg.mqtt.max_packet_size as usize;
+    while total < READ_BUDGET {
+        match sock::recv(stream, &mut buf, READ_CHUNK) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => total += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!(peer = %link.peer, error = %e, "read failed");
+                eof = true;
+                break;
+            }
+        }
+        link.last_seen.set(Instant::now());
+        if !decode_all(&mut sh, link, &mut buf, max) {
+            break;
+        }
+    }
+    if !buf.is_empty() && link.close.borrow().is_none() {
+        *partial = BytesMut::from(&buf[..]);
+    }
+    buf.clear();
+    if sh.rbuf.capacity() < buf.capacity() {
+        sh.rbuf = buf;
+    }
+    eof
+}
+
+/// Decodes and handles every whole packet in `buf`; false when reading must pause (closing, or
+/// waiting for the grant of a CONNECT).
+fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut, max: usize) -> bool {
+    loop {
+        if link.close.borrow().is_some() || matches!(link.state.get(), LinkState::Claiming(_)) {
+            return false;
+        }
+        match decode(buf, link.protocol.get(), max) {
+            Ok(Some(packet)) => {
+                if let Err(close) = sh.handle(link, packet) {
+                    refuse(sh, link, close);
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                let close = Close::new(e.reason_code(), e.to_string());
+                refuse(sh, link, close);
+                return false;
+            }
+        }
+    }
+}
+
+/// Closes a connection for a protocol error, answering with CONNACK before CONNECT completes.
+fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
+    sh.stats.protocol_errors.inc();
+    if link.state.get() == LinkState::New {
+        sh.refuse_connect(link, close.reason);
+    }
+    tracing::info!(peer = %link.peer, reason = ?close.reason, why = %close.why, "closing connection");
+    link.close(close);
+}
+
+/// Writes what the socket takes now; an error means the connection is gone.
+fn flush(stream: &TcpStream, link: &ConnLink) -> std::io::Result<()> {
+    let mut out = link.out.borrow_mut();
+    while !out.is_empty() {
+        let n = {
+            let slices = out.slices();
+            match sock::send(stream, &slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        out.advance(n);
+    }
+    Ok(())
+}
+
+/// Sends the v5 DISCONNECT a close calls for, and what is queued, with a bounded wait.
+async fn finish(stream: &TcpStream, link: &ConnLink) {
+    let close = link.close.borrow().clone();
+    if let Some(close) = &close {
+        if link.connacked.get()
+            && link.protocol.get().is_v5()
+            && close.reason != ReasonCode::Success
+        {
+            link.send(&Packet::Disconnect(Disconnect {
+                reason: close.reason,
+                properties: None,
+            }));
+        }
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while !link.out.borrow().is_empty() && Instant::now() < deadline {
+        if flush(stream, link).is_err() {
+            break;
+        }
+        if link.out.borrow().is_empty() {
+            break;
+        }
+        let wait = monoio::time::timeout(
+            std::time::Duration::from_millis(100),
+            stream.writable(false),
+        );
+        let _ = wait.await;
+    }
+}

@@ -1,0 +1,464 @@
+//! CONNECT and the life of a session across shards. A client id has a home shard that records
+//! which shard owns its session. A CONNECT claims the id at home; home grants it at once, or
+//! asks the current owner to close the old connection and hand the session over (takeover).
+//! When a session ends, its owner tells home. Wills and session expiry are timed here too.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+
+use super::link::{Close, ConnLink, LinkState};
+use super::{SessionSlot, Shard, TimerKind};
+use crate::codec::{ConnAck, Connect, Packet, Properties, Protocol, PubResp, ReasonCode, Will};
+use crate::ring::{Grant, XMsg};
+use crate::session::{Message, OutState, Session};
+
+impl Shard {
+    pub(super) fn on_connect(
+        &mut self,
+        link: &Rc<ConnLink>,
+        mut c: Box<Connect>,
+    ) -> Result<(), Close> {
+        link.protocol.set(c.protocol);
+        let v5 = c.protocol.is_v5();
+        if c.properties
+            .as_ref()
+            .is_some_and(|p| p.authentication_method.is_some())
+        {
+            return Err(Close::new(
+                ReasonCode::BadAuthenticationMethod,
+                "no authentication method is configured",
+            ));
+        }
+        if c.client_id.is_empty() {
+            if !(v5 || (c.clean_start && c.protocol == Protocol::V311)) {
+                return Err(Close::new(
+                    ReasonCode::ClientIdentifierNotValid,
+                    "empty client id",
+                ));
+            }
+            self.next_assigned_id += 1;
+            let id = format!("ringmq-{}-{}", self.id, self.next_assigned_id);
+            c.client_id = ByteString::from(id);
+            if v5 {
+                let p = c.properties.get_or_insert_with(Box::default);
+                p.assigned_client_identifier = Some(c.client_id.clone());
+            }
+        } else if c.client_id.len() > self.cfg.mqtt.max_client_id_len {
+            return Err(Close::new(
+                ReasonCode::ClientIdentifierNotValid,
+                "client id too long",
+            ));
+        }
+        link.keep_alive
+            .set(self.cfg.mqtt.server_keep_alive.unwrap_or(c.keep_alive));
+        let token = self.token();
+        link.state.set(LinkState::Claiming(token));
+        let home = self.home_of(&c.client_id);
+        let msg = XMsg::Claim {
+            client_id: c.client_id.clone(),
+            shard: self.id,
+            token,
+            clean_start: c.clean_start,
+        };
+        *link.connect.borrow_mut() = Some(c);
+        self.pending.insert(token, link.clone());
+        self.send(home, msg);
+        Ok(())
+    }
+
+    /// CONNACK with an error, for a connection closed before its CONNECT succeeded: v5 clients
+    /// get the reason; v3 clients the return code where one names the reason, else no CONNACK
+    /// (a malformed packet or a first packet that is not CONNECT).
+    pub(super) fn refuse_connect(&mut self, link: &ConnLink, reason: ReasonCode) {
+        use ReasonCode::*;
+        self.stats.connects_refused.inc();
+        let v3_has_code = matches!(
+            reason,
+            UnsupportedProtocolVersion
+                | ClientIdentifierNotValid
+                | ServerUnavailable
+                | ServerBusy
+                | Banned
+                | BadUserNameOrPassword
+                | NotAuthorized
+                | BadAuthenticationMethod
+        );
+        if link.protocol.get().is_v5() || v3_has_code {
+            link.send(&Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason,
+                properties: None,
+            }));
+        }
+    }
+
+    pub(super) fn on_claim(
+        &mut self,
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+        clean_start: bool,
+    ) {
+        match self.home.insert(client_id.clone(), (shard, token)) {
+            None => self.send(
+                shard,
+                XMsg::Grant(Grant {
+                    client_id,
+                    token,
+                    session: None,
+                }),
+            ),
+            Some((owner, _)) => self.send(
+                owner,
+                XMsg::Takeover {
+                    client_id,
+                    shard,
+                    token,
+                    clean_start,
+                },
+            ),
+        }
+    }
+
+    pub(super) fn on_takeover(
+        &mut self,
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+        clean_start: bool,
+    ) {
+        let now = Instant::now();
+        let session = if let Some(&key) = self.by_client.get(&client_id) {
+            self.take_session(key, clean_start, now)
+        } else {
+            let waiting = self.pending.iter().find(|(_, l)| {
+                l.connect
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|c| c.client_id == client_id)
+            });
+            if let Some((&old, _)) = waiting {
+                self.superseded.insert(old, (shard, token, clean_start));
+                return;
+            }
+            None
+        };
+        let session = if clean_start {
+            None
+        } else {
+            session.map(Box::new)
+        };
+        self.send(
+            shard,
+            XMsg::Grant(Grant {
+                client_id,
+                token,
+                session,
+            }),
+        );
+    }
+
+    /// Removes a session for a takeover: closes its connection (v5: 0x8E) and publishes its
+    /// will unless the session continues on the new connection within the will delay.
+    fn take_session(&mut self, key: usize, clean_start: bool, now: Instant) -> Option<Session> {
+        let slot = self.remove_session(key);
+        let mut session = slot.session;
+        if let Some(link) = slot.link {
+            link.state.set(LinkState::Closed);
+            link.close(Close::new(
+                ReasonCode::SessionTakenOver,
+                "session taken over",
+            ));
+        }
+        if let Some(will) = session.will.take() {
+            if clean_start || will_delay(&will) == 0 {
+                self.publish_will(will, session.client_id.clone(), now);
+            }
+        }
+        if clean_start {
+            self.redispatch_shared(&mut session);
+            return None;
+        }
+        Some(session)
+    }
+
+    pub(super) fn on_grant(&mut self, g: Grant) {
+        let now = Instant::now();
+        if let Some((shard, token, clean)) = self.superseded.remove(&g.token) {
+            if let Some(link) = self.pending.remove(&g.token) {
+                link.state.set(LinkState::Closed);
+                link.close(Close::new(
+                    ReasonCode::SessionTakenOver,
+                    "session taken over",
+                ));
+            }
+            let session = if clean { None } else { g.session };
+            self.send(
+                shard,
+                XMsg::Grant(Grant {
+                    client_id: g.client_id,
+                    token,
+                    session,
+                }),
+            );
+            return;
+        }
+        let link = self
+            .pending
+            .remove(&g.token)
+            .filter(|l| l.close.borrow().is_none());
+        let connect = link.as_ref().and_then(|l| l.connect.borrow_mut().take());
+        let (Some(link), Some(mut c)) = (link, connect) else {
+            self.orphan_grant(g, now);
+            return;
+        };
+        let props = c.properties.as_deref();
+        let resumed = if c.clean_start { None } else { g.session };
+        let session_present = resumed.is_some();
+        let mut session = match resumed {
+            Some(s) => *s,
+            None => Session::new(c.client_id.clone(), c.protocol, self.limits()),
+        };
+        let m = &self.cfg.mqtt;
+        session.expiry_interval = match (c.protocol, props) {
+            (Protocol::V5, p) => p
+                .and_then(|p| p.session_expiry_interval)
+                .unwrap_or(0)
+                .min(m.max_session_expiry),
+            _ if c.clean_start => 0,
+            _ => m.session_expiry_v3,
+        };
+        session.attach(
+            c.protocol,
+            props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX),
+            props
+                .and_then(|p| p.maximum_packet_size)
+                .unwrap_or(u32::MAX),
+            props.and_then(|p| p.topic_alias_maximum).unwrap_or(0),
+        );
+        session.will = c.will.take();
+        let slot = SessionSlot {
+            session,
+            link: Some(link.clone()),
+            token: g.token,
+            expires_at: None,
+            will_at: None,
+        };
+        let key = self.sessions.insert(slot);
+        self.by_client.insert(c.client_id.clone(), key);
+        if session_present {
+            self.resubscribe(key);
+        }
+        link.state.set(LinkState::Active(key));
+        link.connacked.set(true);
+        let properties = if c.protocol.is_v5() {
+            Some(Box::new(self.connack_props(&c)))
+        } else {
+            None
+        };
+        link.send(&Packet::ConnAck(ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        }));
+        tracing::debug!(client = %c.client_id, peer = %link.peer, session_present, "connected");
+        self.resend_inflight(key);
+        self.pump_session(key, now);
+    }
+
+    /// What a v5 CONNACK tells the client about this broker.
+    fn connack_props(&self, c: &Connect) -> Properties {
+        let m = &self.cfg.mqtt;
+        let asked = c.properties.as_deref();
+        let mut p = Properties {
+            receive_maximum: Some(m.receive_maximum),
+            maximum_packet_size: Some(m.max_packet_size),
+            topic_alias_maximum: Some(m.topic_alias_maximum),
+            retain_available: Some(1),
+            wildcard_subscription_available: Some(1),
+            subscription_identifier_available: Some(1),
+            shared_subscription_available: Some(1),
+            assigned_client_identifier: asked.and_then(|p| p.assigned_client_identifier.clone()),
+            server_keep_alive: m.server_keep_alive,
+            ..Properties::default()
+        };
+        let want = asked.and_then(|p| p.session_expiry_interval).unwrap_or(0);
+        if want > m.max_session_expiry {
+            p.session_expiry_interval = Some(m.max_session_expiry);
+        }
+        p
+    }
+
+    /// A grant whose connection is gone: keep a continuing session offline, or end the claim.
+    fn orphan_grant(&mut self, g: Grant, now: Instant) {
+        match g.session {
+            Some(s) if s.expiry_interval > 0 => {
+                let client_id = s.client_id.clone();
+                let slot = SessionSlot {
+                    session: *s,
+                    link: None,
+                    token: g.token,
+                    expires_at: None,
+                    will_at: None,
+                };
+                let key = self.sessions.insert(slot);
+                self.by_client.insert(client_id, key);
+                self.resubscribe(key);
+                self.schedule_expiry(key, now);
+            }
+            _ => {
+                let home = self.home_of(&g.client_id);
+                self.send(
+                    home,
+                    XMsg::Release {
+                        client_id: g.client_id,
+                        token: g.token,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Re-sends unacknowledged messages of a resumed session: PUBLISH with DUP, or PUBREL.
+    fn resend_inflight(&mut self, key: usize) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(link) = slot.link.clone() else {
+            return;
+        };
+        let flows: Vec<(u16, OutState)> = slot
+            .session
+            .inflight
+            .iter()
+            .map(|(p, f)| (*p, f.state))
+            .collect();
+        for (pid, state) in flows {
+            match state {
+                OutState::Published => {
+                    let Some(slot) = self.sessions.get_mut(key) else {
+                        return;
+                    };
+                    let Some(f) = slot.session.inflight.get(&pid) else {
+                        continue;
+                    };
+                    let d = f.delivery.clone();
+                    super::route::write_publish(&mut slot.session, &link, Some(pid), &d, true);
+                }
+                OutState::Released => {
+                    link.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));
+                }
+            }
+        }
+    }
+
+    fn schedule_expiry(&mut self, key: usize, now: Instant) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let secs = slot.session.expiry_interval;
+        if secs == u32::MAX {
+            return;
+        }
+        let at = now + Duration::from_secs(u64::from(secs));
+        slot.expires_at = Some(at);
+        let token = slot.token;
+        self.schedule(at, TimerKind::Expiry, key, token);
+    }
+
+    /// The connection task ended: the session goes offline (or ends), and its will is due.
+    pub(super) fn connection_closed(&mut self, link: &ConnLink, now: Instant) {
+        let state = link.state.replace(LinkState::Closed);
+        match state {
+            LinkState::Active(key) => {
+                let Some(slot) = self.sessions.get_mut(key) else {
+                    return;
+                };
+                slot.link = None;
+                let dropped = slot.session.dropped;
+                tracing::debug!(client = %slot.session.client_id, peer = %link.peer, dropped, "disconnected");
+                if slot.session.expiry_interval == 0 {
+                    self.end_session(key, now);
+                    return;
+                }
+                let delay = slot.session.will.as_ref().map(will_delay);
+                match delay {
+                    Some(0) => {
+                        if let Some(will) = slot.session.will.take() {
+                            let origin = slot.session.client_id.clone();
+                            self.publish_will(will, origin, now);
+                        }
+                    }
+                    Some(d) => {
+                        let at = now
+                            + Duration::from_secs(u64::from(d.min(slot.session.expiry_interval)));
+                        slot.will_at = Some(at);
+                        let token = slot.token;
+                        self.schedule(at, TimerKind::Will, key, token);
+                    }
+                    None => {}
+                }
+                self.schedule_expiry(key, now);
+            }
+            LinkState::Claiming(token) => {
+                self.pending.remove(&token);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a session: its will (if still pending) is published, its subscriptions removed,
+    /// its shared-subscription messages given to other members, and home is told.
+    pub(super) fn end_session(&mut self, key: usize, now: Instant) {
+        let slot = self.remove_session(key);
+        let mut session = slot.session;
+        if let Some(will) = session.will.take() {
+            self.publish_will(will, session.client_id.clone(), now);
+        }
+        self.redispatch_shared(&mut session);
+        let home = self.home_of(&session.client_id);
+        self.send(
+            home,
+            XMsg::Release {
+                client_id: session.client_id,
+                token: slot.token,
+            },
+        );
+    }
+
+    fn remove_session(&mut self, key: usize) -> SessionSlot {
+        let slot = self.sessions.remove(key);
+        if self.by_client.get(&slot.session.client_id) == Some(&key) {
+            self.by_client.remove(&slot.session.client_id);
+        }
+        let filters: Vec<ByteString> = slot.session.subscriptions.keys().cloned().collect();
+        for f in filters {
+            self.unindex_subscription(key, &f);
+        }
+        slot
+    }
+
+    pub(super) fn publish_will(&mut self, will: Will, origin: ByteString, now: Instant) {
+        let msg = Message::new(
+            will.topic,
+            will.payload,
+            will.qos,
+            will.retain,
+            will.properties.as_deref(),
+            origin,
+            now,
+        );
+        self.stats.wills.inc();
+        self.publish_message(Arc::new(msg));
+    }
+}
+
+fn will_delay(w: &Will) -> u32 {
+    w.properties
+        .as_ref()
+        .and_then(|p| p.will_delay_interval)
+        .unwrap_or(0)
+}

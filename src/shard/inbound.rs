@@ -1,0 +1,314 @@
+//! What a connected client sends: PUBLISH (with topic aliases and exactly-once QoS 2), the
+//! acknowledgements of our QoS 1/2 flows, SUBSCRIBE/UNSUBSCRIBE with retained delivery, PING
+//! and DISCONNECT. Every protocol violation becomes a `Close` with its v5 reason code.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytestring::ByteString;
+
+use super::link::{Close, ConnLink, LinkState};
+use super::{SessionSlot, Shard};
+use crate::codec::*;
+use crate::session::{Delivery, Message, OutState, SubIds, Subscription};
+use crate::topic::parse_shared;
+
+fn protocol_error(why: &str) -> Close {
+    Close::new(ReasonCode::ProtocolError, why)
+}
+
+impl Shard {
+    /// Handles one decoded packet from `link`.
+    pub(super) fn handle(&mut self, link: &Rc<ConnLink>, packet: Packet) -> Result<(), Close> {
+        let key = match (link.state.get(), packet) {
+            (LinkState::New, Packet::Connect(c)) => return self.on_connect(link, c),
+            (LinkState::New, _) => return Err(protocol_error("first packet is not CONNECT")),
+            (LinkState::Active(_), Packet::Connect(_)) => {
+                return Err(protocol_error("second CONNECT"))
+            }
+            (LinkState::Active(key), p) => (key, p),
+            _ => return Ok(()),
+        };
+        let (key, packet) = key;
+        let now = Instant::now();
+        match packet {
+            Packet::Publish(p) => self.on_publish(key, link, p, now),
+            Packet::PubAck(a) => {
+                self.with_session(key, |s| {
+                    s.complete(a.packet_id, OutState::Published, QoS::AtLeastOnce)
+                });
+                self.pump_session(key, now);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let known = if a.reason.is_error() {
+                    self.with_session(key, |s| {
+                        s.complete(a.packet_id, OutState::Published, QoS::ExactlyOnce)
+                    });
+                    None
+                } else {
+                    self.with_session(key, |s| s.received(a.packet_id))
+                };
+                if let Some(known) = known {
+                    let reason = if known {
+                        ReasonCode::Success
+                    } else {
+                        ReasonCode::PacketIdentifierNotFound
+                    };
+                    link.send(&Packet::PubRel(PubResp::new(a.packet_id, reason)));
+                }
+                self.pump_session(key, now);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                let known = self
+                    .with_session(key, |s| s.inbound_qos2.remove(&a.packet_id))
+                    .unwrap_or(false);
+                let reason = if known {
+                    ReasonCode::Success
+                } else {
+                    ReasonCode::PacketIdentifierNotFound
+                };
+                link.send(&Packet::PubComp(PubResp::new(a.packet_id, reason)));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.with_session(key, |s| {
+                    s.complete(a.packet_id, OutState::Released, QoS::ExactlyOnce)
+                });
+                self.pump_session(key, now);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(key, link, s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(key, link, u),
+            Packet::PingReq => {
+                link.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(key, link, d),
+            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => Err(protocol_error("a packet only a server sends")),
+        }
+    }
+
+    fn with_session<R>(
+        &mut self,
+        key: usize,
+        f: impl FnOnce(&mut crate::session::Session) -> R,
+    ) -> Option<R> {
+        self.sessions
+            .get_mut(key)
+            .map(|slot: &mut SessionSlot| f(&mut slot.session))
+    }
+
+    fn on_publish(
+        &mut self,
+        key: usize,
+        link: &ConnLink,
+        p: Publish,
+        now: Instant,
+    ) -> Result<(), Close> {
+        let m = &self.cfg.mqtt;
+        let (alias_max, levels_max, receive_max) =
+            (m.topic_alias_maximum, m.max_topic_levels, m.receive_maximum);
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return Ok(());
+        };
+        let session = &mut slot.session;
+        let mut topic = p.topic;
+        if let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) {
+            if alias > alias_max {
+                return Err(Close::new(
+                    ReasonCode::TopicAliasInvalid,
+                    "topic alias above the maximum",
+                ));
+            }
+            if topic.is_empty() {
+                topic = session
+                    .aliases_in
+                    .get(&alias)
+                    .cloned()
+                    .ok_or_else(|| protocol_error("unknown topic alias"))?;
+            } else {
+                session.aliases_in.insert(alias, topic.clone());
+            }
+        }
+        if topic.split('/').count() > levels_max {
+            return Err(Close::new(
+                ReasonCode::TopicNameInvalid,
+                "too many topic levels",
+            ));
+        }
+        let ack = |reason: ReasonCode| match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(PubResp::new(id, reason))),
+            (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(PubResp::new(id, reason))),
+            _ => None,
+        };
+        if topic.starts_with('$') {
+            self.stats.denied.inc();
+            tracing::info!(client = %session.client_id, %topic, "publish to a $-topic refused");
+            if let Some(a) = ack(ReasonCode::NotAuthorized) {
+                link.send(&a);
+            }
+            return Ok(());
+        }
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
+            if session.inbound_qos2.contains(&id) {
+                if let Some(a) = ack(ReasonCode::Success) {
+                    link.send(&a);
+                }
+                return Ok(());
+            }
+            if session.inbound_qos2.len() >= usize::from(receive_max) {
+                return Err(Close::new(
+                    ReasonCode::ReceiveMaximumExceeded,
+                    "too many unreleased QoS 2 messages",
+                ));
+            }
+            session.inbound_qos2.insert(id);
+        }
+        let origin = session.client_id.clone();
+        let msg = Message::new(
+            topic,
+            p.payload,
+            p.qos,
+            p.retain,
+            p.properties.as_deref(),
+            origin,
+            now,
+        );
+        self.stats.msgs_in.inc();
+        self.publish_message(Arc::new(msg));
+        if let Some(a) = ack(ReasonCode::Success) {
+            link.send(&a);
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(
+        &mut self,
+        key: usize,
+        link: &ConnLink,
+        s: Subscribe,
+        now: Instant,
+    ) -> Result<(), Close> {
+        let sub_id = s
+            .properties
+            .as_ref()
+            .and_then(|p| p.subscription_identifiers.first().copied());
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<(ByteString, SubOptions)> = Vec::new();
+        for (filter, options) in s.filters {
+            if filter.split('/').count() > self.cfg.mqtt.max_topic_levels {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let shared = parse_shared(&filter).is_some();
+            if shared && options.no_local {
+                return Err(protocol_error("no local on a shared subscription"));
+            }
+            let sub = Subscription {
+                options,
+                id: sub_id,
+            };
+            let Some(existed) = self.with_session(key, |s| {
+                s.subscriptions.insert(filter.clone(), sub).is_some()
+            }) else {
+                return Ok(());
+            };
+            self.index_subscription(key, &filter, sub);
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+            });
+            let send_retained = match options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => !existed,
+                RetainHandling::Never => false,
+            };
+            if send_retained && !shared {
+                retained.push((filter, options));
+            }
+        }
+        link.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: None,
+        }));
+        for (filter, options) in retained {
+            let mut found = Vec::new();
+            self.retained
+                .for_each_match(&filter, |m| found.push(m.clone()));
+            for msg in found {
+                if msg.is_expired(now) {
+                    continue;
+                }
+                let qos = msg.qos.min(options.qos);
+                let sub_ids: SubIds = sub_id.into_iter().collect();
+                self.deliver_to(
+                    key,
+                    Delivery {
+                        msg,
+                        qos,
+                        retain: true,
+                        sub_ids,
+                        group: None,
+                    },
+                    now,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, key: usize, link: &ConnLink, u: Unsubscribe) -> Result<(), Close> {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in u.filters {
+            let existed = self
+                .with_session(key, |s| s.subscriptions.remove(&filter).is_some())
+                .unwrap_or(false);
+            if existed {
+                self.unindex_subscription(key, &filter);
+                reasons.push(ReasonCode::Success);
+            } else {
+                reasons.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        link.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: None,
+        }));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, key: usize, link: &ConnLink, d: Disconnect) -> Result<(), Close> {
+        let new_expiry = d
+            .properties
+            .as_ref()
+            .and_then(|p| p.session_expiry_interval);
+        let max = self.cfg.mqtt.max_session_expiry;
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return Ok(());
+        };
+        if let Some(e) = new_expiry {
+            if slot.session.expiry_interval == 0 && e != 0 {
+                return Err(protocol_error(
+                    "session expiry set on DISCONNECT after 0 at CONNECT",
+                ));
+            }
+            slot.session.expiry_interval = e.min(max);
+        }
+        if d.reason != ReasonCode::DisconnectWithWill {
+            slot.session.will = None;
+        }
+        link.close(Close::new(ReasonCode::Success, "client disconnected"));
+        Ok(())
+    }
+}

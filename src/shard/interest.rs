@@ -1,0 +1,140 @@
+//! The interest table: which shards have at least one subscriber to a filter. Every shard keeps a
+//! replica, changed only when a filter's count on some shard goes 0 -> 1 or 1 -> 0, so a publish
+//! is matched once here and forwarded once to each interested shard.
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+
+use crate::topic::{parse_shared, Trie};
+
+/// A set of shard ids as a bit set (two words cover 128 shards without allocating).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardSet(SmallVec<[u64; 2]>);
+
+impl ShardSet {
+    pub fn set(&mut self, shard: usize, on: bool) {
+        let (word, bit) = (shard / 64, shard % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        if on {
+            self.0[word] |= 1 << bit;
+        } else {
+            self.0[word] &= !(1 << bit);
+        }
+    }
+
+    pub fn union(&mut self, other: &ShardSet) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, w)| {
+            (0..64)
+                .filter(move |b| w & (1 << b) != 0)
+                .map(move |b| i * 64 + b)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The `n`-th member (modulo the size), for round-robin choices.
+    pub fn nth(&self, n: usize) -> Option<usize> {
+        let len = self.len();
+        (len > 0).then(|| self.iter().nth(n % len)).flatten()
+    }
+}
+
+/// Shared groups matching a filter: full `$share/group/filter` -> shards with members.
+pub type Groups = AHashMap<ByteString, ShardSet>;
+
+#[derive(Default)]
+pub struct Interest {
+    pub plain: Trie<ShardSet>,
+    pub shared: Trie<Groups>,
+}
+
+impl Interest {
+    pub fn apply(&mut self, filter: &ByteString, shard: usize, add: bool) {
+        match parse_shared(filter) {
+            Some(Ok((_, inner))) => {
+                if add {
+                    self.shared
+                        .entry(inner)
+                        .entry(filter.clone())
+                        .or_default()
+                        .set(shard, true);
+                } else {
+                    self.shared.update(
+                        inner,
+                        |groups| {
+                            if let Some(set) = groups.get_mut(filter) {
+                                set.set(shard, false);
+                                if set.is_empty() {
+                                    groups.remove(filter);
+                                }
+                            }
+                        },
+                        |groups| groups.is_empty(),
+                    );
+                }
+            }
+            Some(Err(_)) => {}
+            None => {
+                if add {
+                    self.plain.entry(filter).set(shard, true);
+                } else {
+                    self.plain
+                        .update(filter, |s| s.set(shard, false), ShardSet::is_empty);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_set_ops() {
+        let mut s = ShardSet::default();
+        s.set(1, true);
+        s.set(70, true);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [1, 70]);
+        assert_eq!(s.nth(3), Some(70));
+        s.set(70, false);
+        assert_eq!(s.len(), 1);
+        s.set(1, false);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn interest_tracks_plain_and_shared() {
+        let mut i = Interest::default();
+        i.apply(&"a/+".into(), 2, true);
+        i.apply(&"$share/g/a/#".into(), 1, true);
+        let mut shards = ShardSet::default();
+        i.plain.for_each_match("a/b", |s| shards.union(s));
+        assert_eq!(shards.iter().collect::<Vec<_>>(), [2]);
+        let mut groups = Vec::new();
+        i.shared
+            .for_each_match("a/b", |g| groups.extend(g.keys().cloned()));
+        assert_eq!(groups, [ByteString::from("$share/g/a/#")]);
+        i.apply(&"a/+".into(), 2, false);
+        i.apply(&"$share/g/a/#".into(), 1, false);
+        assert!(i.plain.is_empty() && i.shared.is_empty());
+    }
+}

@@ -1,0 +1,372 @@
+//! A shard: one pinned thread, one monoio runtime, its own listeners, connections, sessions and
+//! tries. Shard state lives in one `RefCell` on its thread and is only borrowed by synchronous
+//! handlers, never across an `.await`. Other shards are reached through the ring mesh only.
+
+mod conn;
+mod connect;
+mod inbound;
+mod interest;
+mod link;
+mod route;
+mod sock;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::future::poll_fn;
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::codec::SubOptions;
+use crate::config::Config;
+use crate::retained::RetainedStore;
+use crate::ring::{Inbox, Outbox, XMsg};
+use crate::session::{Session, SessionLimits};
+use crate::stats::Stats;
+use crate::topic::Trie;
+
+use interest::Interest;
+pub use interest::ShardSet;
+use link::ConnLink;
+
+/// A local subscriber to a (non-shared) filter.
+#[derive(Debug, Clone, Copy)]
+pub struct SubEntry {
+    pub session: usize,
+    pub options: SubOptions,
+    pub id: Option<u32>,
+}
+
+/// The members of one shared subscription group on this shard.
+#[derive(Default)]
+pub struct SharedGroup {
+    pub members: SmallVec<[SubEntry; 2]>,
+    pub next: usize,
+}
+
+/// A session and, while it is connected, its connection.
+pub struct SessionSlot {
+    pub session: Session,
+    pub link: Option<Rc<ConnLink>>,
+    /// The claim token this session was granted with; timers and releases carry it.
+    pub token: u64,
+    /// When the session expires, once disconnected.
+    pub expires_at: Option<Instant>,
+    /// When the will is due, once disconnected with a will delay.
+    pub will_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Will,
+    Expiry,
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    pub stats: Arc<Stats>,
+    outbox: Outbox,
+    /// Messages for a shard whose ring was full, in order; while any wait, reading stops.
+    backlog: Vec<VecDeque<XMsg>>,
+    blocked_readers: Vec<Waker>,
+    /// Messages this shard sends itself (home shard == this shard).
+    self_queue: VecDeque<XMsg>,
+    pump_waker: Option<Waker>,
+    conns: Slab<Rc<ConnLink>>,
+    pub sessions: Slab<SessionSlot>,
+    by_client: AHashMap<ByteString, usize>,
+    /// Connections waiting for a grant, by claim token.
+    pending: AHashMap<u64, Rc<ConnLink>>,
+    /// Claims superseded before their grant arrived: token -> (shard, token, clean start).
+    superseded: AHashMap<u64, (usize, u64, bool)>,
+    /// Client ids homed here: the shard that owns each session, and its claim token.
+    home: AHashMap<ByteString, (usize, u64)>,
+    subs: Trie<SmallVec<[SubEntry; 2]>>,
+    shared: AHashMap<ByteString, SharedGroup>,
+    shared_rr: AHashMap<ByteString, usize>,
+    interest: Interest,
+    retained: RetainedStore,
+    timers: BinaryHeap<Reverse<(Instant, TimerKind, usize, u64)>>,
+    next_token: u64,
+    next_assigned_id: u64,
+    /// The read buffer every connection of this shard reads into.
+    rbuf: BytesMut,
+    /// Reused by every local delivery to collect matching subscriptions.
+    scratch: Vec<SubEntry>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        shards: usize,
+        cfg: Arc<Config>,
+        stats: Arc<Stats>,
+        outbox: Outbox,
+    ) -> Shard {
+        Shard {
+            id,
+            shards,
+            cfg,
+            stats,
+            outbox,
+            backlog: (0..shards).map(|_| VecDeque::new()).collect(),
+            blocked_readers: Vec::new(),
+            self_queue: VecDeque::new(),
+            pump_waker: None,
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            by_client: AHashMap::new(),
+            pending: AHashMap::new(),
+            superseded: AHashMap::new(),
+            home: AHashMap::new(),
+            subs: Trie::default(),
+            shared: AHashMap::new(),
+            shared_rr: AHashMap::new(),
+            interest: Interest::default(),
+            retained: RetainedStore::default(),
+            timers: BinaryHeap::new(),
+            next_token: 0,
+            next_assigned_id: 0,
+            rbuf: BytesMut::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_queued: self.cfg.mqtt.max_queued_messages,
+            queue_qos0: self.cfg.mqtt.queue_qos0,
+            max_inflight: self.cfg.mqtt.max_inflight,
+        }
+    }
+
+    /// The shard that records who owns `client_id`.
+    pub fn home_of(&self, client_id: &str) -> usize {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in client_id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % self.shards as u64) as usize
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        (self.id as u64) << 48 | self.next_token
+    }
+
+    /// Sends to a shard (itself included) in order; a full ring queues the message locally and
+    /// makes connections stop reading until it drains.
+    pub fn send(&mut self, to: usize, msg: XMsg) {
+        if to == self.id {
+            self.self_queue.push_back(msg);
+            if let Some(w) = self.pump_waker.take() {
+                w.wake();
+            }
+            return;
+        }
+        if !self.backlog[to].is_empty() {
+            self.backlog[to].push_back(msg);
+            return;
+        }
+        if let Err(msg) = self.outbox.send(to, msg) {
+            self.stats.ring_full.inc();
+            self.backlog[to].push_back(msg);
+            if let Some(w) = self.pump_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn broadcast(&mut self, make: impl Fn() -> XMsg) {
+        for to in 0..self.shards {
+            if to != self.id {
+                self.send(to, make());
+            }
+        }
+    }
+
+    fn ring_blocked(&self) -> bool {
+        self.backlog.iter().any(|b| !b.is_empty())
+    }
+
+    fn retry_backlog(&mut self) {
+        for to in 0..self.shards {
+            while let Some(msg) = self.backlog[to].pop_front() {
+                if let Err(msg) = self.outbox.send(to, msg) {
+                    self.backlog[to].push_front(msg);
+                    break;
+                }
+            }
+        }
+        if !self.ring_blocked() {
+            for w in self.blocked_readers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    fn handle_xmsg(&mut self, msg: XMsg) {
+        match msg {
+            XMsg::Publish(m) => self.deliver_local(&m),
+            XMsg::Shared { group, msg } => self.deliver_shared_local(&group, msg),
+            XMsg::Retain(m) => self.retained.set(m),
+            XMsg::Interest { filter, shard, add } => self.interest.apply(&filter, shard, add),
+            XMsg::Claim {
+                client_id,
+                shard,
+                token,
+                clean_start,
+            } => self.on_claim(client_id, shard, token, clean_start),
+            XMsg::Takeover {
+                client_id,
+                shard,
+                token,
+                clean_start,
+            } => self.on_takeover(client_id, shard, token, clean_start),
+            XMsg::Grant(g) => self.on_grant(g),
+            XMsg::Release { client_id, token } => {
+                if self.home.get(&client_id).is_some_and(|(_, t)| *t == token) {
+                    self.home.remove(&client_id);
+                }
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, kind: TimerKind, key: usize, token: u64) {
+        self.timers.push(Reverse((at, kind, key, token)));
+    }
+
+    /// Once a second: keep-alive and CONNECT deadlines, will delays and session expiry.
+    fn sweep(&mut self, now: Instant) {
+        let mult = self.cfg.mqtt.keepalive_multiplier;
+        let connect_timeout = self.cfg.connect_timeout();
+        for (_, link) in &self.conns {
+            match link.state.get() {
+                link::LinkState::New if now.duration_since(link.opened) > connect_timeout => {
+                    link.close(link::Close::new(
+                        crate::codec::ReasonCode::MaximumConnectTime,
+                        "no CONNECT in time",
+                    ));
+                }
+                link::LinkState::Active(_) if link.keep_alive.get() > 0 => {
+                    let limit = Duration::from_secs_f32(f32::from(link.keep_alive.get()) * mult);
+                    if now.duration_since(link.last_seen.get()) > limit {
+                        link.close(link::Close::new(
+                            crate::codec::ReasonCode::KeepAliveTimeout,
+                            "keep-alive timeout",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(Reverse((at, kind, key, token))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.on_timer(kind, key, token, now);
+        }
+    }
+
+    fn on_timer(&mut self, kind: TimerKind, key: usize, token: u64, now: Instant) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if slot.token != token || slot.link.is_some() {
+            return;
+        }
+        match kind {
+            TimerKind::Will if slot.will_at.is_some_and(|t| t <= now) => {
+                slot.will_at = None;
+                if let Some(will) = slot.session.will.take() {
+                    let origin = slot.session.client_id.clone();
+                    self.publish_will(will, origin, now);
+                }
+            }
+            TimerKind::Expiry if slot.expires_at.is_some_and(|t| t <= now) => {
+                self.end_session(key, now);
+            }
+            _ => {}
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+/// Runs shard `id` on the current thread until the process ends.
+pub fn run(
+    id: usize,
+    shards: usize,
+    cfg: Arc<Config>,
+    stats: Arc<Stats>,
+    ends: (Outbox, Inbox),
+    listeners: Vec<StdListener>,
+) -> std::io::Result<()> {
+    let (outbox, inbox) = ends;
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build()?;
+    rt.block_on(async move {
+        let shard = Rc::new(RefCell::new(Shard::new(id, shards, cfg, stats, outbox)));
+        for l in listeners {
+            let listener = monoio::net::TcpListener::from_std(l)?;
+            monoio::spawn(conn::accept_loop(shard.clone(), listener));
+        }
+        monoio::spawn(sweeper(shard.clone()));
+        pump(shard, inbox).await;
+        Ok(())
+    })
+}
+
+/// Drains the rings and the self-queue in batches; sleeps on the doorbell when all are empty.
+async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
+    let mut batch: Vec<XMsg> = Vec::with_capacity(1024);
+    loop {
+        inbox.drain(256, &mut batch);
+        {
+            let mut sh = shard.borrow_mut();
+            batch.extend(sh.self_queue.drain(..));
+            for msg in batch.drain(..) {
+                sh.handle_xmsg(msg);
+            }
+            sh.retry_backlog();
+        }
+        let backlogged = shard.borrow().ring_blocked();
+        if backlogged {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        poll_fn(|cx| {
+            let mut sh = shard.borrow_mut();
+            if !sh.self_queue.is_empty() {
+                return Poll::Ready(());
+            }
+            sh.pump_waker = Some(cx.waker().clone());
+            drop(sh);
+            inbox.poll_wait(cx)
+        })
+        .await;
+    }
+}
+
+async fn sweeper(shard: Rc<RefCell<Shard>>) {
+    loop {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        shard.borrow_mut().sweep(Instant::now());
+    }
+}

@@ -1,0 +1,323 @@
+//! Routing a publish: retained store first, then once to each other shard whose interest
+//! matches, then to this shard's own subscribers (one copy per session at the highest granted
+//! QoS, with every matching subscription identifier), then to one member of each matching
+//! shared group, round robin across shards and then across a shard's members.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytestring::ByteString;
+use smallvec::SmallVec;
+
+use super::interest::ShardSet;
+use super::link::ConnLink;
+use super::{Shard, SubEntry};
+use crate::codec::{Publish, QoS};
+use crate::ring::XMsg;
+use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
+use crate::topic::parse_shared;
+
+/// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
+/// ids; the payload is shared, not copied.
+pub(super) fn write_publish(
+    session: &mut Session,
+    link: &ConnLink,
+    pid: Option<u16>,
+    d: &Delivery,
+    dup: bool,
+) {
+    let mut topic = d.msg.topic.clone();
+    let mut properties = None;
+    if session.protocol.is_v5() {
+        let mut p = d.msg.props.as_deref().cloned().unwrap_or_default();
+        p.message_expiry_interval = d.msg.remaining_expiry(Instant::now());
+        p.subscription_identifiers = d.sub_ids.clone();
+        if let Some((alias, with_topic)) = session.alias_for(&topic) {
+            p.topic_alias = Some(alias);
+            if !with_topic {
+                topic = ByteString::new();
+            }
+        }
+        if !p.is_empty() {
+            properties = Some(Box::new(p));
+        }
+    }
+    link.send_publish(&Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic,
+        packet_id: pid,
+        properties,
+        payload: d.msg.payload.clone(),
+    });
+}
+
+impl Shard {
+    /// Stores a retained message (and tells every replica), then routes the message.
+    pub(super) fn publish_message(&mut self, msg: Arc<Message>) {
+        if msg.retain {
+            let stored = Arc::new(msg.compacted());
+            self.retained.set(stored.clone());
+            self.broadcast(|| XMsg::Retain(stored.clone()));
+        }
+        self.route(msg);
+    }
+
+    fn route(&mut self, msg: Arc<Message>) {
+        let mut targets = ShardSet::default();
+        self.interest
+            .plain
+            .for_each_match(&msg.topic, |s| targets.union(s));
+        for shard in targets.iter() {
+            if shard != self.id {
+                self.send(shard, XMsg::Publish(msg.clone()));
+            }
+        }
+        self.deliver_local(&msg);
+        let mut groups: SmallVec<[ByteString; 2]> = SmallVec::new();
+        self.interest
+            .shared
+            .for_each_match(&msg.topic, |g| groups.extend(g.keys().cloned()));
+        for group in groups {
+            self.dispatch_shared(group, msg.clone());
+        }
+    }
+
+    /// Sends a message to the shared group's next shard (round robin over shards with members).
+    fn dispatch_shared(&mut self, group: ByteString, msg: Arc<Message>) {
+        let Some(Ok((_, inner))) = parse_shared(&group) else {
+            return;
+        };
+        let Some(set) = self.interest.shared.get(inner).and_then(|g| g.get(&group)) else {
+            self.stats.dropped.inc();
+            return;
+        };
+        let turn = self.shared_rr.entry(group.clone()).or_default();
+        *turn = turn.wrapping_add(1);
+        let Some(shard) = set.nth(*turn) else {
+            return;
+        };
+        if shard == self.id {
+            self.deliver_shared_local(&group, msg);
+        } else {
+            self.send(shard, XMsg::Shared { group, msg });
+        }
+    }
+
+    /// Delivers to one member of a local shared group, preferring one that can take it now.
+    pub(super) fn deliver_shared_local(&mut self, group: &ByteString, msg: Arc<Message>) {
+        let Some(g) = self.shared.get_mut(group) else {
+            self.stats.dropped.inc();
+            return;
+        };
+        let n = g.members.len();
+        let start = g.next;
+        g.next = g.next.wrapping_add(1);
+        let candidates: Vec<SubEntry> = (0..n).map(|i| g.members[(start + i) % n]).collect();
+        let limit = self.cfg.mqtt.max_outbound_bytes;
+        let ready = candidates.iter().find(|e| {
+            self.sessions
+                .get(e.session)
+                .and_then(|s| s.link.as_ref())
+                .is_some_and(|l| l.out.borrow().len() < limit)
+        });
+        let Some(member) = ready.or(candidates.first()).copied() else {
+            return;
+        };
+        let d = Delivery {
+            qos: msg.qos.min(member.options.qos),
+            retain: member.options.retain_as_published && msg.retain,
+            sub_ids: member.id.into_iter().collect(),
+            group: Some(group.clone()),
+            msg,
+        };
+        self.deliver_to(member.session, d, Instant::now());
+    }
+
+    /// Delivers to this shard's own subscribers: one copy per session.
+    pub(super) fn deliver_local(&mut self, msg: &Arc<Message>) {
+        let mut hits: Vec<SubEntry> = std::mem::take(&mut self.scratch);
+        self.subs
+            .for_each_match(&msg.topic, |entries| hits.extend(entries.iter().copied()));
+        if hits.len() > 1 {
+            hits.sort_unstable_by_key(|e| e.session);
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < hits.len() {
+            let key = hits[i].session;
+            let mut qos: Option<QoS> = None;
+            let mut retain = false;
+            let mut sub_ids = SubIds::new();
+            let origin_is_self = self
+                .sessions
+                .get(key)
+                .is_some_and(|s| s.session.client_id == msg.origin);
+            while i < hits.len() && hits[i].session == key {
+                let e = hits[i];
+                i += 1;
+                if e.options.no_local && origin_is_self {
+                    continue;
+                }
+                qos = Some(qos.map_or(e.options.qos, |q| q.max(e.options.qos)));
+                retain |= e.options.retain_as_published && msg.retain;
+                sub_ids.extend(e.id);
+            }
+            if let Some(q) = qos {
+                let d = Delivery {
+                    msg: msg.clone(),
+                    qos: msg.qos.min(q),
+                    retain,
+                    sub_ids,
+                    group: None,
+                };
+                self.deliver_to(key, d, now);
+            }
+        }
+        hits.clear();
+        self.scratch = hits;
+    }
+
+    /// Hands one delivery to a session: written now, queued, or dropped (and counted).
+    pub(super) fn deliver_to(&mut self, key: usize, d: Delivery, now: Instant) {
+        let limit = self.cfg.mqtt.max_outbound_bytes;
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if d.msg.is_expired(now) {
+            return;
+        }
+        let size = d.msg.payload.len() + d.msg.topic.len() + 16;
+        if size > slot.session.max_packet_size as usize {
+            slot.session.dropped += 1;
+            self.stats.dropped.inc();
+            return;
+        }
+        let link = slot.link.clone().filter(|l| l.out.borrow().len() < limit);
+        match slot.session.admit(d, link.is_some()) {
+            Admit::Send(pid, d) => {
+                if let Some(link) = link {
+                    write_publish(&mut slot.session, &link, pid, &d, false);
+                    self.stats.msgs_out.inc();
+                }
+            }
+            Admit::Queued => {}
+            Admit::Dropped => self.stats.dropped.inc(),
+        }
+    }
+
+    /// Moves queued messages into the window while the connection has room.
+    pub(super) fn pump_session(&mut self, key: usize, now: Instant) {
+        let limit = self.cfg.mqtt.max_outbound_bytes;
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(link) = slot.link.clone() else {
+            return;
+        };
+        while link.out.borrow().len() < limit {
+            let Some((pid, d)) = slot.session.next_queued(now) else {
+                break;
+            };
+            write_publish(&mut slot.session, &link, pid, &d, false);
+            self.stats.msgs_out.inc();
+        }
+    }
+
+    /// Gives a leaving session's unacknowledged shared-subscription messages to other members.
+    pub(super) fn redispatch_shared(&mut self, session: &mut Session) {
+        for d in session.take_shared() {
+            if let Some(group) = d.group {
+                self.dispatch_shared(group, d.msg);
+            }
+        }
+    }
+
+    fn interest_changed(&mut self, filter: &ByteString, add: bool) {
+        self.interest.apply(filter, self.id, add);
+        let shard = self.id;
+        self.broadcast(|| XMsg::Interest {
+            filter: filter.clone(),
+            shard,
+            add,
+        });
+    }
+
+    /// Adds (or replaces) a session's subscription in the trie or its shared group.
+    pub(super) fn index_subscription(
+        &mut self,
+        key: usize,
+        filter: &ByteString,
+        sub: Subscription,
+    ) {
+        let entry = SubEntry {
+            session: key,
+            options: sub.options,
+            id: sub.id,
+        };
+        let first = if parse_shared(filter).is_some() {
+            let group = self.shared.entry(filter.clone()).or_default();
+            upsert(&mut group.members, entry);
+            group.members.len() == 1
+        } else {
+            let slot = self.subs.entry(filter);
+            upsert(slot, entry);
+            slot.len() == 1
+        };
+        if first {
+            self.interest_changed(filter, true);
+        }
+    }
+
+    pub(super) fn unindex_subscription(&mut self, key: usize, filter: &ByteString) {
+        let last = if parse_shared(filter).is_some() {
+            let Some(group) = self.shared.get_mut(filter) else {
+                return;
+            };
+            group.members.retain(|e| e.session != key);
+            let last = group.members.is_empty();
+            if last {
+                self.shared.remove(filter);
+            }
+            last
+        } else {
+            self.subs
+                .update(
+                    filter,
+                    |v| {
+                        v.retain(|e| e.session != key);
+                        v.is_empty()
+                    },
+                    |v| v.is_empty(),
+                )
+                .unwrap_or(false)
+        };
+        if last {
+            self.interest_changed(filter, false);
+        }
+    }
+
+    /// Indexes every subscription of a session that arrived from another shard or came back.
+    pub(super) fn resubscribe(&mut self, key: usize) {
+        let Some(slot) = self.sessions.get(key) else {
+            return;
+        };
+        let subs: Vec<(ByteString, Subscription)> = slot
+            .session
+            .subscriptions
+            .iter()
+            .map(|(f, s)| (f.clone(), *s))
+            .collect();
+        for (filter, sub) in subs {
+            self.index_subscription(key, &filter, sub);
+        }
+    }
+}
+
+fn upsert(v: &mut SmallVec<[SubEntry; 2]>, entry: SubEntry) {
+    match v.iter_mut().find(|e| e.session == entry.session) {
+        Some(e) => *e = entry,
+        None => v.push(entry),
+    }
+}

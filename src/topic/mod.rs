@@ -1,0 +1,144 @@
+//! Topic names and filters: the validation rules of the specification, shared-subscription
+//! parsing (`$share/group/filter`), and the trie that matches a name against many filters.
+
+mod trie;
+
+pub use trie::Trie;
+
+use crate::codec::DecodeError;
+
+/// A topic name as a publisher may use it: not empty, no wildcard.
+pub fn validate_name(name: &str) -> Result<(), DecodeError> {
+    if name.is_empty() {
+        return Err(DecodeError::EmptyTopicName);
+    }
+    if name.bytes().any(|b| b == b'+' || b == b'#') {
+        return Err(DecodeError::WildcardInTopicName);
+    }
+    Ok(())
+}
+
+/// A topic filter: `+` only as a whole level, `#` only as the whole last level, and for
+/// `$share/group/filter` a group name without wildcards and a valid filter after it.
+pub fn validate_filter(filter: &str) -> Result<(), DecodeError> {
+    let plain = match parse_shared(filter) {
+        Some(Ok((_, f))) => f,
+        Some(Err(e)) => return Err(e),
+        None => filter,
+    };
+    validate_plain_filter(plain)
+}
+
+fn validate_plain_filter(filter: &str) -> Result<(), DecodeError> {
+    if filter.is_empty() {
+        return Err(DecodeError::InvalidTopicFilter);
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        let ok = match level {
+            "#" => last,
+            "+" => true,
+            l => !l.contains(['+', '#']),
+        };
+        if !ok {
+            return Err(DecodeError::InvalidTopicFilter);
+        }
+    }
+    Ok(())
+}
+
+/// `Some` for a filter in the `$share/` namespace: its group and inner filter, or the error.
+pub fn parse_shared(filter: &str) -> Option<Result<(&str, &str), DecodeError>> {
+    let rest = filter.strip_prefix("$share/")?;
+    Some(match rest.split_once('/') {
+        Some((group, inner))
+            if !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty() =>
+        {
+            Ok((group, inner))
+        }
+        _ => Err(DecodeError::InvalidTopicFilter),
+    })
+}
+
+/// Whether `filter` has a wildcard.
+pub fn has_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
+/// Matches one topic name against one filter (the reference the trie is tested against).
+pub fn matches(filter: &str, name: &str) -> bool {
+    if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut n = name.split('/');
+    loop {
+        match (f.next(), n.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_table() {
+        let table: &[(&str, bool)] = &[
+            ("a/b", true),
+            ("#", true),
+            ("+", true),
+            ("a/#", true),
+            ("a/+/c", true),
+            ("/", true),
+            ("+/+", true),
+            ("a/#/c", false),
+            ("a#", false),
+            ("a/b+", false),
+            ("", false),
+            ("$share/g/a/+", true),
+            ("$share/g/#", true),
+            ("$share//a", false),
+            ("$share/g", false),
+            ("$share/g/", false),
+            ("$share/g+/a", false),
+        ];
+        for (filter, ok) in table {
+            assert_eq!(validate_filter(filter).is_ok(), *ok, "{filter}");
+        }
+    }
+
+    #[test]
+    fn matching_table() {
+        let table: &[(&str, &str, bool)] = &[
+            ("a/b", "a/b", true),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("#", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("+/+", "/a", true),
+            ("+", "/a", false),
+            ("a/b", "a/c", false),
+        ];
+        for (f, n, m) in table {
+            assert_eq!(matches(f, n), *m, "{f} vs {n}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("a/b").is_ok());
+        assert_eq!(validate_name("a/+"), Err(DecodeError::WildcardInTopicName));
+        assert_eq!(validate_name(""), Err(DecodeError::EmptyTopicName));
+    }
+}

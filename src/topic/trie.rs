@@ -1,0 +1,264 @@
+//! A topic trie: one node per filter level, `+` and `#` as their own branches, and a slot of
+//! type `S` where a filter ends. The shard keeps one with its subscribers and one with the
+//! interest of every shard; both match a name in one walk, cost bound by the name's levels and
+//! the wildcards met, not by the number of filters.
+
+use ahash::AHashMap;
+
+#[derive(Debug)]
+struct Node<S> {
+    children: AHashMap<Box<str>, Node<S>>,
+    plus: Option<Box<Node<S>>>,
+    /// The slot of the filter ending in `#` at this level.
+    hash: Option<S>,
+    /// The slot of the filter ending exactly here.
+    value: Option<S>,
+}
+
+impl<S> Default for Node<S> {
+    fn default() -> Self {
+        Self {
+            children: AHashMap::new(),
+            plus: None,
+            hash: None,
+            value: None,
+        }
+    }
+}
+
+impl<S> Node<S> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.value.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub struct Trie<S> {
+    root: Node<S>,
+    len: usize,
+}
+
+impl<S> Default for Trie<S> {
+    fn default() -> Self {
+        Self {
+            root: Node::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<S: Default> Trie<S> {
+    /// The slot for `filter`, created empty when missing.
+    pub fn entry(&mut self, filter: &str) -> &mut S {
+        let mut node = &mut self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                if node.hash.is_none() {
+                    self.len += 1;
+                }
+                return node.hash.get_or_insert_with(S::default);
+            }
+            node = match level {
+                "+" => node.plus.get_or_insert_with(Box::default),
+                l => node.children.entry(l.into()).or_default(),
+            };
+        }
+        if node.value.is_none() {
+            self.len += 1;
+        }
+        node.value.get_or_insert_with(S::default)
+    }
+}
+
+impl<S> Trie<S> {
+    /// Number of filters held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, filter: &str) -> Option<&S> {
+        let mut node = &self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" && levels.peek().is_none() {
+                return node.hash.as_ref();
+            }
+            node = match level {
+                "+" => node.plus.as_deref()?,
+                l => node.children.get(l)?,
+            };
+        }
+        node.value.as_ref()
+    }
+
+    /// Applies `f` to the slot of `filter`; when it then satisfies `empty`, the slot and the
+    /// nodes left without filters are removed. Returns what `f` returned, `None` if no slot.
+    pub fn update<R>(
+        &mut self,
+        filter: &str,
+        f: impl FnOnce(&mut S) -> R,
+        empty: impl Fn(&S) -> bool,
+    ) -> Option<R> {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let (result, removed) = update_at(&mut self.root, &levels, f, &empty);
+        if removed {
+            self.len -= 1;
+        }
+        result
+    }
+
+    /// Calls `f` with the slot of every filter that matches `name`. Wildcards at the first
+    /// level never match a name that starts with `$`.
+    pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&S)) {
+        let dollar = name.starts_with('$');
+        let mut levels: smallvec::SmallVec<[&str; 16]> = name.split('/').collect();
+        levels.reverse();
+        walk(&self.root, &mut levels, dollar, &mut f);
+    }
+}
+
+fn walk<S>(
+    node: &Node<S>,
+    rest: &mut smallvec::SmallVec<[&str; 16]>,
+    dollar: bool,
+    f: &mut impl FnMut(&S),
+) {
+    let wild_ok = !dollar;
+    if let Some(h) = &node.hash {
+        if wild_ok {
+            f(h);
+        }
+    }
+    let Some(level) = rest.pop() else {
+        if let Some(v) = &node.value {
+            f(v);
+        }
+        return;
+    };
+    if let Some(child) = node.children.get(level) {
+        walk(child, rest, false, f);
+    }
+    if wild_ok {
+        if let Some(plus) = &node.plus {
+            walk(plus, rest, false, f);
+        }
+    }
+    rest.push(level);
+}
+
+/// Returns (f's result, whether the slot was removed). Prunes emptied nodes on the way back.
+fn update_at<S, R>(
+    node: &mut Node<S>,
+    levels: &[&str],
+    f: impl FnOnce(&mut S) -> R,
+    empty: &impl Fn(&S) -> bool,
+) -> (Option<R>, bool) {
+    let Some((&level, rest)) = levels.split_first() else {
+        return apply(&mut node.value, f, empty);
+    };
+    if level == "#" && rest.is_empty() {
+        return apply(&mut node.hash, f, empty);
+    }
+    let (result, removed) = if level == "+" {
+        let Some(child) = node.plus.as_deref_mut() else {
+            return (None, false);
+        };
+        let out = update_at(child, rest, f, empty);
+        if child.is_empty() {
+            node.plus = None;
+        }
+        out
+    } else {
+        let Some(child) = node.children.get_mut(level) else {
+            return (None, false);
+        };
+        let out = update_at(child, rest, f, empty);
+        if child.is_empty() {
+            node.children.remove(level);
+        }
+        out
+    };
+    (result, removed)
+}
+
+fn apply<S, R>(
+    slot: &mut Option<S>,
+    f: impl FnOnce(&mut S) -> R,
+    empty: &impl Fn(&S) -> bool,
+) -> (Option<R>, bool) {
+    let Some(s) = slot.as_mut() else {
+        return (None, false);
+    };
+    let r = f(s);
+    if empty(s) {
+        *slot = None;
+        return (Some(r), true);
+    }
+    (Some(r), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("$s".to_string()),
+            Just(String::new())
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![3 => level(), 1 => Just("+".to_string())], 1..4),
+            any::<bool>(),
+        )
+            .prop_map(|(mut ls, hash)| {
+                if hash {
+                    ls.push("#".into());
+                }
+                ls.join("/")
+            })
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|ls| ls.join("/"))
+    }
+
+    proptest! {
+        #[test]
+        fn trie_matches_brute_force(filters in prop::collection::vec(filter(), 0..20), names in prop::collection::vec(name(), 1..10), remove in prop::collection::vec(any::<prop::sample::Index>(), 0..5)) {
+            let mut trie: Trie<Vec<usize>> = Trie::default();
+            let mut live: Vec<(usize, String)> = filters.iter().cloned().enumerate().collect();
+            for (i, f) in &live {
+                trie.entry(f).push(*i);
+            }
+            for idx in remove {
+                if live.is_empty() { break; }
+                let (i, f) = live.remove(idx.index(live.len()));
+                trie.update(&f, |v| v.retain(|x| *x != i), |v| v.is_empty());
+            }
+            let distinct: std::collections::HashSet<&String> = live.iter().map(|(_, f)| f).collect();
+            prop_assert_eq!(trie.len(), distinct.len());
+            for n in &names {
+                let mut got = Vec::new();
+                trie.for_each_match(n, |v| got.extend(v.iter().copied()));
+                got.sort();
+                let mut want: Vec<usize> = live.iter().filter(|(_, f)| super::super::matches(f, n)).map(|(i, _)| *i).collect();
+                want.sort();
+                prop_assert_eq!(got, want, "name {}", n);
+            }
+        }
+    }
+}

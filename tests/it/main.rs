@@ -1,0 +1,5 @@
+//! Integration tests: the real broker on loopback ports, with 1 shard and with 4 shards so that
+//! cross-shard paths run, driven by raw-byte clients and rumqttc.
+
+mod harness;
+mod protocol;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine: installs what the tests need (Mosquitto for
+# side-by-side runs, a Python venv with paho-mqtt), then runs the Rust tests, the Python client
+# tests, and checks that the benchmarks still build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+  echo "== installing mosquitto"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import paho.mqtt, pytest' 2>/dev/null; then
+  echo "== creating .venv with paho-mqtt"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r tests/python/requirements.txt
+fi
+
+echo "== cargo build"
+cargo build --workspace --release --bins
+cargo build --workspace --bins
+
+echo "== cargo test"
+cargo test --workspace
+
+echo "== python client tests (paho-mqtt)"
+RINGMQ_BIN="$PWD/target/debug/ringmq" .venv/bin/python -m pytest -q tests/python
+
+echo "== benches build"
+cargo bench --workspace --no-run
