@@ -1,5 +1,7 @@
 //! The `ringmq` binary: parse the command line, load the configuration, run.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use ringmq::cli::{Cli, Command};
 
@@ -13,6 +15,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

@@ -37,6 +37,15 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counts a delivery written (true) or dropped as too large for its client (false).
+    pub fn count_sent(&self, written: bool) {
+        if written {
+            self.msgs_out.inc();
+        } else {
+            self.dropped.inc();
+        }
+    }
+
     /// One line summing the counters of every shard, for the log.
     pub fn summary(all: &[std::sync::Arc<Stats>]) -> String {
         let sum = |f: fn(&Stats) -> &Counter| all.iter().map(|s| f(s).get()).sum::<i64>();

@@ -114,6 +114,12 @@ fn publish_var_header_len(p: &Publish, protocol: Protocol) -> usize {
     n
 }
 
+/// Bytes a PUBLISH takes on the wire, payload included.
+pub fn publish_len(p: &Publish, protocol: Protocol) -> usize {
+    let remaining = publish_var_header_len(p, protocol) + p.payload.len();
+    1 + varint_len(remaining) + remaining
+}
+
 /// Writes a PUBLISH's fixed and variable header; the payload (`p.payload.len()` bytes, counted in
 /// the remaining length) is for the caller to send after it, by reference or by copy.
 pub fn put_publish_header(buf: &mut BytesMut, p: &Publish, protocol: Protocol) {

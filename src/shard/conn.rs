@@ -65,11 +65,12 @@ async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr) {
         if link.close.borrow().is_some() || eof {
             break;
         }
-        let want_read = {
+        let (want_read, ring_blocked) = {
             let sh = shard.borrow();
             let out_full = link.out.borrow().len() > sh.cfg.mqtt.max_outbound_bytes;
             let claiming = matches!(link.state.get(), LinkState::Claiming(_));
-            !out_full && !claiming && !sh.ring_blocked()
+            let ring_blocked = sh.ring_blocked();
+            (!out_full && !claiming && !ring_blocked, ring_blocked)
         };
         let want_write = !link.out.borrow().is_empty();
         if want_write && writable.is_none() {
@@ -83,7 +84,10 @@ async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr) {
                         return Poll::Ready(Event::Readable);
                     }
                 }
-            } else if shard.borrow().ring_blocked() {
+            } else if ring_blocked {
+                if !shard.borrow().ring_blocked() {
+                    return Poll::Ready(Event::Output);
+                }
                 shard.borrow_mut().blocked_readers.push(cx.waker().clone());
             }
             if let Some(w) = writable.as_mut().as_pin_mut() {

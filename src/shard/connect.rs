@@ -346,7 +346,13 @@ impl Shard {
                         continue;
                     };
                     let d = f.delivery.clone();
-                    super::route::write_publish(&mut slot.session, &link, Some(pid), &d, true);
+                    self.stats.count_sent(super::route::write_publish(
+                        &mut slot.session,
+                        &link,
+                        Some(pid),
+                        &d,
+                        true,
+                    ));
                 }
                 OutState::Released => {
                     link.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));
@@ -379,7 +385,7 @@ impl Shard {
                 };
                 slot.link = None;
                 let dropped = slot.session.dropped;
-                tracing::debug!(client = %slot.session.client_id, peer = %link.peer, dropped, "disconnected");
+                tracing::info!(client = %slot.session.client_id, peer = %link.peer, dropped, "disconnected");
                 if slot.session.expiry_interval == 0 {
                     self.end_session(key, now);
                     return;

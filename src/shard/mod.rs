@@ -181,6 +181,11 @@ impl Shard {
         }
         if let Err(msg) = self.outbox.send(to, msg) {
             self.stats.ring_full.inc();
+            tracing::debug!(
+                from = self.id,
+                to,
+                "ring full: pausing reads until it drains"
+            );
             self.backlog[to].push_back(msg);
             if let Some(w) = self.pump_waker.take() {
                 w.wake();
@@ -353,7 +358,7 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if !sh.self_queue.is_empty() {
+            if !sh.self_queue.is_empty() || sh.ring_blocked() {
                 return Poll::Ready(());
             }
             sh.pump_waker = Some(cx.waker().clone());

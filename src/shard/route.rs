@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use super::interest::ShardSet;
 use super::link::ConnLink;
 use super::{Shard, SubEntry};
-use crate::codec::{Publish, QoS};
+use crate::codec::{publish_len, Publish, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
 use crate::topic::parse_shared;
@@ -25,33 +25,50 @@ pub(super) fn write_publish(
     pid: Option<u16>,
     d: &Delivery,
     dup: bool,
-) {
-    let mut topic = d.msg.topic.clone();
-    let mut properties = None;
+) -> bool {
+    let mut publish = Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.clone(),
+        packet_id: pid,
+        properties: None,
+        payload: d.msg.payload.clone(),
+    };
     if session.protocol.is_v5() {
         let mut p = d.msg.props.as_deref().cloned().unwrap_or_default();
         p.message_expiry_interval = d.msg.remaining_expiry(Instant::now());
         p.subscription_identifiers = d.sub_ids.clone();
-        if let Some((alias, with_topic)) = session.alias_for(&topic) {
-            p.topic_alias = Some(alias);
-            if !with_topic {
-                topic = ByteString::new();
-            }
-        }
         if !p.is_empty() {
-            properties = Some(Box::new(p));
+            publish.properties = Some(Box::new(p));
         }
     }
-    link.send_publish(&Publish {
-        dup,
-        qos: d.qos,
-        retain: d.retain,
-        topic,
-        packet_id: pid,
-        properties,
-        payload: d.msg.payload.clone(),
-    });
+    // Sized with the full topic and room for an alias property: an upper bound, checked before
+    // an alias is given out that the client would then never learn.
+    if publish_len(&publish, session.protocol) + ALIAS_PROPERTY_LEN
+        > session.max_packet_size as usize
+    {
+        session.dropped += 1;
+        if let Some(pid) = pid {
+            session.inflight.remove(&pid);
+        }
+        return false;
+    }
+    if let Some((alias, with_topic)) = session.alias_for(&publish.topic) {
+        publish
+            .properties
+            .get_or_insert_with(Box::default)
+            .topic_alias = Some(alias);
+        if !with_topic {
+            publish.topic = ByteString::new();
+        }
+    }
+    link.send_publish(&publish);
+    true
 }
+
+/// A topic alias property (id and two bytes) and the property length growing by a byte.
+const ALIAS_PROPERTY_LEN: usize = 4;
 
 impl Shard {
     /// Stores a retained message (and tells every replica), then routes the message.
@@ -188,18 +205,12 @@ impl Shard {
         if d.msg.is_expired(now) {
             return;
         }
-        let size = d.msg.payload.len() + d.msg.topic.len() + 16;
-        if size > slot.session.max_packet_size as usize {
-            slot.session.dropped += 1;
-            self.stats.dropped.inc();
-            return;
-        }
         let link = slot.link.clone().filter(|l| l.out.borrow().len() < limit);
         match slot.session.admit(d, link.is_some()) {
             Admit::Send(pid, d) => {
                 if let Some(link) = link {
-                    write_publish(&mut slot.session, &link, pid, &d, false);
-                    self.stats.msgs_out.inc();
+                    self.stats
+                        .count_sent(write_publish(&mut slot.session, &link, pid, &d, false));
                 }
             }
             Admit::Queued => {}
@@ -220,8 +231,8 @@ impl Shard {
             let Some((pid, d)) = slot.session.next_queued(now) else {
                 break;
             };
-            write_publish(&mut slot.session, &link, pid, &d, false);
-            self.stats.msgs_out.inc();
+            self.stats
+                .count_sent(write_publish(&mut slot.session, &link, pid, &d, false));
         }
     }
 

@@ -55,14 +55,16 @@ impl Broker {
 
     /// Starts the broker with extra TOML appended under `[mqtt]`.
     pub fn with_config(shards: usize, mqtt_toml: &str) -> Broker {
+        Broker::with_sections(shards, "", mqtt_toml)
+    }
+
+    /// Starts the broker with extra TOML under `[broker]` and under `[mqtt]`.
+    pub fn with_sections(shards: usize, broker_toml: &str, mqtt_toml: &str) -> Broker {
         let dir = tempdir::Dir::new();
         let port = free_port();
         let cfg = dir.0.join("ringmq.toml");
-        std::fs::write(
-            &cfg,
-            format!("[broker]\npin_cores = false\n\n[mqtt]\n{mqtt_toml}\n"),
-        )
-        .expect("config");
+        let text = format!("[broker]\npin_cores = false\n{broker_toml}\n\n[mqtt]\n{mqtt_toml}\n");
+        std::fs::write(&cfg, text).expect("config");
         let log = dir.0.join("broker.log");
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["run", "--config"])

@@ -1,5 +1,6 @@
 //! Integration tests: the real broker on loopback ports, with 1 shard and with 4 shards so that
 //! cross-shard paths run, driven by raw-byte clients and rumqttc.
 
+mod clients;
 mod harness;
 mod protocol;
