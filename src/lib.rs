@@ -7,6 +7,7 @@
 //! - [`retained`]: the retained-message store.
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
+//! - [`sock`]: non-blocking socket I/O after readiness waits (the one `unsafe` fd borrow).
 //! - [`server`]: boot: ports, mesh, pinned shard threads.
 //! - [`config`], [`cli`], [`stats`]: configuration, command line, counters.
 
@@ -18,5 +19,6 @@ pub mod ring;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod sock;
 pub mod stats;
 pub mod topic;

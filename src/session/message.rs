@@ -67,7 +67,7 @@ impl Message {
     /// offline queues), so they do not pin a whole read buffer.
     pub fn compacted(&self) -> Message {
         Message {
-            topic: ByteString::from(&*self.topic),
+            topic: owned(&self.topic),
             payload: Bytes::copy_from_slice(&self.payload),
             qos: self.qos,
             retain: self.retain,
@@ -90,4 +90,10 @@ impl Message {
                 .min(u64::from(u32::MAX)) as u32
         })
     }
+}
+
+/// A copy of a string decoded from a read buffer, for state kept long (client ids, filters,
+/// aliases): a zero-copy slice would keep the shard's whole 64 KiB read buffer alive.
+pub fn owned(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
 }

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
 use crate::codec::{Protocol, QoS, SubOptions, Will};
 
-pub use message::Message;
+pub use message::{owned, Message};
 
 /// Subscription identifiers attached to one delivery.
 pub type SubIds = SmallVec<[u32; 1]>;
@@ -68,23 +68,31 @@ pub struct SessionLimits {
     pub max_inflight: u16,
 }
 
+/// The topic aliases of one connection, both ways.
+#[derive(Debug, Default)]
+pub struct Aliases {
+    pub out: AHashMap<ByteString, u16>,
+    pub inbound: AHashMap<u16, ByteString>,
+}
+
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ByteString,
     pub protocol: Protocol,
     /// Seconds the session outlives its connection; `u32::MAX` never expires.
     pub expiry_interval: u32,
-    pub subscriptions: AHashMap<ByteString, Subscription>,
-    pub will: Option<Will>,
-    /// Packet ids of inbound QoS 2 messages awaiting PUBREL.
-    pub inbound_qos2: AHashSet<u16>,
+    pub subscriptions: BTreeMap<ByteString, Subscription>,
+    /// Boxed: most sessions have none, and idle sessions should stay small.
+    pub will: Option<Box<Will>>,
+    /// Packet ids of inbound QoS 2 messages awaiting PUBREL (at most the receive maximum).
+    pub inbound_qos2: Vec<u16>,
     /// The client's receive maximum: our outbound window.
     pub send_window: u16,
     /// The largest packet the client accepts.
     pub max_packet_size: u32,
     pub alias_max_out: u16,
-    pub aliases_out: AHashMap<ByteString, u16>,
-    pub aliases_in: AHashMap<u16, ByteString>,
+    /// Topic aliases of the current connection, allocated on first use.
+    pub aliases: Option<Box<Aliases>>,
     pub inflight: BTreeMap<u16, Inflight>,
     pub queue: VecDeque<Delivery>,
     next_pid: u16,
@@ -99,14 +107,13 @@ impl Session {
             client_id,
             protocol,
             expiry_interval: 0,
-            subscriptions: AHashMap::new(),
+            subscriptions: BTreeMap::new(),
             will: None,
-            inbound_qos2: AHashSet::new(),
+            inbound_qos2: Vec::new(),
             send_window: limits.max_inflight,
             max_packet_size: u32::MAX,
             alias_max_out: 0,
-            aliases_out: AHashMap::new(),
-            aliases_in: AHashMap::new(),
+            aliases: None,
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             next_pid: 0,
@@ -127,8 +134,18 @@ impl Session {
         self.send_window = send_window.min(self.limits.max_inflight).max(1);
         self.max_packet_size = max_packet;
         self.alias_max_out = alias_max;
-        self.aliases_out.clear();
-        self.aliases_in.clear();
+        self.aliases = None;
+    }
+
+    /// Forgets an inbound QoS 2 packet id on PUBREL; false if it was not awaiting one.
+    pub fn release_inbound(&mut self, pid: u16) -> bool {
+        match self.inbound_qos2.iter().position(|p| *p == pid) {
+            Some(i) => {
+                self.inbound_qos2.swap_remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     fn window_open(&self) -> bool {
@@ -240,14 +257,15 @@ impl Session {
         if self.alias_max_out == 0 {
             return None;
         }
-        if let Some(a) = self.aliases_out.get(topic) {
+        let aliases = self.aliases.get_or_insert_with(Box::default);
+        if let Some(a) = aliases.out.get(topic) {
             return Some((*a, false));
         }
-        let next = self.aliases_out.len() as u16 + 1;
+        let next = aliases.out.len() as u16 + 1;
         if next > self.alias_max_out {
             return None;
         }
-        self.aliases_out.insert(topic.clone(), next);
+        aliases.out.insert(topic.clone(), next);
         Some((next, true))
     }
 

@@ -13,7 +13,7 @@ use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard, TimerKind};
 use crate::codec::{ConnAck, Connect, Packet, Properties, Protocol, PubResp, ReasonCode, Will};
 use crate::ring::{Grant, XMsg};
-use crate::session::{Message, OutState, Session};
+use crate::session::{owned, Message, OutState, Session};
 
 impl Shard {
     pub(super) fn on_connect(
@@ -51,6 +51,11 @@ impl Shard {
                 ReasonCode::ClientIdentifierNotValid,
                 "client id too long",
             ));
+        }
+        c.client_id = owned(&c.client_id);
+        if let Some(w) = &mut c.will {
+            w.topic = owned(&w.topic);
+            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
         }
         link.keep_alive
             .set(self.cfg.mqtt.server_keep_alive.unwrap_or(c.keep_alive));
@@ -175,7 +180,7 @@ impl Shard {
         }
         if let Some(will) = session.will.take() {
             if clean_start || will_delay(&will) == 0 {
-                self.publish_will(will, session.client_id.clone(), now);
+                self.publish_will(*will, session.client_id.clone(), now);
             }
         }
         if clean_start {
@@ -239,7 +244,7 @@ impl Shard {
                 .unwrap_or(u32::MAX),
             props.and_then(|p| p.topic_alias_maximum).unwrap_or(0),
         );
-        session.will = c.will.take();
+        session.will = c.will.take().map(Box::new);
         let slot = SessionSlot {
             session,
             link: Some(link.clone()),
@@ -390,12 +395,12 @@ impl Shard {
                     self.end_session(key, now);
                     return;
                 }
-                let delay = slot.session.will.as_ref().map(will_delay);
+                let delay = slot.session.will.as_deref().map(will_delay);
                 match delay {
                     Some(0) => {
                         if let Some(will) = slot.session.will.take() {
                             let origin = slot.session.client_id.clone();
-                            self.publish_will(will, origin, now);
+                            self.publish_will(*will, origin, now);
                         }
                     }
                     Some(d) => {
@@ -422,7 +427,7 @@ impl Shard {
         let slot = self.remove_session(key);
         let mut session = slot.session;
         if let Some(will) = session.will.take() {
-            self.publish_will(will, session.client_id.clone(), now);
+            self.publish_will(*will, session.client_id.clone(), now);
         }
         self.redispatch_shared(&mut session);
         let home = self.home_of(&session.client_id);

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
 use crate::codec::*;
-use crate::session::{Delivery, Message, OutState, SubIds, Subscription};
+use crate::session::{owned, Delivery, Message, OutState, SubIds, Subscription};
 use crate::topic::parse_shared;
 
 fn protocol_error(why: &str) -> Close {
@@ -63,7 +63,7 @@ impl Shard {
             }
             Packet::PubRel(a) => {
                 let known = self
-                    .with_session(key, |s| s.inbound_qos2.remove(&a.packet_id))
+                    .with_session(key, |s| s.release_inbound(a.packet_id))
                     .unwrap_or(false);
                 let reason = if known {
                     ReasonCode::Success
@@ -128,14 +128,15 @@ impl Shard {
                     "topic alias above the maximum",
                 ));
             }
+            let aliases = session.aliases.get_or_insert_with(Box::default);
             if topic.is_empty() {
-                topic = session
-                    .aliases_in
+                topic = aliases
+                    .inbound
                     .get(&alias)
                     .cloned()
                     .ok_or_else(|| protocol_error("unknown topic alias"))?;
             } else {
-                session.aliases_in.insert(alias, topic.clone());
+                aliases.inbound.insert(alias, owned(&topic));
             }
         }
         if topic.split('/').count() > levels_max {
@@ -170,7 +171,7 @@ impl Shard {
                     "too many unreleased QoS 2 messages",
                 ));
             }
-            session.inbound_qos2.insert(id);
+            session.inbound_qos2.push(id);
         }
         let origin = session.client_id.clone();
         let msg = Message::new(
@@ -204,6 +205,7 @@ impl Shard {
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(ByteString, SubOptions)> = Vec::new();
         for (filter, options) in s.filters {
+            let filter = owned(&filter);
             if filter.split('/').count() > self.cfg.mqtt.max_topic_levels {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;

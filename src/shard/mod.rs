@@ -8,7 +8,6 @@ mod inbound;
 mod interest;
 mod link;
 mod route;
-mod sock;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -297,7 +296,7 @@ impl Shard {
                 slot.will_at = None;
                 if let Some(will) = slot.session.will.take() {
                     let origin = slot.session.client_id.clone();
-                    self.publish_will(will, origin, now);
+                    self.publish_will(*will, origin, now);
                 }
             }
             TimerKind::Expiry if slot.expires_at.is_some_and(|t| t <= now) => {

@@ -1,0 +1,149 @@
+//! One MQTT client connection of the load generator: readiness-based non-blocking I/O (the
+//! broker's own `sock` helpers) and the project's codec, so a client costs a socket and a few
+//! small buffers.
+
+use std::io::{self, ErrorKind, IoSlice};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use ringmq::codec::{decode, encode, Connect, Packet, Protocol, ReasonCode};
+use ringmq::sock;
+
+pub struct Client {
+    stream: TcpStream,
+    inbuf: BytesMut,
+    out: BytesMut,
+    pub proto: Protocol,
+}
+
+/// Why a client could not get connected.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    Io(io::Error),
+    Refused(ReasonCode),
+    Timeout,
+    Closed,
+}
+
+impl ConnectFailure {
+    /// A short label for the failure table.
+    pub fn label(&self) -> String {
+        match self {
+            ConnectFailure::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                "connection refused".into()
+            }
+            ConnectFailure::Io(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                "no free source port (add --source addresses)".into()
+            }
+            ConnectFailure::Io(e) => format!("io: {}", e.kind()),
+            ConnectFailure::Refused(rc) => format!("CONNACK {:?} (0x{:02x})", rc, *rc as u8),
+            ConnectFailure::Timeout => "timeout".into(),
+            ConnectFailure::Closed => "closed by broker".into(),
+        }
+    }
+}
+
+impl Client {
+    /// TCP connect, CONNECT, and wait for CONNACK (within `timeout`).
+    pub async fn connect(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        connect: Connect,
+        timeout: Duration,
+    ) -> Result<Client, ConnectFailure> {
+        let work = async {
+            let stream = sock::connect(addr, source)
+                .await
+                .map_err(ConnectFailure::Io)?;
+            let mut c = Client {
+                stream,
+                inbuf: BytesMut::new(),
+                out: BytesMut::new(),
+                proto: connect.protocol,
+            };
+            c.send(&Packet::Connect(Box::new(connect)))
+                .await
+                .map_err(ConnectFailure::Io)?;
+            match c.next().await.map_err(ConnectFailure::Io)? {
+                Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => Ok(c),
+                Some(Packet::ConnAck(a)) => Err(ConnectFailure::Refused(a.reason)),
+                _ => Err(ConnectFailure::Closed),
+            }
+        };
+        match monoio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectFailure::Timeout),
+        }
+    }
+
+    /// Encodes `p` into the output buffer (sent by `flush`).
+    pub fn queue(&mut self, p: &Packet) {
+        encode(p, self.proto, &mut self.out);
+    }
+
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    pub async fn send(&mut self, p: &Packet) -> io::Result<()> {
+        self.queue(p);
+        self.flush().await
+    }
+
+    /// Writes everything queued, waiting for writability when the socket is full.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while !self.out.is_empty() {
+            match sock::send(&self.stream, &[IoSlice::new(&self.out)]) {
+                Ok(n) => {
+                    let _ = self.out.split_to(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.stream.writable(false).await?,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A packet already received, without waiting.
+    pub fn try_next(&mut self) -> io::Result<Option<Packet>> {
+        decode(&mut self.inbuf, self.proto, usize::MAX)
+            .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
+    }
+
+    /// Reads what the socket holds now; false at end of stream.
+    pub fn fill(&mut self) -> io::Result<bool> {
+        loop {
+            match sock::recv(&self.stream, &mut self.inbuf, 16 * 1024) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the socket is readable (cancel-safe: nothing is lost if dropped).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.stream.readable(false).await
+    }
+
+    /// The next packet; `None` once the broker closed the connection.
+    pub async fn next(&mut self) -> io::Result<Option<Packet>> {
+        loop {
+            if let Some(p) = self.try_next()? {
+                return Ok(Some(p));
+            }
+            self.readable().await?;
+            if !self.fill()? {
+                return self.try_next();
+            }
+            if self.inbuf.is_empty() && self.inbuf.capacity() > 64 * 1024 {
+                self.inbuf = BytesMut::new();
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! `compare`: one scenario against several brokers, interleaved (A B A B ...) over repetitions,
+//! reported as medians and as ratios to a baseline broker, so a noisy shared machine still
+//! gives a fair comparison.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::report::Report;
+use crate::target::{Progress, TargetArgs};
+use crate::Scenario;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// A broker as NAME=ADDR or NAME=ADDR@PID (the PID adds CPU and memory figures); repeat.
+    #[arg(long = "broker", required = true)]
+    pub brokers: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// The broker the ratios are against (default: the last one given).
+    #[arg(long)]
+    pub baseline: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Broker {
+    name: String,
+    addr: SocketAddr,
+    pid: Option<u32>,
+}
+
+fn parse(spec: &str) -> anyhow::Result<Broker> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--broker {spec}: use NAME=ADDR[@PID]"))?;
+    let (addr, pid) = match rest.split_once('@') {
+        Some((a, p)) => (a, Some(p.parse()?)),
+        None => (rest, None),
+    };
+    Ok(Broker {
+        name: name.into(),
+        addr: addr.parse()?,
+        pid,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub broker: String,
+    /// Median delivered messages per second (conn: connects per second).
+    pub rate: f64,
+    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per connection).
+    pub efficiency: Option<f64>,
+    pub p99_us: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub rate_ratio: f64,
+    pub efficiency_ratio: Option<f64>,
+    pub runs: Vec<Report>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn run(
+    target: &TargetArgs,
+    args: &CompareArgs,
+    scenario: &Scenario,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Vec<Row>> {
+    let brokers: Vec<Broker> = args
+        .brokers
+        .iter()
+        .map(|b| parse(b))
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
+    let mut runs: Vec<Vec<Report>> = brokers.iter().map(|_| Vec::new()).collect();
+    for rep in 0..args.reps {
+        for (k, b) in brokers.iter().enumerate() {
+            eprintln!("== rep {}/{}: {}", rep + 1, args.reps, b.name);
+            let t = TargetArgs {
+                addr: b.addr,
+                broker_pid: b.pid,
+                ..target.clone()
+            };
+            runs[k].push(crate::run_scenario(&t, scenario, progress)?);
+        }
+    }
+    let conn = matches!(scenario, Scenario::Conn(_));
+    let summarize = |reports: &[Report]| {
+        let rate = median(
+            reports
+                .iter()
+                .map(|r| {
+                    if conn {
+                        r.connects_per_sec()
+                    } else {
+                        r.msgs_per_sec()
+                    }
+                })
+                .collect(),
+        );
+        let eff: Vec<f64> = reports
+            .iter()
+            .filter_map(|r| {
+                if conn {
+                    r.broker.map(|b| {
+                        (b.rss_end as f64 - b.rss_start as f64) / r.connected.max(1) as f64
+                    })
+                } else {
+                    r.per_cpu_sec()
+                }
+            })
+            .collect();
+        let eff = (!eff.is_empty()).then(|| median(eff));
+        (rate, eff)
+    };
+    let base_name = args
+        .baseline
+        .clone()
+        .unwrap_or_else(|| brokers.last().map(|b| b.name.clone()).unwrap_or_default());
+    let base_idx = brokers
+        .iter()
+        .position(|b| b.name == base_name)
+        .ok_or_else(|| anyhow::anyhow!("no broker named {base_name}"))?;
+    let (base_rate, base_eff) = summarize(&runs[base_idx]);
+    let rows = brokers
+        .iter()
+        .zip(runs)
+        .map(|(b, reports)| {
+            let (rate, eff) = summarize(&reports);
+            let p99 = median(
+                reports
+                    .iter()
+                    .map(|r| r.latency.percentiles().p99 as f64)
+                    .collect(),
+            ) as u64;
+            Row {
+                broker: b.name.clone(),
+                rate,
+                efficiency: eff,
+                p99_us: p99,
+                lost: reports.iter().map(Report::lost).sum(),
+                duplicated: reports.iter().map(|r| r.duplicated).sum(),
+                rate_ratio: if base_rate > 0.0 {
+                    rate / base_rate
+                } else {
+                    0.0
+                },
+                efficiency_ratio: eff.zip(base_eff).map(|(e, be)| {
+                    if conn {
+                        be / e.max(1.0)
+                    } else {
+                        e / be
+                    }
+                }),
+                runs: reports,
+            }
+        })
+        .collect();
+    Ok(rows)
+}
+
+pub fn print(rows: &[Row], conn: bool) {
+    let (rate, eff) = if conn {
+        ("conn/s", "RSS B/conn")
+    } else {
+        ("msg/s", "msg/CPU-s")
+    };
+    println!(
+        "{:<14} {:>12} {:>8} {:>14} {:>8} {:>10} {:>8} {:>6}",
+        "broker", rate, "ratio", eff, "ratio", "p99 us", "lost", "dup"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:>12.0} {:>7.2}x {:>14} {:>8} {:>10} {:>8} {:>6}",
+            r.broker,
+            r.rate,
+            r.rate_ratio,
+            r.efficiency.map_or("-".into(), |e| format!("{e:.0}")),
+            r.efficiency_ratio
+                .map_or("-".into(), |e| format!("{e:.2}x")),
+            r.p99_us,
+            r.lost,
+            r.duplicated
+        );
+    }
+}

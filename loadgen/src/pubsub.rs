@@ -1,0 +1,550 @@
+//! `pubsub`: P publishers and S subscribers on topic patterns ({i} is the client's index), for
+//! 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each payload carries the publisher,
+//! a sequence number and the intended send time, so latency is measured end to end against the
+//! intended time (open loop: corrected for coordinated omission) and lost or duplicated
+//! messages are counted. Closed loop keeps at most W messages in flight end to end per
+//! publisher: the sustainable capacity.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::Args;
+use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode, SubOptions, Subscribe};
+use ringmq::topic::{matches, parse_shared};
+
+use crate::client::Client;
+use crate::report::{histogram, Latency, Report};
+use crate::target::{Progress, TargetArgs};
+
+#[derive(Debug, Clone, Args)]
+pub struct PubSubArgs {
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+    /// Topic each publisher publishes to ({i}: the publisher's index).
+    #[arg(long, default_value = "bench/{i}")]
+    pub pub_topic: String,
+    /// Filter each subscriber subscribes to ({i}: the subscriber's index); `$share/g/...` works.
+    #[arg(long, default_value = "bench/{i}")]
+    pub sub_topic: String,
+    #[arg(long, default_value_t = 0)]
+    pub qos: u8,
+    /// Payload bytes (at least 20: publisher id, sequence, timestamp).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Messages per second per publisher (open loop). 0: closed loop with --inflight.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Closed loop: messages in flight end to end per publisher.
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u64,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+}
+
+const HEADER: usize = 20;
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// How many deliveries one message of publisher `i` should make to the subscribers `subs`:
+/// the matching ones, a shared group counting once.
+fn fanout(args: &PubSubArgs, i: usize, subs: impl Iterator<Item = usize>) -> u64 {
+    let topic = args.pub_topic.replace("{i}", &i.to_string());
+    let mut groups = std::collections::HashSet::new();
+    let mut n = 0;
+    for j in subs {
+        let filter = args.sub_topic.replace("{i}", &j.to_string());
+        match parse_shared(&filter) {
+            Some(Ok((group, inner)))
+                if matches(inner, &topic) && groups.insert(group.to_string()) =>
+            {
+                n += 1
+            }
+            None if matches(&filter, &topic) => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// State shared by every worker thread of this process.
+struct Shared {
+    delivered: Vec<AtomicU64>,
+    wakers: Vec<atomic_waker::AtomicWaker>,
+    subs_ready: AtomicUsize,
+    go: AtomicBool,
+    stop: AtomicBool,
+    start_ns: AtomicU64,
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    published: u64,
+    expected: u64,
+    delivered: u64,
+    duplicated: u64,
+    measured: u64,
+    failures: Vec<String>,
+    latency: Latency,
+}
+
+pub fn run(
+    target: &TargetArgs,
+    args: &PubSubArgs,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.size >= HEADER,
+        "--size must be at least {HEADER} bytes"
+    );
+    anyhow::ensure!(args.qos <= 2, "--qos is 0, 1 or 2");
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    target.protocol()?;
+    let slice = target.slice();
+    let local_subs = slice.local_count(args.subscribers);
+    if args.rate == 0.0 {
+        let local: Vec<usize> = (0..slice.threads)
+            .flat_map(|t| slice.clients(t, args.subscribers))
+            .collect();
+        for t in 0..slice.threads {
+            for i in slice.clients(t, args.publishers) {
+                anyhow::ensure!(
+                    fanout(args, i, local.iter().copied()) > 0,
+                    "closed loop needs each publisher's subscribers in its own process; \
+                     use --rate (open loop) or fewer --procs"
+                );
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        delivered: (0..args.publishers).map(|_| AtomicU64::new(0)).collect(),
+        wakers: (0..args.publishers)
+            .map(|_| atomic_waker::AtomicWaker::new())
+            .collect(),
+        subs_ready: AtomicUsize::new(0),
+        go: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        start_ns: AtomicU64::new(0),
+    });
+    let sources = target.sources()?;
+    let workers = {
+        let (target, args, progress, shared) = (
+            target.clone(),
+            args.clone(),
+            progress.clone(),
+            shared.clone(),
+        );
+        std::thread::spawn(move || {
+            crate::workers::run(target.threads(), move |t| {
+                worker(
+                    t,
+                    target.clone(),
+                    args.clone(),
+                    sources.clone(),
+                    progress.clone(),
+                    shared.clone(),
+                )
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shared.subs_ready.load(Ordering::Relaxed) < local_subs && !workers.is_finished() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "subscribers did not all connect within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    crate::target::ready_then_wait(target);
+    let before = target.broker_pid.and_then(crate::broker::sample);
+    shared.start_ns.store(unix_ns(), Ordering::Relaxed);
+    shared.go.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(args.warmup + args.duration));
+    let after = target.broker_pid.and_then(crate::broker::sample);
+    shared.stop.store(true, Ordering::Relaxed);
+    let outs = workers
+        .join()
+        .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+    let mut r = Report {
+        scenario: format!(
+            "pubsub P={} S={} pub={} sub={} qos={} size={} {}",
+            args.publishers,
+            args.subscribers,
+            args.pub_topic,
+            args.sub_topic,
+            args.qos,
+            args.size,
+            if args.rate > 0.0 {
+                format!("rate={}/s", args.rate)
+            } else {
+                format!("closed-loop w={}", args.inflight)
+            }
+        ),
+        target: target.addr.to_string(),
+        elapsed_secs: args.warmup + args.duration,
+        measured_secs: args.duration,
+        ..Report::default()
+    };
+    for o in outs {
+        r.published += o.published;
+        r.expected += o.expected;
+        r.delivered += o.delivered;
+        r.duplicated += o.duplicated;
+        r.measured_delivered += o.measured;
+        r.latency.merge(&o.latency);
+        for f in o.failures {
+            *r.failures.entry(f).or_default() += 1;
+        }
+    }
+    if let (Some(b), Some(a)) = (before, after) {
+        r.broker = Some(crate::broker::usage(b, a));
+    }
+    Ok(r)
+}
+
+async fn worker(
+    t: usize,
+    target: TargetArgs,
+    args: PubSubArgs,
+    sources: Vec<std::net::IpAddr>,
+    progress: Arc<Progress>,
+    shared: Arc<Shared>,
+) -> WorkerOut {
+    let slice = target.slice();
+    let out = Rc::new(RefCell::new(WorkerOut::default()));
+    let hist = Rc::new(RefCell::new(histogram()));
+    let source = |i: usize| (!sources.is_empty()).then(|| sources[i % sources.len()]);
+    let local_subs: Vec<usize> = (0..slice.threads)
+        .flat_map(|t| slice.clients(t, args.subscribers))
+        .collect();
+    let mut handles = Vec::new();
+    for j in slice.clients(t, args.subscribers) {
+        let ctx = (
+            target.clone(),
+            args.clone(),
+            progress.clone(),
+            shared.clone(),
+            out.clone(),
+            hist.clone(),
+            source(j),
+        );
+        handles.push(monoio::spawn(async move {
+            let (target, args, progress, shared, out, hist, source) = ctx;
+            if let Err(e) =
+                subscriber(j, &target, &args, &progress, &shared, &out, &hist, source).await
+            {
+                out.borrow_mut().failures.push(format!("subscriber: {e}"));
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+                shared.subs_ready.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for i in slice.clients(t, args.publishers) {
+        let local_fan = fanout(&args, i, local_subs.iter().copied());
+        let global_fan = fanout(&args, i, 0..args.subscribers);
+        let ctx = (
+            target.clone(),
+            args.clone(),
+            progress.clone(),
+            shared.clone(),
+            out.clone(),
+            source(args.subscribers + i),
+        );
+        handles.push(monoio::spawn(async move {
+            let (target, args, progress, shared, out, source) = ctx;
+            match publisher(i, local_fan, &target, &args, &progress, &shared, source).await {
+                Ok(n) => {
+                    let mut o = out.borrow_mut();
+                    o.published += n;
+                    o.expected += n * global_fan;
+                }
+                Err(e) => {
+                    out.borrow_mut().failures.push(format!("publisher: {e}"));
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await;
+    }
+    let mut o = std::mem::take(&mut *out.borrow_mut());
+    o.latency = Latency::from_hist(&hist.borrow());
+    o
+}
+
+fn qos(n: u8) -> QoS {
+    QoS::from_u8(n).unwrap_or(QoS::AtMostOnce)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subscriber(
+    j: usize,
+    target: &TargetArgs,
+    args: &PubSubArgs,
+    progress: &Progress,
+    shared: &Shared,
+    out: &RefCell<WorkerOut>,
+    hist: &RefCell<hdrhistogram::Histogram<u64>>,
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<()> {
+    let connect = target.connect_packet(format!("lg-s-{j}"), true, 60)?;
+    let mut c = Client::connect(target.addr, source, connect, target.connect_timeout())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.label()))?;
+    let filter = args.sub_topic.replace("{i}", &j.to_string());
+    let sub = Subscribe {
+        packet_id: 1,
+        filters: vec![(filter.into(), SubOptions::qos(qos(args.qos)))],
+        properties: None,
+    };
+    c.send(&Packet::Subscribe(sub)).await?;
+    anyhow::ensure!(
+        matches!(c.next().await?, Some(Packet::SubAck(_))),
+        "no SUBACK"
+    );
+    progress.up.fetch_add(1, Ordering::Relaxed);
+    shared.subs_ready.fetch_add(1, Ordering::Relaxed);
+    let mut next_seq: HashMap<u32, u64> = HashMap::new();
+    let (warm_ns, dur_ns) = ((args.warmup * 1e9) as u64, (args.duration * 1e9) as u64);
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        while let Some(p) = c.try_next()? {
+            let Packet::Publish(p) = p else {
+                if let Packet::PubRel(r) = p {
+                    c.queue(&Packet::PubComp(PubResp::new(
+                        r.packet_id,
+                        ReasonCode::Success,
+                    )));
+                }
+                continue;
+            };
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    c.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    c.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
+                }
+                _ => {}
+            }
+            if p.payload.len() < HEADER {
+                continue;
+            }
+            let pl = &p.payload;
+            let pub_id = u32::from_be_bytes([pl[0], pl[1], pl[2], pl[3]]);
+            let seq = u64::from_be_bytes(pl[4..12].try_into().unwrap_or_default());
+            let stamp = u64::from_be_bytes(pl[12..20].try_into().unwrap_or_default());
+            let mut o = out.borrow_mut();
+            o.delivered += 1;
+            let next = next_seq.entry(pub_id).or_insert(0);
+            if seq < *next {
+                o.duplicated += 1;
+            } else {
+                *next = seq + 1;
+            }
+            let start = shared.start_ns.load(Ordering::Relaxed);
+            if stamp >= start + warm_ns && stamp < start + warm_ns + dur_ns {
+                o.measured += 1;
+                let _ = hist
+                    .borrow_mut()
+                    .record((unix_ns().saturating_sub(stamp) / 1000).max(1));
+            }
+            progress.received.fetch_add(1, Ordering::Relaxed);
+            if let (Some(d), Some(w)) = (
+                shared.delivered.get(pub_id as usize),
+                shared.wakers.get(pub_id as usize),
+            ) {
+                d.fetch_add(1, Ordering::Relaxed);
+                w.wake();
+            }
+        }
+        c.flush().await?;
+        if shared.stop.load(Ordering::Relaxed) {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        let tick = monoio::time::sleep(Duration::from_millis(200));
+        monoio::select! {
+            _ = tick => {}
+            r = c.readable() => {
+                r?;
+                if !c.fill()? {
+                    anyhow::bail!("closed by broker");
+                }
+                if shared.stop.load(Ordering::Relaxed) {
+                    quiet_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+    let _ = c
+        .send(&Packet::Disconnect(ringmq::codec::Disconnect {
+            reason: ReasonCode::Success,
+            properties: None,
+        }))
+        .await;
+    progress.up.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn payload(pub_id: u32, seq: u64, stamp_ns: u64, size: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(size);
+    b.put_u32(pub_id);
+    b.put_u64(seq);
+    b.put_u64(stamp_ns);
+    b.resize(size, b'x');
+    b.freeze()
+}
+
+/// Publishes until told to stop; returns how many messages it published.
+async fn publisher(
+    i: usize,
+    local_fan: u64,
+    target: &TargetArgs,
+    args: &PubSubArgs,
+    progress: &Progress,
+    shared: &Shared,
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<u64> {
+    let connect = target.connect_packet(format!("lg-p-{i}"), true, 60)?;
+    let mut c = Client::connect(target.addr, source, connect, target.connect_timeout())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.label()))?;
+    progress.up.fetch_add(1, Ordering::Relaxed);
+    while !shared.go.load(Ordering::Relaxed) {
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let topic: bytestring::ByteString = args.pub_topic.replace("{i}", &i.to_string()).into();
+    let q = qos(args.qos);
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let start = Instant::now();
+    let start_ns = shared.start_ns.load(Ordering::Relaxed);
+    let end = start + Duration::from_secs_f64(args.warmup + args.duration);
+    let (mut seq, mut unacked, mut pid) = (0u64, 0u64, 0u16);
+    let mut forgiven = 0u64;
+    let mut last_progress = (Instant::now(), 0u64);
+    let window = args.inflight.max(1);
+    while Instant::now() < end && !shared.stop.load(Ordering::Relaxed) {
+        c.fill()?;
+        while let Some(p) = c.try_next()? {
+            match p {
+                Packet::PubAck(_) | Packet::PubComp(_) => unacked = unacked.saturating_sub(1),
+                Packet::PubRec(r) => c.queue(&Packet::PubRel(PubResp::new(
+                    r.packet_id,
+                    ReasonCode::Success,
+                ))),
+                _ => {}
+            }
+        }
+        let now = Instant::now();
+        let delivered = shared.delivered[i].load(Ordering::Relaxed) + forgiven;
+        if delivered != last_progress.1 {
+            last_progress = (now, delivered);
+        } else if now.duration_since(last_progress.0) > Duration::from_secs(1) {
+            forgiven += (seq * local_fan).saturating_sub(delivered);
+            last_progress = (now, delivered);
+        }
+        let qos_room = |unacked: u64| q == QoS::AtMostOnce || unacked < window.min(65_000);
+        loop {
+            let stamp = match interval {
+                Some(iv) => {
+                    let intended = start + iv.mul_f64(seq as f64);
+                    if intended > now {
+                        break;
+                    }
+                    start_ns + intended.duration_since(start).as_nanos() as u64
+                }
+                None => {
+                    if seq * local_fan >= delivered + window * local_fan {
+                        break;
+                    }
+                    unix_ns()
+                }
+            };
+            if !qos_room(unacked) || c.queued() > 256 * 1024 {
+                break;
+            }
+            let packet_id = if q == QoS::AtMostOnce {
+                None
+            } else {
+                pid = pid.wrapping_add(1).max(1);
+                unacked += 1;
+                Some(pid)
+            };
+            c.queue(&Packet::Publish(Publish {
+                dup: false,
+                qos: q,
+                retain: false,
+                topic: topic.clone(),
+                packet_id,
+                properties: None,
+                payload: payload(i as u32, seq, stamp, args.size),
+            }));
+            seq += 1;
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        c.flush().await?;
+        let wait = match interval {
+            Some(iv) => (start + iv.mul_f64(seq as f64))
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50)),
+            None => Duration::from_millis(50),
+        };
+        let delivered_now = shared.delivered[i].load(Ordering::Relaxed);
+        let sleep = monoio::time::sleep(wait);
+        monoio::select! {
+            _ = sleep => {}
+            r = c.readable() => { r?; }
+            _ = poll_fn(|cx| {
+                shared.wakers[i].register(cx.waker());
+                if interval.is_none() && shared.delivered[i].load(Ordering::Relaxed) != delivered_now {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }) => {}
+        }
+    }
+    let drain_until = Instant::now() + Duration::from_secs(5);
+    while unacked > 0 && Instant::now() < drain_until {
+        match monoio::time::timeout(Duration::from_millis(200), c.next()).await {
+            Ok(Ok(Some(Packet::PubAck(_) | Packet::PubComp(_)))) => unacked -= 1,
+            Ok(Ok(Some(Packet::PubRec(r)))) => {
+                c.send(&Packet::PubRel(PubResp::new(
+                    r.packet_id,
+                    ReasonCode::Success,
+                )))
+                .await?;
+            }
+            Ok(Ok(Some(_))) | Err(_) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+        }
+    }
+    let _ = c
+        .send(&Packet::Disconnect(ringmq::codec::Disconnect {
+            reason: ReasonCode::Success,
+            properties: None,
+        }))
+        .await;
+    progress.up.fetch_sub(1, Ordering::Relaxed);
+    Ok(seq)
+}

@@ -1,0 +1,62 @@
+//! Worker threads: one pinned monoio runtime per thread, as in the broker, each driving its
+//! share of the clients; and which clients are whose across threads and processes.
+
+use std::future::Future;
+
+/// This process's place among `procs` processes of `threads` threads each.
+#[derive(Debug, Clone, Copy)]
+pub struct Slice {
+    pub proc_index: usize,
+    pub procs: usize,
+    pub threads: usize,
+}
+
+impl Slice {
+    /// The client indices in `0..total` that worker thread `thread` of this process drives.
+    pub fn clients(&self, thread: usize, total: usize) -> impl Iterator<Item = usize> {
+        let stride = self.procs * self.threads;
+        let first = self.proc_index * self.threads + thread;
+        (first..total).step_by(stride)
+    }
+
+    /// How many of `0..total` this whole process drives.
+    pub fn local_count(&self, total: usize) -> usize {
+        (0..self.threads)
+            .map(|t| self.clients(t, total).count())
+            .sum()
+    }
+}
+
+/// Runs `work(thread)` on `threads` pinned runtimes and returns their results in thread order.
+pub fn run<R, Fut, F>(threads: usize, work: F) -> Vec<R>
+where
+    R: Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+{
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let work = work.clone();
+            let core = (!cores.is_empty()).then(|| cores[t % cores.len()]);
+            std::thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                        .enable_timer()
+                        .with_entries(4096)
+                        .build()
+                        .expect("monoio runtime");
+                    rt.block_on(work(t))
+                })
+                .expect("spawn worker")
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .collect()
+}
