@@ -57,6 +57,7 @@ pub fn run(
     let sources = target.sources()?;
     target.protocol()?;
     let before = target.broker_pid.and_then(crate::broker::sample);
+    let settled_before = progress.settled.load(Ordering::Relaxed);
     let started = Instant::now();
     let workers = {
         let (target, args, progress, release) = (
@@ -79,7 +80,9 @@ pub fn run(
             })
         })
     };
-    while progress.settled.load(Ordering::Relaxed) < local && !workers.is_finished() {
+    while progress.settled.load(Ordering::Relaxed) - settled_before < local
+        && !workers.is_finished()
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let connect_secs = started.elapsed().as_secs_f64();

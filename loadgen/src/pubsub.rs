@@ -43,6 +43,9 @@ pub struct PubSubArgs {
     /// Messages per second per publisher (open loop). 0: closed loop with --inflight.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Messages per second for all publishers together (open loop); overrides --rate.
+    #[arg(long)]
+    pub total_rate: Option<f64>,
     /// Closed loop: messages in flight end to end per publisher.
     #[arg(long, default_value_t = 100)]
     pub inflight: u64,
@@ -172,10 +175,12 @@ pub fn run(
     }
     std::thread::sleep(Duration::from_millis(200));
     crate::target::ready_then_wait(target);
-    let before = target.broker_pid.and_then(crate::broker::sample);
     shared.start_ns.store(unix_ns(), Ordering::Relaxed);
     shared.go.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(args.warmup + args.duration));
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    // The broker is sampled over the measured window only, as deliveries are counted.
+    let before = target.broker_pid.and_then(crate::broker::sample);
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
     let after = target.broker_pid.and_then(crate::broker::sample);
     shared.stop.store(true, Ordering::Relaxed);
     let outs = workers

@@ -3,4 +3,5 @@
 
 mod clients;
 mod harness;
+mod loadgen;
 mod protocol;

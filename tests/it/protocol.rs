@@ -760,3 +760,34 @@ fn outbound_window_respects_client_receive_maximum() {
     s.ack(&c3);
     assert_eq!(&s.recv_publish().payload[..], &[4]);
 }
+
+#[test]
+fn a_port_in_use_is_an_error_at_start() {
+    let b = Broker::start(2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", b.port),
+            "--shards",
+            "1",
+        ])
+        .output()
+        .expect("run a second broker");
+    assert!(
+        !out.status.success(),
+        "a second broker must not bind the same port"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
+
+#[test]
+fn server_keep_alive_is_announced_and_enforced() {
+    let b = Broker::with_config(2, "server_keep_alive = 1");
+    let (mut c, ack) = Raw::connect(b.port, Protocol::V5, "ska", true);
+    assert_eq!(ack.properties.and_then(|p| p.server_keep_alive), Some(1));
+    let got = c.until_closed();
+    assert!(
+        matches!(&got[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::KeepAliveTimeout),
+        "{got:?}"
+    );
+}
