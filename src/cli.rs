@@ -18,6 +18,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker in the foreground (the default).
     Run(RunArgs),
+    /// Check this machine's kernel settings and limits against a connection target.
+    Doctor {
+        /// The number of connections to be ready for.
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+        /// Read /proc and /sys under this directory instead of / (for tests).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Print the configuration: the commented defaults, or the one in effect.
     PrintConfig {
         /// The embedded defaults, with comments.

@@ -10,10 +10,12 @@
 //! - [`sock`]: non-blocking socket I/O after readiness waits (the one `unsafe` fd borrow).
 //! - [`server`]: boot: ports, mesh, pinned shard threads.
 //! - [`config`], [`cli`], [`stats`]: configuration, command line, counters.
+//! - [`doctor`]: checks the machine's kernel settings against a connection target.
 
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod doctor;
 pub mod retained;
 pub mod ring;
 pub mod server;

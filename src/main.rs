@@ -61,6 +61,15 @@ fn main() -> std::process::ExitCode {
             .map(|c| println!("{c:#?}"))
             .map_err(|e| e.to_string()),
         Some(Command::Run(args)) => start(&args),
+        Some(Command::Doctor { connections, root }) => {
+            let uring =
+                root == std::path::Path::new("/") && ringmq::server::driver_name() == "io_uring";
+            if ringmq::doctor::report(&root, connections, uring) {
+                Ok(())
+            } else {
+                return std::process::ExitCode::from(1);
+            }
+        }
         None => start(&cli.run),
     };
     match result {

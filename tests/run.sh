@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (Mosquitto for
 # side-by-side runs, a Python venv with paho-mqtt), then runs the Rust tests, the Python client
-# tests, and checks that the benchmarks still build.
+# tests, checks that the benchmarks still build, runs `ringmq doctor` and the benchmark CI in
+# smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +32,10 @@ RINGMQ_BIN="$PWD/target/debug/ringmq" .venv/bin/python -m pytest -q tests/python
 
 echo "== benches build"
 cargo bench --workspace --no-run
+
+echo "== ringmq doctor on this machine (reports only: its verdict depends on the machine)"
+target/release/ringmq doctor --connections 10000 || echo "(doctor exit status $?: not ready for 10000 here)"
+
+echo "== benchmark CI, smoke mode (every step runs, the report is written, no ratio gate)"
+bash bench/ci.sh --smoke
+test -s bench/report/latest.json

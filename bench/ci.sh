@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Benchmark CI: criterion benches plus a loadgen suite (1:1 pairs, fan-out, QoS 1, idle
+# connections) against ringmq and Mosquitto side by side, each broker pinned to one core and
+# the load generator to another, interleaved. Writes bench/report/latest.{json,md} and compares
+# the ringmq/Mosquitto ratios with bench/baseline.json.
+#
+#   bench/ci.sh                    full run; fails if a ratio fell more than the margin
+#   bench/ci.sh --smoke            seconds-long run: every step works, a report is written, no gate
+#   bench/ci.sh --update-baseline  full run, then the report becomes the baseline
+#
+# Ratios, not absolute rates, are compared: the machine is shared and noisy, and both brokers
+# suffer the same noise in an interleaved run. Margin: RINGMQ_BENCH_MARGIN (default 0.25).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=full
+case "${1:-}" in
+  --smoke) mode=smoke ;;
+  --update-baseline) mode=update ;;
+  "") ;;
+  *) echo "usage: bench/ci.sh [--smoke|--update-baseline]" >&2; exit 2 ;;
+esac
+margin="${RINGMQ_BENCH_MARGIN:-0.25}"
+out=bench/report
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+if [ "$mode" = smoke ]; then
+  crit=(--warm-up-time 0.1 --measurement-time 0.2)
+  dur=(--duration 1 --warmup 0.5); reps=1; conns=500
+else
+  crit=(--warm-up-time 1 --measurement-time 3)
+  dur=(--duration 8 --warmup 2); reps=3; conns=10000
+fi
+
+echo "== build"
+cargo build --release --workspace -q
+command -v mosquitto >/dev/null || { echo "mosquitto is needed: apt-get install mosquitto" >&2; exit 1; }
+
+echo "== criterion"
+for b in codec trie ring; do
+  cargo bench -q --bench "$b" -- "${crit[@]}" > "$work/criterion-$b.txt" 2>&1
+done
+
+ncpu=$(nproc)
+broker_cpu=$((ncpu - 1)); gen_cpus=0
+[ "$ncpu" -gt 2 ] && gen_cpus="0-$((ncpu - 2))"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_brokers() {
+  rport=$(free_port); mport=$(free_port)
+  taskset -c "$broker_cpu" target/release/ringmq --listen "127.0.0.1:$rport" --shards 1 > "$work/ringmq.log" 2>&1 &
+  rpid=$!
+  taskset -c "$broker_cpu" mosquitto -p "$mport" > "$work/mosquitto.log" 2>&1 &
+  mpid=$!
+  for p in $rport $mport; do
+    for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
+  done
+}
+stop_brokers() { kill "$rpid" "$mpid" 2>/dev/null || true; wait "$rpid" "$mpid" 2>/dev/null || true; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+lg() { taskset -c "$gen_cpus" target/release/ringmq-loadgen --threads 1 --json "$@" 2>/dev/null; }
+brokers() { echo --broker "ringmq=127.0.0.1:$rport@$rpid" --broker "mosquitto=127.0.0.1:$mport@$mpid" --reps "$reps"; }
+
+echo "== idle connections (fresh brokers)"
+start_brokers
+lg compare $(brokers) conn -n "$conns" --rate 5000 --hold 2 > "$work/idle.json"
+echo "== 50 pairs, QoS 0, closed loop"
+lg compare $(brokers) pubsub --publishers 50 --subscribers 50 --qos 0 --inflight 100 "${dur[@]}" > "$work/pairs.json"
+echo "== fan-out 1 -> 500, QoS 0, closed loop"
+lg compare $(brokers) pubsub --publishers 1 --subscribers 500 --pub-topic fan/out --sub-topic fan/+ --qos 0 --inflight 100 "${dur[@]}" > "$work/fanout.json"
+echo "== 20 pairs, QoS 1, 16 in flight"
+lg compare $(brokers) pubsub --publishers 20 --subscribers 20 --qos 1 --inflight 16 "${dur[@]}" > "$work/qos1.json"
+stop_brokers
+
+python3 bench/report.py "$work" "$out" "$mode" "$margin"
+if [ "$mode" = update ]; then
+  cp "$out/latest.json" bench/baseline.json
+  echo "baseline updated: bench/baseline.json"
+fi

@@ -1,0 +1,79 @@
+"""Turns bench/ci.sh's raw results into bench/report/latest.{json,md} and gates on the baseline.
+
+Each scenario's gated figure is ringmq's ratio to Mosquitto: deliveries per broker CPU-second
+for message scenarios (throughput ratio when CPU is unknown), and Mosquitto's RSS per idle
+connection over ringmq's for the idle scenario (higher is better everywhere)."""
+import json
+import pathlib
+import re
+import sys
+
+work, out, mode, margin = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+
+
+def scenario(name):
+    rows = {r["broker"]: r for r in json.loads((work / f"{name}.json").read_text())}
+    r, m = rows["ringmq"], rows["mosquitto"]
+    ratio = r.get("efficiency_ratio") or r["rate_ratio"]
+    return {
+        "ringmq_rate": r["rate"], "mosquitto_rate": m["rate"], "rate_ratio": r["rate_ratio"],
+        "ringmq_efficiency": r["efficiency"], "mosquitto_efficiency": m["efficiency"],
+        "ratio": ratio, "ringmq_p99_us": r["p99_us"], "mosquitto_p99_us": m["p99_us"],
+        "ringmq_lost": r["lost"], "ringmq_duplicated": r["duplicated"],
+    }
+
+
+def criterion():
+    found = {}
+    for f in work.glob("criterion-*.txt"):
+        name = None
+        for line in f.read_text().splitlines():
+            head = re.match(r"^(\S+/\S+)", line)
+            if head and "time:" not in line.split(head.group(1))[0]:
+                name = head.group(1)
+            t = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", line)
+            if t and name:
+                value, unit = float(t.group(1)), t.group(2)
+                found[name] = value * {"ps": 1e-3, "ns": 1, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}.get(unit, 1)
+                name = None
+    return found
+
+
+report = {
+    "mode": mode,
+    "scenarios": {n: scenario(n) for n in ["pairs", "fanout", "qos1", "idle"]},
+    "criterion_ns": criterion(),
+}
+out.mkdir(parents=True, exist_ok=True)
+(out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+
+lines = ["# ringmq vs Mosquitto", "", f"mode: {mode}", "",
+         "| scenario | ringmq | mosquitto | throughput ratio | gated ratio | ringmq p99 us | lost |",
+         "|---|---|---|---|---|---|---|"]
+for n, s in report["scenarios"].items():
+    lines.append(f"| {n} | {s['ringmq_rate']:.0f} | {s['mosquitto_rate']:.0f} | {s['rate_ratio']:.2f}x | "
+                 f"{s['ratio']:.2f}x | {s['ringmq_p99_us']} | {s['ringmq_lost']} |")
+lines += ["", "| criterion bench | ns |", "|---|---|"]
+lines += [f"| {k} | {v:.1f} |" for k, v in sorted(report["criterion_ns"].items())]
+(out / "latest.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+missing = [n for n in ["pairs", "fanout", "qos1", "idle"] if n not in report["scenarios"]]
+assert not missing, f"scenarios missing from the report: {missing}"
+assert report["criterion_ns"], "no criterion result parsed"
+if mode != "full":
+    sys.exit(0)
+base_path = pathlib.Path("bench/baseline.json")
+if not base_path.exists():
+    print("no bench/baseline.json: nothing to compare with")
+    sys.exit(0)
+base = json.loads(base_path.read_text())["scenarios"]
+failed = []
+for n, s in report["scenarios"].items():
+    b = base.get(n)
+    if b and s["ratio"] < b["ratio"] * (1 - margin):
+        failed.append(f"{n}: {s['ratio']:.2f}x vs baseline {b['ratio']:.2f}x (margin {margin:.0%})")
+if failed:
+    print("REGRESSION:\n  " + "\n  ".join(failed))
+    sys.exit(1)
+print(f"no ratio fell more than {margin:.0%} below the baseline")
