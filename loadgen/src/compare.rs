@@ -51,7 +51,8 @@ pub struct Row {
     pub broker: String,
     /// Median delivered messages per second (conn: connects per second).
     pub rate: f64,
-    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per connection).
+    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per connection, on the
+    /// first, fresh run).
     pub efficiency: Option<f64>,
     pub p99_us: u64,
     pub lost: u64,
@@ -116,7 +117,13 @@ pub fn run(
                 }
             })
             .collect();
-        let eff = (!eff.is_empty()).then(|| median(eff));
+        // Memory per connection is only meaningful on a fresh broker (later runs reuse what the
+        // first one freed), so for `conn` the largest figure - the first run's - is kept.
+        let eff = if conn {
+            eff.into_iter().reduce(f64::max)
+        } else {
+            (!eff.is_empty()).then(|| median(eff))
+        };
         (rate, eff)
     };
     let base_name = args

@@ -8,7 +8,9 @@ use bytestring::ByteString;
 use super::{Props, ReasonCode};
 
 /// Protocol version, fixed by CONNECT for the life of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     /// MQTT 3.1: protocol name `MQIsdp`, level 3.
     V31,
@@ -39,7 +41,19 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[repr(u8)]
 pub enum QoS {
     #[default]
@@ -59,7 +73,7 @@ impl QoS {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Will {
     pub topic: ByteString,
     pub payload: Bytes,
@@ -120,7 +134,7 @@ impl PubResp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum RetainHandling {
     /// Send retained messages at the time of the subscribe.
@@ -130,7 +144,7 @@ pub enum RetainHandling {
     Never = 2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubOptions {
     pub qos: QoS,
     pub no_local: bool,

@@ -93,7 +93,7 @@ pub fn allowed_in(pid: u8) -> u16 {
 }
 
 /// Every MQTT 5.0 property; absent ones are `None` or empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Properties {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,

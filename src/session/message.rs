@@ -9,7 +9,7 @@ use bytestring::ByteString;
 
 use crate::codec::{Properties, Props, QoS};
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     pub topic: ByteString,
     pub payload: Bytes,
@@ -18,6 +18,8 @@ pub struct Message {
     /// The v5 properties passed through to subscribers (payload format, content type,
     /// response topic, correlation data, user properties); never alias, expiry or sub ids.
     pub props: Props,
+    /// Written to disk as the time left, read back from the moment it is read.
+    #[serde(with = "remaining")]
     pub expires_at: Option<Instant>,
     /// The publisher's client id, for no-local subscriptions.
     pub origin: ByteString,
@@ -96,4 +98,22 @@ impl Message {
 /// aliases): a zero-copy slice would keep the shard's whole 64 KiB read buffer alive.
 pub fn owned(s: &ByteString) -> ByteString {
     ByteString::from(&**s)
+}
+
+/// (De)serializes a deadline as the milliseconds left until it, since an `Instant` means nothing
+/// outside the process that took it.
+mod remaining {
+    use std::time::{Duration, Instant};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
+        let left = at.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        s.serialize_some(&left)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
+        let left: Option<u64> = Option::deserialize(d)?;
+        Ok(left.map(|ms| Instant::now() + Duration::from_millis(ms)))
+    }
 }

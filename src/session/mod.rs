@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::codec::{Protocol, QoS, SubOptions, Will};
@@ -20,14 +21,14 @@ pub use message::{owned, Message};
 /// Subscription identifiers attached to one delivery.
 pub type SubIds = SmallVec<[u32; 1]>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     pub options: SubOptions,
     pub id: Option<u32>,
 }
 
 /// A message waiting for (or in) the outbound window.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Delivery {
     pub msg: Arc<Message>,
     pub qos: QoS,
@@ -38,7 +39,7 @@ pub struct Delivery {
     pub group: Option<ByteString>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutState {
     /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Published,
@@ -46,7 +47,7 @@ pub enum OutState {
     Released,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Inflight {
     pub delivery: Delivery,
     pub state: OutState,
@@ -61,7 +62,7 @@ pub enum Admit {
 }
 
 /// Limits a session applies, from the configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct SessionLimits {
     pub max_queued: usize,
     pub queue_qos0: bool,
@@ -75,7 +76,9 @@ pub struct Aliases {
     pub inbound: AHashMap<u16, ByteString>,
 }
 
-#[derive(Debug)]
+/// Everything but the connection-bound aliases serializes, so sessions can be written to disk
+/// and read back.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Session {
     pub client_id: ByteString,
     pub protocol: Protocol,
@@ -92,6 +95,7 @@ pub struct Session {
     pub max_packet_size: u32,
     pub alias_max_out: u16,
     /// Topic aliases of the current connection, allocated on first use.
+    #[serde(skip)]
     pub aliases: Option<Box<Aliases>>,
     pub inflight: BTreeMap<u16, Inflight>,
     pub queue: VecDeque<Delivery>,
@@ -294,6 +298,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Will;
     use bytes::Bytes;
 
     fn limits() -> SessionLimits {
@@ -383,6 +388,42 @@ mod tests {
             s.admit(delivery(QoS::AtLeastOnce), true),
             Admit::Send(Some(1), _)
         ));
+    }
+
+    #[test]
+    fn a_session_survives_serialization() {
+        let mut s = Session::new("keep".into(), Protocol::V5, limits());
+        s.expiry_interval = 3600;
+        let sub = Subscription {
+            options: crate::codec::SubOptions::qos(QoS::ExactlyOnce),
+            id: Some(7),
+        };
+        s.subscriptions.insert("a/+".into(), sub);
+        s.will = Some(Box::new(Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::from_static(b"bye"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+        }));
+        s.inbound_qos2.push(5);
+        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true) else {
+            panic!("expected send");
+        };
+        assert!(s.received(pid));
+        s.admit(delivery(QoS::AtLeastOnce), true);
+        s.admit(delivery(QoS::AtLeastOnce), true);
+        let text = serde_json::to_string(&s).expect("serialize");
+        let back: Session = serde_json::from_str(&text).expect("deserialize");
+        assert_eq!(back.client_id, "keep");
+        assert_eq!(back.expiry_interval, 3600);
+        assert_eq!(back.subscriptions.get("a/+"), Some(&sub));
+        assert_eq!(back.will.as_deref(), s.will.as_deref());
+        assert_eq!(back.inbound_qos2, [5]);
+        assert_eq!(back.inflight.len(), 2);
+        assert_eq!(back.inflight[&pid].state, OutState::Released);
+        assert_eq!(back.queue.len(), 1);
+        assert_eq!(&back.queue[0].msg.payload[..], b"x");
     }
 
     #[test]

@@ -96,6 +96,14 @@ impl Shard {
         }
     }
 
+    /// A client's packet ids are one space for PUBLISH, SUBSCRIBE and UNSUBSCRIBE: one still held
+    /// by an unreleased inbound QoS 2 message is in use (SUBACK/UNSUBACK 0x91).
+    fn packet_id_in_use(&self, key: usize, pid: u16) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|s| s.session.inbound_qos2.contains(&pid))
+    }
+
     fn with_session<R>(
         &mut self,
         key: usize,
@@ -198,6 +206,15 @@ impl Shard {
         s: Subscribe,
         now: Instant,
     ) -> Result<(), Close> {
+        if self.packet_id_in_use(key, s.packet_id) {
+            let reasons = vec![ReasonCode::PacketIdentifierInUse; s.filters.len()];
+            link.send(&Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reasons,
+                properties: None,
+            }));
+            return Ok(());
+        }
         let sub_id = s
             .properties
             .as_ref()
@@ -270,6 +287,15 @@ impl Shard {
     }
 
     fn on_unsubscribe(&mut self, key: usize, link: &ConnLink, u: Unsubscribe) -> Result<(), Close> {
+        if self.packet_id_in_use(key, u.packet_id) {
+            let reasons = vec![ReasonCode::PacketIdentifierInUse; u.filters.len()];
+            link.send(&Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: None,
+            }));
+            return Ok(());
+        }
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in u.filters {
             let existed = self

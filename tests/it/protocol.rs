@@ -791,3 +791,45 @@ fn server_keep_alive_is_announced_and_enforced() {
         "{got:?}"
     );
 }
+
+#[test]
+fn packet_id_in_use_is_refused_in_suback_and_unsuback() {
+    let b = Broker::start(1);
+    let (mut c, _) = Raw::connect(b.port, Protocol::V5, "pid", true);
+    c.publish("p", b"x", QoS::ExactlyOnce, 9);
+    assert!(matches!(c.recv(), Some(Packet::PubRec(a)) if a.packet_id == 9));
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: 9,
+        filters: vec![("a".into(), SubOptions::qos(QoS::AtMostOnce))],
+        properties: None,
+    }));
+    assert_eq!(
+        c.recv(),
+        Some(Packet::SubAck(SubAck {
+            packet_id: 9,
+            reasons: vec![ReasonCode::PacketIdentifierInUse],
+            properties: None
+        }))
+    );
+    c.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 9,
+        filters: vec!["a".into()],
+        properties: None,
+    }));
+    assert_eq!(
+        c.recv(),
+        Some(Packet::UnsubAck(UnsubAck {
+            packet_id: 9,
+            reasons: vec![ReasonCode::PacketIdentifierInUse],
+            properties: None
+        }))
+    );
+    c.send(&Packet::PubRel(PubResp::new(9, ReasonCode::Success)));
+    assert!(matches!(c.recv(), Some(Packet::PubComp(_))));
+    let ack = c.subscribe_with(vec![("a".into(), SubOptions::qos(QoS::AtMostOnce))], None);
+    assert_eq!(
+        ack.reasons,
+        [ReasonCode::Success],
+        "free again once released"
+    );
+}
