@@ -75,5 +75,6 @@ stop_brokers
 python3 bench/report.py "$work" "$out" "$mode" "$margin"
 if [ "$mode" = update ]; then
   cp "$out/latest.json" bench/baseline.json
-  echo "baseline updated: bench/baseline.json"
+  cp "$out/latest.md" bench/baseline.md
+  echo "baseline updated: bench/baseline.json, bench/baseline.md"
 fi

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
-use ringmq::codec::{decode, encode, Connect, Packet, Protocol, ReasonCode};
+use ringmq::codec::{decode, encode, Connect, Disconnect, Packet, Protocol, ReasonCode};
 use ringmq::sock;
 
 pub struct Client {
@@ -90,6 +90,16 @@ impl Client {
     pub async fn send(&mut self, p: &Packet) -> io::Result<()> {
         self.queue(p);
         self.flush().await
+    }
+
+    /// A normal DISCONNECT; errors are moot, the connection is ending either way.
+    pub async fn disconnect(&mut self) {
+        let _ = self
+            .send(&Packet::Disconnect(Disconnect {
+                reason: ReasonCode::Success,
+                properties: None,
+            }))
+            .await;
     }
 
     /// Writes everything queued, waiting for writability when the socket is full.

@@ -254,11 +254,6 @@ async fn hold(client: &mut Client, args: &ConnArgs, release: &AtomicBool) -> boo
     })
     .await
     .unwrap_or(false);
-    let _ = client
-        .send(&Packet::Disconnect(ringmq::codec::Disconnect {
-            reason: ringmq::codec::ReasonCode::Success,
-            properties: None,
-        }))
-        .await;
+    client.disconnect().await;
     answered
 }

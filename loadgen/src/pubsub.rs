@@ -401,12 +401,7 @@ async fn subscriber(
             }
         }
     }
-    let _ = c
-        .send(&Packet::Disconnect(ringmq::codec::Disconnect {
-            reason: ReasonCode::Success,
-            properties: None,
-        }))
-        .await;
+    c.disconnect().await;
     progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }
@@ -544,12 +539,7 @@ async fn publisher(
             Ok(Ok(None)) | Ok(Err(_)) => break,
         }
     }
-    let _ = c
-        .send(&Packet::Disconnect(ringmq::codec::Disconnect {
-            reason: ReasonCode::Success,
-            properties: None,
-        }))
-        .await;
+    c.disconnect().await;
     progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(seq)
 }

@@ -18,12 +18,16 @@ pub enum XMsg {
     },
     /// A retained message set, or cleared by an empty payload, for every shard's replica.
     Retain(Arc<Message>),
-    /// Shard `shard` gained its first (`add`) or lost its last subscriber to `filter`.
+    /// Shard `shard` gained its first (`add`) or lost its last subscriber to `filter`. With
+    /// `ack`, the receiver answers `InterestAck` with it: a SUBACK waits for every shard's.
     Interest {
         filter: ByteString,
         shard: usize,
         add: bool,
+        ack: Option<u64>,
     },
+    /// A shard applied the interest change carrying this token.
+    InterestAck(u64),
     /// A CONNECT on `shard` claims `client_id`; sent to the id's home shard.
     Claim {
         client_id: ByteString,

@@ -14,6 +14,16 @@ use crate::codec::*;
 use crate::session::{owned, Delivery, Message, OutState, SubIds, Subscription};
 use crate::topic::parse_shared;
 
+/// A SUBACK waiting until every other shard has applied the interest its subscriptions added,
+/// so that a message published anywhere after the client sees its SUBACK reaches it.
+pub(super) struct PendingSubAck {
+    key: usize,
+    suback: SubAck,
+    retained: Vec<(ByteString, SubOptions)>,
+    sub_id: Option<u32>,
+    waiting: usize,
+}
+
 fn protocol_error(why: &str) -> Close {
     Close::new(ReasonCode::ProtocolError, why)
 }
@@ -93,6 +103,50 @@ impl Shard {
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp => Err(protocol_error("a packet only a server sends")),
+        }
+    }
+
+    /// One shard applied new interest; the SUBACK goes out once all have.
+    pub(super) fn interest_acked(&mut self, token: u64) {
+        let Some(p) = self.pending_subacks.get_mut(&token) else {
+            return;
+        };
+        p.waiting -= 1;
+        if p.waiting == 0 {
+            if let Some(p) = self.pending_subacks.remove(&token) {
+                self.complete_subscribe(p, Instant::now());
+            }
+        }
+    }
+
+    /// Sends the SUBACK, then the retained messages the subscription asked for.
+    fn complete_subscribe(&mut self, p: PendingSubAck, now: Instant) {
+        let Some(link) = self.sessions.get(p.key).and_then(|s| s.link.clone()) else {
+            return;
+        };
+        link.send(&Packet::SubAck(p.suback));
+        for (filter, options) in p.retained {
+            let mut found = Vec::new();
+            self.retained
+                .for_each_match(&filter, |m| found.push(m.clone()));
+            for msg in found {
+                if msg.is_expired(now) {
+                    continue;
+                }
+                let qos = msg.qos.min(options.qos);
+                let sub_ids: SubIds = p.sub_id.into_iter().collect();
+                self.deliver_to(
+                    p.key,
+                    Delivery {
+                        msg,
+                        qos,
+                        retain: true,
+                        sub_ids,
+                        group: None,
+                    },
+                    now,
+                );
+            }
         }
     }
 
@@ -221,6 +275,8 @@ impl Shard {
             .and_then(|p| p.subscription_identifiers.first().copied());
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(ByteString, SubOptions)> = Vec::new();
+        let token = self.token();
+        let mut new_interest = 0;
         for (filter, options) in s.filters {
             let filter = owned(&filter);
             if filter.split('/').count() > self.cfg.mqtt.max_topic_levels {
@@ -240,7 +296,7 @@ impl Shard {
             }) else {
                 return Ok(());
             };
-            self.index_subscription(key, &filter, sub);
+            new_interest += usize::from(self.index_subscription(key, &filter, sub, Some(token)));
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQos1,
@@ -255,33 +311,22 @@ impl Shard {
                 retained.push((filter, options));
             }
         }
-        link.send(&Packet::SubAck(SubAck {
+        let suback = SubAck {
             packet_id: s.packet_id,
             reasons,
             properties: None,
-        }));
-        for (filter, options) in retained {
-            let mut found = Vec::new();
-            self.retained
-                .for_each_match(&filter, |m| found.push(m.clone()));
-            for msg in found {
-                if msg.is_expired(now) {
-                    continue;
-                }
-                let qos = msg.qos.min(options.qos);
-                let sub_ids: SubIds = sub_id.into_iter().collect();
-                self.deliver_to(
-                    key,
-                    Delivery {
-                        msg,
-                        qos,
-                        retain: true,
-                        sub_ids,
-                        group: None,
-                    },
-                    now,
-                );
-            }
+        };
+        let pending = PendingSubAck {
+            key,
+            suback,
+            retained,
+            sub_id,
+            waiting: new_interest * (self.shards - 1),
+        };
+        if pending.waiting == 0 {
+            self.complete_subscribe(pending, now);
+        } else {
+            self.pending_subacks.insert(token, pending);
         }
         Ok(())
     }

@@ -103,6 +103,8 @@ pub struct Shard {
     rbuf: BytesMut,
     /// Reused by every local delivery to collect matching subscriptions.
     scratch: Vec<SubEntry>,
+    /// SUBACKs waiting for other shards to acknowledge new interest, by token.
+    pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
 }
 
 impl Shard {
@@ -139,6 +141,7 @@ impl Shard {
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
             scratch: Vec::new(),
+            pending_subacks: AHashMap::new(),
         }
     }
 
@@ -225,7 +228,18 @@ impl Shard {
             XMsg::Publish(m) => self.deliver_local(&m),
             XMsg::Shared { group, msg } => self.deliver_shared_local(&group, msg),
             XMsg::Retain(m) => self.retained.set(m),
-            XMsg::Interest { filter, shard, add } => self.interest.apply(&filter, shard, add),
+            XMsg::Interest {
+                filter,
+                shard,
+                add,
+                ack,
+            } => {
+                self.interest.apply(&filter, shard, add);
+                if let Some(token) = ack {
+                    self.send(shard, XMsg::InterestAck(token));
+                }
+            }
+            XMsg::InterestAck(token) => self.interest_acked(token),
             XMsg::Claim {
                 client_id,
                 shard,

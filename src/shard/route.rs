@@ -245,13 +245,16 @@ impl Shard {
         }
     }
 
-    fn interest_changed(&mut self, filter: &ByteString, add: bool) {
+    /// Applies an interest change here and tells every other shard; with `ack`, each of them
+    /// answers (for a SUBACK that waits until the subscription is visible everywhere).
+    fn interest_changed(&mut self, filter: &ByteString, add: bool, ack: Option<u64>) {
         self.interest.apply(filter, self.id, add);
         let shard = self.id;
         self.broadcast(|| XMsg::Interest {
             filter: filter.clone(),
             shard,
             add,
+            ack,
         });
     }
 
@@ -261,7 +264,8 @@ impl Shard {
         key: usize,
         filter: &ByteString,
         sub: Subscription,
-    ) {
+        ack: Option<u64>,
+    ) -> bool {
         let entry = SubEntry {
             session: key,
             options: sub.options,
@@ -277,8 +281,9 @@ impl Shard {
             slot.len() == 1
         };
         if first {
-            self.interest_changed(filter, true);
+            self.interest_changed(filter, true, ack);
         }
+        first
     }
 
     pub(super) fn unindex_subscription(&mut self, key: usize, filter: &ByteString) {
@@ -305,7 +310,7 @@ impl Shard {
                 .unwrap_or(false)
         };
         if last {
-            self.interest_changed(filter, false);
+            self.interest_changed(filter, false, None);
         }
     }
 
@@ -321,7 +326,7 @@ impl Shard {
             .map(|(f, s)| (f.clone(), *s))
             .collect();
         for (filter, sub) in subs {
-            self.index_subscription(key, &filter, sub);
+            self.index_subscription(key, &filter, sub, None);
         }
     }
 }

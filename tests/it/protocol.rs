@@ -833,3 +833,23 @@ fn packet_id_in_use_is_refused_in_suback_and_unsuback() {
         "free again once released"
     );
 }
+
+#[test]
+fn a_publish_right_after_suback_reaches_the_new_subscriber_on_any_shard() {
+    let b = Broker::start(4);
+    let publishers: Vec<Raw> = (0..4)
+        .map(|i| Raw::connect(b.port, Protocol::V311, &format!("p{i}"), true).0)
+        .collect();
+    let mut publishers = publishers;
+    for round in 0..20 {
+        let (mut s, _) = Raw::connect(b.port, Protocol::V311, &format!("s{round}"), true);
+        let topic = format!("fresh/{round}");
+        s.subscribe(&topic, QoS::AtMostOnce);
+        for p in &mut publishers {
+            p.publish(&topic, b"now", QoS::AtMostOnce, 0);
+        }
+        for _ in 0..publishers.len() {
+            assert_eq!(&s.recv_publish().payload[..], b"now", "round {round}");
+        }
+    }
+}
