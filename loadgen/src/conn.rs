@@ -52,7 +52,7 @@ pub fn run(
     progress: &Arc<Progress>,
 ) -> anyhow::Result<Report> {
     let slice = target.slice();
-    let local = slice.local_count(args.connections) as u64;
+    let local = slice.local_clients(args.connections).len() as u64;
     let release = Arc::new(AtomicBool::new(false));
     let sources = target.sources()?;
     target.protocol()?;

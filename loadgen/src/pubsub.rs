@@ -119,19 +119,15 @@ pub fn run(
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
     target.protocol()?;
     let slice = target.slice();
-    let local_subs = slice.local_count(args.subscribers);
+    let local = slice.local_clients(args.subscribers);
+    let local_subs = local.len();
     if args.rate == 0.0 {
-        let local: Vec<usize> = (0..slice.threads)
-            .flat_map(|t| slice.clients(t, args.subscribers))
-            .collect();
-        for t in 0..slice.threads {
-            for i in slice.clients(t, args.publishers) {
-                anyhow::ensure!(
-                    fanout(args, i, local.iter().copied()) > 0,
-                    "closed loop needs each publisher's subscribers in its own process; \
-                     use --rate (open loop) or fewer --procs"
-                );
-            }
+        for i in slice.local_clients(args.publishers) {
+            anyhow::ensure!(
+                fanout(args, i, local.iter().copied()) > 0,
+                "closed loop needs each publisher's subscribers in its own process; \
+                 use --rate (open loop) or fewer --procs"
+            );
         }
     }
     let shared = Arc::new(Shared {
@@ -223,6 +219,16 @@ pub fn run(
     Ok(r)
 }
 
+/// What every client task of a worker thread shares.
+struct Ctx {
+    target: TargetArgs,
+    args: PubSubArgs,
+    progress: Arc<Progress>,
+    shared: Arc<Shared>,
+    out: RefCell<WorkerOut>,
+    hist: RefCell<hdrhistogram::Histogram<u64>>,
+}
+
 async fn worker(
     t: usize,
     target: TargetArgs,
@@ -232,56 +238,48 @@ async fn worker(
     shared: Arc<Shared>,
 ) -> WorkerOut {
     let slice = target.slice();
-    let out = Rc::new(RefCell::new(WorkerOut::default()));
-    let hist = Rc::new(RefCell::new(histogram()));
     let source = |i: usize| (!sources.is_empty()).then(|| sources[i % sources.len()]);
-    let local_subs: Vec<usize> = (0..slice.threads)
-        .flat_map(|t| slice.clients(t, args.subscribers))
-        .collect();
+    let local_subs = slice.local_clients(args.subscribers);
+    let ctx = Rc::new(Ctx {
+        target,
+        args,
+        progress,
+        shared,
+        out: RefCell::new(WorkerOut::default()),
+        hist: RefCell::new(histogram()),
+    });
+    let args = &ctx.args;
     let mut handles = Vec::new();
     for j in slice.clients(t, args.subscribers) {
-        let ctx = (
-            target.clone(),
-            args.clone(),
-            progress.clone(),
-            shared.clone(),
-            out.clone(),
-            hist.clone(),
-            source(j),
-        );
+        let (ctx, source) = (ctx.clone(), source(j));
         handles.push(monoio::spawn(async move {
-            let (target, args, progress, shared, out, hist, source) = ctx;
-            if let Err(e) =
-                subscriber(j, &target, &args, &progress, &shared, &out, &hist, source).await
-            {
-                out.borrow_mut().failures.push(format!("subscriber: {e}"));
-                progress.errors.fetch_add(1, Ordering::Relaxed);
-                shared.subs_ready.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = subscriber(j, &ctx, source).await {
+                ctx.out
+                    .borrow_mut()
+                    .failures
+                    .push(format!("subscriber: {e}"));
+                ctx.progress.errors.fetch_add(1, Ordering::Relaxed);
+                ctx.shared.subs_ready.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     for i in slice.clients(t, args.publishers) {
-        let local_fan = fanout(&args, i, local_subs.iter().copied());
-        let global_fan = fanout(&args, i, 0..args.subscribers);
-        let ctx = (
-            target.clone(),
-            args.clone(),
-            progress.clone(),
-            shared.clone(),
-            out.clone(),
-            source(args.subscribers + i),
-        );
+        let local_fan = fanout(args, i, local_subs.iter().copied());
+        let global_fan = fanout(args, i, 0..args.subscribers);
+        let (ctx, source) = (ctx.clone(), source(args.subscribers + i));
         handles.push(monoio::spawn(async move {
-            let (target, args, progress, shared, out, source) = ctx;
-            match publisher(i, local_fan, &target, &args, &progress, &shared, source).await {
+            match publisher(i, local_fan, &ctx, source).await {
                 Ok(n) => {
-                    let mut o = out.borrow_mut();
+                    let mut o = ctx.out.borrow_mut();
                     o.published += n;
                     o.expected += n * global_fan;
                 }
                 Err(e) => {
-                    out.borrow_mut().failures.push(format!("publisher: {e}"));
-                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                    ctx.out
+                        .borrow_mut()
+                        .failures
+                        .push(format!("publisher: {e}"));
+                    ctx.progress.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -289,8 +287,8 @@ async fn worker(
     for h in handles {
         h.await;
     }
-    let mut o = std::mem::take(&mut *out.borrow_mut());
-    o.latency = Latency::from_hist(&hist.borrow());
+    let mut o = std::mem::take(&mut *ctx.out.borrow_mut());
+    o.latency = Latency::from_hist(&ctx.hist.borrow());
     o
 }
 
@@ -298,17 +296,15 @@ fn qos(n: u8) -> QoS {
     QoS::from_u8(n).unwrap_or(QoS::AtMostOnce)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn subscriber(
-    j: usize,
-    target: &TargetArgs,
-    args: &PubSubArgs,
-    progress: &Progress,
-    shared: &Shared,
-    out: &RefCell<WorkerOut>,
-    hist: &RefCell<hdrhistogram::Histogram<u64>>,
-    source: Option<std::net::IpAddr>,
-) -> anyhow::Result<()> {
+async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> anyhow::Result<()> {
+    let Ctx {
+        target,
+        args,
+        progress,
+        shared,
+        out,
+        hist,
+    } = ctx;
     let connect = target.connect_packet(format!("lg-s-{j}"), true, 60)?;
     let mut c = Client::connect(target.addr, source, connect, target.connect_timeout())
         .await
@@ -419,12 +415,16 @@ fn payload(pub_id: u32, seq: u64, stamp_ns: u64, size: usize) -> Bytes {
 async fn publisher(
     i: usize,
     local_fan: u64,
-    target: &TargetArgs,
-    args: &PubSubArgs,
-    progress: &Progress,
-    shared: &Shared,
+    ctx: &Ctx,
     source: Option<std::net::IpAddr>,
 ) -> anyhow::Result<u64> {
+    let Ctx {
+        target,
+        args,
+        progress,
+        shared,
+        ..
+    } = ctx;
     let connect = target.connect_packet(format!("lg-p-{i}"), true, 60)?;
     let mut c = Client::connect(target.addr, source, connect, target.connect_timeout())
         .await

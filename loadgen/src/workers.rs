@@ -19,11 +19,11 @@ impl Slice {
         (first..total).step_by(stride)
     }
 
-    /// How many of `0..total` this whole process drives.
-    pub fn local_count(&self, total: usize) -> usize {
+    /// The client indices in `0..total` that this whole process drives, over all its threads.
+    pub fn local_clients(&self, total: usize) -> Vec<usize> {
         (0..self.threads)
-            .map(|t| self.clients(t, total).count())
-            .sum()
+            .flat_map(|t| self.clients(t, total))
+            .collect()
     }
 }
 
