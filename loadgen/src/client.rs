@@ -11,6 +11,8 @@ use monoio::net::TcpStream;
 use ringmq::codec::{decode, encode, Connect, Disconnect, Packet, Protocol, ReasonCode};
 use ringmq::sock;
 
+use crate::target::TargetArgs;
+
 pub struct Client {
     stream: TcpStream,
     inbuf: BytesMut,
@@ -46,6 +48,28 @@ impl ConnectFailure {
 }
 
 impl Client {
+    /// Connects one load-generator client to the target: TCP from `source`, CONNECT, CONNACK.
+    pub async fn open(
+        target: &TargetArgs,
+        client_id: String,
+        clean: bool,
+        keep_alive: u16,
+        source: Option<IpAddr>,
+    ) -> Result<Client, ConnectFailure> {
+        let connect = Connect {
+            // Every scenario validates --mqtt before it starts a client.
+            protocol: target.protocol().unwrap_or(Protocol::V311),
+            clean_start: clean,
+            keep_alive,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        };
+        Client::connect(target.addr, source, connect, target.connect_timeout()).await
+    }
+
     /// TCP connect, CONNECT, and wait for CONNACK (within `timeout`).
     pub async fn connect(
         addr: SocketAddr,

@@ -157,16 +157,14 @@ async fn worker(
         handles.push(monoio::spawn(async move {
             let (target, args, progress, release) = ctx;
             let t0 = Instant::now();
-            let connect = match target.connect_packet(
+            let result = Client::open(
+                &target,
                 format!("lg-c-{i}"),
                 !args.persistent,
                 args.keepalive,
-            ) {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-            let result =
-                Client::connect(target.addr, source, connect, target.connect_timeout()).await;
+                source,
+            )
+            .await;
             pending.set(pending.get() - 1);
             let mut client = match result {
                 Ok(c) => c,

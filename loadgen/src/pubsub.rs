@@ -305,8 +305,7 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         out,
         hist,
     } = ctx;
-    let connect = target.connect_packet(format!("lg-s-{j}"), true, 60)?;
-    let mut c = Client::connect(target.addr, source, connect, target.connect_timeout())
+    let mut c = Client::open(target, format!("lg-s-{j}"), true, 60, source)
         .await
         .map_err(|e| anyhow::anyhow!(e.label()))?;
     let filter = args.sub_topic.replace("{i}", &j.to_string());
@@ -425,8 +424,7 @@ async fn publisher(
         shared,
         ..
     } = ctx;
-    let connect = target.connect_packet(format!("lg-p-{i}"), true, 60)?;
-    let mut c = Client::connect(target.addr, source, connect, target.connect_timeout())
+    let mut c = Client::open(target, format!("lg-p-{i}"), true, 60, source)
         .await
         .map_err(|e| anyhow::anyhow!(e.label()))?;
     progress.up.fetch_add(1, Ordering::Relaxed);

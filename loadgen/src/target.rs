@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use ringmq::codec::{Connect, Protocol};
+use ringmq::codec::Protocol;
 
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
@@ -80,24 +80,6 @@ impl TargetArgs {
             procs: self.procs,
             threads: self.threads(),
         }
-    }
-
-    pub fn connect_packet(
-        &self,
-        client_id: String,
-        clean: bool,
-        keep_alive: u16,
-    ) -> anyhow::Result<Connect> {
-        Ok(Connect {
-            protocol: self.protocol()?,
-            clean_start: clean,
-            keep_alive,
-            client_id: client_id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: None,
-        })
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -10,6 +10,7 @@ use std::task::Waker;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use crate::codec::{encode, put_publish_header, Connect, Packet, Protocol, Publish, ReasonCode};
 
@@ -69,9 +70,9 @@ impl OutBuf {
         }
     }
 
-    /// Up to 64 slices of what is queued, in order.
-    pub fn slices(&self) -> Vec<IoSlice<'_>> {
-        let mut v: Vec<IoSlice<'_>> = self
+    /// Up to 64 slices of what is queued, in order; on the stack (a flush allocates nothing).
+    pub fn slices(&self) -> SmallVec<[IoSlice<'_>; 64]> {
+        let mut v: SmallVec<[IoSlice<'_>; 64]> = self
             .chunks
             .iter()
             .take(63)

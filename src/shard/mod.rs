@@ -319,10 +319,6 @@ impl Shard {
             _ => {}
         }
     }
-
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
 }
 
 /// Runs shard `id` on the current thread until the process ends.

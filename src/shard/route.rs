@@ -44,9 +44,12 @@ pub(super) fn write_publish(
         }
     }
     // Sized with the full topic and room for an alias property: an upper bound, checked before
-    // an alias is given out that the client would then never learn.
-    if publish_len(&publish, session.protocol) + ALIAS_PROPERTY_LEN
-        > session.max_packet_size as usize
+    // an alias is given out that the client would then never learn. Only clients that set a
+    // maximum (v5) pay for the sizing.
+    let limited = session.max_packet_size != u32::MAX;
+    if limited
+        && publish_len(&publish, session.protocol) + ALIAS_PROPERTY_LEN
+            > session.max_packet_size as usize
     {
         session.dropped += 1;
         if let Some(pid) = pid {
@@ -167,14 +170,16 @@ impl Shard {
             let mut qos: Option<QoS> = None;
             let mut retain = false;
             let mut sub_ids = SubIds::new();
-            let origin_is_self = self
-                .sessions
-                .get(key)
-                .is_some_and(|s| s.session.client_id == msg.origin);
             while i < hits.len() && hits[i].session == key {
                 let e = hits[i];
                 i += 1;
-                if e.options.no_local && origin_is_self {
+                // Only no-local subscriptions pay for comparing client ids.
+                if e.options.no_local
+                    && self
+                        .sessions
+                        .get(key)
+                        .is_some_and(|s| s.session.client_id == msg.origin)
+                {
                     continue;
                 }
                 qos = Some(qos.map_or(e.options.qos, |q| q.max(e.options.qos)));

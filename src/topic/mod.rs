@@ -61,11 +61,6 @@ pub fn parse_shared(filter: &str) -> Option<Result<(&str, &str), DecodeError>> {
     })
 }
 
-/// Whether `filter` has a wildcard.
-pub fn has_wildcard(filter: &str) -> bool {
-    filter.contains(['+', '#'])
-}
-
 /// Matches one topic name against one filter (the reference the trie is tested against).
 pub fn matches(filter: &str, name: &str) -> bool {
     if name.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
