@@ -61,12 +61,12 @@ pub enum Admit {
     Dropped,
 }
 
-/// Limits a session applies, from the configuration.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// The configured bounds on what a session queues, passed in rather than stored so that a
+/// session read back from disk follows the configuration of the day.
+#[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub max_queued: usize,
     pub queue_qos0: bool,
-    pub max_inflight: u16,
 }
 
 /// The topic aliases of one connection, both ways.
@@ -100,13 +100,12 @@ pub struct Session {
     pub inflight: BTreeMap<u16, Inflight>,
     pub queue: VecDeque<Delivery>,
     next_pid: u16,
-    pub limits: SessionLimits,
     /// Messages dropped for this client (queue full, too large, expired).
     pub dropped: u64,
 }
 
 impl Session {
-    pub fn new(client_id: ByteString, protocol: Protocol, limits: SessionLimits) -> Session {
+    pub fn new(client_id: ByteString, protocol: Protocol) -> Session {
         Session {
             client_id,
             protocol,
@@ -114,19 +113,19 @@ impl Session {
             subscriptions: BTreeMap::new(),
             will: None,
             inbound_qos2: Vec::new(),
-            send_window: limits.max_inflight,
+            send_window: 1,
             max_packet_size: u32::MAX,
             alias_max_out: 0,
             aliases: None,
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             next_pid: 0,
-            limits,
             dropped: 0,
         }
     }
 
-    /// Resets what belongs to a connection rather than the session (aliases, limits).
+    /// Resets what belongs to a connection rather than the session: its outbound window (the
+    /// client's receive maximum, capped by the caller's configuration), limits and aliases.
     pub fn attach(
         &mut self,
         protocol: Protocol,
@@ -135,7 +134,7 @@ impl Session {
         alias_max: u16,
     ) {
         self.protocol = protocol;
-        self.send_window = send_window.min(self.limits.max_inflight).max(1);
+        self.send_window = send_window.max(1);
         self.max_packet_size = max_packet;
         self.alias_max_out = alias_max;
         self.aliases = None;
@@ -166,12 +165,12 @@ impl Session {
     }
 
     /// Decides what happens to a delivery. `online` is whether a connection can take it now.
-    pub fn admit(&mut self, d: Delivery, online: bool) -> Admit {
+    pub fn admit(&mut self, d: Delivery, online: bool, limits: &SessionLimits) -> Admit {
         if d.qos == QoS::AtMostOnce {
             if online {
                 return Admit::Send(None, d);
             }
-            if !self.limits.queue_qos0 {
+            if !limits.queue_qos0 {
                 self.dropped += 1;
                 return Admit::Dropped;
             }
@@ -186,11 +185,11 @@ impl Session {
             );
             return Admit::Send(Some(pid), d);
         }
-        self.enqueue(d)
+        self.enqueue(d, limits.max_queued)
     }
 
-    fn enqueue(&mut self, d: Delivery) -> Admit {
-        if self.queue.len() >= self.limits.max_queued {
+    fn enqueue(&mut self, d: Delivery, max_queued: usize) -> Admit {
+        if self.queue.len() >= max_queued {
             self.dropped += 1;
             return Admit::Dropped;
         }
@@ -301,12 +300,16 @@ mod tests {
     use crate::codec::Will;
     use bytes::Bytes;
 
-    fn limits() -> SessionLimits {
-        SessionLimits {
-            max_queued: 3,
-            queue_qos0: false,
-            max_inflight: 2,
-        }
+    const LIMITS: SessionLimits = SessionLimits {
+        max_queued: 3,
+        queue_qos0: false,
+    };
+
+    /// A v5 session whose client allows 2 messages in flight.
+    fn session(id: &str) -> Session {
+        let mut s = Session::new(id.into(), Protocol::V5);
+        s.attach(Protocol::V5, 2, u32::MAX, 0);
+        s
     }
 
     fn delivery(qos: QoS) -> Delivery {
@@ -331,23 +334,23 @@ mod tests {
 
     #[test]
     fn window_then_queue_then_drop() {
-        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        let mut s = session("c");
         assert!(matches!(
-            s.admit(delivery(QoS::AtLeastOnce), true),
+            s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
             Admit::Send(Some(1), _)
         ));
         assert!(matches!(
-            s.admit(delivery(QoS::AtLeastOnce), true),
+            s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
             Admit::Send(Some(2), _)
         ));
         for _ in 0..3 {
             assert!(matches!(
-                s.admit(delivery(QoS::AtLeastOnce), true),
+                s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
                 Admit::Queued
             ));
         }
         assert!(matches!(
-            s.admit(delivery(QoS::AtLeastOnce), true),
+            s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
             Admit::Dropped
         ));
         assert_eq!(s.dropped, 1);
@@ -359,12 +362,12 @@ mod tests {
 
     #[test]
     fn qos2_flow_and_offline_qos0() {
-        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        let mut s = session("c");
         assert!(matches!(
-            s.admit(delivery(QoS::AtMostOnce), false),
+            s.admit(delivery(QoS::AtMostOnce), false, &LIMITS),
             Admit::Dropped
         ));
-        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true) else {
+        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true, &LIMITS) else {
             panic!("expected send");
         };
         assert!(
@@ -378,21 +381,21 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_zero_and_inflight() {
-        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        let mut s = session("c");
         s.next_pid = u16::MAX - 1;
         assert!(matches!(
-            s.admit(delivery(QoS::AtLeastOnce), true),
+            s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
             Admit::Send(Some(65535), _)
         ));
         assert!(matches!(
-            s.admit(delivery(QoS::AtLeastOnce), true),
+            s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
             Admit::Send(Some(1), _)
         ));
     }
 
     #[test]
     fn a_session_survives_serialization() {
-        let mut s = Session::new("keep".into(), Protocol::V5, limits());
+        let mut s = session("keep");
         s.expiry_interval = 3600;
         let sub = Subscription {
             options: crate::codec::SubOptions::qos(QoS::ExactlyOnce),
@@ -407,12 +410,12 @@ mod tests {
             properties: None,
         }));
         s.inbound_qos2.push(5);
-        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true) else {
+        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true, &LIMITS) else {
             panic!("expected send");
         };
         assert!(s.received(pid));
-        s.admit(delivery(QoS::AtLeastOnce), true);
-        s.admit(delivery(QoS::AtLeastOnce), true);
+        s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS);
+        s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS);
         let text = serde_json::to_string(&s).expect("serialize");
         let back: Session = serde_json::from_str(&text).expect("deserialize");
         assert_eq!(back.client_id, "keep");
@@ -428,7 +431,7 @@ mod tests {
 
     #[test]
     fn aliases_assigned_up_to_max() {
-        let mut s = Session::new("c".into(), Protocol::V5, limits());
+        let mut s = session("c");
         s.alias_max_out = 1;
         assert_eq!(s.alias_for(&"a".into()), Some((1, true)));
         assert_eq!(s.alias_for(&"a".into()), Some((1, false)));

@@ -225,7 +225,7 @@ impl Shard {
         let session_present = resumed.is_some();
         let mut session = match resumed {
             Some(s) => *s,
-            None => Session::new(c.client_id.clone(), c.protocol, self.limits()),
+            None => Session::new(c.client_id.clone(), c.protocol),
         };
         let m = &self.cfg.mqtt;
         session.expiry_interval = match (c.protocol, props) {
@@ -238,7 +238,10 @@ impl Shard {
         };
         session.attach(
             c.protocol,
-            props.and_then(|p| p.receive_maximum).unwrap_or(u16::MAX),
+            props
+                .and_then(|p| p.receive_maximum)
+                .unwrap_or(u16::MAX)
+                .min(m.max_inflight),
             props
                 .and_then(|p| p.maximum_packet_size)
                 .unwrap_or(u32::MAX),

@@ -149,7 +149,6 @@ impl Shard {
         SessionLimits {
             max_queued: self.cfg.mqtt.max_queued_messages,
             queue_qos0: self.cfg.mqtt.queue_qos0,
-            max_inflight: self.cfg.mqtt.max_inflight,
         }
     }
 

@@ -204,6 +204,7 @@ impl Shard {
     /// Hands one delivery to a session: written now, queued, or dropped (and counted).
     pub(super) fn deliver_to(&mut self, key: usize, d: Delivery, now: Instant) {
         let limit = self.cfg.mqtt.max_outbound_bytes;
+        let limits = self.limits();
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
         };
@@ -211,7 +212,7 @@ impl Shard {
             return;
         }
         let link = slot.link.clone().filter(|l| l.out.borrow().len() < limit);
-        match slot.session.admit(d, link.is_some()) {
+        match slot.session.admit(d, link.is_some(), &limits) {
             Admit::Send(pid, d) => {
                 if let Some(link) = link {
                     self.stats
