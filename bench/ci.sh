@@ -48,7 +48,7 @@ broker_cpu=$((ncpu - 1)); gen_cpus=0
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_brokers() {
   rport=$(free_port); mport=$(free_port)
-  taskset -c "$broker_cpu" target/release/ringmq --listen "127.0.0.1:$rport" --shards 1 > "$work/ringmq.log" 2>&1 &
+  taskset -c "$broker_cpu" target/release/ringmq --listen "127.0.0.1:$rport" --shards 1 --admin 127.0.0.1:0 --data-dir "$work/data" > "$work/ringmq.log" 2>&1 &
   rpid=$!
   taskset -c "$broker_cpu" mosquitto -p "$mport" > "$work/mosquitto.log" 2>&1 &
   mpid=$!

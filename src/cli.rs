@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Config, ConfigError, ListenerConfig};
+
 #[derive(Debug, Parser)]
 #[command(name = "ringmq", version, about = "A thread-per-core MQTT broker")]
 pub struct Cli {
@@ -16,7 +18,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the broker in the foreground (the default).
+    /// Run the broker in the foreground (the default; the systemd way).
     Run(RunArgs),
     /// Check this machine's kernel settings and limits against a connection target.
     Doctor {
@@ -27,7 +29,7 @@ pub enum Command {
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
-    /// Print the configuration: the commented defaults, or the one in effect.
+    /// Print the configuration: the commented defaults, or the one in effect (as TOML).
     PrintConfig {
         /// The embedded defaults, with comments.
         #[arg(long)]
@@ -35,6 +37,15 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Validate a configuration file (and the environment overrides); names the key at fault.
+    CheckConfig {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Manage a password file: add or change a user, or delete one (`-D`).
+    Passwd(PasswdArgs),
+    /// Talk to a running broker through its admin API.
+    Ctl(CtlArgs),
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -42,28 +53,186 @@ pub struct RunArgs {
     /// The TOML configuration file.
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
-    /// A plain TCP listener, repeatable; replaces the configured ones.
+    /// A plain TCP listener, repeatable; replaces the configured listeners.
     #[arg(long, global = true)]
     pub listen: Vec<SocketAddr>,
     /// Number of shards (0: one per online CPU).
     #[arg(long, global = true)]
     pub shards: Option<usize>,
+    /// The admin API's address (replaces admin.bind).
+    #[arg(long, global = true)]
+    pub admin: Option<SocketAddr>,
+    /// The data directory (replaces broker.data_dir).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
-    /// Loads the file (or the defaults) and applies the command-line overrides.
-    pub fn config(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+    /// Loads the file (or the defaults, with environment overrides) and applies the
+    /// command-line overrides.
+    pub fn config(&self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.config {
-            Some(path) => crate::config::Config::load(path)?,
-            None => crate::config::Config::default(),
+            Some(path) => Config::load(path)?,
+            None => Config::parse("", "(defaults)")?,
         };
         if !self.listen.is_empty() {
-            cfg.broker.listen = self.listen.clone();
+            cfg.listeners = self
+                .listen
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let name = if i == 0 {
+                        "tcp".to_string()
+                    } else {
+                        format!("tcp{i}")
+                    };
+                    let l = ListenerConfig {
+                        bind: *a,
+                        ..ListenerConfig::default()
+                    };
+                    (name, l)
+                })
+                .collect();
         }
         if let Some(n) = self.shards {
             cfg.broker.shards = n;
         }
+        if let Some(a) = self.admin {
+            cfg.admin.bind = a;
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.broker.data_dir = d.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Create the file (replacing one that exists).
+    #[arg(short = 'c')]
+    pub create: bool,
+    /// Delete the user.
+    #[arg(short = 'D')]
+    pub delete: bool,
+    /// Take the password from the command line (otherwise it is read from stdin).
+    #[arg(short = 'b')]
+    pub batch: bool,
+    pub file: PathBuf,
+    pub username: String,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The admin API (default: admin.bind from --config, else http://127.0.0.1:18083).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// A bearer token for the API (or RINGMQ_ADMIN_TOKEN).
+    #[arg(long, env = "RINGMQ_ADMIN_TOKEN")]
+    pub token: Option<String>,
+    /// The configuration file whose admin.bind and admin.token to use.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Version, uptime, shards, driver, connections, sessions, subscriptions, retained, msg/s.
+    Status,
+    /// Connected clients and sessions.
+    #[command(subcommand)]
+    Clients(ClientsCmd),
+    /// Subscriptions, and adding or removing one for a client.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCmd),
+    /// Topic filters subscribed to.
+    #[command(subcommand)]
+    Topics(TopicsCmd),
+    /// Retained messages.
+    #[command(subcommand)]
+    Retained(RetainedCmd),
+    /// Configuration: re-read the file, password file, ACL file and certificates.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// The log level.
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// Log every packet of a client, or every publish to a topic filter.
+    #[command(subcommand)]
+    Trace(TraceCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCmd {
+    List,
+    Show { client_id: String },
+    Kick { client_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCmd {
+    List,
+    Show {
+        client_id: String,
+    },
+    Add {
+        client_id: String,
+        filter: String,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+    },
+    Del {
+        client_id: String,
+        filter: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCmd {
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetainedCmd {
+    List,
+    Show {
+        topic: String,
+    },
+    /// Remove one retained message, or all of them.
+    Clean {
+        topic: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCmd {
+    /// Show the level, or set it (a level or a filter like `info,ringmq::shard=debug`).
+    Level { level: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TraceCmd {
+    Client {
+        client_id: String,
+        #[arg(long)]
+        off: bool,
+    },
+    Topic {
+        filter: String,
+        #[arg(long)]
+        off: bool,
+    },
+    List,
 }

@@ -8,14 +8,24 @@
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
 //! - [`sock`]: non-blocking socket I/O after readiness waits (the one `unsafe` fd borrow).
-//! - [`server`]: boot: ports, mesh, pinned shard threads.
-//! - [`config`], [`cli`], [`stats`]: configuration, command line, counters.
+//! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
+//! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
+//! - [`auth`]: password file, ACL file, anonymous policy.
+//! - [`tls`]: rustls configuration for TLS listeners, client-certificate names.
+//! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API, Prometheus text, `ringmq ctl`.
+//! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod doctor;
+pub mod logging;
+pub mod metrics;
 pub mod retained;
 pub mod ring;
 pub mod server;
@@ -23,4 +33,5 @@ pub mod session;
 pub mod shard;
 pub mod sock;
 pub mod stats;
+pub mod tls;
 pub mod topic;

@@ -43,24 +43,30 @@ fn tune_allocator() {
 fn main() -> std::process::ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
     let result = match cli.command {
+        None => start(cli.run),
+        Some(Command::Run(args)) => start(args),
         Some(Command::PrintConfig { default: true, .. }) => {
             print!("{}", ringmq::config::DEFAULT_TOML);
             Ok(())
         }
         Some(Command::PrintConfig { run, .. }) => run
             .config()
-            .map(|c| println!("{c:#?}"))
-            .map_err(|e| e.to_string()),
-        Some(Command::Run(args)) => start(&args),
+            .map_err(|e| e.to_string())
+            .and_then(|c| toml::to_string_pretty(&c).map_err(|e| e.to_string()))
+            .map(|t| print!("{t}")),
+        Some(Command::CheckConfig { run }) => run.config().map_err(|e| e.to_string()).map(|_| {
+            let what = run
+                .config
+                .as_ref()
+                .map_or("the defaults".to_string(), |p| p.display().to_string());
+            println!("{what}: ok");
+        }),
+        Some(Command::Passwd(p)) => passwd(p),
+        Some(Command::Ctl(args)) => {
+            ringmq::logging::init_plain();
+            ringmq::ctl::run(args)
+        }
         Some(Command::Doctor { connections, root }) => {
             let uring =
                 root == std::path::Path::new("/") && ringmq::server::driver_name() == "io_uring";
@@ -70,7 +76,6 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(1);
             }
         }
-        None => start(&cli.run),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -81,7 +86,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn start(args: &ringmq::cli::RunArgs) -> Result<(), String> {
+fn start(args: ringmq::cli::RunArgs) -> Result<(), String> {
     let cfg = args.config().map_err(|e| e.to_string())?;
-    ringmq::server::run(cfg).map_err(|e| e.to_string())
+    let log = ringmq::logging::init(&cfg.log)?;
+    ringmq::server::run(args, cfg, log)
+}
+
+/// `ringmq passwd`: the password comes from `-b`'s argument or the first line of stdin.
+fn passwd(p: ringmq::cli::PasswdArgs) -> Result<(), String> {
+    let password = if p.delete {
+        None
+    } else if p.batch {
+        Some(
+            p.password
+                .ok_or("-b needs the password as the last argument")?,
+        )
+    } else {
+        if std::io::stdin().is_terminal() {
+            eprint!("Password for {}: ", p.username);
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_string();
+        if pw.is_empty() {
+            return Err("empty password".into());
+        }
+        Some(pw)
+    };
+    ringmq::auth::edit_file(&p.file, p.create, &p.username, password.as_deref())
 }

@@ -1,14 +1,23 @@
-//! Boot: bind every listener once without SO_REUSEPORT to prove the port is free, build the ring
-//! mesh, then start one pinned thread per shard, each with its own SO_REUSEPORT listeners.
+//! Boot and shutdown: bind every listener once without SO_REUSEPORT to prove the port is free,
+//! load credentials and saved state, build the ring mesh, start one pinned thread per shard
+//! (each with its own SO_REUSEPORT listeners), the admin API and the stats thread, then wait
+//! for signals: SIGHUP reloads, SIGTERM/SIGINT shut down gracefully.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 
+use crate::auth::Auth;
+use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::stats::Stats;
+use crate::control::{Handle, Queue, Request, TraceSet};
+use crate::logging::LogControl;
+use crate::shard::{Boot, Listener, Saved};
+use crate::stats::Shared;
 
 /// Which io driver the shards run on.
 pub fn driver_name() -> &'static str {
@@ -34,70 +43,281 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Resolves each address to a concrete port (port 0 picks one) and fails if any is in use.
-fn claim_ports(addrs: &[SocketAddr]) -> std::io::Result<Vec<SocketAddr>> {
+fn claim_ports(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
     addrs
         .iter()
         .map(|addr| {
-            let probe = TcpListener::bind(addr).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-            })?;
-            probe.local_addr()
+            let probe =
+                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            probe.local_addr().map_err(|e| e.to_string())
         })
         .collect()
 }
 
-/// Starts the broker and blocks until every shard thread ends (in practice: the process exits).
-pub fn run(cfg: Config) -> std::io::Result<()> {
-    let cfg = Arc::new(cfg);
+/// The running broker, as the admin API and the signal handler see it.
+pub struct Broker {
+    pub handle: Handle,
+    pub shared: Arc<Shared>,
+    pub cfg: Mutex<Arc<Config>>,
+    pub log: LogControl,
+    pub trace: Mutex<TraceSet>,
+    pub driver: &'static str,
+    /// The addresses the listeners are bound to, by name.
+    pub bound: Vec<(String, SocketAddr)>,
+    args: RunArgs,
+}
+
+impl Broker {
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads the configuration file, the password and ACL files and the certificates, and
+    /// applies them on every shard; on any error the old ones stay and the error says why.
+    pub fn reload(&self) -> Result<String, String> {
+        let result = (|| {
+            let cfg = self.args.config().map_err(|e| e.to_string())?;
+            let auth = Auth::load(&cfg)?;
+            Listener::build(&cfg, 1)?;
+            let old = self.config();
+            if old.listeners.len() != cfg.listeners.len()
+                || old
+                    .listeners
+                    .iter()
+                    .zip(&cfg.listeners)
+                    .any(|((a, x), (b, y))| a != b || x.bind != y.bind || x.kind != y.kind)
+            {
+                tracing::warn!("listener addresses and types change only at restart");
+            }
+            let summary = auth.describe();
+            let (cfg, auth) = (Arc::new(cfg), Arc::new(auth));
+            for r in self
+                .handle
+                .ask_all(|| Request::Reload(cfg.clone(), auth.clone()))
+            {
+                r?;
+            }
+            if let Ok(mut c) = self.cfg.lock() {
+                *c = cfg;
+            }
+            Ok(summary)
+        })();
+        match &result {
+            Ok(s) => tracing::info!(auth = %s, "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the previous configuration stays")
+            }
+        }
+        result
+    }
+
+    /// Applies a trace set on every shard.
+    pub fn set_trace(&self, set: TraceSet) -> Result<(), String> {
+        let set = Arc::new(set);
+        for r in self.handle.ask_all(|| Request::Trace(set.clone())) {
+            r?;
+        }
+        if let Ok(mut t) = self.trace.lock() {
+            *t = (*set).clone();
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting and publish wills everywhere, then tell clients (v5:
+    /// DISCONNECT 0x8B) and close, then save sessions and retained messages.
+    fn shutdown(&self) -> Result<(), String> {
+        let wills: i64 = self
+            .handle
+            .ask_all(|| Request::Drain)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter_map(|v| v["wills"].as_i64())
+            .sum();
+        // The wills cross the rings before any subscriber is disconnected.
+        std::thread::sleep(Duration::from_millis(200));
+        self.handle.ask_all(|| Request::Close);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.shared.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut saved = Saved::default();
+        for r in self.handle.ask_all(|| Request::Persist) {
+            let v = r?;
+            let part: Saved = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            saved.sessions.extend(part.sessions);
+            saved.retained.extend(part.retained);
+        }
+        let dir = self.config().broker.data_dir.clone();
+        saved
+            .store(&dir)
+            .map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+        tracing::info!(wills, sessions = saved.sessions.len(), retained = saved.retained.len(), data_dir = %dir.display(), "state saved");
+        Ok(())
+    }
+}
+
+/// Starts the broker and blocks until a signal shuts it down.
+pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
     let shards = cfg.shard_count();
-    let addrs = claim_ports(&cfg.broker.listen)?;
+    let binds: Vec<SocketAddr> = cfg.listeners.values().map(|l| l.bind).collect();
+    let addrs = claim_ports(&binds)?;
     let driver = driver_name();
     if driver == "epoll" {
         tracing::warn!("io_uring is not available (blocked by a seccomp profile or disabled by the kernel); falling back to the epoll driver");
     }
-    let mut listeners: Vec<Vec<TcpListener>> = Vec::with_capacity(shards);
+    let auth = Arc::new(Auth::load(&cfg)?);
+    tracing::info!(auth = %auth.describe(), "credentials loaded");
+    let mut listeners = Listener::build(&cfg, shards)?;
+    std::fs::create_dir_all(&cfg.broker.data_dir)
+        .map_err(|e| format!("broker.data_dir {}: {e}", cfg.broker.data_dir.display()))?;
+    let saved = Saved::load(&cfg.broker.data_dir).split(shards);
+    let mut sockets: Vec<Vec<TcpListener>> = Vec::with_capacity(shards);
     for _ in 0..shards {
-        listeners.push(
+        sockets.push(
             addrs
                 .iter()
                 .map(|a| reuseport_listener(*a))
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
         );
     }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let stats: Vec<Arc<Stats>> = (0..shards).map(|_| Arc::new(Stats::default())).collect();
+    let shared = Arc::new(Shared::new(shards, addrs.len()));
+    let cfg = Arc::new(cfg);
+    let ends = crate::ring::mesh(shards, cfg.broker.ring_capacity);
+    let queues: Vec<Arc<Queue>> = ends
+        .iter()
+        .enumerate()
+        .map(|(i, (_, inbox))| Arc::new(Queue::new(i, inbox.bells())))
+        .collect();
     let mut threads = Vec::with_capacity(shards);
-    for ((id, ends), ls) in crate::ring::mesh(shards, cfg.broker.ring_capacity)
+    for ((((id, ends), socks), restore), ls) in ends
         .into_iter()
         .enumerate()
-        .zip(listeners)
+        .zip(sockets)
+        .zip(saved)
+        .zip(listeners.drain(..))
     {
-        let cfg = cfg.clone();
+        let boot = Boot {
+            id,
+            shards,
+            cfg: cfg.clone(),
+            auth: auth.clone(),
+            shared: shared.clone(),
+            control: queues[id].clone(),
+            listeners: ls,
+        };
         let core = (cfg.broker.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
-        let st = stats[id].clone();
         let t = std::thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
             .spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                if let Err(e) = crate::shard::run(id, shards, cfg, st, ends, ls) {
+                if let Err(e) = crate::shard::run(boot, ends, socks, restore) {
                     tracing::error!(shard = id, error = %e, "shard stopped");
                 }
-            })?;
+            })
+            .map_err(|e| e.to_string())?;
         threads.push(t);
     }
-    for a in &addrs {
-        tracing::info!(listen = %a, shards, driver, "ringmq listening");
+    let bound: Vec<(String, SocketAddr)> = cfg.listeners.keys().cloned().zip(addrs).collect();
+    for ((name, a), l) in bound.iter().zip(cfg.listeners.values()) {
+        tracing::info!(listener = %name, kind = ?l.kind, listen = %a, shards, driver, "ringmq listening");
     }
-    std::thread::Builder::new()
-        .name("ringmq-stats".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(60));
-            tracing::info!("stats {}", Stats::summary(&stats));
-        })?;
-    for t in threads {
-        let _ = t.join();
+    let broker = Arc::new(Broker {
+        handle: Handle::new(queues),
+        shared: shared.clone(),
+        cfg: Mutex::new(cfg.clone()),
+        log,
+        trace: Mutex::new(TraceSet::default()),
+        driver,
+        bound,
+        args,
+    });
+    if cfg.admin.enabled {
+        let addr = crate::admin::start(broker.clone())?;
+        tracing::info!(admin = %addr, "admin API listening");
+    }
+    spawn_stats_thread(broker.clone())?;
+    wait_for_signals(&broker)?;
+    let timeout = Duration::from_secs(broker.config().broker.shutdown_timeout);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let b = broker.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(b.shutdown());
+    });
+    match done_rx.recv_timeout(timeout) {
+        Ok(Ok(())) => {
+            for t in threads {
+                let _ = t.join();
+            }
+            tracing::info!("shutdown complete");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("shutdown: {e}")),
+        Err(_) => {
+            tracing::error!(
+                secs = timeout.as_secs(),
+                "shutdown took longer than broker.shutdown_timeout; exiting"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Blocks until SIGTERM or SIGINT; reloads on SIGHUP.
+fn wait_for_signals(broker: &Broker) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = broker.reload();
+            }
+            _ => {
+                tracing::info!(signal = sig, "shutting down");
+                return Ok(());
+            }
+        }
     }
     Ok(())
+}
+
+/// Once a second: the memory budget check; once a minute: a summary line in the log.
+fn spawn_stats_thread(broker: Arc<Broker>) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("ringmq-stats".into())
+        .spawn(move || {
+            let mut tick = 0u64;
+            let mut last = broker.shared.messages();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                tick += 1;
+                let now = broker.shared.messages();
+                broker.shared.rate_in.set(now.0 - last.0);
+                broker.shared.rate_out.set(now.1 - last.1);
+                last = now;
+                let budget = broker.config().overload.memory_budget_mb * 1024 * 1024;
+                let over = budget > 0 && Shared::rss_bytes() > budget;
+                let was = broker.shared.memory_over.swap(over, Ordering::Relaxed);
+                if over != was {
+                    if over {
+                        tracing::warn!(
+                            rss = Shared::rss_bytes(),
+                            budget,
+                            "memory over overload.memory_budget_mb: refusing new connections"
+                        );
+                    } else {
+                        tracing::info!("memory back under budget: accepting new connections");
+                    }
+                }
+                if tick.is_multiple_of(60) {
+                    tracing::info!("stats {}", broker.shared.summary());
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

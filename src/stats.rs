@@ -1,7 +1,11 @@
-//! Per-shard counters. Each shard writes only its own `Stats` (no cache line is shared on the
-//! message path); readers (logs, `$SYS`, metrics) sum over shards.
+//! Per-shard counters and gauges, and what all shards share besides the rings: the global and
+//! per-listener connection counts, the memory-overload flag, the start time. Each shard writes
+//! only its own `Stats` (no cache line is shared on the message path); readers (logs, `$SYS`,
+//! the admin API, metrics) sum over shards.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicI64);
@@ -11,8 +15,16 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> i64 {
@@ -20,46 +32,144 @@ impl Counter {
     }
 }
 
+/// Why a message was not delivered to a subscriber.
+#[derive(Debug, Clone, Copy)]
+pub enum DropReason {
+    /// The session's queue was full (or QoS 0 is not queued for it).
+    QueueFull,
+    /// Larger than the client's maximum packet size.
+    TooLarge,
+    /// A shared group had no member left.
+    NoMember,
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: Counter,
-    pub msgs_in: Counter,
-    pub msgs_out: Counter,
-    /// Messages dropped: queue full, too large for the client, no shared member left.
-    pub dropped: Counter,
+    pub sessions: Counter,
+    pub subscriptions: Counter,
+    /// Retained messages in this shard's replica.
+    pub retained: Counter,
+    pub msgs_in: [Counter; 3],
+    pub msgs_out: [Counter; 3],
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub dropped_queue_full: Counter,
+    pub dropped_too_large: Counter,
+    pub dropped_no_member: Counter,
     /// Times a ring to another shard was full and the sender backed off.
     pub ring_full: Counter,
+    /// Messages waiting in this shard's outbound rings, sampled once a second.
+    pub ring_occupancy: Counter,
     pub protocol_errors: Counter,
     pub connects_refused: Counter,
-    /// Publishes refused (clients writing to `$` topics).
-    pub denied: Counter,
+    pub auth_failures: Counter,
+    /// Publishes and subscriptions refused by the ACL (and writes to `$` topics).
+    pub acl_denied: Counter,
+    /// Clients slowed down or disconnected for their publish rate.
+    pub rate_limited: Counter,
     pub wills: Counter,
+    /// How late the shard's event loop ran, in microseconds (last sample).
+    pub loop_lag_us: Counter,
+    /// 1 while the shard refuses new connections for overload.
+    pub overloaded: Counter,
 }
 
 impl Stats {
     /// Counts a delivery written (true) or dropped as too large for its client (false).
-    pub fn count_sent(&self, written: bool) {
+    pub fn count_sent(&self, written: bool, qos: crate::codec::QoS) {
         if written {
-            self.msgs_out.inc();
+            self.msgs_out[qos as usize].inc();
         } else {
-            self.dropped.inc();
+            self.dropped(DropReason::TooLarge);
         }
     }
 
+    pub fn dropped(&self, why: DropReason) {
+        match why {
+            DropReason::QueueFull => self.dropped_queue_full.inc(),
+            DropReason::TooLarge => self.dropped_too_large.inc(),
+            DropReason::NoMember => self.dropped_no_member.inc(),
+        }
+    }
+
+    pub fn dropped_total(&self) -> i64 {
+        self.dropped_queue_full.get() + self.dropped_too_large.get() + self.dropped_no_member.get()
+    }
+}
+
+/// What every shard and the admin thread share.
+pub struct Shared {
+    pub stats: Vec<Arc<Stats>>,
+    /// Open connections across shards, for `broker.max_connections`.
+    pub connections: AtomicUsize,
+    /// Open connections per listener (in the order of `Config::listeners`).
+    pub listener_connections: Vec<AtomicUsize>,
+    /// Set by the stats thread while resident memory is over `overload.memory_budget_mb`.
+    pub memory_over: AtomicBool,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// Messages received and sent in the last second, updated by the stats thread.
+    pub rate_in: Counter,
+    pub rate_out: Counter,
+}
+
+impl Shared {
+    pub fn new(shards: usize, listeners: usize) -> Shared {
+        Shared {
+            stats: (0..shards).map(|_| Arc::new(Stats::default())).collect(),
+            connections: AtomicUsize::new(0),
+            listener_connections: (0..listeners).map(|_| AtomicUsize::new(0)).collect(),
+            memory_over: AtomicBool::new(false),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            rate_in: Counter::default(),
+            rate_out: Counter::default(),
+        }
+    }
+
+    /// Sums one counter over all shards.
+    pub fn sum(&self, f: impl Fn(&Stats) -> &Counter) -> i64 {
+        self.stats.iter().map(|s| f(s).get()).sum()
+    }
+
+    /// Messages received and sent so far, all QoS.
+    pub fn messages(&self) -> (i64, i64) {
+        let all = |f: fn(&Stats) -> &[Counter; 3]| -> i64 {
+            self.stats
+                .iter()
+                .flat_map(|s| f(s).iter())
+                .map(Counter::get)
+                .sum()
+        };
+        (all(|s| &s.msgs_in), all(|s| &s.msgs_out))
+    }
+
     /// One line summing the counters of every shard, for the log.
-    pub fn summary(all: &[std::sync::Arc<Stats>]) -> String {
-        let sum = |f: fn(&Stats) -> &Counter| all.iter().map(|s| f(s).get()).sum::<i64>();
+    pub fn summary(&self) -> String {
+        let (msgs_in, msgs_out) = self.messages();
         format!(
-            "connections={} msgs_in={} msgs_out={} dropped={} ring_full={} protocol_errors={} connects_refused={} denied={} wills={}",
-            sum(|s| &s.connections),
-            sum(|s| &s.msgs_in),
-            sum(|s| &s.msgs_out),
-            sum(|s| &s.dropped),
-            sum(|s| &s.ring_full),
-            sum(|s| &s.protocol_errors),
-            sum(|s| &s.connects_refused),
-            sum(|s| &s.denied),
-            sum(|s| &s.wills),
+            "connections={} sessions={} subscriptions={} msgs_in={} msgs_out={} dropped={} ring_full={} protocol_errors={} connects_refused={} auth_failures={} acl_denied={} wills={}",
+            self.sum(|s| &s.connections),
+            self.sum(|s| &s.sessions),
+            self.sum(|s| &s.subscriptions),
+            msgs_in,
+            msgs_out,
+            self.stats.iter().map(|s| s.dropped_total()).sum::<i64>(),
+            self.sum(|s| &s.ring_full),
+            self.sum(|s| &s.protocol_errors),
+            self.sum(|s| &s.connects_refused),
+            self.sum(|s| &s.auth_failures),
+            self.sum(|s| &s.acl_denied),
+            self.sum(|s| &s.wills),
         )
+    }
+
+    /// Resident memory of the process, in bytes (Linux).
+    pub fn rss_bytes() -> u64 {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * 4096)
     }
 }

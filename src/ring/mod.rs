@@ -120,16 +120,23 @@ impl Inbox {
         self.rx.iter().flatten().any(|rx| !rx.is_empty())
     }
 
-    /// Ready when a message may be waiting; otherwise arms the doorbell and registers `cx`.
-    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// This shard's doorbells, for other producers (the control queue) to ring.
+    pub fn bells(&self) -> Arc<[Doorbell]> {
+        self.bells.clone()
+    }
+
+    /// Ready when a message may be waiting (or `more` says other work is); otherwise arms the
+    /// doorbell and registers `cx`. `more` is checked again after arming, so work signalled by
+    /// a `ring` in between is never missed.
+    pub fn poll_wait(&self, cx: &mut Context<'_>, more: impl Fn() -> bool) -> Poll<()> {
         let bell = &self.bells[self.shard];
-        if self.any_pending() {
+        if self.any_pending() || more() {
             return Poll::Ready(());
         }
         bell.waker.register(cx.waker());
         bell.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.any_pending() {
+        if self.any_pending() || more() {
             bell.sleeping.store(false, Ordering::Relaxed);
             return Poll::Ready(());
         }
@@ -137,7 +144,7 @@ impl Inbox {
     }
 
     pub async fn wait(&self) {
-        poll_fn(|cx| self.poll_wait(cx)).await
+        poll_fn(|cx| self.poll_wait(cx, || false)).await
     }
 }
 

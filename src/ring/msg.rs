@@ -18,6 +18,7 @@ pub enum XMsg {
     },
     /// A retained message set, or cleared by an empty payload, for every shard's replica.
     Retain(Arc<Message>),
+
     /// Shard `shard` gained its first (`add`) or lost its last subscriber to `filter`. With
     /// `ack`, the receiver answers `InterestAck` with it: a SUBACK waits for every shard's.
     Interest {
@@ -53,4 +54,6 @@ pub struct Grant {
     pub client_id: ByteString,
     pub token: u64,
     pub session: Option<Box<Session>>,
+    /// The home shard refuses the connection (a banned, flapping client id).
+    pub refused: Option<crate::codec::ReasonCode>,
 }

@@ -66,6 +66,8 @@ pub enum Admit {
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub max_queued: usize,
+    /// Payload bytes the queue may hold (0: no limit).
+    pub max_queued_bytes: usize,
     pub queue_qos0: bool,
 }
 
@@ -99,6 +101,9 @@ pub struct Session {
     pub aliases: Option<Box<Aliases>>,
     pub inflight: BTreeMap<u16, Inflight>,
     pub queue: VecDeque<Delivery>,
+    /// Payload bytes in `queue`.
+    #[serde(default)]
+    queued_bytes: usize,
     next_pid: u16,
     /// Messages dropped for this client (queue full, too large, expired).
     pub dropped: u64,
@@ -119,6 +124,7 @@ impl Session {
             aliases: None,
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             next_pid: 0,
             dropped: 0,
         }
@@ -185,11 +191,15 @@ impl Session {
             );
             return Admit::Send(Some(pid), d);
         }
-        self.enqueue(d, limits.max_queued)
+        self.enqueue(d, limits)
     }
 
-    fn enqueue(&mut self, d: Delivery, max_queued: usize) -> Admit {
-        if self.queue.len() >= max_queued {
+    fn enqueue(&mut self, d: Delivery, limits: &SessionLimits) -> Admit {
+        let len = d.msg.payload.len();
+        let max_bytes = limits.max_queued_bytes;
+        if self.queue.len() >= limits.max_queued
+            || (max_bytes > 0 && self.queued_bytes + len > max_bytes)
+        {
             self.dropped += 1;
             return Admit::Dropped;
         }
@@ -202,7 +212,14 @@ impl Session {
             d
         };
         self.queue.push_back(kept);
+        self.queued_bytes += len;
         Admit::Queued
+    }
+
+    fn pop_queued(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.payload.len());
+        Some(d)
     }
 
     /// Takes the next queued delivery that fits the window, allocating its packet id.
@@ -210,17 +227,17 @@ impl Session {
         loop {
             let front = self.queue.front()?;
             if front.msg.is_expired(now) {
-                self.queue.pop_front();
+                self.pop_queued();
                 self.dropped += 1;
                 continue;
             }
             if front.qos == QoS::AtMostOnce {
-                return self.queue.pop_front().map(|d| (None, d));
+                return self.pop_queued().map(|d| (None, d));
             }
             if !self.window_open() {
                 return None;
             }
-            let d = self.queue.pop_front()?;
+            let d = self.pop_queued()?;
             let pid = self.alloc_pid();
             self.inflight.insert(
                 pid,
@@ -290,6 +307,7 @@ impl Session {
             }
             true
         });
+        self.queued_bytes = self.queue.iter().map(|d| d.msg.payload.len()).sum();
         out
     }
 }
@@ -302,6 +320,7 @@ mod tests {
 
     const LIMITS: SessionLimits = SessionLimits {
         max_queued: 3,
+        max_queued_bytes: 0,
         queue_qos0: false,
     };
 

@@ -25,11 +25,11 @@ use crate::sock;
 const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
-pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, index: usize) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                monoio::spawn(serve(shard.clone(), stream, peer));
+                monoio::spawn(serve(shard.clone(), stream, peer, index));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -44,14 +44,20 @@ enum Event {
     Output,
 }
 
-async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr) {
+async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr, listener: usize) {
     if let Err(e) = sock::prepare(&stream) {
         tracing::debug!(%peer, error = %e, "socket setup failed");
         return;
     }
-    let link = Rc::new(ConnLink::new(peer, Instant::now()));
+    let now = Instant::now();
+    let link = Rc::new(ConnLink::new(peer, now, listener));
     let idx = {
         let mut sh = shard.borrow_mut();
+        let refusal = sh.admit_connection(listener, now);
+        if let Some(reason) = refusal {
+            tracing::info!(%peer, ?reason, "refusing a new connection");
+        }
+        link.refusal.set(refusal);
         sh.stats.connections.inc();
         sh.conns.insert(link.clone())
     };
@@ -60,6 +66,7 @@ async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr) {
     let mut sh = shard.borrow_mut();
     sh.conns.remove(idx);
     sh.stats.connections.dec();
+    sh.connection_gone(listener);
     sh.connection_closed(&link, Instant::now());
 }
 
@@ -71,11 +78,23 @@ async fn drive(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, link: &Rc<ConnLin
     let mut writable = pin!(None);
     let mut eof = false;
     loop {
-        if flush(stream, link).is_err() {
-            break;
+        match flush(stream, link) {
+            Ok(0) => {}
+            Ok(n) => shard.borrow().stats.bytes_out.add(n as i64),
+            Err(_) => break,
         }
         if link.close.borrow().is_some() || eof {
             break;
+        }
+        if let Some(until) = link.throttle.take() {
+            // Boxed: monoio's timer is 640 bytes, and inline it would sit in every idle task.
+            Box::pin(monoio::time::sleep(
+                until.saturating_duration_since(Instant::now()),
+            ))
+            .await;
+            let max = shard.borrow().cfg.mqtt.max_packet_size as usize;
+            decode_all(&mut shard.borrow_mut(), link, &mut partial, max);
+            continue;
         }
         let (want_read, ring_blocked) = {
             let sh = shard.borrow();
@@ -151,7 +170,10 @@ fn read(
                 eof = true;
                 break;
             }
-            Ok(n) => total += n,
+            Ok(n) => {
+                total += n;
+                sh.stats.bytes_in.add(n as i64);
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -179,7 +201,10 @@ fn read(
 /// waiting for the grant of a CONNECT).
 fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut, max: usize) -> bool {
     loop {
-        if link.close.borrow().is_some() || matches!(link.state.get(), LinkState::Claiming(_)) {
+        if link.close.borrow().is_some()
+            || matches!(link.state.get(), LinkState::Claiming(_))
+            || link.throttle.get().is_some()
+        {
             return false;
         }
         match decode(buf, link.protocol.get(), max) {
@@ -209,22 +234,24 @@ fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
     link.close(close);
 }
 
-/// Writes what the socket takes now; an error means the connection is gone.
-fn flush(stream: &TcpStream, link: &ConnLink) -> std::io::Result<()> {
+/// Writes what the socket takes now, returning how much; an error means the connection is gone.
+fn flush(stream: &TcpStream, link: &ConnLink) -> std::io::Result<usize> {
     let mut out = link.out.borrow_mut();
+    let mut written = 0;
     while !out.is_empty() {
         let n = {
             let slices = out.slices();
             match sock::send(stream, &slices) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(written),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         };
         out.advance(n);
+        written += n;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Sends the v5 DISCONNECT a close calls for, and what is queued, with a bounded wait.

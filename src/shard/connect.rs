@@ -23,6 +23,12 @@ impl Shard {
     ) -> Result<(), Close> {
         link.protocol.set(c.protocol);
         let v5 = c.protocol.is_v5();
+        if let Some(reason) = link.refusal.get() {
+            return Err(Close::new(
+                reason,
+                "connection refused: over a limit or overloaded",
+            ));
+        }
         if c.properties
             .as_ref()
             .is_some_and(|p| p.authentication_method.is_some())
@@ -53,6 +59,7 @@ impl Shard {
             ));
         }
         c.client_id = owned(&c.client_id);
+        self.authenticate(link, &mut c)?;
         if let Some(w) = &mut c.will {
             w.topic = owned(&w.topic);
             w.payload = bytes::Bytes::copy_from_slice(&w.payload);
@@ -74,6 +81,42 @@ impl Shard {
         Ok(())
     }
 
+    /// Checks the credentials (or the client certificate's name) and the will's topic against
+    /// the ACL; keeps the identity on the link for later ACL checks when it will be needed.
+    fn authenticate(&mut self, link: &ConnLink, c: &mut Connect) -> Result<(), Close> {
+        let cert_user = link.cert_user.borrow().as_deref().map(str::to_string);
+        if let Some(u) = &cert_user {
+            c.username = Some(ByteString::from(u.as_str()));
+        }
+        let username = c.username.as_deref();
+        if let Err(reason) =
+            self.auth
+                .authenticate(username, c.password.as_deref(), cert_user.is_some())
+        {
+            self.stats.auth_failures.inc();
+            tracing::info!(client = %c.client_id, peer = %link.peer, username = username.unwrap_or(""), ?reason, "authentication failed");
+            return Err(Close::new(reason, "authentication failed"));
+        }
+        if username.is_some() || self.auth.has_acl() {
+            let ident = crate::auth::ClientAuth::new(username.map(str::to_string), link.peer.ip());
+            *link.auth.borrow_mut() = Some(Box::new(ident));
+        }
+        if let Some(w) = &c.will {
+            let topic = w.topic.clone();
+            if topic.starts_with('$')
+                || !self.authorize(link, &c.client_id, crate::auth::Action::Publish, &topic)
+            {
+                self.stats.acl_denied.inc();
+                tracing::info!(client = %c.client_id, peer = %link.peer, %topic, "will topic not authorized");
+                return Err(Close::new(
+                    ReasonCode::NotAuthorized,
+                    "will topic not authorized",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// CONNACK with an error, for a connection closed before its CONNECT succeeded: v5 clients
     /// get the reason; v3 clients the return code where one names the reason, else no CONNACK
     /// (a malformed packet or a first packet that is not CONNECT).
@@ -86,6 +129,8 @@ impl Shard {
                 | ClientIdentifierNotValid
                 | ServerUnavailable
                 | ServerBusy
+                | QuotaExceeded
+                | ConnectionRateExceeded
                 | Banned
                 | BadUserNameOrPassword
                 | NotAuthorized
@@ -106,7 +151,19 @@ impl Shard {
         shard: usize,
         token: u64,
         clean_start: bool,
+        now: Instant,
     ) {
+        if self.flapping(&client_id, now) {
+            let refused = Some(ReasonCode::Banned);
+            let g = Grant {
+                client_id,
+                token,
+                session: None,
+                refused,
+            };
+            self.send(shard, XMsg::Grant(g));
+            return;
+        }
         match self.home.insert(client_id.clone(), (shard, token)) {
             None => self.send(
                 shard,
@@ -114,6 +171,7 @@ impl Shard {
                     client_id,
                     token,
                     session: None,
+                    refused: None,
                 }),
             ),
             Some((owner, _)) => self.send(
@@ -162,6 +220,7 @@ impl Shard {
                 client_id,
                 token,
                 session,
+                refused: None,
             }),
         );
     }
@@ -207,6 +266,7 @@ impl Shard {
                     client_id: g.client_id,
                     token,
                     session,
+                    refused: g.refused,
                 }),
             );
             return;
@@ -220,6 +280,13 @@ impl Shard {
             self.orphan_grant(g, now);
             return;
         };
+        if let Some(reason) = g.refused {
+            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: client id banned for flapping");
+            self.refuse_connect(&link, reason);
+            link.state.set(LinkState::Closed);
+            link.close(Close::new(reason, "banned"));
+            return;
+        }
         let props = c.properties.as_deref();
         let resumed = if c.clean_start { None } else { g.session };
         let session_present = resumed.is_some();
@@ -255,8 +322,7 @@ impl Shard {
             expires_at: None,
             will_at: None,
         };
-        let key = self.sessions.insert(slot);
-        self.by_client.insert(c.client_id.clone(), key);
+        let key = self.insert_session(slot);
         if session_present {
             self.resubscribe(key);
         }
@@ -273,6 +339,7 @@ impl Shard {
             properties,
         }));
         tracing::debug!(client = %c.client_id, peer = %link.peer, session_present, "connected");
+        self.client_event(&c.client_id, link.peer, true, Some(&c), now);
         self.resend_inflight(key);
         self.pump_session(key, now);
     }
@@ -304,7 +371,6 @@ impl Shard {
     fn orphan_grant(&mut self, g: Grant, now: Instant) {
         match g.session {
             Some(s) if s.expiry_interval > 0 => {
-                let client_id = s.client_id.clone();
                 let slot = SessionSlot {
                     session: *s,
                     link: None,
@@ -312,8 +378,7 @@ impl Shard {
                     expires_at: None,
                     will_at: None,
                 };
-                let key = self.sessions.insert(slot);
-                self.by_client.insert(client_id, key);
+                let key = self.insert_session(slot);
                 self.resubscribe(key);
                 self.schedule_expiry(key, now);
             }
@@ -354,13 +419,9 @@ impl Shard {
                         continue;
                     };
                     let d = f.delivery.clone();
-                    self.stats.count_sent(super::route::write_publish(
-                        &mut slot.session,
-                        &link,
-                        Some(pid),
-                        &d,
-                        true,
-                    ));
+                    let written =
+                        super::route::write_publish(&mut slot.session, &link, Some(pid), &d, true);
+                    self.stats.count_sent(written, d.qos);
                 }
                 OutState::Released => {
                     link.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));
@@ -369,7 +430,7 @@ impl Shard {
         }
     }
 
-    fn schedule_expiry(&mut self, key: usize, now: Instant) {
+    pub(super) fn schedule_expiry(&mut self, key: usize, now: Instant) {
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
         };
@@ -394,6 +455,11 @@ impl Shard {
                 slot.link = None;
                 let dropped = slot.session.dropped;
                 tracing::info!(client = %slot.session.client_id, peer = %link.peer, dropped, "disconnected");
+                let id = slot.session.client_id.clone();
+                self.client_event(&id, link.peer, false, None, now);
+                let Some(slot) = self.sessions.get_mut(key) else {
+                    return;
+                };
                 if slot.session.expiry_interval == 0 {
                     self.end_session(key, now);
                     return;
@@ -443,8 +509,17 @@ impl Shard {
         );
     }
 
+    pub(super) fn insert_session(&mut self, slot: SessionSlot) -> usize {
+        let client_id = slot.session.client_id.clone();
+        let key = self.sessions.insert(slot);
+        self.by_client.insert(client_id, key);
+        self.stats.sessions.inc();
+        key
+    }
+
     fn remove_session(&mut self, key: usize) -> SessionSlot {
         let slot = self.sessions.remove(key);
+        self.stats.sessions.dec();
         if self.by_client.get(&slot.session.client_id) == Some(&key) {
             self.by_client.remove(&slot.session.client_id);
         }

@@ -10,6 +10,7 @@ use bytestring::ByteString;
 
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
+use crate::auth::Action;
 use crate::codec::*;
 use crate::session::{owned, Delivery, Message, OutState, SubIds, Subscription};
 use crate::topic::parse_shared;
@@ -42,6 +43,9 @@ impl Shard {
         };
         let (key, packet) = key;
         let now = Instant::now();
+        if !self.trace.clients.is_empty() {
+            self.trace_packet(key, &packet);
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(key, link, p, now),
             Packet::PubAck(a) => {
@@ -150,6 +154,29 @@ impl Shard {
         }
     }
 
+    /// Asks the ACL (through the client's cache) whether `client_id` on `link` may do `action`.
+    pub(super) fn authorize(
+        &self,
+        link: &ConnLink,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+    ) -> bool {
+        if !self.auth.has_acl() {
+            return true;
+        }
+        let mut slot = link.auth.borrow_mut();
+        let ident = slot
+            .get_or_insert_with(|| Box::new(crate::auth::ClientAuth::new(None, link.peer.ip())));
+        ident.authorize(
+            &self.auth,
+            client_id,
+            action,
+            topic,
+            self.cfg.auth.acl_cache_size,
+        )
+    }
+
     /// A client's packet ids are one space for PUBLISH, SUBSCRIBE and UNSUBSCRIBE: one still held
     /// by an unreleased inbound QoS 2 message is in use (SUBACK/UNSUBACK 0x91).
     fn packet_id_in_use(&self, key: usize, pid: u16) -> bool {
@@ -201,10 +228,10 @@ impl Shard {
                 aliases.inbound.insert(alias, owned(&topic));
             }
         }
-        if topic.split('/').count() > levels_max {
+        if topic.split('/').count() > levels_max || topic.len() > self.cfg.mqtt.max_topic_length {
             return Err(Close::new(
                 ReasonCode::TopicNameInvalid,
-                "too many topic levels",
+                "topic name over mqtt.max_topic_levels or max_topic_length",
             ));
         }
         let ack = |reason: ReasonCode| match (p.qos, p.packet_id) {
@@ -212,14 +239,26 @@ impl Shard {
             (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(PubResp::new(id, reason))),
             _ => None,
         };
-        if topic.starts_with('$') {
-            self.stats.denied.inc();
-            tracing::info!(client = %session.client_id, %topic, "publish to a $-topic refused");
-            if let Some(a) = ack(ReasonCode::NotAuthorized) {
+        let client_id = session.client_id.clone();
+        let allowed =
+            !topic.starts_with('$') && self.authorize(link, &client_id, Action::Publish, &topic);
+        if !allowed {
+            self.stats.acl_denied.inc();
+            tracing::info!(client = %client_id, peer = %link.peer, %topic, "publish not authorized");
+            if link.protocol.get().is_v5() {
+                if let Some(a) = ack(ReasonCode::NotAuthorized) {
+                    link.send(&a);
+                }
+            } else if let Some(a) = ack(ReasonCode::Success) {
                 link.send(&a);
             }
             return Ok(());
         }
+        self.charge_publish(link, p.payload.len(), now)?;
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return Ok(());
+        };
+        let session = &mut slot.session;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             if session.inbound_qos2.contains(&id) {
                 if let Some(a) = ack(ReasonCode::Success) {
@@ -245,7 +284,7 @@ impl Shard {
             origin,
             now,
         );
-        self.stats.msgs_in.inc();
+        self.stats.msgs_in[p.qos as usize].inc();
         self.publish_message(Arc::new(msg));
         if let Some(a) = ack(ReasonCode::Success) {
             link.send(&a);
@@ -277,10 +316,36 @@ impl Shard {
         let mut retained: Vec<(ByteString, SubOptions)> = Vec::new();
         let token = self.token();
         let mut new_interest = 0;
+        let max_subs = self.cfg.mqtt.max_subscriptions;
         for (filter, options) in s.filters {
             let filter = owned(&filter);
-            if filter.split('/').count() > self.cfg.mqtt.max_topic_levels {
+            let m = &self.cfg.mqtt;
+            if filter.split('/').count() > m.max_topic_levels || filter.len() > m.max_topic_length {
                 reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let inner = parse_shared(&filter)
+                .and_then(Result::ok)
+                .map_or(&*filter, |(_, f)| f);
+            let client_id = self
+                .sessions
+                .get(key)
+                .map(|s| s.session.client_id.clone())
+                .unwrap_or_default();
+            if !self.authorize(link, &client_id, Action::Subscribe, inner) {
+                self.stats.acl_denied.inc();
+                tracing::info!(client = %client_id, peer = %link.peer, %filter, "subscription not authorized");
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            let full = self.sessions.get(key).is_some_and(|s| {
+                max_subs > 0
+                    && s.session.subscriptions.len() >= max_subs
+                    && !s.session.subscriptions.contains_key(&filter)
+            });
+            if full {
+                tracing::info!(client = %client_id, %filter, "mqtt.max_subscriptions reached");
+                reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
             let shared = parse_shared(&filter).is_some();

@@ -135,11 +135,23 @@ pub struct ConnLink {
     pub keep_alive: Cell<u16>,
     pub last_seen: Cell<Instant>,
     pub opened: Instant,
+    /// The listener (index in the configuration) the connection came in on.
+    pub listener: usize,
+    /// Set at accept when a limit or overload means the CONNECT will be refused with this.
+    pub refusal: Cell<Option<ReasonCode>>,
+    /// Username and address for ACL checks, with their cache (only when needed).
+    pub auth: RefCell<Option<Box<crate::auth::ClientAuth>>>,
+    /// The name a verified client certificate vouches for (TLS with peer_cert_as_username).
+    pub cert_user: RefCell<Option<Box<str>>>,
+    /// Publish-rate buckets (only with `[limits]` rates set).
+    pub rate: RefCell<Option<Box<super::limits::RateLimiter>>>,
+    /// Until when reading pauses: a v3 client over its publish rate is read more slowly.
+    pub throttle: Cell<Option<Instant>>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl ConnLink {
-    pub fn new(peer: SocketAddr, now: Instant) -> ConnLink {
+    pub fn new(peer: SocketAddr, now: Instant, listener: usize) -> ConnLink {
         ConnLink {
             peer,
             state: Cell::new(LinkState::New),
@@ -151,6 +163,12 @@ impl ConnLink {
             keep_alive: Cell::new(0),
             last_seen: Cell::new(now),
             opened: now,
+            listener,
+            refusal: Cell::new(None),
+            auth: RefCell::new(None),
+            cert_user: RefCell::new(None),
+            rate: RefCell::new(None),
+            throttle: Cell::new(None),
             waker: RefCell::new(None),
         }
     }

@@ -2,12 +2,17 @@
 //! tries. Shard state lives in one `RefCell` on its thread and is only borrowed by synchronous
 //! handlers, never across an `.await`. Other shards are reached through the ring mesh only.
 
+mod admin;
 mod conn;
 mod connect;
 mod inbound;
 mod interest;
+mod limits;
 mod link;
+mod listener;
+mod persist;
 mod route;
+mod sys;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -25,17 +30,21 @@ use bytestring::ByteString;
 use slab::Slab;
 use smallvec::SmallVec;
 
+use crate::auth::Auth;
 use crate::codec::SubOptions;
 use crate::config::Config;
+use crate::control::{Queue, TraceSet};
 use crate::retained::RetainedStore;
 use crate::ring::{Inbox, Outbox, XMsg};
 use crate::session::{Session, SessionLimits};
-use crate::stats::Stats;
+use crate::stats::{Shared, Stats};
 use crate::topic::Trie;
 
 use interest::Interest;
 pub use interest::ShardSet;
 use link::ConnLink;
+pub use listener::Listener;
+pub use persist::{Restore, Saved};
 
 /// A local subscriber to a (non-shared) filter.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +83,18 @@ pub struct Shard {
     pub id: usize,
     pub shards: usize,
     pub cfg: Arc<Config>,
+    pub auth: Arc<Auth>,
     pub stats: Arc<Stats>,
+    /// What all shards share: counters, connection counts, the memory flag.
+    global: Arc<Shared>,
+    control: Arc<Queue>,
+    trace: Arc<TraceSet>,
+    /// This shard's side of each listener (limits, TLS, connect-rate bucket).
+    listeners: Vec<Listener>,
+    /// False once a shutdown began: new connections are refused.
+    accepting: bool,
+    /// Connect counts of client ids homed here, for the flapping ban.
+    flapping: AHashMap<ByteString, limits::Flap>,
     outbox: Outbox,
     /// Messages for a shard whose ring was full, in order; while any wait, reading stops.
     backlog: Vec<VecDeque<XMsg>>,
@@ -108,18 +128,28 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(
-        id: usize,
-        shards: usize,
-        cfg: Arc<Config>,
-        stats: Arc<Stats>,
-        outbox: Outbox,
-    ) -> Shard {
+    pub fn new(boot: Boot, outbox: Outbox) -> Shard {
+        let Boot {
+            id,
+            shards,
+            cfg,
+            auth,
+            shared,
+            control,
+            listeners,
+        } = boot;
         Shard {
             id,
             shards,
             cfg,
-            stats,
+            auth,
+            stats: shared.stats[id].clone(),
+            global: shared,
+            control,
+            trace: Arc::default(),
+            listeners,
+            accepting: true,
+            flapping: AHashMap::new(),
             outbox,
             backlog: (0..shards).map(|_| VecDeque::new()).collect(),
             blocked_readers: Vec::new(),
@@ -148,17 +178,14 @@ impl Shard {
     pub fn limits(&self) -> SessionLimits {
         SessionLimits {
             max_queued: self.cfg.mqtt.max_queued_messages,
+            max_queued_bytes: self.cfg.mqtt.max_queued_bytes,
             queue_qos0: self.cfg.mqtt.queue_qos0,
         }
     }
 
     /// The shard that records who owns `client_id`.
     pub fn home_of(&self, client_id: &str) -> usize {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for b in client_id.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % self.shards as u64) as usize
+        home_of(client_id, self.shards)
     }
 
     fn token(&mut self) -> u64 {
@@ -226,7 +253,11 @@ impl Shard {
         match msg {
             XMsg::Publish(m) => self.deliver_local(&m),
             XMsg::Shared { group, msg } => self.deliver_shared_local(&group, msg),
-            XMsg::Retain(m) => self.retained.set(m),
+            XMsg::Retain(m) => {
+                self.retained.set(m);
+                self.stats.retained.set(self.retained.len() as i64);
+            }
+
             XMsg::Interest {
                 filter,
                 shard,
@@ -244,7 +275,7 @@ impl Shard {
                 shard,
                 token,
                 clean_start,
-            } => self.on_claim(client_id, shard, token, clean_start),
+            } => self.on_claim(client_id, shard, token, clean_start, Instant::now()),
             XMsg::Takeover {
                 client_id,
                 shard,
@@ -266,6 +297,9 @@ impl Shard {
 
     /// Once a second: keep-alive and CONNECT deadlines, will delays and session expiry.
     fn sweep(&mut self, now: Instant) {
+        self.prune_flapping(now);
+        let occupancy: usize = (0..self.shards).map(|to| self.outbox.occupancy(to)).sum();
+        self.stats.ring_occupancy.set(occupancy as i64);
         let mult = self.cfg.mqtt.keepalive_multiplier;
         let connect_timeout = self.cfg.connect_timeout();
         for (_, link) in &self.conns {
@@ -320,14 +354,32 @@ impl Shard {
     }
 }
 
-/// Runs shard `id` on the current thread until the process ends.
+/// The home shard of a client id among `shards` (FNV-1a).
+pub fn home_of(client_id: &str, shards: usize) -> usize {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in client_id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// What a shard starts with.
+pub struct Boot {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    pub auth: Arc<Auth>,
+    pub shared: Arc<Shared>,
+    pub control: Arc<Queue>,
+    pub listeners: Vec<Listener>,
+}
+
+/// Runs a shard on the current thread until a shutdown closes it.
 pub fn run(
-    id: usize,
-    shards: usize,
-    cfg: Arc<Config>,
-    stats: Arc<Stats>,
+    boot: Boot,
     ends: (Outbox, Inbox),
-    listeners: Vec<StdListener>,
+    sockets: Vec<StdListener>,
+    saved: Restore,
 ) -> std::io::Result<()> {
     let (outbox, inbox) = ends;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
@@ -335,20 +387,25 @@ pub fn run(
         .with_entries(4096)
         .build()?;
     rt.block_on(async move {
-        let shard = Rc::new(RefCell::new(Shard::new(id, shards, cfg, stats, outbox)));
-        for l in listeners {
+        let shard = Rc::new(RefCell::new(Shard::new(boot, outbox)));
+        shard.borrow_mut().restore(saved, Instant::now());
+        for (i, l) in sockets.into_iter().enumerate() {
             let listener = monoio::net::TcpListener::from_std(l)?;
-            monoio::spawn(conn::accept_loop(shard.clone(), listener));
+            monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
         }
         monoio::spawn(sweeper(shard.clone()));
+        monoio::spawn(limits::lag_probe(shard.clone()));
+        monoio::spawn(sys::publisher(shard.clone()));
         pump(shard, inbox).await;
         Ok(())
     })
 }
 
-/// Drains the rings and the self-queue in batches; sleeps on the doorbell when all are empty.
+/// Drains the rings, the self-queue and the control queue in batches; sleeps on the doorbell
+/// when all are empty. Returns once a shutdown has closed the shard.
 async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
     let mut batch: Vec<XMsg> = Vec::with_capacity(1024);
+    let control = shard.borrow().control.clone();
     loop {
         inbox.drain(256, &mut batch);
         {
@@ -358,6 +415,14 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
                 sh.handle_xmsg(msg);
             }
             sh.retry_backlog();
+        }
+        for (req, reply) in control.take() {
+            let closing = matches!(req, crate::control::Request::Persist);
+            let answer = shard.borrow_mut().control(req);
+            let _ = reply.send(answer);
+            if closing {
+                return;
+            }
         }
         let backlogged = shard.borrow().ring_blocked();
         if backlogged {
@@ -371,7 +436,7 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             }
             sh.pump_waker = Some(cx.waker().clone());
             drop(sh);
-            inbox.poll_wait(cx)
+            inbox.poll_wait(cx, || !control.is_empty())
         })
         .await;
     }

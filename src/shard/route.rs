@@ -15,6 +15,7 @@ use super::{Shard, SubEntry};
 use crate::codec::{publish_len, Publish, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
+use crate::stats::DropReason;
 use crate::topic::parse_shared;
 
 /// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
@@ -76,12 +77,37 @@ const ALIAS_PROPERTY_LEN: usize = 4;
 impl Shard {
     /// Stores a retained message (and tells every replica), then routes the message.
     pub(super) fn publish_message(&mut self, msg: Arc<Message>) {
-        if msg.retain {
+        if !self.trace.topics.is_empty() {
+            self.trace_publish(&msg);
+        }
+        if msg.retain && self.may_retain(&msg) {
             let stored = Arc::new(msg.compacted());
             self.retained.set(stored.clone());
+            self.stats.retained.set(self.retained.len() as i64);
             self.broadcast(|| XMsg::Retain(stored.clone()));
         }
         self.route(msg);
+    }
+
+    /// The retained-message limits: payload size, and the count for a topic not yet stored.
+    fn may_retain(&self, msg: &Message) -> bool {
+        let m = &self.cfg.mqtt;
+        if msg.payload.is_empty() || msg.topic.starts_with('$') {
+            return true;
+        }
+        if m.max_retained_payload > 0 && msg.payload.len() > m.max_retained_payload {
+            tracing::info!(topic = %msg.topic, bytes = msg.payload.len(), "retained payload over mqtt.max_retained_payload: not retained");
+            return false;
+        }
+        if m.max_retained_messages > 0 && self.retained.len() >= m.max_retained_messages {
+            let mut exists = false;
+            self.retained.for_each_match(&msg.topic, |_| exists = true);
+            if !exists {
+                tracing::info!(topic = %msg.topic, "mqtt.max_retained_messages reached: not retained");
+                return false;
+            }
+        }
+        true
     }
 
     fn route(&mut self, msg: Arc<Message>) {
@@ -110,7 +136,7 @@ impl Shard {
             return;
         };
         let Some(set) = self.interest.shared.get(inner).and_then(|g| g.get(&group)) else {
-            self.stats.dropped.inc();
+            self.stats.dropped(DropReason::NoMember);
             return;
         };
         let turn = self.shared_rr.entry(group.clone()).or_default();
@@ -128,7 +154,7 @@ impl Shard {
     /// Delivers to one member of a local shared group, preferring one that can take it now.
     pub(super) fn deliver_shared_local(&mut self, group: &ByteString, msg: Arc<Message>) {
         let Some(g) = self.shared.get_mut(group) else {
-            self.stats.dropped.inc();
+            self.stats.dropped(DropReason::NoMember);
             return;
         };
         let n = g.members.len();
@@ -215,12 +241,12 @@ impl Shard {
         match slot.session.admit(d, link.is_some(), &limits) {
             Admit::Send(pid, d) => {
                 if let Some(link) = link {
-                    self.stats
-                        .count_sent(write_publish(&mut slot.session, &link, pid, &d, false));
+                    let written = write_publish(&mut slot.session, &link, pid, &d, false);
+                    self.stats.count_sent(written, d.qos);
                 }
             }
             Admit::Queued => {}
-            Admit::Dropped => self.stats.dropped.inc(),
+            Admit::Dropped => self.stats.dropped(DropReason::QueueFull),
         }
     }
 
@@ -237,8 +263,8 @@ impl Shard {
             let Some((pid, d)) = slot.session.next_queued(now) else {
                 break;
             };
-            self.stats
-                .count_sent(write_publish(&mut slot.session, &link, pid, &d, false));
+            let written = write_publish(&mut slot.session, &link, pid, &d, false);
+            self.stats.count_sent(written, d.qos);
         }
     }
 
@@ -277,15 +303,18 @@ impl Shard {
             options: sub.options,
             id: sub.id,
         };
-        let first = if parse_shared(filter).is_some() {
+        let (first, new) = if parse_shared(filter).is_some() {
             let group = self.shared.entry(filter.clone()).or_default();
-            upsert(&mut group.members, entry);
-            group.members.len() == 1
+            let new = upsert(&mut group.members, entry);
+            (group.members.len() == 1, new)
         } else {
             let slot = self.subs.entry(filter);
-            upsert(slot, entry);
-            slot.len() == 1
+            let new = upsert(slot, entry);
+            (slot.len() == 1, new)
         };
+        if new {
+            self.stats.subscriptions.inc();
+        }
         if first {
             self.interest_changed(filter, true, ack);
         }
@@ -297,7 +326,11 @@ impl Shard {
             let Some(group) = self.shared.get_mut(filter) else {
                 return;
             };
+            let before = group.members.len();
             group.members.retain(|e| e.session != key);
+            if group.members.len() < before {
+                self.stats.subscriptions.dec();
+            }
             let last = group.members.is_empty();
             if last {
                 self.shared.remove(filter);
@@ -308,7 +341,11 @@ impl Shard {
                 .update(
                     filter,
                     |v| {
+                        let before = v.len();
                         v.retain(|e| e.session != key);
+                        if v.len() < before {
+                            self.stats.subscriptions.dec();
+                        }
                         v.is_empty()
                     },
                     |v| v.is_empty(),
@@ -337,9 +374,16 @@ impl Shard {
     }
 }
 
-fn upsert(v: &mut SmallVec<[SubEntry; 2]>, entry: SubEntry) {
+/// Adds or replaces the session's entry; true when it is new.
+fn upsert(v: &mut SmallVec<[SubEntry; 2]>, entry: SubEntry) -> bool {
     match v.iter_mut().find(|e| e.session == entry.session) {
-        Some(e) => *e = entry,
-        None => v.push(entry),
+        Some(e) => {
+            *e = entry;
+            false
+        }
+        None => {
+            v.push(entry);
+            true
+        }
     }
 }

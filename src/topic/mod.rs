@@ -79,6 +79,24 @@ pub fn matches(filter: &str, name: &str) -> bool {
     }
 }
 
+/// True when every topic `filter` matches is also matched by `rule` (ACLs on subscriptions).
+pub fn covers(rule: &str, filter: &str) -> bool {
+    if filter.starts_with('$') && (rule.starts_with('+') || rule.starts_with('#')) {
+        return false;
+    }
+    let mut r = rule.split('/');
+    let mut f = filter.split('/');
+    loop {
+        match (r.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(l)) if l != "#" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +145,26 @@ mod tests {
         ];
         for (f, n, m) in table {
             assert_eq!(matches(f, n), *m, "{f} vs {n}");
+        }
+    }
+
+    #[test]
+    fn covering_table() {
+        let table: &[(&str, &str, bool)] = &[
+            ("a/#", "a/+/c", true),
+            ("a/#", "a/#", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a/+", true),
+            ("a/+", "a/b", true),
+            ("a/b", "a/+", false),
+            ("#", "a/#", true),
+            ("#", "$SYS/#", false),
+            ("$SYS/#", "$SYS/brokers/+", true),
+            ("a/+/c", "a/b/c", true),
+            ("a/+/c", "a/b/#", false),
+        ];
+        for (r, f, c) in table {
+            assert_eq!(covers(r, f), *c, "{r} covers {f}");
         }
     }
 

@@ -12,12 +12,14 @@ use ringmq::codec::*;
 
 pub struct Broker {
     pub port: u16,
+    /// The admin API's port.
+    pub admin: u16,
     child: Child,
     pub log: PathBuf,
-    _dir: tempdir::Dir,
+    dir: tempdir::Dir,
 }
 
-mod tempdir {
+pub mod tempdir {
     use std::path::PathBuf;
 
     /// A scratch directory removed on drop.
@@ -35,7 +37,9 @@ mod tempdir {
 
     impl Drop for Dir {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            if !self.0.as_os_str().is_empty() {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
         }
     }
 }
@@ -60,41 +64,154 @@ impl Broker {
 
     /// Starts the broker with extra TOML under `[broker]` and under `[mqtt]`.
     pub fn with_sections(shards: usize, broker_toml: &str, mqtt_toml: &str) -> Broker {
-        let dir = tempdir::Dir::new();
+        Broker::with_toml(
+            shards,
+            &format!("[broker]\npin_cores = false\n{broker_toml}\n\n[mqtt]\n{mqtt_toml}\n"),
+        )
+    }
+
+    /// Starts the broker with this whole configuration file (`[broker] pin_cores = false` is
+    /// the caller's to set); its plain TCP listener on a free port replaces the file's
+    /// listeners unless the file has some.
+    pub fn with_toml(shards: usize, toml: &str) -> Broker {
+        Broker::launch(shards, toml, tempdir::Dir::new(), &[])
+    }
+
+    /// Starts the broker in `dir` (kept across restarts: its data dir is `dir/data`), with
+    /// extra environment variables.
+    pub fn launch(shards: usize, toml: &str, dir: tempdir::Dir, env: &[(&str, &str)]) -> Broker {
         let port = free_port();
+        let admin = free_port();
         let cfg = dir.0.join("ringmq.toml");
-        let text = format!("[broker]\npin_cores = false\n{broker_toml}\n\n[mqtt]\n{mqtt_toml}\n");
-        std::fs::write(&cfg, text).expect("config");
+        std::fs::write(&cfg, toml).expect("config");
         let log = dir.0.join("broker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                &shards.to_string(),
-            ])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        cmd.args(["run", "--config"]).arg(&cfg).args([
+            "--shards",
+            &shards.to_string(),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ]);
+        cmd.arg("--data-dir").arg(dir.0.join("data"));
+        if !toml.contains("[listeners.") {
+            cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+        }
+        cmd.envs(env.iter().copied());
+        let child = cmd
             .env("RINGMQ_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            )
             .spawn()
             .expect("start ringmq");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "broker did not start");
+        while TcpStream::connect(("127.0.0.1", admin)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Broker {
             port,
+            admin,
             child,
             log,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// Sends a signal to the broker process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and the scratch
+    /// directory (to start again on the same data dir).
+    pub fn terminate(mut self) -> (std::process::ExitStatus, tempdir::Dir) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let dir = std::mem::replace(&mut self.dir, tempdir::Dir(PathBuf::new()));
+        (status, dir)
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `ringmq ctl` against this broker; (success, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["ctl", "--url", &format!("http://127.0.0.1:{}", self.admin)])
+            .args(args)
+            .output()
+            .expect("run ringmq ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `ringmq ctl --json ...`, parsed; panics unless it succeeds.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.ctl(&all);
+        assert!(ok, "ctl {args:?} failed: {err}");
+        serde_json::from_str(&out).expect("ctl prints JSON")
+    }
+
+    /// An admin API request: (status, body).
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        let resp = match (method, body) {
+            ("GET", _) => agent.get(&url).call(),
+            ("DELETE", _) => agent.delete(&url).call(),
+            ("PUT", b) => agent.put(&url).send(b.unwrap_or("").to_string()),
+            (_, b) => agent.post(&url).send(b.unwrap_or("").to_string()),
+        };
+        let mut resp = resp.expect("admin API answers");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().expect("body"))
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -4,4 +4,5 @@
 mod clients;
 mod harness;
 mod loadgen;
+mod operations;
 mod protocol;

@@ -770,6 +770,8 @@ fn a_port_in_use_is_an_error_at_start() {
             &format!("127.0.0.1:{}", b.port),
             "--shards",
             "1",
+            "--admin",
+            "127.0.0.1:0",
         ])
         .output()
         .expect("run a second broker");

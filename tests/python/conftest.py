@@ -21,7 +21,8 @@ def broker(request, tmp_path):
     log = open(tmp_path / "broker.log", "w")
     proc = subprocess.Popen(
         [os.environ["RINGMQ_BIN"], "--config", str(cfg), "--listen", f"127.0.0.1:{port}",
-         "--shards", str(request.param)],
+         "--shards", str(request.param), "--admin", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "data")],
         stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.time() + 10
     while True:

@@ -1,0 +1,242 @@
+//! The admin API's endpoints. Every shard is asked (its control queue) and the answers merged;
+//! a client lives on one shard, so "show" and "kick" take the one shard that knows it.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /api/v1/status | version, uptime, shards, driver, counts, msg/s |
+//! | GET | /api/v1/clients[/ID] | sessions (connected or not), or one |
+//! | DELETE | /api/v1/clients/ID | disconnect (v5: 0x98) |
+//! | GET | /api/v1/subscriptions[/ID] | all subscriptions, or one client's |
+//! | POST | /api/v1/subscribe, /api/v1/unsubscribe | `{"clientid","topic","qos"}` |
+//! | GET | /api/v1/topics | filters subscribed to |
+//! | GET, DELETE | /api/v1/retained[/TOPIC] | list, show, clean |
+//! | POST | /api/v1/reload | re-read config, passwords, ACL, certificates |
+//! | GET, PUT | /api/v1/log/level | `{"level": "debug"}` |
+//! | GET, POST | /api/v1/trace | `{"kind": "client"|"topic", "value", "on"}` |
+//! | GET | /metrics | Prometheus text format |
+
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Value};
+use tiny_http::Method;
+
+use super::Answer;
+use crate::control::Request;
+use crate::server::Broker;
+
+fn decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// Merges the shards' answers: arrays concatenated, the first non-null value otherwise.
+fn merged(replies: Vec<crate::control::Reply>) -> Result<Value, String> {
+    let mut out: Option<Value> = None;
+    for r in replies {
+        match (r?, &mut out) {
+            (Value::Array(a), Some(Value::Array(acc))) => acc.extend(a),
+            (Value::Null, _) => {}
+            (v, None) => out = Some(v),
+            (_, Some(_)) => {}
+        }
+    }
+    Ok(out.unwrap_or(Value::Null))
+}
+
+fn field<'a>(body: &'a Value, key: &str) -> Result<&'a str, Answer> {
+    body[key]
+        .as_str()
+        .ok_or_else(|| Answer::error(400, format!("missing string field {key:?}")))
+}
+
+pub fn route(broker: &Broker, method: &Method, url: &str, body: &str) -> Answer {
+    let path = url.split('?').next().unwrap_or("");
+    let body: Value = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_str(body) {
+            Ok(v) => v,
+            Err(e) => return Answer::error(400, format!("body is not JSON: {e}")),
+        }
+    };
+    match handle(broker, method, path, &body) {
+        Ok(a) => a,
+        Err(a) => a,
+    }
+}
+
+fn ok(v: Value) -> Result<Answer, Answer> {
+    Ok(Answer::json(200, v))
+}
+
+fn found(v: Value, what: &str) -> Result<Answer, Answer> {
+    if v.is_null() {
+        Err(Answer::error(404, format!("no such {what}")))
+    } else {
+        ok(v)
+    }
+}
+
+fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<Answer, Answer> {
+    let h = &broker.handle;
+    let fail = |e: String| Answer::error(500, e);
+    let rest = path.strip_prefix("/api/v1/").unwrap_or(path);
+    match (method, rest) {
+        (Method::Get, "/metrics") => Ok(Answer {
+            status: 200,
+            body: crate::metrics::render(broker),
+            json: false,
+        }),
+        (Method::Get, "health") => ok(json!({ "status": "ok" })),
+        (Method::Get, "status") => ok(status(broker).map_err(fail)?),
+        (Method::Get, "clients") => ok(merged(h.ask_all(|| Request::Clients(None))).map_err(fail)?),
+        (Method::Get, p) if p.starts_with("clients/") => {
+            let id = decode(&p["clients/".len()..]);
+            found(
+                merged(h.ask_all(|| Request::Clients(Some(id.clone())))).map_err(fail)?,
+                "client",
+            )
+        }
+        (Method::Delete, p) if p.starts_with("clients/") => {
+            let id = decode(&p["clients/".len()..]);
+            found(
+                merged(h.ask_all(|| Request::Kick(id.clone()))).map_err(fail)?,
+                "client",
+            )
+        }
+        (Method::Get, "subscriptions") => {
+            ok(merged(h.ask_all(|| Request::Subscriptions(None))).map_err(fail)?)
+        }
+        (Method::Get, p) if p.starts_with("subscriptions/") => {
+            let id = decode(&p["subscriptions/".len()..]);
+            ok(merged(h.ask_all(|| Request::Subscriptions(Some(id.clone())))).map_err(fail)?)
+        }
+        (Method::Post, "subscribe") => {
+            let (client, filter) = (
+                field(body, "clientid")?.to_string(),
+                field(body, "topic")?.to_string(),
+            );
+            let qos = body["qos"].as_u64().unwrap_or(0).min(255) as u8;
+            found(
+                merged(h.ask_all(|| Request::Subscribe {
+                    client: client.clone(),
+                    filter: filter.clone(),
+                    qos,
+                }))
+                .map_err(|e| Answer::error(400, e))?,
+                "client",
+            )
+        }
+        (Method::Post, "unsubscribe") => {
+            let (client, filter) = (
+                field(body, "clientid")?.to_string(),
+                field(body, "topic")?.to_string(),
+            );
+            found(
+                merged(h.ask_all(|| Request::Unsubscribe {
+                    client: client.clone(),
+                    filter: filter.clone(),
+                }))
+                .map_err(fail)?,
+                "client",
+            )
+        }
+        (Method::Get, "topics") => {
+            let mut all: Vec<Value> = match merged(h.ask_all(|| Request::Topics)).map_err(fail)? {
+                Value::Array(a) => a,
+                _ => Vec::new(),
+            };
+            all.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            all.dedup();
+            ok(Value::Array(all))
+        }
+        (Method::Get, "retained") => ok(h.ask(0, Request::Retained(None)).map_err(fail)?),
+        (Method::Get, p) if p.starts_with("retained/") => {
+            let topic = decode(&p["retained/".len()..]);
+            let v = h.ask(0, Request::Retained(Some(topic))).map_err(fail)?;
+            match v {
+                Value::Array(mut a) if !a.is_empty() => ok(a.swap_remove(0)),
+                _ => Err(Answer::error(404, "no such retained message")),
+            }
+        }
+        (Method::Delete, "retained") => clean(broker, None),
+        (Method::Delete, p) if p.starts_with("retained/") => {
+            clean(broker, Some(decode(&p["retained/".len()..])))
+        }
+        (Method::Post, "reload") => match broker.reload() {
+            Ok(summary) => ok(json!({ "reloaded": true, "auth": summary })),
+            Err(e) => Err(Answer::error(400, e)),
+        },
+        (Method::Get, "log/level") => ok(json!({ "level": broker.log.level() })),
+        (Method::Put, "log/level") => {
+            let level = field(body, "level")?;
+            broker
+                .log
+                .set_level(level)
+                .map_err(|e| Answer::error(400, e))?;
+            ok(json!({ "level": level }))
+        }
+        (Method::Get, "trace") => ok(json!(broker
+            .trace
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default())),
+        (Method::Post, "trace") => {
+            let (kind, value) = (field(body, "kind")?, field(body, "value")?.to_string());
+            let on = body["on"].as_bool().unwrap_or(true);
+            let mut set = broker.trace.lock().map(|t| t.clone()).unwrap_or_default();
+            let list = match kind {
+                "client" => &mut set.clients,
+                "topic" => &mut set.topics,
+                _ => return Err(Answer::error(400, "kind must be client or topic")),
+            };
+            list.retain(|v| *v != value);
+            if on {
+                list.push(value);
+            }
+            broker.set_trace(set.clone()).map_err(fail)?;
+            ok(json!(set))
+        }
+        _ => Err(Answer::error(404, format!("no endpoint {method} {path}"))),
+    }
+}
+
+fn clean(broker: &Broker, topic: Option<String>) -> Result<Answer, Answer> {
+    let replies = broker
+        .handle
+        .ask_all(|| Request::CleanRetained(topic.clone()));
+    let removed = replies
+        .into_iter()
+        .next()
+        .transpose()
+        .map_err(|e| Answer::error(500, e))?
+        .map_or(0, |v| v["removed"].as_i64().unwrap_or(0));
+    ok(json!({ "removed": removed }))
+}
+
+pub fn status(broker: &Broker) -> Result<Value, String> {
+    let shards: Vec<Value> = broker
+        .handle
+        .ask_all(|| Request::Status)
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let sum = |k: &str| shards.iter().filter_map(|s| s[k].as_i64()).sum::<i64>();
+    let g = &broker.shared;
+    let (msgs_in, msgs_out) = g.messages();
+    let cfg = broker.config();
+    Ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": cfg.broker.node_name,
+        "uptime_secs": g.started.elapsed().as_secs(),
+        "shards": broker.handle.shards(),
+        "driver": broker.driver,
+        "listeners": broker.bound.iter().map(|(n, a)| json!({"name": n, "bind": a.to_string()})).collect::<Vec<_>>(),
+        "connections": sum("connections"),
+        "sessions": sum("sessions"),
+        "subscriptions": sum("subscriptions"),
+        "retained": shards.first().and_then(|s| s["retained"].as_i64()).unwrap_or(0),
+        "messages_in": msgs_in,
+        "messages_out": msgs_out,
+        "msg_in_per_sec": g.rate_in.get(),
+        "msg_out_per_sec": g.rate_out.get(),
+        "shard_status": shards,
+    }))
+}

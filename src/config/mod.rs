@@ -1,0 +1,247 @@
+//! The broker's configuration: a TOML file whose every key has a default, so the broker runs with
+//! no file at all. Unknown keys are errors, never silently ignored.
+
+mod env;
+mod sections;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use sections::*;
+
+/// The commented default configuration, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("ringmq.default.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub listeners: BTreeMap<String, ListenerConfig>,
+    pub mqtt: MqttConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub overload: OverloadConfig,
+    pub admin: AdminConfig,
+    pub sys: SysConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: BrokerConfig::default(),
+            listeners: default_listeners(),
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            overload: OverloadConfig::default(),
+            admin: AdminConfig::default(),
+            sys: SysConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+}
+
+impl Config {
+    /// Parses `text` (read from `origin`), applies the `RINGMQ_*__*` environment overrides and
+    /// validates the result.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, std::env::vars())
+    }
+
+    fn parse_with_env(
+        text: &str,
+        origin: &str,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: origin.into(),
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_err(e.to_string()))?;
+        env::apply(&mut table, vars)?;
+        let cfg = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| parse_err(format!("{e} (after environment overrides)")));
+        let cfg: Config = match cfg {
+            Ok(c) => c,
+            // Re-read the file alone for an error that points at its line, when the file is
+            // what is wrong.
+            Err(e) => {
+                return Err(toml::from_str::<Config>(text)
+                    .err()
+                    .map_or(e, |e| parse_err(e.to_string())))
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses the file at `path` (see [`Config::parse`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        if self.listeners.is_empty() {
+            return bad("listeners", "at least one listener is needed");
+        }
+        let mut binds = std::collections::HashSet::new();
+        for (name, l) in &self.listeners {
+            let key = |k: &str| format!("listeners.{name}.{k}");
+            if l.bind.port() != 0 && !binds.insert(l.bind) {
+                return bad(&key("bind"), "another listener binds the same address");
+            }
+            if l.kind.is_tls() && (l.certfile.is_none() || l.keyfile.is_none()) {
+                return bad(
+                    &key("certfile"),
+                    "a TLS listener needs certfile and keyfile",
+                );
+            }
+            if l.verify_peer && l.cafile.is_none() {
+                return bad(&key("cafile"), "verify_peer needs a CA file");
+            }
+            if l.kind.is_ws() && !l.path.starts_with('/') {
+                return bad(&key("path"), "must start with /");
+            }
+        }
+        if self.broker.ring_capacity < 16 {
+            return bad("broker.ring_capacity", "must be at least 16");
+        }
+        if self.mqtt.max_packet_size < 64 {
+            return bad("mqtt.max_packet_size", "must be at least 64 bytes");
+        }
+        if self.mqtt.max_inflight == 0 || self.mqtt.receive_maximum == 0 {
+            return bad(
+                "mqtt.max_inflight",
+                "max_inflight and receive_maximum must be at least 1",
+            );
+        }
+        if self.mqtt.keepalive_multiplier.is_nan() || self.mqtt.keepalive_multiplier < 1.0 {
+            return bad("mqtt.keepalive_multiplier", "must be at least 1.0");
+        }
+        if self.admin.enabled
+            && !self.admin.bind.ip().is_loopback()
+            && self.admin.token.is_none()
+            && (self.admin.username.is_none() || self.admin.password.is_none())
+        {
+            return bad(
+                "admin.bind",
+                "an admin interface beyond loopback needs admin.token or admin.username and admin.password",
+            );
+        }
+        if self.auth.allow_anonymous == Some(false) && self.auth.password_file.is_none() {
+            return bad(
+                "auth.allow_anonymous",
+                "false without a password_file would refuse every client",
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", &e.to_string());
+        }
+        Ok(())
+    }
+
+    /// Clients without credentials are let in.
+    pub fn allow_anonymous(&self) -> bool {
+        self.auth
+            .allow_anonymous
+            .unwrap_or(self.auth.password_file.is_none())
+    }
+
+    /// The number of shards to start.
+    pub fn shard_count(&self) -> usize {
+        match self.broker.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.mqtt.connect_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_to_the_defaults() {
+        let cfg = Config::parse(DEFAULT_TOML, "default").expect("default parses");
+        let d = Config::default();
+        assert_eq!(cfg.listeners["tcp"].bind, d.listeners["tcp"].bind);
+        assert_eq!(cfg.admin.bind, d.admin.bind);
+        assert_eq!(cfg.sys.interval, d.sys.interval);
+        assert_eq!(
+            cfg.limits.flapping_max_connects,
+            d.limits.flapping_max_connects
+        );
+        assert_eq!(cfg.mqtt.max_packet_size, d.mqtt.max_packet_size);
+        assert_eq!(cfg.mqtt.max_queued_messages, d.mqtt.max_queued_messages);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("[mqtt]\nmax_packet_sise = 5\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("max_packet_sise"), "{e}");
+        let e = Config::parse("[mqtt]\nmax_inflight = 0\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("mqtt.max_inflight"), "{e}");
+        let e = Config::parse(
+            "[listeners.s]\ntype = \"tls\"\nbind = \"0.0.0.0:8883\"\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("listeners.s.certfile"), "{e}");
+        let e = Config::parse("[admin]\nbind = \"0.0.0.0:18083\"\n", "f.toml").unwrap_err();
+        assert!(e.to_string().contains("admin.bind"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let vars = [
+            ("RINGMQ_MQTT__MAX_INFLIGHT".to_string(), "7".to_string()),
+            (
+                "RINGMQ_LISTENERS__TCP__BIND".to_string(),
+                "127.0.0.1:1999".to_string(),
+            ),
+        ];
+        let cfg = Config::parse_with_env("[mqtt]\nmax_inflight = 3\n", "f", vars.into_iter())
+            .expect("parses");
+        assert_eq!(cfg.mqtt.max_inflight, 7);
+        assert_eq!(cfg.listeners["tcp"].bind.port(), 1999);
+        assert_eq!(cfg.listeners["tcp"].kind, ListenerKind::Tcp);
+        let vars = [("RINGMQ_MQTT__MAX_INFLIGHT".to_string(), "many".to_string())];
+        let e = Config::parse_with_env("", "f", vars.into_iter()).unwrap_err();
+        assert!(e.to_string().contains("max_inflight"), "{e}");
+    }
+}

@@ -1,0 +1,359 @@
+//! The sections of `ringmq.toml`, each with its defaults. The commented default file
+//! (`ringmq.default.toml`) documents every key; a test checks that it parses to these values.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// This node's name, used in `$SYS/brokers/<node>/...`.
+    pub node_name: String,
+    /// Number of shards; 0 means one per online CPU.
+    pub shards: usize,
+    /// Messages each shard-to-shard ring holds.
+    pub ring_capacity: usize,
+    /// Pin each shard to a core.
+    pub pin_cores: bool,
+    /// Where what must outlive the process is kept (retained messages, persistent sessions).
+    pub data_dir: PathBuf,
+    /// Seconds a graceful shutdown may take before the process exits anyway.
+    pub shutdown_timeout: u64,
+    /// Connections the whole broker accepts (0: no limit).
+    pub max_connections: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_name: "ringmq@127.0.0.1".into(),
+            shards: 0,
+            ring_capacity: 16384,
+            pin_cores: true,
+            data_dir: "./data".into(),
+            shutdown_timeout: 10,
+            max_connections: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    pub fn is_ws(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// Which part of a verified client certificate becomes the username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerCertAsUsername {
+    None,
+    Cn,
+    San,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    #[serde(rename = "type")]
+    pub kind: ListenerKind,
+    pub bind: SocketAddr,
+    /// Connections this listener accepts (0: no limit).
+    pub max_connections: usize,
+    /// New connections per second this listener accepts (0: no limit).
+    pub max_connect_rate: u32,
+    /// TLS: the certificate chain and private key (PEM).
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// TLS: the CA (PEM) that client certificates are verified against.
+    pub cafile: Option<PathBuf>,
+    /// TLS: ask for a client certificate and verify it against `cafile`.
+    pub verify_peer: bool,
+    /// TLS: refuse clients without a certificate (with `verify_peer`).
+    pub fail_if_no_peer_cert: bool,
+    pub peer_cert_as_username: PeerCertAsUsername,
+    /// TLS and WebSocket: seconds a client has to finish its handshake.
+    pub handshake_timeout: u64,
+    /// WebSocket: the HTTP path MQTT is served on.
+    pub path: String,
+    /// WebSocket: when not empty, only these `Origin` headers are accepted.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            kind: ListenerKind::Tcp,
+            bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 0,
+            max_connect_rate: 0,
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            verify_peer: false,
+            fail_if_no_peer_cert: false,
+            peer_cert_as_username: PeerCertAsUsername::None,
+            handshake_timeout: 15,
+            path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+pub fn default_listeners() -> BTreeMap<String, ListenerConfig> {
+    BTreeMap::from([("tcp".to_string(), ListenerConfig::default())])
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub max_packet_size: u32,
+    /// Outbound QoS 1/2 messages in flight per client (capped by the client's receive maximum).
+    pub max_inflight: u16,
+    /// Inbound QoS 2 messages a client may have unreleased (our receive maximum).
+    pub receive_maximum: u16,
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session (0: no limit besides the message count).
+    pub max_queued_bytes: usize,
+    pub queue_qos0: bool,
+    /// Session expiry for MQTT 3.x clients with clean session off, in seconds.
+    pub session_expiry_v3: u32,
+    /// Largest session expiry a v5 client may ask for, in seconds.
+    pub max_session_expiry: u32,
+    /// A client silent for this multiple of its keep-alive is disconnected.
+    pub keepalive_multiplier: f32,
+    /// When set, overrides the client's keep-alive (v5 clients are told).
+    pub server_keep_alive: Option<u16>,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u64,
+    pub max_topic_levels: usize,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: usize,
+    pub max_client_id_len: usize,
+    /// Subscriptions one client may hold (0: no limit).
+    pub max_subscriptions: usize,
+    pub topic_alias_maximum: u16,
+    /// Bytes waiting to be written to one client before it counts as slow.
+    pub max_outbound_bytes: usize,
+    /// Retained messages the broker holds (0: no limit).
+    pub max_retained_messages: usize,
+    /// Largest retained payload, in bytes (0: no limit besides the packet size).
+    pub max_retained_payload: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            receive_maximum: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_qos0: true,
+            session_expiry_v3: 7200,
+            max_session_expiry: u32::MAX,
+            keepalive_multiplier: 1.5,
+            server_keep_alive: None,
+            connect_timeout: 15,
+            max_topic_levels: 128,
+            max_topic_length: 65535,
+            max_client_id_len: 65535,
+            max_subscriptions: 0,
+            topic_alias_maximum: 65535,
+            max_outbound_bytes: 1024 * 1024,
+            max_retained_messages: 0,
+            max_retained_payload: 0,
+        }
+    }
+}
+
+/// The answer when no ACL rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoMatch {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Clients without a username are let in. Unset: only when no password file is configured.
+    pub allow_anonymous: Option<bool>,
+    /// Users and hashed passwords (`ringmq passwd`, or a `mosquitto_passwd` file).
+    pub password_file: Option<PathBuf>,
+    /// Ordered allow/deny rules (ringmq's format, or a Mosquitto ACL file).
+    pub acl_file: Option<PathBuf>,
+    /// What an ACL file decides when none of its rules match.
+    pub acl_nomatch: NoMatch,
+    /// ACL decisions remembered per client.
+    pub acl_cache_size: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
+            acl_nomatch: NoMatch::Deny,
+            acl_cache_size: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// PUBLISH packets per second per client (0: no limit); `publish_burst` may come at once.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+    /// Payload bytes per second per client (0: no limit).
+    pub publish_bytes_rate: u64,
+    /// A client id connecting more than this many times within `flapping_window` seconds is
+    /// banned for `flapping_ban` seconds (0: off).
+    pub flapping_max_connects: u32,
+    pub flapping_window: u64,
+    pub flapping_ban: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            publish_rate: 0,
+            publish_burst: 100,
+            publish_bytes_rate: 0,
+            flapping_max_connects: 0,
+            flapping_window: 60,
+            flapping_ban: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// A shard whose event loop runs this late (milliseconds) refuses new connections (0: off).
+    pub max_loop_lag_ms: u64,
+    /// Resident memory (MiB) above which every shard refuses new connections (0: off).
+    pub memory_budget_mb: u64,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            max_loop_lag_ms: 1000,
+            memory_budget_mb: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    /// A bearer token the API requires (`Authorization: Bearer ...`).
+    pub token: Option<String>,
+    /// Basic-auth credentials the API accepts.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 18083)),
+            token: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between `$SYS/brokers/<node>/...` publications (0: off).
+    pub interval: u64,
+    /// Publish `$SYS/brokers/<node>/clients/<id>/connected|disconnected` events.
+    pub client_events: bool,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        Self {
+            interval: 30,
+            client_events: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Hourly,
+    Daily,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`info`) or a filter (`info,ringmq::shard=debug`); `RINGMQ_LOG` wins over it.
+    pub level: String,
+    pub format: LogFormat,
+    pub output: LogOutput,
+    /// With `output = "file"`: the directory and file name, rotated as `rotation` says.
+    pub dir: PathBuf,
+    pub file_name: String,
+    pub rotation: LogRotation,
+    /// Rotated files kept (0: all).
+    pub max_files: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+            output: LogOutput::Stderr,
+            dir: "./log".into(),
+            file_name: "ringmq.log".into(),
+            rotation: LogRotation::Daily,
+            max_files: 7,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Logs through `tracing`: human or JSON lines, to stderr, stdout or a rotating file in the log
+//! directory, with a level filter that can be changed while the broker runs (`ringmq ctl log
+//! level`). `RINGMQ_LOG`, when set, wins over the configured level at start.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
+
+use crate::config::{LogConfig, LogFormat, LogOutput, LogRotation};
+
+/// Changes the level at run time; keeps the file writer's flushing thread alive.
+pub struct LogControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+    current: Mutex<String>,
+    _guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl LogControl {
+    pub fn level(&self) -> String {
+        self.current.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Sets a new level or filter; a bad one is refused and the old one kept.
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        let filter =
+            EnvFilter::try_new(level).map_err(|e| format!("bad log level {level:?}: {e}"))?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("cannot change the log level: {e}"))?;
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = level.to_string();
+        }
+        tracing::info!(level, "log level changed");
+        Ok(())
+    }
+}
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub fn init(cfg: &LogConfig) -> Result<LogControl, String> {
+    let level = std::env::var("RINGMQ_LOG").unwrap_or_else(|_| cfg.level.clone());
+    let filter = EnvFilter::try_new(&level).map_err(|e| format!("log.level: {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let (writer, ansi, guard) = match cfg.output {
+        LogOutput::Stderr => (
+            fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+            None,
+        ),
+        LogOutput::Stdout => (
+            fmt::writer::BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+            None,
+        ),
+        LogOutput::File => {
+            let rotation = match cfg.rotation {
+                LogRotation::Hourly => tracing_appender::rolling::Rotation::HOURLY,
+                LogRotation::Daily => tracing_appender::rolling::Rotation::DAILY,
+                LogRotation::Never => tracing_appender::rolling::Rotation::NEVER,
+            };
+            let mut builder = tracing_appender::rolling::Builder::new()
+                .rotation(rotation)
+                .filename_prefix(&cfg.file_name);
+            if cfg.max_files > 0 {
+                builder = builder.max_log_files(cfg.max_files);
+            }
+            let appender = builder
+                .build(&cfg.dir)
+                .map_err(|e| format!("log.dir {}: {e}", cfg.dir.display()))?;
+            let (nb, guard) = tracing_appender::non_blocking(appender);
+            (fmt::writer::BoxMakeWriter::new(nb), false, Some(guard))
+        }
+    };
+    let layer = match cfg.format {
+        LogFormat::Human => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(writer)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init()
+        .map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(LogControl {
+        handle,
+        current: Mutex::new(level),
+        _guard: guard,
+    })
+}
+
+/// A plain stderr logger for the commands that are not `run`.
+pub fn init_plain() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("RINGMQ_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

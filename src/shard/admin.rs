@@ -1,0 +1,293 @@
+//! The shard's answers to the control plane (`crate::control`): listings and changes for the
+//! admin API, reload, tracing, and the steps of a graceful shutdown. Each answer is built from
+//! this shard's own state; the admin thread merges the shards' answers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytestring::ByteString;
+use serde_json::{json, Value};
+
+use super::link::Close;
+use super::{SessionSlot, Shard};
+use crate::codec::{Packet, QoS, ReasonCode, SubOptions};
+use crate::control::{Reply, Request};
+use crate::session::{Message, Subscription};
+use crate::topic::{matches, validate_filter};
+
+fn client_json(slot: &SessionSlot, detail: bool) -> Value {
+    let s = &slot.session;
+    let mut v = json!({
+        "clientid": s.client_id.to_string(),
+        "connected": slot.link.is_some(),
+        "proto_ver": s.protocol.level(),
+        "ipaddress": slot.link.as_ref().map(|l| l.peer.to_string()),
+        "subscriptions": s.subscriptions.len(),
+        "inflight": s.inflight.len(),
+        "queued": s.queue.len(),
+        "dropped": s.dropped,
+        "expiry_interval": s.expiry_interval,
+    });
+    if detail {
+        let username = slot
+            .link
+            .as_ref()
+            .and_then(|l| l.auth.borrow().as_ref().and_then(|a| a.username.clone()));
+        v["username"] = json!(username);
+        v["keepalive"] = json!(slot.link.as_ref().map(|l| l.keep_alive.get()));
+        v["topics"] = json!(s
+            .subscriptions
+            .keys()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>());
+    }
+    v
+}
+
+fn subs_json(slot: &SessionSlot) -> Vec<Value> {
+    slot.session
+        .subscriptions
+        .iter()
+        .map(|(f, sub)| {
+            json!({
+                "clientid": slot.session.client_id.to_string(),
+                "topic": f.to_string(),
+                "qos": sub.options.qos as u8,
+            })
+        })
+        .collect()
+}
+
+fn message_json(m: &Message, payload: bool) -> Value {
+    let mut v = json!({
+        "topic": m.topic.to_string(),
+        "qos": m.qos as u8,
+        "payload_bytes": m.payload.len(),
+        "from": m.origin.to_string(),
+    });
+    if payload {
+        v["payload"] = json!(String::from_utf8_lossy(&m.payload));
+    }
+    v
+}
+
+impl Shard {
+    pub(super) fn control(&mut self, req: Request) -> Reply {
+        let now = Instant::now();
+        match req {
+            Request::Status => Ok(self.status_json()),
+            Request::Clients(None) => Ok(Value::Array(
+                self.sessions
+                    .iter()
+                    .map(|(_, s)| client_json(s, false))
+                    .collect(),
+            )),
+            Request::Clients(Some(id)) => Ok(self
+                .by_client
+                .get(id.as_str())
+                .and_then(|k| self.sessions.get(*k))
+                .map_or(Value::Null, |s| client_json(s, true))),
+            Request::Kick(id) => {
+                let link = self
+                    .by_client
+                    .get(id.as_str())
+                    .and_then(|k| self.sessions.get(*k))
+                    .map(|s| s.link.clone());
+                match link {
+                    None => Ok(Value::Null),
+                    Some(link) => {
+                        if let Some(link) = link {
+                            tracing::info!(client = %id, peer = %link.peer, "kicked by the admin");
+                            link.close(Close::new(
+                                ReasonCode::AdministrativeAction,
+                                "kicked by the admin",
+                            ));
+                        }
+                        Ok(json!({ "kicked": id }))
+                    }
+                }
+            }
+            Request::Subscriptions(id) => Ok(Value::Array(
+                self.sessions
+                    .iter()
+                    .filter(|(_, s)| id.as_deref().is_none_or(|id| s.session.client_id == id))
+                    .flat_map(|(_, s)| subs_json(s))
+                    .collect(),
+            )),
+            Request::Subscribe {
+                client,
+                filter,
+                qos,
+            } => self.admin_subscribe(&client, &filter, qos, now),
+            Request::Unsubscribe { client, filter } => {
+                let Some(&key) = self.by_client.get(client.as_str()) else {
+                    return Ok(Value::Null);
+                };
+                let removed = self
+                    .sessions
+                    .get_mut(key)
+                    .is_some_and(|s| s.session.subscriptions.remove(filter.as_str()).is_some());
+                if removed {
+                    self.unindex_subscription(key, &ByteString::from(filter.as_str()));
+                }
+                Ok(json!({ "clientid": client, "topic": filter, "removed": removed }))
+            }
+            Request::Topics => {
+                let mut topics: Vec<&str> = self
+                    .sessions
+                    .iter()
+                    .flat_map(|(_, s)| s.session.subscriptions.keys().map(|k| &**k))
+                    .collect();
+                topics.sort_unstable();
+                topics.dedup();
+                Ok(json!(topics))
+            }
+            Request::Retained(topic) => {
+                let filter = topic.as_deref().unwrap_or("#");
+                let mut out = Vec::new();
+                self.retained
+                    .for_each_match(filter, |m| out.push(message_json(m, topic.is_some())));
+                if topic.is_none() {
+                    self.retained
+                        .for_each_match("$SYS/#", |m| out.push(message_json(m, false)));
+                }
+                Ok(Value::Array(out))
+            }
+            Request::CleanRetained(topic) => {
+                let before = self.retained.len();
+                self.clean_retained(topic.as_deref(), now);
+                Ok(json!({ "removed": before - self.retained.len() }))
+            }
+            Request::Reload(cfg, auth) => {
+                let listeners = super::Listener::build(&cfg, self.shards)
+                    .map_err(|e| e.to_string())?
+                    .swap_remove(self.id);
+                self.cfg = cfg;
+                self.auth = auth;
+                for (mine, new) in self.listeners.iter_mut().zip(listeners) {
+                    *mine = new;
+                }
+                Ok(json!({ "reloaded": true }))
+            }
+            Request::Trace(set) => {
+                self.trace = set;
+                Ok(json!({ "tracing": &*self.trace }))
+            }
+            Request::Drain => {
+                self.accepting = false;
+                let mut wills = 0;
+                let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    let Some(slot) = self.sessions.get_mut(key) else {
+                        continue;
+                    };
+                    let due = slot.link.is_some() || slot.will_at.is_some();
+                    if let Some(will) = slot.session.will.take().filter(|_| due) {
+                        slot.will_at = None;
+                        let origin = slot.session.client_id.clone();
+                        self.publish_will(*will, origin, now);
+                        wills += 1;
+                    }
+                }
+                Ok(json!({ "wills": wills }))
+            }
+            Request::Close => {
+                let mut closed = 0;
+                for (_, link) in &self.conns {
+                    link.close(Close::new(
+                        ReasonCode::ServerShuttingDown,
+                        "server shutting down",
+                    ));
+                    closed += 1;
+                }
+                Ok(json!({ "closed": closed }))
+            }
+            Request::Persist => Ok(self.persist()),
+        }
+    }
+
+    fn status_json(&self) -> Value {
+        let occupancy: Vec<usize> = (0..self.shards)
+            .map(|to| self.outbox.occupancy(to))
+            .collect();
+        json!({
+            "shard": self.id,
+            "connections": self.conns.len(),
+            "sessions": self.sessions.len(),
+            "subscriptions": self.stats.subscriptions.get(),
+            "retained": self.retained.len(),
+            "loop_lag_us": self.stats.loop_lag_us.get(),
+            "overloaded": self.stats.overloaded.get() == 1,
+            "ring_occupancy": occupancy,
+        })
+    }
+
+    /// Adds a subscription to a session as if its client had sent SUBSCRIBE (no SUBACK, and no
+    /// retained messages).
+    fn admin_subscribe(&mut self, client: &str, filter: &str, qos: u8, _now: Instant) -> Reply {
+        let Some(&key) = self.by_client.get(client) else {
+            return Ok(Value::Null);
+        };
+        validate_filter(filter).map_err(|e| format!("bad topic filter {filter:?}: {e}"))?;
+        let qos = QoS::from_u8(qos).ok_or("qos must be 0, 1 or 2")?;
+        let filter = ByteString::from(filter);
+        let sub = Subscription {
+            options: SubOptions::qos(qos),
+            id: None,
+        };
+        if let Some(slot) = self.sessions.get_mut(key) {
+            slot.session.subscriptions.insert(filter.clone(), sub);
+        }
+        self.index_subscription(key, &filter, sub, None);
+        Ok(json!({ "clientid": client, "topic": filter.to_string(), "qos": qos as u8 }))
+    }
+
+    /// Removes one retained topic, or all retained messages, from this shard's replica.
+    pub(super) fn clean_retained(&mut self, topic: Option<&str>, now: Instant) {
+        let mut topics: Vec<ByteString> = Vec::new();
+        self.retained
+            .for_each_match(topic.unwrap_or("#"), |m| topics.push(m.topic.clone()));
+        for t in topics {
+            let empty = Message::new(
+                t,
+                bytes::Bytes::new(),
+                QoS::AtMostOnce,
+                true,
+                None,
+                ByteString::new(),
+                now,
+            );
+            self.retained.set(Arc::new(empty));
+        }
+        self.stats.retained.set(self.retained.len() as i64);
+    }
+
+    /// Logs a packet from a traced client.
+    pub(super) fn trace_packet(&self, key: usize, packet: &Packet) {
+        let Some(slot) = self.sessions.get(key) else {
+            return;
+        };
+        let id = &slot.session.client_id;
+        if !self.trace.clients.iter().any(|c| c.as_str() == &**id) {
+            return;
+        }
+        match packet {
+            Packet::Publish(p) => {
+                tracing::info!(target: "ringmq::trace", client = %id, topic = %p.topic, qos = p.qos as u8, retain = p.retain, bytes = p.payload.len(), "PUBLISH in")
+            }
+            Packet::Subscribe(s) => {
+                tracing::info!(target: "ringmq::trace", client = %id, filters = ?s.filters.iter().map(|(f, _)| &**f).collect::<Vec<_>>(), "SUBSCRIBE")
+            }
+            other => {
+                tracing::info!(target: "ringmq::trace", client = %id, packet = other.type_code(), "packet in")
+            }
+        }
+    }
+
+    /// Logs a publish whose topic a traced filter matches.
+    pub(super) fn trace_publish(&self, msg: &Message) {
+        if let Some(f) = self.trace.topics.iter().find(|f| matches(f, &msg.topic)) {
+            tracing::info!(target: "ringmq::trace", filter = %f, topic = %msg.topic, from = %msg.origin, qos = msg.qos as u8, bytes = msg.payload.len(), "publish");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Limits a client cannot talk its way past: admission of new connections (global and
+//! per-listener counts, per-listener connect rate, overload), per-client publish rates, and the
+//! flapping ban on client ids that reconnect too often (counted at the id's home shard, which
+//! sees every CONNECT for it whatever shard the connection landed on).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+
+use super::link::{Close, ConnLink};
+use super::Shard;
+use crate::codec::ReasonCode;
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            rate,
+            burst,
+            last: now,
+        }
+    }
+
+    /// Takes `n` tokens; when there are not enough, says how long until there would be (the
+    /// tokens are taken anyway: the debt is paid by waiting).
+    pub fn take(&mut self, n: f64, now: Instant) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - n;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+}
+
+/// A client's publish buckets: packets and payload bytes.
+pub struct RateLimiter {
+    msgs: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+/// Connects of one client id within the current window, and its ban.
+pub struct Flap {
+    window_start: Instant,
+    count: u32,
+    banned_until: Option<Instant>,
+}
+
+impl Shard {
+    /// Why a new connection on `listener` will be refused, if it will; counts it as open.
+    pub(super) fn admit_connection(&mut self, listener: usize, now: Instant) -> Option<ReasonCode> {
+        let open = self.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let on_listener = self
+            .global
+            .listener_connections
+            .get(listener)
+            .map_or(0, |c| c.fetch_add(1, Ordering::Relaxed) + 1);
+        let l = self.listeners.get_mut(listener)?;
+        let max = self.cfg.broker.max_connections;
+        let reason = if !self.accepting {
+            Some(ReasonCode::ServerShuttingDown)
+        } else if (max > 0 && open > max)
+            || (l.cfg.max_connections > 0 && on_listener > l.cfg.max_connections)
+        {
+            Some(ReasonCode::QuotaExceeded)
+        } else if l
+            .connect_rate
+            .as_mut()
+            .is_some_and(|b| b.take(1.0, now).is_some())
+        {
+            Some(ReasonCode::ConnectionRateExceeded)
+        } else if self.stats.overloaded.get() == 1
+            || self.global.memory_over.load(Ordering::Relaxed)
+        {
+            Some(ReasonCode::ServerBusy)
+        } else {
+            None
+        };
+        if reason.is_some() {
+            self.stats.connects_refused.inc();
+        }
+        reason
+    }
+
+    /// The connection counted by `admit_connection` closed.
+    pub(super) fn connection_gone(&mut self, listener: usize) {
+        self.global.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = self.global.listener_connections.get(listener) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Charges one PUBLISH to the client's buckets. Over the rate, a v5 client is disconnected
+    /// with 0x96; a v3 client (which has no such code) is read more slowly instead.
+    pub(super) fn charge_publish(
+        &mut self,
+        link: &ConnLink,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<(), Close> {
+        let l = &self.cfg.limits;
+        if l.publish_rate == 0 && l.publish_bytes_rate == 0 {
+            return Ok(());
+        }
+        let mut slot = link.rate.borrow_mut();
+        let rate = slot.get_or_insert_with(|| {
+            Box::new(RateLimiter {
+                msgs: (l.publish_rate > 0).then(|| {
+                    let rate = f64::from(l.publish_rate);
+                    TokenBucket::new(rate, f64::from(l.publish_burst.max(1)), now)
+                }),
+                bytes: (l.publish_bytes_rate > 0).then(|| {
+                    let rate = l.publish_bytes_rate as f64;
+                    TokenBucket::new(rate, rate, now)
+                }),
+            })
+        });
+        let wait_msgs = rate.msgs.as_mut().and_then(|b| b.take(1.0, now));
+        let wait_bytes = rate.bytes.as_mut().and_then(|b| b.take(bytes as f64, now));
+        let Some(wait) = wait_msgs.max(wait_bytes) else {
+            return Ok(());
+        };
+        self.stats.rate_limited.inc();
+        if link.protocol.get().is_v5() {
+            tracing::info!(peer = %link.peer, "publish rate exceeded: disconnecting");
+            return Err(Close::new(
+                ReasonCode::MessageRateTooHigh,
+                "publish rate exceeded",
+            ));
+        }
+        link.throttle
+            .set(Some(now + wait.min(Duration::from_secs(5))));
+        Ok(())
+    }
+
+    /// Counts a CONNECT for `client_id` at its home shard; true while the id is banned.
+    pub(super) fn flapping(&mut self, client_id: &ByteString, now: Instant) -> bool {
+        let l = &self.cfg.limits;
+        if l.flapping_max_connects == 0 {
+            return false;
+        }
+        let window = Duration::from_secs(l.flapping_window);
+        let f = self.flapping.entry(client_id.clone()).or_insert(Flap {
+            window_start: now,
+            count: 0,
+            banned_until: None,
+        });
+        if f.banned_until.is_some_and(|t| t > now) {
+            return true;
+        }
+        if now.duration_since(f.window_start) > window {
+            f.window_start = now;
+            f.count = 0;
+        }
+        f.count += 1;
+        if f.count > l.flapping_max_connects {
+            f.banned_until = Some(now + Duration::from_secs(l.flapping_ban));
+            tracing::warn!(client = %client_id, connects = f.count, ban_secs = l.flapping_ban, "client id banned for flapping");
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn prune_flapping(&mut self, now: Instant) {
+        let window = Duration::from_secs(self.cfg.limits.flapping_window);
+        self.flapping.retain(|_, f| {
+            f.banned_until.is_some_and(|t| t > now) || now.duration_since(f.window_start) <= window
+        });
+    }
+
+    /// Whether this shard should refuse new connections for lag; logs each change.
+    fn set_overloaded(&mut self, lag: Duration) {
+        let max = self.cfg.overload.max_loop_lag_ms;
+        let over = max > 0 && lag > Duration::from_millis(max);
+        let was = self.stats.overloaded.get() == 1;
+        if over != was {
+            self.stats.overloaded.set(i64::from(over));
+            if over {
+                tracing::warn!(
+                    shard = self.id,
+                    lag_ms = lag.as_millis() as u64,
+                    "shard overloaded: refusing new connections"
+                );
+            } else {
+                tracing::info!(
+                    shard = self.id,
+                    "shard recovered: accepting new connections"
+                );
+            }
+        }
+    }
+}
+
+/// Measures how late the event loop runs: a 100 ms sleep that wakes later than asked.
+pub(super) async fn lag_probe(shard: Rc<RefCell<Shard>>) {
+    const TICK: Duration = Duration::from_millis(100);
+    loop {
+        let start = Instant::now();
+        monoio::time::sleep(TICK).await;
+        let lag = start.elapsed().saturating_sub(TICK);
+        let mut sh = shard.borrow_mut();
+        sh.stats.loop_lag_us.set(lag.as_micros() as i64);
+        sh.set_overloaded(lag);
+        if !sh.accepting {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 3.0, t0);
+        assert!(b.take(1.0, t0).is_none());
+        assert!(b.take(1.0, t0).is_none());
+        assert!(b.take(1.0, t0).is_none());
+        let wait = b.take(1.0, t0).expect("over the burst");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        assert!(b.take(1.0, t0 + Duration::from_millis(250)).is_none());
+    }
+}
