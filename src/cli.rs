@@ -51,19 +51,19 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 pub struct RunArgs {
     /// The TOML configuration file.
-    #[arg(long, short = 'c', global = true)]
+    #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     /// A plain TCP listener, repeatable; replaces the configured listeners.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub listen: Vec<SocketAddr>,
     /// Number of shards (0: one per online CPU).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub shards: Option<usize>,
     /// The admin API's address (replaces admin.bind).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub admin: Option<SocketAddr>,
     /// The data directory (replaces broker.data_dir).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
 

@@ -354,17 +354,25 @@ impl Raw {
     }
 
     /// Publishes and waits for the QoS 1 or 2 acknowledgement (completing QoS 2).
-    pub fn publish_acked(&mut self, topic: &str, payload: &[u8], qos: QoS, pid: u16) {
+    /// Publishes and completes the QoS flow; returns the PUBACK (or PUBREC).
+    pub fn publish_acked(&mut self, topic: &str, payload: &[u8], qos: QoS, pid: u16) -> PubResp {
         self.publish(topic, payload, qos, pid);
         match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                assert!(matches!(self.recv(), Some(Packet::PubAck(a)) if a.packet_id == pid))
-            }
+            QoS::AtMostOnce => PubResp::new(pid, ReasonCode::Success),
+            QoS::AtLeastOnce => match self.recv() {
+                Some(Packet::PubAck(a)) if a.packet_id == pid => a,
+                other => panic!("expected PUBACK {pid}, got {other:?}"),
+            },
             QoS::ExactlyOnce => {
-                assert!(matches!(self.recv(), Some(Packet::PubRec(a)) if a.packet_id == pid));
-                self.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));
-                assert!(matches!(self.recv(), Some(Packet::PubComp(a)) if a.packet_id == pid));
+                let rec = match self.recv() {
+                    Some(Packet::PubRec(a)) if a.packet_id == pid => a,
+                    other => panic!("expected PUBREC {pid}, got {other:?}"),
+                };
+                if !rec.reason.is_error() {
+                    self.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));
+                    assert!(matches!(self.recv(), Some(Packet::PubComp(a)) if a.packet_id == pid));
+                }
+                rec
             }
         }
     }

@@ -6,3 +6,4 @@ mod harness;
 mod loadgen;
 mod operations;
 mod protocol;
+mod security;
