@@ -11,7 +11,8 @@
 //! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
 //! - [`auth`]: password file, ACL file, anonymous policy.
-//! - [`tls`]: rustls configuration for TLS listeners, client-certificate names.
+//! - [`tls`], [`ws`]: rustls configuration for TLS listeners, client-certificate names;
+//!   the WebSocket upgrade and framing.
 //! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API, Prometheus text, `ringmq ctl`.
 //! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
@@ -35,3 +36,4 @@ pub mod sock;
 pub mod stats;
 pub mod tls;
 pub mod topic;
+pub mod ws;

@@ -155,6 +155,13 @@ pub fn render(b: &Broker) -> String {
     );
     o.total(
         b,
+        "handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes and WebSocket upgrades or framing.",
+        |s| &s.handshake_failures,
+    );
+    o.total(
+        b,
         "rate_limited_total",
         "counter",
         "Publishes over a client's rate.",

@@ -62,6 +62,8 @@ pub struct Stats {
     /// Messages waiting in this shard's outbound rings, sampled once a second.
     pub ring_occupancy: Counter,
     pub protocol_errors: Counter,
+    /// TLS handshakes and WebSocket upgrades that failed (and other undecodable transport data).
+    pub handshake_failures: Counter,
     pub connects_refused: Counter,
     pub auth_failures: Counter,
     /// Publishes and subscriptions refused by the ACL (and writes to `$` topics).

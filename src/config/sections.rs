@@ -88,8 +88,6 @@ pub struct ListenerConfig {
     /// TLS: refuse clients without a certificate (with `verify_peer`).
     pub fail_if_no_peer_cert: bool,
     pub peer_cert_as_username: PeerCertAsUsername,
-    /// TLS and WebSocket: seconds a client has to finish its handshake.
-    pub handshake_timeout: u64,
     /// WebSocket: the HTTP path MQTT is served on.
     pub path: String,
     /// WebSocket: when not empty, only these `Origin` headers are accepted.
@@ -109,7 +107,6 @@ impl Default for ListenerConfig {
             verify_peer: false,
             fail_if_no_peer_cert: false,
             peer_cert_as_username: PeerCertAsUsername::None,
-            handshake_timeout: 15,
             path: "/mqtt".into(),
             allowed_origins: Vec::new(),
         }

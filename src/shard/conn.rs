@@ -15,8 +15,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use monoio::net::{TcpListener, TcpStream};
+use smallvec::SmallVec;
 
 use super::link::{Close, ConnLink, LinkState};
+use super::transport::Transport;
 use super::Shard;
 use crate::codec::{decode, Disconnect, Packet, ReasonCode};
 use crate::sock;
@@ -51,6 +53,21 @@ async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr, l
     }
     let now = Instant::now();
     let link = Rc::new(ConnLink::new(peer, now, listener));
+    let transport = {
+        let sh = shard.borrow();
+        let max = sh.cfg.mqtt.max_packet_size;
+        sh.listeners
+            .get(listener)
+            .map(|l| Transport::for_listener(l, max))
+            .transpose()
+    };
+    let mut transport = match transport {
+        Ok(t) => t.flatten(),
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot set up the connection's transport");
+            return;
+        }
+    };
     let idx = {
         let mut sh = shard.borrow_mut();
         let refusal = sh.admit_connection(listener, now);
@@ -61,8 +78,8 @@ async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr, l
         sh.stats.connections.inc();
         sh.conns.insert(link.clone())
     };
-    drive(&shard, &stream, &link).await;
-    finish(&stream, &link).await;
+    drive(&shard, &stream, &link, &mut transport).await;
+    finish(&stream, &link, &mut transport).await;
     let mut sh = shard.borrow_mut();
     sh.conns.remove(idx);
     sh.stats.connections.dec();
@@ -72,13 +89,18 @@ async fn serve(shard: Rc<RefCell<Shard>>, stream: TcpStream, peer: SocketAddr, l
 
 /// The connection's loop, until it closes. Kept apart from `finish` so the two futures' states
 /// overlap in the task instead of adding up (this is most of an idle connection's memory).
-async fn drive(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, link: &Rc<ConnLink>) {
+async fn drive(
+    shard: &Rc<RefCell<Shard>>,
+    stream: &TcpStream,
+    link: &Rc<ConnLink>,
+    transport: &mut Option<Box<Transport>>,
+) {
     let mut partial = BytesMut::new();
     let mut readable = pin!(Some(stream.readable(false)));
     let mut writable = pin!(None);
     let mut eof = false;
     loop {
-        match flush(stream, link) {
+        match flush(stream, link, transport) {
             Ok(0) => {}
             Ok(n) => shard.borrow().stats.bytes_out.add(n as i64),
             Err(_) => break,
@@ -103,7 +125,8 @@ async fn drive(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, link: &Rc<ConnLin
             let ring_blocked = sh.ring_blocked();
             (!out_full && !claiming && !ring_blocked, ring_blocked)
         };
-        let want_write = !link.out.borrow().is_empty();
+        let want_write =
+            !link.out.borrow().is_empty() || transport.as_ref().is_some_and(|t| t.has_pending());
         if want_write && writable.is_none() {
             writable.set(Some(stream.writable(false)));
         }
@@ -137,7 +160,11 @@ async fn drive(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, link: &Rc<ConnLin
         .await;
         if let Event::Readable = event {
             readable.set(Some(stream.readable(false)));
-            eof = read(shard, stream, link, &mut partial);
+            eof = read(shard, stream, link, &mut partial, transport);
+        } else if link.state.get() != state_before && !partial.is_empty() {
+            // Packets that arrived behind the CONNECT wait in `partial` until it is granted.
+            let max = shard.borrow().cfg.mqtt.max_packet_size as usize;
+            decode_all(&mut shard.borrow_mut(), link, &mut partial, max);
         }
         let drained = link.out.borrow().len() <= shard.borrow().cfg.mqtt.max_outbound_bytes / 2;
         if drained {
@@ -154,6 +181,7 @@ fn read(
     stream: &TcpStream,
     link: &Rc<ConnLink>,
     partial: &mut BytesMut,
+    transport: &mut Option<Box<Transport>>,
 ) -> bool {
     let mut sh = shard.borrow_mut();
     let mut buf = if partial.is_empty() {
@@ -165,7 +193,11 @@ fn read(
     let mut eof = false;
     let max = sh.cfg.mqtt.max_packet_size as usize;
     while total < READ_BUDGET {
-        match sock::recv(stream, &mut buf, READ_CHUNK) {
+        let got = match transport {
+            None => sock::recv(stream, &mut buf, READ_CHUNK),
+            Some(t) => t.recv(stream, &mut buf, link, READ_CHUNK),
+        };
+        match got {
             Ok(0) => {
                 eof = true;
                 break;
@@ -177,6 +209,9 @@ fn read(
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
+                if e.kind() == ErrorKind::InvalidData {
+                    sh.stats.handshake_failures.inc();
+                }
                 tracing::debug!(peer = %link.peer, error = %e, "read failed");
                 eof = true;
                 break;
@@ -235,7 +270,36 @@ fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
 }
 
 /// Writes what the socket takes now, returning how much; an error means the connection is gone.
-fn flush(stream: &TcpStream, link: &ConnLink) -> std::io::Result<usize> {
+fn flush(
+    stream: &TcpStream,
+    link: &ConnLink,
+    transport: &mut Option<Box<Transport>>,
+) -> std::io::Result<usize> {
+    let Some(t) = transport else {
+        return flush_plain(stream, link);
+    };
+    let mut written = 0;
+    loop {
+        let (all, n) = t.send_pending(stream)?;
+        written += n;
+        if !all {
+            return Ok(written);
+        }
+        let mut out = link.out.borrow_mut();
+        if out.is_empty() {
+            return Ok(written);
+        }
+        let taken = {
+            let slices = out.slices();
+            let parts: SmallVec<[&[u8]; 64]> = slices.iter().map(|s| &s[..]).collect();
+            t.wrap(&parts)?;
+            parts.iter().map(|p| p.len()).sum()
+        };
+        out.advance(taken);
+    }
+}
+
+fn flush_plain(stream: &TcpStream, link: &ConnLink) -> std::io::Result<usize> {
     let mut out = link.out.borrow_mut();
     let mut written = 0;
     while !out.is_empty() {
@@ -255,7 +319,7 @@ fn flush(stream: &TcpStream, link: &ConnLink) -> std::io::Result<usize> {
 }
 
 /// Sends the v5 DISCONNECT a close calls for, and what is queued, with a bounded wait.
-async fn finish(stream: &TcpStream, link: &ConnLink) {
+async fn finish(stream: &TcpStream, link: &ConnLink, transport: &mut Option<Box<Transport>>) {
     let close = link.close.borrow().clone();
     if let Some(close) = &close {
         if link.connacked.get()
@@ -268,12 +332,21 @@ async fn finish(stream: &TcpStream, link: &ConnLink) {
             }));
         }
     }
+    if transport.is_some() {
+        let _ = flush(stream, link, transport);
+        if let Some(t) = transport.as_mut() {
+            t.close();
+        }
+    }
+    let unsent = |t: &Option<Box<Transport>>| {
+        !link.out.borrow().is_empty() || t.as_ref().is_some_and(|t| t.has_pending())
+    };
     let deadline = Instant::now() + std::time::Duration::from_secs(2);
-    while !link.out.borrow().is_empty() && Instant::now() < deadline {
-        if flush(stream, link).is_err() {
+    while unsent(transport) && Instant::now() < deadline {
+        if flush(stream, link, transport).is_err() {
             break;
         }
-        if link.out.borrow().is_empty() {
+        if !unsent(transport) {
             break;
         }
         // Boxed: monoio's timer is 640 bytes, and inline it would sit in every idle task.

@@ -13,6 +13,7 @@ mod listener;
 mod persist;
 mod route;
 mod sys;
+mod transport;
 
 use std::cell::RefCell;
 use std::cmp::Reverse;

@@ -855,3 +855,32 @@ fn a_publish_right_after_suback_reaches_the_new_subscriber_on_any_shard() {
         }
     }
 }
+
+#[test]
+fn packets_sent_right_behind_connect_are_handled() {
+    for shards in [1, 4] {
+        let b = Broker::start(shards);
+        let mut raw = Raw::open(b.port, Protocol::V311);
+        let mut bytes = bytes::BytesMut::new();
+        let c = connect_packet(Protocol::V311, "eager", true);
+        encode(&Packet::Connect(Box::new(c)), Protocol::V311, &mut bytes);
+        let s = Subscribe {
+            packet_id: 1,
+            filters: vec![("eager/t".into(), SubOptions::qos(QoS::AtMostOnce))],
+            properties: None,
+        };
+        encode(&Packet::Subscribe(s), Protocol::V311, &mut bytes);
+        encode(&Packet::PingReq, Protocol::V311, &mut bytes);
+        raw.send_bytes(&bytes);
+        assert!(matches!(raw.recv(), Some(Packet::ConnAck(_))));
+        let got = [raw.recv(), raw.recv()];
+        assert!(
+            got.iter().any(|p| matches!(p, Some(Packet::SubAck(_)))),
+            "{shards} shards: {got:?}"
+        );
+        assert!(
+            got.iter().any(|p| matches!(p, Some(Packet::PingResp))),
+            "{got:?}"
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! Listeners beyond plain TCP (#7), from Rust: TLS with a test CA made here (rcgen), mutual
+//! TLS with the certificate's CN as the username (and the ACL seeing it), refused handshakes
+//! counted, and WebSocket clients that send garbage, unmasked or oversize frames or close
+//! mid-packet being disconnected alone. paho-mqtt and MQTT.js runs are in tests/python.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use ringmq::codec::*;
+
+use crate::harness::{connect_packet, free_port, publish, tempdir, Broker, Raw, WAIT};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate (CN
+/// `device-7`), as PEM files in `dir`; plus a client certificate from another CA.
+pub fn make_certs(dir: &Path) {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "ringmq test CA");
+    let ca = CertifiedIssuer::self_signed(ca, ca_key).expect("ca");
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write pem");
+    write("ca.pem", ca.pem());
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
+    write("server.pem", server.pem());
+    write("server.key", server_key.serialize_pem());
+    let client_key = KeyPair::generate().expect("key");
+    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "device-7");
+    let client = client.signed_by(&client_key, &ca).expect("client cert");
+    write("client.pem", client.pem());
+    write("client.key", client_key.serialize_pem());
+    let other_key = KeyPair::generate().expect("key");
+    let mut other = CertificateParams::new(Vec::<String>::new()).expect("params");
+    other
+        .distinguished_name
+        .push(DnType::CommonName, "intruder");
+    let other = other.self_signed(&other_key).expect("other cert");
+    write("other.pem", other.pem());
+    write("other.key", other_key.serialize_pem());
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_client(dir: &Path, port: u16, cert: Option<&str>) -> std::io::Result<TlsStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).expect("ca"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let cfg = match cert {
+        Some(name) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(dir.join(format!("{name}.pem"))).expect("cert")],
+                PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).expect("key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    let conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        ServerName::try_from("localhost").expect("name"),
+    )
+    .expect("client");
+    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(WAIT))?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+/// Sends a packet and reads the next one over any byte stream.
+fn exchange(
+    s: &mut impl ReadWriteExt,
+    send: Option<Packet>,
+    proto: Protocol,
+) -> std::io::Result<Packet> {
+    if let Some(p) = send {
+        let mut b = BytesMut::new();
+        encode(&p, proto, &mut b);
+        s.write_all(&b)?;
+        s.flush()?;
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        if let Ok(Some(p)) = decode(&mut buf, proto, 1 << 20) {
+            return Ok(p);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+trait ReadWriteExt: Read + Write {}
+impl<T: Read + Write> ReadWriteExt for T {}
+
+fn tls_broker(dir: tempdir::Dir, fail_if_no_cert: bool, extra: &str) -> (Broker, u16) {
+    make_certs(&dir.0);
+    let tls = free_port();
+    let tcp = free_port();
+    let d = dir.0.display();
+    let toml = format!(
+        "[broker]\npin_cores = false\n\
+         [listeners.tcp]\nbind = \"127.0.0.1:{tcp}\"\n\
+         [listeners.tls]\ntype = \"tls\"\nbind = \"127.0.0.1:{tls}\"\n\
+         certfile = \"{d}/server.pem\"\nkeyfile = \"{d}/server.key\"\ncafile = \"{d}/ca.pem\"\n\
+         verify_peer = true\nfail_if_no_peer_cert = {fail_if_no_cert}\npeer_cert_as_username = \"cn\"\n{extra}"
+    );
+    let mut b = Broker::launch(2, &toml, dir, &[]);
+    b.port = tcp;
+    (b, tls)
+}
+
+#[test]
+fn tls_and_mutual_tls_with_the_cn_as_username() {
+    let dir = tempdir::Dir::new();
+    let acl = dir.0.join("acl");
+    std::fs::write(
+        &acl,
+        "allow all subscribe #\nallow user device-7 publish %u/#\n",
+    )
+    .expect("acl");
+    let (b, tls) = tls_broker(
+        dir,
+        false,
+        &format!("[auth]\nacl_file = \"{}\"\n", acl.display()),
+    );
+    let certs = acl.parent().expect("dir").to_path_buf();
+    let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "tcp-sub", true);
+    sub.subscribe("#", QoS::AtLeastOnce);
+    crate::harness::settle();
+
+    let mut dev = tls_client(&certs, tls, Some("client")).expect("mTLS handshake");
+    let ack = exchange(
+        &mut dev,
+        Some(Packet::Connect(Box::new(connect_packet(
+            Protocol::V5,
+            "d7",
+            true,
+        )))),
+        Protocol::V5,
+    )
+    .expect("connack");
+    assert!(
+        matches!(ack, Packet::ConnAck(ref a) if a.reason == ReasonCode::Success),
+        "{ack:?}"
+    );
+    let puback = exchange(
+        &mut dev,
+        Some(Packet::Publish(publish(
+            "device-7/temp",
+            b"21",
+            QoS::AtLeastOnce,
+            1,
+        ))),
+        Protocol::V5,
+    )
+    .expect("puback");
+    assert!(
+        matches!(puback, Packet::PubAck(ref a) if a.reason == ReasonCode::Success),
+        "{puback:?}"
+    );
+    let got = sub.recv_publish();
+    assert_eq!(
+        (got.topic.as_ref(), &got.payload[..]),
+        ("device-7/temp", &b"21"[..])
+    );
+    sub.ack(&got);
+
+    let mut anon = tls_client(&certs, tls, None).expect("TLS without a client certificate");
+    exchange(
+        &mut anon,
+        Some(Packet::Connect(Box::new(connect_packet(
+            Protocol::V5,
+            "anon",
+            true,
+        )))),
+        Protocol::V5,
+    )
+    .expect("connack");
+    let puback = exchange(
+        &mut anon,
+        Some(Packet::Publish(publish(
+            "device-7/temp",
+            b"x",
+            QoS::AtLeastOnce,
+            1,
+        ))),
+        Protocol::V5,
+    )
+    .expect("puback");
+    assert!(
+        matches!(puback, Packet::PubAck(ref a) if a.reason == ReasonCode::NotAuthorized),
+        "no certificate, no username: {puback:?}"
+    );
+
+    // Plain bytes on the TLS port: a failed handshake, counted, nobody else affected.
+    let mut plain = TcpStream::connect(("127.0.0.1", tls)).expect("connect");
+    plain.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = plain.write_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00");
+    let mut rest = Vec::new();
+    let _ = plain.read_to_end(&mut rest);
+    let m = b.api("GET", "/metrics", None).1;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("ringmq_handshake_failures_total ") && !l.ends_with(" 0")),
+        "{m}"
+    );
+    let puback = exchange(
+        &mut dev,
+        Some(Packet::Publish(publish(
+            "device-7/temp",
+            b"22",
+            QoS::AtLeastOnce,
+            2,
+        ))),
+        Protocol::V5,
+    )
+    .expect("still connected");
+    assert!(matches!(puback, Packet::PubAck(_)));
+}
+
+#[test]
+fn mutual_tls_refuses_missing_and_foreign_certificates() {
+    let dir = tempdir::Dir::new();
+    let certs = dir.0.clone();
+    let (_b, tls) = tls_broker(dir, true, "");
+    let refused = |cert: Option<&str>| match tls_client(&certs, tls, cert) {
+        Err(_) => true,
+        Ok(mut s) => exchange(
+            &mut s,
+            Some(Packet::Connect(Box::new(connect_packet(
+                Protocol::V311,
+                "x",
+                true,
+            )))),
+            Protocol::V311,
+        )
+        .is_err(),
+    };
+    assert!(refused(None), "no certificate");
+    assert!(refused(Some("other")), "a certificate from another CA");
+    assert!(!refused(Some("client")), "the CA's client certificate");
+}
+
+/// A raw WebSocket client: the upgrade, then masked frames by hand.
+struct WsRaw(TcpStream);
+
+impl WsRaw {
+    fn open(port: u16, path: &str) -> (WsRaw, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("upgrade");
+        let mut resp = Vec::new();
+        let mut byte = [0u8; 1];
+        while !resp.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            resp.push(byte[0]);
+        }
+        (WsRaw(s), String::from_utf8_lossy(&resp).into_owned())
+    }
+
+    fn frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        let mut v = vec![0x80 | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        if payload.len() < 126 {
+            v.push(m | payload.len() as u8);
+        } else {
+            v.push(m | 126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        let key = [9u8, 8, 7, 6];
+        if masked {
+            v.extend_from_slice(&key);
+        }
+        v.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
+        );
+        let _ = self.0.write_all(&v);
+    }
+
+    fn packet(&mut self, p: &Packet, proto: Protocol) {
+        let mut b = BytesMut::new();
+        encode(p, proto, &mut b);
+        self.frame(2, &b, true);
+    }
+
+    /// Reads frames until the connection closes; returns the opcodes and whether it closed.
+    fn until_closed(&mut self) -> (Vec<u8>, bool) {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.0.read(&mut chunk) {
+                Ok(0) => break (opcodes(&all), true),
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(_) => break (opcodes(&all), false),
+            }
+        }
+    }
+}
+
+fn opcodes(mut b: &[u8]) -> Vec<u8> {
+    let mut ops = Vec::new();
+    while b.len() >= 2 {
+        let (len, h) = match b[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            n => (usize::from(n), 2),
+        };
+        ops.push(b[0] & 0x0f);
+        b = &b[(h + len).min(b.len())..];
+    }
+    ops
+}
+
+#[test]
+fn websocket_clients_that_misbehave_are_disconnected_alone() {
+    let ws = free_port();
+    let tcp = free_port();
+    let mut b = Broker::with_toml(
+        2,
+        &format!(
+            "[broker]\npin_cores = false\n[mqtt]\nmax_packet_size = 1024\n\
+             [listeners.tcp]\nbind = \"127.0.0.1:{tcp}\"\n[listeners.ws]\ntype = \"ws\"\nbind = \"127.0.0.1:{ws}\"\n"
+        ),
+    );
+    b.port = tcp;
+    let (mut sub, _) = Raw::connect(tcp, Protocol::V311, "ws-watch", true);
+    sub.subscribe("ws/#", QoS::AtLeastOnce);
+    crate::harness::settle();
+
+    let mut garbage = TcpStream::connect(("127.0.0.1", ws)).expect("connect");
+    garbage.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = garbage.write_all(b"\x16\x03\x01 not http at all\r\n\r\n");
+    let mut answer = String::new();
+    let _ = garbage.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let (_wrong, resp) = WsRaw::open(ws, "/other");
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+
+    let (mut unmasked, resp) = WsRaw::open(ws, "/mqtt");
+    assert!(
+        resp.starts_with("HTTP/1.1 101") && resp.contains("Sec-WebSocket-Protocol: mqtt"),
+        "{resp}"
+    );
+    unmasked.frame(2, b"\x10\x00", false);
+    let (ops, closed) = unmasked.until_closed();
+    assert!(closed && ops.contains(&8), "{ops:?}");
+
+    let (mut big, _) = WsRaw::open(ws, "/mqtt");
+    big.frame(2, &[0u8; 4000], true);
+    let (ops, closed) = big.until_closed();
+    assert!(closed && ops.contains(&8), "oversize frame: {ops:?}");
+
+    let (mut half, _) = WsRaw::open(ws, "/mqtt");
+    half.packet(
+        &Packet::Connect(Box::new(connect_packet(Protocol::V311, "half", true))),
+        Protocol::V311,
+    );
+    let mut b311 = BytesMut::new();
+    encode(
+        &Packet::Publish(publish("ws/half", b"never", QoS::AtMostOnce, 0)),
+        Protocol::V311,
+        &mut b311,
+    );
+    half.frame(2, &b311[..b311.len() - 3], true);
+    half.frame(8, &1000u16.to_be_bytes(), true);
+    let (_, closed) = half.until_closed();
+    assert!(closed);
+
+    // A well-behaved WebSocket client: packets split across frames and two packets in one.
+    let (mut good, _) = WsRaw::open(ws, "/mqtt");
+    let mut c = BytesMut::new();
+    encode(
+        &Packet::Connect(Box::new(connect_packet(Protocol::V5, "ws-good", true))),
+        Protocol::V5,
+        &mut c,
+    );
+    good.frame(2, &c[..5], true);
+    good.frame(0, &c[5..], true);
+    let mut two = BytesMut::new();
+    encode(
+        &Packet::Publish(publish("ws/a", b"one", QoS::AtMostOnce, 0)),
+        Protocol::V5,
+        &mut two,
+    );
+    encode(
+        &Packet::Publish(publish("ws/b", b"two", QoS::AtMostOnce, 0)),
+        Protocol::V5,
+        &mut two,
+    );
+    good.frame(2, &two, true);
+    good.frame(9, b"ping", true);
+    for want in ["ws/a", "ws/b"] {
+        let got = match sub.recv_within(WAIT) {
+            Ok(Some(Packet::Publish(p))) => p,
+            other => panic!("{other:?}: {}", b.log_text()),
+        };
+        assert_eq!(got.topic, want);
+    }
+    sub.expect_silence(Duration::from_millis(200));
+    good.frame(8, &1000u16.to_be_bytes(), true);
+    let (ops, closed) = good.until_closed();
+    assert!(
+        closed && ops.contains(&2) && ops.contains(&0xA),
+        "CONNACK, pong: {ops:?}"
+    );
+    assert_eq!(
+        ops.iter().filter(|o| **o == 8).count(),
+        1,
+        "one close frame: {ops:?}"
+    );
+}
