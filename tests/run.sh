@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (Mosquitto for
-# side-by-side runs, a Python venv with paho-mqtt), then runs the Rust tests, the Python client
-# tests, checks that the benchmarks still build, runs `ringmq doctor` and the benchmark CI in
-# smoke mode.
+# side-by-side runs and its mosquitto_passwd, a Python venv with paho-mqtt and cryptography,
+# Node's MQTT.js), then runs the Rust tests, the Python and Node client tests, checks that the
+# benchmarks still build, runs `ringmq doctor` and the benchmark CI in smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v mosquitto >/dev/null || ! command -v mosquitto_sub >/dev/null; then
-  echo "== installing mosquitto"
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+missing=()
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import paho.mqtt, pytest' 2>/dev/null; then
+if [ ! -d tests/node/node_modules/mqtt ]; then
+  echo "== installing MQTT.js (tests/node)"
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import paho.mqtt, pytest, cryptography' 2>/dev/null; then
   echo "== creating .venv with paho-mqtt"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
@@ -27,7 +37,7 @@ cargo build --workspace --bins
 echo "== cargo test"
 cargo test --workspace
 
-echo "== python client tests (paho-mqtt)"
+echo "== python and node client tests (paho-mqtt, MQTT.js)"
 RINGMQ_BIN="$PWD/target/debug/ringmq" .venv/bin/python -m pytest -q tests/python
 
 echo "== benches build"
