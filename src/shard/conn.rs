@@ -199,6 +199,8 @@ fn read(
         };
         match got {
             Ok(0) => {
+                // TLS and WebSocket may hand over their last packets with the close itself.
+                decode_all(&mut sh, link, &mut buf, max);
                 eof = true;
                 break;
             }

@@ -287,25 +287,7 @@ impl WsRaw {
     }
 
     fn frame(&mut self, opcode: u8, payload: &[u8], masked: bool) {
-        let mut v = vec![0x80 | opcode];
-        let m = if masked { 0x80 } else { 0 };
-        if payload.len() < 126 {
-            v.push(m | payload.len() as u8);
-        } else {
-            v.push(m | 126);
-            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        let key = [9u8, 8, 7, 6];
-        if masked {
-            v.extend_from_slice(&key);
-        }
-        v.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
-        );
-        let _ = self.0.write_all(&v);
+        let _ = self.0.write_all(&ws_frame(opcode, payload, masked));
     }
 
     fn packet(&mut self, p: &Packet, proto: Protocol) {
@@ -326,6 +308,29 @@ impl WsRaw {
             }
         }
     }
+}
+
+/// One WebSocket frame as a client (masked) or, for the negative test, unmasked.
+fn ws_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut v = vec![0x80 | opcode];
+    let m = if masked { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        v.push(m | payload.len() as u8);
+    } else {
+        v.push(m | 126);
+        v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    let key = [9u8, 8, 7, 6];
+    if masked {
+        v.extend_from_slice(&key);
+    }
+    v.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }),
+    );
+    v
 }
 
 fn opcodes(mut b: &[u8]) -> Vec<u8> {
@@ -427,7 +432,21 @@ fn websocket_clients_that_misbehave_are_disconnected_alone() {
         assert_eq!(got.topic, want);
     }
     sub.expect_silence(Duration::from_millis(200));
-    good.frame(8, &1000u16.to_be_bytes(), true);
+    // Frames and the close frame in one write: the frames before the close all count.
+    let mut burst = BytesMut::new();
+    for i in 0..20u8 {
+        encode(
+            &Packet::Publish(publish("ws/burst", &[i], QoS::AtMostOnce, 0)),
+            Protocol::V5,
+            &mut burst,
+        );
+    }
+    let mut both = ws_frame(2, &burst, true);
+    both.extend(ws_frame(8, &1000u16.to_be_bytes(), true));
+    good.0.write_all(&both).expect("burst and close");
+    for i in 0..20u8 {
+        assert_eq!(&sub.recv_publish().payload[..], &[i]);
+    }
     let (ops, closed) = good.until_closed();
     assert!(
         closed && ops.contains(&2) && ops.contains(&0xA),
