@@ -156,7 +156,10 @@ fn child_args(args: &[String]) -> Vec<String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Resolved once, here: a worker pinned to one core would see one CPU and slice the
+    // clients as if it were alone (every client would then be driven twice).
+    cli.target.threads = Some(cli.target.threads());
     let progress = Arc::new(Progress::default());
     if cli.target.child.is_none() {
         progress.spawn_printer();

@@ -51,6 +51,8 @@ impl TargetArgs {
         }
     }
 
+    /// Worker threads: `--threads`, else the CPUs this process may run on. `main` resolves
+    /// it before any thread is pinned.
     pub fn threads(&self) -> usize {
         self.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

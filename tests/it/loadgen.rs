@@ -254,3 +254,30 @@ fn which(name: &str) -> Result<PathBuf, ()> {
     }
     Err(())
 }
+
+#[test]
+fn the_default_thread_count_drives_each_client_once() {
+    let b = Broker::start(2);
+    let out = Command::new(loadgen_bin())
+        .args(["--addr", &format!("127.0.0.1:{}", b.port), "--json"])
+        .args(["conn", "-n", "400", "--rate", "2000", "--hold", "1"])
+        .output()
+        .expect("run loadgen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .expect("json report");
+    assert_eq!(num(&json, "connected"), 400, "{json}");
+    assert_eq!(num(&json, "still_open"), 400, "{json}");
+    assert!(
+        json["failures"].as_object().is_none_or(|f| f.is_empty()),
+        "{json}"
+    );
+}
