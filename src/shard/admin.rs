@@ -29,10 +29,12 @@ fn client_json(slot: &SessionSlot, detail: bool) -> Value {
         "expiry_interval": s.expiry_interval,
     });
     if detail {
-        let username = slot
-            .link
-            .as_ref()
-            .and_then(|l| l.auth.borrow().as_ref().and_then(|a| a.username.clone()));
+        let username = slot.link.as_ref().and_then(|l| {
+            l.extras
+                .borrow()
+                .as_ref()
+                .and_then(|e| e.auth.as_ref()?.username.clone())
+        });
         v["username"] = json!(username);
         v["keepalive"] = json!(slot.link.as_ref().map(|l| l.keep_alive.get()));
         v["topics"] = json!(s

@@ -84,7 +84,11 @@ impl Shard {
     /// Checks the credentials (or the client certificate's name) and the will's topic against
     /// the ACL; keeps the identity on the link for later ACL checks when it will be needed.
     fn authenticate(&mut self, link: &ConnLink, c: &mut Connect) -> Result<(), Close> {
-        let cert_user = link.cert_user.borrow().as_deref().map(str::to_string);
+        let cert_user = link
+            .extras
+            .borrow()
+            .as_ref()
+            .and_then(|e| e.cert_user.as_deref().map(str::to_string));
         if let Some(u) = &cert_user {
             c.username = Some(ByteString::from(u.as_str()));
         }
@@ -99,7 +103,7 @@ impl Shard {
         }
         if username.is_some() || self.auth.has_acl() {
             let ident = crate::auth::ClientAuth::new(username.map(str::to_string), link.peer.ip());
-            *link.auth.borrow_mut() = Some(Box::new(ident));
+            link.extras().auth = Some(ident);
         }
         if let Some(w) = &c.will {
             let topic = w.topic.clone();

@@ -165,9 +165,10 @@ impl Shard {
         if !self.auth.has_acl() {
             return true;
         }
-        let mut slot = link.auth.borrow_mut();
-        let ident = slot
-            .get_or_insert_with(|| Box::new(crate::auth::ClientAuth::new(None, link.peer.ip())));
+        let mut extras = link.extras();
+        let ident = extras
+            .auth
+            .get_or_insert_with(|| crate::auth::ClientAuth::new(None, link.peer.ip()));
         ident.authorize(
             &self.auth,
             client_id,

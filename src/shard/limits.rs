@@ -112,18 +112,16 @@ impl Shard {
         if l.publish_rate == 0 && l.publish_bytes_rate == 0 {
             return Ok(());
         }
-        let mut slot = link.rate.borrow_mut();
-        let rate = slot.get_or_insert_with(|| {
-            Box::new(RateLimiter {
-                msgs: (l.publish_rate > 0).then(|| {
-                    let rate = f64::from(l.publish_rate);
-                    TokenBucket::new(rate, f64::from(l.publish_burst.max(1)), now)
-                }),
-                bytes: (l.publish_bytes_rate > 0).then(|| {
-                    let rate = l.publish_bytes_rate as f64;
-                    TokenBucket::new(rate, rate, now)
-                }),
-            })
+        let mut extras = link.extras();
+        let rate = extras.rate.get_or_insert_with(|| RateLimiter {
+            msgs: (l.publish_rate > 0).then(|| {
+                let rate = f64::from(l.publish_rate);
+                TokenBucket::new(rate, f64::from(l.publish_burst.max(1)), now)
+            }),
+            bytes: (l.publish_bytes_rate > 0).then(|| {
+                let rate = l.publish_bytes_rate as f64;
+                TokenBucket::new(rate, rate, now)
+            }),
         });
         let wait_msgs = rate.msgs.as_mut().and_then(|b| b.take(1.0, now));
         let wait_bytes = rate.bytes.as_mut().and_then(|b| b.take(bytes as f64, now));

@@ -121,6 +121,17 @@ impl Close {
     }
 }
 
+/// The cold part of a link.
+#[derive(Default)]
+pub struct Extras {
+    /// Username and address for ACL checks, with their cache.
+    pub auth: Option<crate::auth::ClientAuth>,
+    /// The name a verified client certificate vouches for (TLS with peer_cert_as_username).
+    pub cert_user: Option<Box<str>>,
+    /// Publish-rate buckets (with `[limits]` rates set).
+    pub rate: Option<super::limits::RateLimiter>,
+}
+
 pub struct ConnLink {
     pub peer: SocketAddr,
     pub state: Cell<LinkState>,
@@ -139,12 +150,8 @@ pub struct ConnLink {
     pub listener: usize,
     /// Set at accept when a limit or overload means the CONNECT will be refused with this.
     pub refusal: Cell<Option<ReasonCode>>,
-    /// Username and address for ACL checks, with their cache (only when needed).
-    pub auth: RefCell<Option<Box<crate::auth::ClientAuth>>>,
-    /// The name a verified client certificate vouches for (TLS with peer_cert_as_username).
-    pub cert_user: RefCell<Option<Box<str>>>,
-    /// Publish-rate buckets (only with `[limits]` rates set).
-    pub rate: RefCell<Option<Box<super::limits::RateLimiter>>>,
+    /// What only some connections need, allocated on first use (idle connections stay small).
+    pub extras: RefCell<Option<Box<Extras>>>,
     /// Until when reading pauses: a v3 client over its publish rate is read more slowly.
     pub throttle: Cell<Option<Instant>>,
     waker: RefCell<Option<Waker>>,
@@ -165,9 +172,7 @@ impl ConnLink {
             opened: now,
             listener,
             refusal: Cell::new(None),
-            auth: RefCell::new(None),
-            cert_user: RefCell::new(None),
-            rate: RefCell::new(None),
+            extras: RefCell::new(None),
             throttle: Cell::new(None),
             waker: RefCell::new(None),
         }
@@ -204,6 +209,13 @@ impl ConnLink {
         }
         drop(slot);
         self.wake();
+    }
+
+    /// The link's extras, created on first use.
+    pub fn extras(&self) -> std::cell::RefMut<'_, Extras> {
+        std::cell::RefMut::map(self.extras.borrow_mut(), |e| {
+            &mut **e.get_or_insert_with(Box::default)
+        })
     }
 
     pub fn session(&self) -> Option<usize> {

@@ -108,7 +108,7 @@ impl Transport {
                         .and_then(|c| c.first())
                         .and_then(|c| crate::tls::peer_name(c, self.peer_name));
                     if let Some(name) = name {
-                        *link.cert_user.borrow_mut() = Some(name.into());
+                        link.extras().cert_user = Some(name.into());
                     }
                 }
                 open?
