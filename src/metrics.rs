@@ -8,6 +8,102 @@ use crate::stats::{Counter, Stats};
 
 struct Out(String);
 
+/// Reads one counter of a shard.
+type Read = fn(&Stats) -> &Counter;
+/// Reads one per-QoS counter of a shard.
+type ReadQos = fn(&Stats) -> &[Counter; 3];
+/// A family summed over shards: name, type, help, the counter.
+type Summed = (&'static str, &'static str, &'static str, Read);
+
+const GAUGES: [Summed; 3] = [
+    ("connections", "gauge", "Open client connections.", |s| {
+        &s.connections
+    }),
+    ("sessions", "gauge", "Sessions, connected or not.", |s| {
+        &s.sessions
+    }),
+    ("subscriptions", "gauge", "Subscriptions.", |s| {
+        &s.subscriptions
+    }),
+];
+
+const COUNTERS: [Summed; 10] = [
+    (
+        "bytes_received_total",
+        "counter",
+        "Bytes read from clients.",
+        |s| &s.bytes_in,
+    ),
+    (
+        "bytes_sent_total",
+        "counter",
+        "Bytes written to clients.",
+        |s| &s.bytes_out,
+    ),
+    (
+        "auth_failures_total",
+        "counter",
+        "CONNECTs refused for bad credentials.",
+        |s| &s.auth_failures,
+    ),
+    (
+        "acl_denied_total",
+        "counter",
+        "Publishes and subscriptions the ACL refused.",
+        |s| &s.acl_denied,
+    ),
+    (
+        "connects_refused_total",
+        "counter",
+        "Connections refused (limits, overload, auth, protocol).",
+        |s| &s.connects_refused,
+    ),
+    (
+        "protocol_errors_total",
+        "counter",
+        "Connections closed for a protocol violation.",
+        |s| &s.protocol_errors,
+    ),
+    (
+        "handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes and WebSocket upgrades or framing.",
+        |s| &s.handshake_failures,
+    ),
+    (
+        "rate_limited_total",
+        "counter",
+        "Publishes over a client's rate.",
+        |s| &s.rate_limited,
+    ),
+    ("wills_total", "counter", "Wills published.", |s| &s.wills),
+    (
+        "ring_full_total",
+        "counter",
+        "Times a shard-to-shard ring was full.",
+        |s| &s.ring_full,
+    ),
+];
+
+/// Families with a value per shard: name, help, the gauge.
+const PER_SHARD: [(&str, &str, Read); 3] = [
+    (
+        "loop_lag_microseconds",
+        "How late each shard's event loop ran (last sample).",
+        |s| &s.loop_lag_us,
+    ),
+    (
+        "ring_occupancy",
+        "Messages waiting in each shard's outbound rings.",
+        |s| &s.ring_occupancy,
+    ),
+    (
+        "overloaded",
+        "1 while a shard refuses new connections for lag.",
+        |s| &s.overloaded,
+    ),
+];
+
 impl Out {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(
@@ -25,17 +121,9 @@ impl Out {
     }
 
     /// One family summed over shards.
-    fn total(&mut self, b: &Broker, name: &str, kind: &str, help: &str, f: fn(&Stats) -> &Counter) {
+    fn total(&mut self, b: &Broker, (name, kind, help, f): Summed) {
         self.family(name, kind, help);
         self.value(name, "", b.shared.sum(f));
-    }
-
-    /// One family with a value per shard.
-    fn per_shard(&mut self, b: &Broker, name: &str, help: &str, f: fn(&Stats) -> &Counter) {
-        self.family(name, "gauge", help);
-        for (i, s) in b.shared.stats.iter().enumerate() {
-            self.value(name, &format!("shard=\"{i}\""), f(s).get());
-        }
     }
 }
 
@@ -43,158 +131,73 @@ pub fn render(b: &Broker) -> String {
     let mut o = Out(String::with_capacity(4096));
     let g = &b.shared;
     o.family("info", "gauge", "Version and io driver.");
-    o.value(
-        "info",
-        &format!(
-            "version=\"{}\",driver=\"{}\",shards=\"{}\"",
-            env!("CARGO_PKG_VERSION"),
-            b.driver,
-            g.stats.len()
-        ),
-        1,
+    let info = format!(
+        "version=\"{}\",driver=\"{}\",shards=\"{}\"",
+        env!("CARGO_PKG_VERSION"),
+        b.driver,
+        g.stats.len()
     );
+    o.value("info", &info, 1);
     o.family(
         "uptime_seconds",
         "gauge",
         "Seconds since the broker started.",
     );
     o.value("uptime_seconds", "", g.started.elapsed().as_secs());
-    o.total(b, "connections", "gauge", "Open client connections.", |s| {
-        &s.connections
-    });
-    o.total(b, "sessions", "gauge", "Sessions, connected or not.", |s| {
-        &s.sessions
-    });
-    o.total(b, "subscriptions", "gauge", "Subscriptions.", |s| {
-        &s.subscriptions
-    });
+    for family in GAUGES {
+        o.total(b, family);
+    }
     o.family("retained_messages", "gauge", "Retained messages.");
     o.value(
         "retained_messages",
         "",
         g.stats.first().map_or(0, |s| s.retained.get()),
     );
-    for (name, help, f) in [
+    let by_qos: [(&str, &str, ReadQos); 2] = [
         (
             "messages_received_total",
             "PUBLISH packets received, by QoS.",
-            (|s| &s.msgs_in) as fn(&Stats) -> &[Counter; 3],
+            |s| &s.msgs_in,
         ),
         (
             "messages_sent_total",
             "PUBLISH packets sent, by QoS.",
             |s| &s.msgs_out,
         ),
-    ] {
+    ];
+    for (name, help, f) in by_qos {
         o.family(name, "counter", help);
         for q in 0..3 {
             let v: i64 = g.stats.iter().map(|s| f(s)[q].get()).sum();
             o.value(name, &format!("qos=\"{q}\""), v);
         }
     }
-    o.total(
-        b,
-        "bytes_received_total",
-        "counter",
-        "Bytes read from clients.",
-        |s| &s.bytes_in,
-    );
-    o.total(
-        b,
-        "bytes_sent_total",
-        "counter",
-        "Bytes written to clients.",
-        |s| &s.bytes_out,
-    );
     o.family(
         "messages_dropped_total",
         "counter",
         "Deliveries dropped, by reason.",
     );
-    for (reason, f) in [
-        (
-            "queue_full",
-            (|s| &s.dropped_queue_full) as fn(&Stats) -> &Counter,
-        ),
+    let drops: [(&str, Read); 3] = [
+        ("queue_full", |s| &s.dropped_queue_full),
         ("too_large", |s| &s.dropped_too_large),
         ("no_member", |s| &s.dropped_no_member),
-    ] {
+    ];
+    for (reason, f) in drops {
         o.value(
             "messages_dropped_total",
             &format!("reason=\"{reason}\""),
             g.sum(f),
         );
     }
-    o.total(
-        b,
-        "auth_failures_total",
-        "counter",
-        "CONNECTs refused for bad credentials.",
-        |s| &s.auth_failures,
-    );
-    o.total(
-        b,
-        "acl_denied_total",
-        "counter",
-        "Publishes and subscriptions the ACL refused.",
-        |s| &s.acl_denied,
-    );
-    o.total(
-        b,
-        "connects_refused_total",
-        "counter",
-        "Connections refused (limits, overload, auth, protocol).",
-        |s| &s.connects_refused,
-    );
-    o.total(
-        b,
-        "protocol_errors_total",
-        "counter",
-        "Connections closed for a protocol violation.",
-        |s| &s.protocol_errors,
-    );
-    o.total(
-        b,
-        "handshake_failures_total",
-        "counter",
-        "Failed TLS handshakes and WebSocket upgrades or framing.",
-        |s| &s.handshake_failures,
-    );
-    o.total(
-        b,
-        "rate_limited_total",
-        "counter",
-        "Publishes over a client's rate.",
-        |s| &s.rate_limited,
-    );
-    o.total(b, "wills_total", "counter", "Wills published.", |s| {
-        &s.wills
-    });
-    o.total(
-        b,
-        "ring_full_total",
-        "counter",
-        "Times a shard-to-shard ring was full.",
-        |s| &s.ring_full,
-    );
-    o.per_shard(
-        b,
-        "loop_lag_microseconds",
-        "How late each shard's event loop ran (last sample).",
-        |s| &s.loop_lag_us,
-    );
-    o.per_shard(
-        b,
-        "ring_occupancy",
-        "Messages waiting in each shard's outbound rings.",
-        |s| &s.ring_occupancy,
-    );
-    o.per_shard(
-        b,
-        "overloaded",
-        "1 while a shard refuses new connections for lag.",
-        |s| &s.overloaded,
-    );
+    for family in COUNTERS {
+        o.total(b, family);
+    }
+    for (name, help, f) in PER_SHARD {
+        o.family(name, "gauge", help);
+        for (i, s) in g.stats.iter().enumerate() {
+            o.value(name, &format!("shard=\"{i}\""), f(s).get());
+        }
+    }
     o.family(
         "memory_resident_bytes",
         "gauge",

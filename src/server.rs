@@ -97,6 +97,9 @@ impl Broker {
             {
                 r?;
             }
+            if cfg.log.level != old.log.level && std::env::var_os("RINGMQ_LOG").is_none() {
+                self.log.set_level(&cfg.log.level)?;
+            }
             if let Ok(mut c) = self.cfg.lock() {
                 *c = cfg;
             }

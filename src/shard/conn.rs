@@ -267,7 +267,12 @@ fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
     if link.state.get() == LinkState::New {
         sh.refuse_connect(link, close.reason);
     }
-    tracing::info!(peer = %link.peer, reason = ?close.reason, why = %close.why, "closing connection");
+    let client = link
+        .session()
+        .and_then(|k| sh.sessions.get(k))
+        .map(|s| s.session.client_id.clone())
+        .unwrap_or_default();
+    tracing::info!(%client, peer = %link.peer, reason = ?close.reason, why = %close.why, "closing connection");
     link.close(close);
 }
 

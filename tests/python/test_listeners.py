@@ -3,13 +3,10 @@ TLS (a CA made here with `cryptography`), client certificates accepted and refus
 hostname and an expired certificate refused by the client, paho over ws and wss, and MQTT.js
 from Node over ws. Every run crosses listener types: what goes in on one comes out on TCP."""
 import datetime
-import os
 import queue
-import socket
 import ssl
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -19,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import free_port
+from conftest import free_port, start_broker, stop_broker
 
 TIMEOUT = 5
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,22 +79,10 @@ def listeners(certs, tmp_path_factory):
         f'certfile = "{certs}/expired.pem"\nkeyfile = "{certs}/server.key"\n'
         f'[listeners.ws]\ntype = "ws"\nbind = "127.0.0.1:{ports["ws"]}"\n'
         f'[listeners.wss]\ntype = "wss"\nbind = "127.0.0.1:{ports["wss"]}"\n{tls}')
-    log = open(work / "broker.log", "w")
-    proc = subprocess.Popen(
-        [os.environ["RINGMQ_BIN"], "--config", str(cfg), "--shards", "2", "--admin", "127.0.0.1:0",
-         "--data-dir", str(work / "data")], stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.time() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", ports["wss"]), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline, "broker did not start"
-            time.sleep(0.05)
+    proc, log = start_broker(["--config", str(cfg), "--shards", "2", "--data-dir", str(work / "data")],
+                             ports["wss"], work / "broker.log")
     yield ports
-    proc.kill()
-    proc.wait()
-    log.close()
+    stop_broker(proc, log)
 
 
 def client(cid, transport="tcp"):
