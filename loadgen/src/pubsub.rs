@@ -111,6 +111,19 @@ pub fn run(
     args: &PubSubArgs,
     progress: &Arc<Progress>,
 ) -> anyhow::Result<Report> {
+    let resolved;
+    let args = match args.total_rate {
+        Some(total) => {
+            anyhow::ensure!(total > 0.0, "--total-rate must be positive");
+            resolved = PubSubArgs {
+                rate: total / args.publishers.max(1) as f64,
+                total_rate: None,
+                ..args.clone()
+            };
+            &resolved
+        }
+        None => args,
+    };
     anyhow::ensure!(
         args.size >= HEADER,
         "--size must be at least {HEADER} bytes"

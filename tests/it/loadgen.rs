@@ -281,3 +281,27 @@ fn the_default_thread_count_drives_each_client_once() {
         "{json}"
     );
 }
+
+#[test]
+fn total_rate_is_split_between_publishers() {
+    let b = Broker::start(2);
+    let json = pubsub(
+        b.port,
+        &[
+            "--publishers",
+            "4",
+            "--subscribers",
+            "4",
+            "--total-rate",
+            "400",
+        ],
+    );
+    assert!(
+        json["scenario"]
+            .as_str()
+            .is_some_and(|s| s.contains("rate=100/s")),
+        "{}",
+        json["scenario"]
+    );
+    assert_eq!(num(&json, "delivered"), num(&json, "published"));
+}
