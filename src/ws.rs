@@ -5,7 +5,7 @@
 //! packets: payloads are simply appended to the MQTT byte stream.
 
 use base64::Engine;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use sha1::{Digest, Sha1};
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -171,19 +171,30 @@ pub fn unframe(buf: &mut BytesMut, mqtt: &mut BytesMut, max: u64) -> Result<Cont
     }
 }
 
-/// Appends one unmasked frame (server to client) with `opcode` holding `parts` in order.
+/// The header of an unmasked frame (server to client) with `opcode` and `len` payload bytes:
+/// the bytes and how many of them are used.
+pub fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut h = [0u8; 10];
+    h[0] = 0x80 | opcode;
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if len <= usize::from(u16::MAX) {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
+    }
+}
+
+/// Appends one unmasked frame with `opcode` holding `parts` in order.
 pub fn frame(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    out.put_u8(0x80 | opcode);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
+    let (h, n) = frame_header(opcode, len);
+    out.extend_from_slice(&h[..n]);
     for p in parts {
         out.extend_from_slice(p);
     }

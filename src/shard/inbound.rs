@@ -275,14 +275,13 @@ impl Shard {
             }
             session.inbound_qos2.push(id);
         }
-        let origin = session.client_id.clone();
         let msg = Message::new(
             topic,
             p.payload,
             p.qos,
             p.retain,
             p.properties.as_deref(),
-            origin,
+            client_id,
             now,
         );
         self.stats.msgs_in[p.qos as usize].inc();

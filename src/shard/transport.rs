@@ -228,9 +228,12 @@ impl Transport {
     /// Wraps MQTT bytes for the wire: one binary frame for WebSocket, records for TLS.
     pub fn wrap(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         if self.ws.as_ref().is_some_and(|w| w.upgraded) {
-            let mut framed = Vec::new();
-            ws::frame(&mut framed, 0x2, parts);
-            return self.emit(&[&framed]);
+            let len = parts.iter().map(|p| p.len()).sum();
+            let (header, n) = ws::frame_header(0x2, len);
+            let mut framed: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+            framed.push(&header[..n]);
+            framed.extend_from_slice(parts);
+            return self.emit(&framed);
         }
         self.emit(parts)
     }
