@@ -51,8 +51,8 @@ pub enum Request {
     Retained(Option<String>),
     /// Removes one retained message, or all (asked of every shard).
     CleanRetained(Option<String>),
-    /// New configuration and credentials, applied to new decisions from now on.
-    Reload(Arc<Config>, Arc<Auth>),
+    /// New configuration, credentials and certificates, applied to new decisions from now on.
+    Reload(Arc<Config>, Arc<Auth>, crate::shard::TlsConfigs),
     Trace(Arc<TraceSet>),
     /// Shutdown, first step: stop accepting and publish the wills of connected clients.
     Drain,

@@ -78,7 +78,7 @@ impl Broker {
         let result = (|| {
             let cfg = self.args.config().map_err(|e| e.to_string())?;
             let auth = Auth::load(&cfg)?;
-            Listener::build(&cfg, 1)?;
+            let tls = Listener::tls_configs(&cfg)?;
             let old = self.config();
             if old.listeners.len() != cfg.listeners.len()
                 || old
@@ -93,7 +93,7 @@ impl Broker {
             let (cfg, auth) = (Arc::new(cfg), Arc::new(auth));
             for r in self
                 .handle
-                .ask_all(|| Request::Reload(cfg.clone(), auth.clone()))
+                .ask_all(|| Request::Reload(cfg.clone(), auth.clone(), tls.clone()))
             {
                 r?;
             }
@@ -170,7 +170,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
     }
     let auth = Arc::new(Auth::load(&cfg)?);
     tracing::info!(auth = %auth.describe(), "credentials loaded");
-    let mut listeners = Listener::build(&cfg, shards)?;
+    let tls = Listener::tls_configs(&cfg)?;
     std::fs::create_dir_all(&cfg.broker.data_dir)
         .map_err(|e| format!("broker.data_dir {}: {e}", cfg.broker.data_dir.display()))?;
     let saved = Saved::load(&cfg.broker.data_dir).split(shards);
@@ -194,13 +194,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
         .map(|(i, (_, inbox))| Arc::new(Queue::new(i, inbox.bells())))
         .collect();
     let mut threads = Vec::with_capacity(shards);
-    for ((((id, ends), socks), restore), ls) in ends
-        .into_iter()
-        .enumerate()
-        .zip(sockets)
-        .zip(saved)
-        .zip(listeners.drain(..))
-    {
+    for (((id, ends), socks), restore) in ends.into_iter().enumerate().zip(sockets).zip(saved) {
         let boot = Boot {
             id,
             shards,
@@ -208,7 +202,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
             auth: auth.clone(),
             shared: shared.clone(),
             control: queues[id].clone(),
-            listeners: ls,
+            listeners: Listener::for_shard(&cfg, &tls, shards),
         };
         let core = (cfg.broker.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let t = std::thread::Builder::new()

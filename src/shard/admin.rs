@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use ahash::AHashMap;
 use bytestring::ByteString;
 use serde_json::{json, Value};
 
@@ -160,15 +161,26 @@ impl Shard {
                 self.clean_retained(topic.as_deref(), now);
                 Ok(json!({ "removed": before - self.retained.len() }))
             }
-            Request::Reload(cfg, auth) => {
-                let listeners = super::Listener::build(&cfg, self.shards)
-                    .map_err(|e| e.to_string())?
-                    .swap_remove(self.id);
+            Request::Reload(cfg, auth, tls) => {
+                // Matched by name, and only while address and type stay: the sockets stay bound
+                // as they were at start (a changed listener waits for a restart).
+                let mut fresh: AHashMap<String, super::Listener> =
+                    super::Listener::for_shard(&cfg, &tls, self.shards)
+                        .into_iter()
+                        .map(|l| (l.name.clone(), l))
+                        .collect();
+                for mine in &mut self.listeners {
+                    match fresh.remove(&mine.name) {
+                        Some(new)
+                            if new.cfg.bind == mine.cfg.bind && new.cfg.kind == mine.cfg.kind =>
+                        {
+                            *mine = new
+                        }
+                        _ => {}
+                    }
+                }
                 self.cfg = cfg;
                 self.auth = auth;
-                for (mine, new) in self.listeners.iter_mut().zip(listeners) {
-                    *mine = new;
-                }
                 Ok(json!({ "reloaded": true }))
             }
             Request::Trace(set) => {

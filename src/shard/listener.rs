@@ -9,6 +9,7 @@ use super::limits::TokenBucket;
 use crate::config::{Config, ListenerConfig};
 
 pub struct Listener {
+    /// The listener's name in the configuration: a reload matches listeners by it.
     pub name: String,
     pub cfg: ListenerConfig,
     /// This shard's share of `max_connect_rate` (the kernel spreads connections evenly).
@@ -16,11 +17,14 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Each configured listener's TLS configuration (`None` for plain ones), in configuration
+/// order: the certificates are read once and shared by every shard.
+pub type TlsConfigs = Arc<[Option<Arc<rustls::ServerConfig>>]>;
+
 impl Listener {
-    /// Every shard's listeners for `cfg`, in configuration order; reads the certificates once.
-    pub fn build(cfg: &Config, shards: usize) -> Result<Vec<Vec<Listener>>, String> {
-        let tls: Vec<Option<Arc<rustls::ServerConfig>>> = cfg
-            .listeners
+    /// Reads the certificates of every TLS listener in `cfg`; errors name the listener.
+    pub fn tls_configs(cfg: &Config) -> Result<TlsConfigs, String> {
+        cfg.listeners
             .iter()
             .map(|(name, l)| {
                 l.kind
@@ -30,24 +34,24 @@ impl Listener {
                     })
                     .transpose()
             })
-            .collect::<Result<_, _>>()?;
+            .collect()
+    }
+
+    /// One shard's listeners for `cfg`, in configuration order.
+    pub fn for_shard(cfg: &Config, tls: &TlsConfigs, shards: usize) -> Vec<Listener> {
         let now = Instant::now();
-        Ok((0..shards)
-            .map(|_| {
-                cfg.listeners
-                    .iter()
-                    .zip(&tls)
-                    .map(|((name, l), tls)| Listener {
-                        name: name.clone(),
-                        cfg: l.clone(),
-                        connect_rate: (l.max_connect_rate > 0).then(|| {
-                            let rate = (f64::from(l.max_connect_rate) / shards as f64).max(1.0);
-                            TokenBucket::new(rate, rate, now)
-                        }),
-                        tls: tls.clone(),
-                    })
-                    .collect()
+        cfg.listeners
+            .iter()
+            .zip(tls.iter())
+            .map(|((name, l), tls)| Listener {
+                name: name.clone(),
+                cfg: l.clone(),
+                connect_rate: (l.max_connect_rate > 0).then(|| {
+                    let rate = (f64::from(l.max_connect_rate) / shards as f64).max(1.0);
+                    TokenBucket::new(rate, rate, now)
+                }),
+                tls: tls.clone(),
             })
-            .collect())
+            .collect()
     }
 }

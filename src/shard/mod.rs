@@ -44,7 +44,7 @@ use crate::topic::Trie;
 use interest::Interest;
 pub use interest::ShardSet;
 use link::ConnLink;
-pub use listener::Listener;
+pub use listener::{Listener, TlsConfigs};
 pub use persist::{Restore, Saved};
 
 /// A local subscriber to a (non-shared) filter.

@@ -611,3 +611,27 @@ fn floods_leave_other_clients_whole() {
     let st = b.ctl_json(&["clients", "show", "calm-sub"]);
     assert_eq!(st["connected"], true);
 }
+
+#[test]
+fn reload_applies_listener_limits_by_name() {
+    let dir = tempdir::Dir::new();
+    let cfg = dir.0.join("ringmq.toml");
+    let (tcp, other) = (crate::harness::free_port(), crate::harness::free_port());
+    let listener = |max: usize| {
+        format!("{BASE}[listeners.tcp]\nbind = \"127.0.0.1:{tcp}\"\nmax_connections = {max}\n")
+    };
+    let b = Broker::launch(2, &listener(0), dir, &[]);
+    let (_a, _) = Raw::connect(tcp, Protocol::V5, "lim-a", true);
+    let (_b, _) = Raw::connect(tcp, Protocol::V5, "lim-b", true);
+    // A listener named before "tcp" is added: it waits for a restart, and "tcp" still gets
+    // its own new settings.
+    let added = format!("[listeners.aaa]\nbind = \"127.0.0.1:{other}\"\n");
+    std::fs::write(&cfg, listener(2) + &added).expect("config");
+    let (ok, out, err) = b.ctl(&["config", "reload"]);
+    assert!(ok, "{out}{err}");
+    b.wait_log("listener addresses and types change only at restart");
+    assert_eq!(
+        connack(tcp, connect_packet(Protocol::V5, "lim-c", true)),
+        Some(ReasonCode::QuotaExceeded)
+    );
+}
