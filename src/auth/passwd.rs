@@ -32,6 +32,27 @@ enum Hash {
     },
 }
 
+/// Written back as it is read: what `edit_file` keeps of the users it does not touch.
+impl std::fmt::Display for Hash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hash::Pbkdf2 {
+                iterations,
+                salt,
+                hash,
+            } => write!(
+                f,
+                "$7${iterations}${}${}",
+                B64.encode(salt),
+                B64.encode(hash)
+            ),
+            Hash::Sha512 { salt, hash } => {
+                write!(f, "$6${}${}", B64.encode(salt), B64.encode(hash))
+            }
+        }
+    }
+}
+
 impl Hash {
     fn parse(s: &str) -> Result<Hash, String> {
         let parts: Vec<&str> = s.split('$').collect();
@@ -103,6 +124,26 @@ pub fn hash_password(password: &str, iterations: u32) -> Result<String, String> 
     ))
 }
 
+/// The `user:hash` lines of a password file, hashes checked; errors name the line.
+fn entries<'a>(text: &'a str, origin: &str) -> Result<Vec<(&'a str, Hash)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let err = |why: &str| format!("{origin}:{}: {why}", i + 1);
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| err("expected username:hash"))?;
+        if user.is_empty() {
+            return Err(err("empty username"));
+        }
+        out.push((user, Hash::parse(hash).map_err(|e| err(&e))?));
+    }
+    Ok(out)
+}
+
 /// The users of a password file.
 pub struct PasswordDb {
     users: AHashMap<String, Hash>,
@@ -114,21 +155,10 @@ pub struct PasswordDb {
 impl PasswordDb {
     /// Parses a file's text; errors name the line.
     pub fn parse(text: &str, origin: &str) -> Result<PasswordDb, String> {
-        let mut users = AHashMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let err = |why: &str| format!("{origin}:{}: {why}", i + 1);
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| err("expected username:hash"))?;
-            if user.is_empty() {
-                return Err(err("empty username"));
-            }
-            users.insert(user.to_string(), Hash::parse(hash).map_err(|e| err(&e))?);
-        }
+        let users = entries(text, origin)?
+            .into_iter()
+            .map(|(user, hash)| (user.to_string(), hash))
+            .collect();
         Ok(PasswordDb {
             users,
             verified: Mutex::new(AHashMap::new()),
@@ -185,11 +215,8 @@ pub fn edit_file(
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    PasswordDb::parse(&text, &path.display().to_string())?;
-    let mut lines: BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
-        .filter_map(|l| l.split_once(':'))
+    let mut lines: BTreeMap<String, String> = entries(&text, &path.display().to_string())?
+        .into_iter()
         .map(|(u, h)| (u.to_string(), h.to_string()))
         .collect();
     match password {
