@@ -86,53 +86,42 @@ impl Shard {
                     .collect(),
             )),
             Request::Clients(Some(id)) => Ok(self
-                .by_client
-                .get(id.as_str())
-                .and_then(|k| self.sessions.get(*k))
-                .map_or(Value::Null, |s| client_json(s, true))),
+                .session_of(&id)
+                .map_or(Value::Null, |k| client_json(&self.sessions[k], true))),
             Request::Kick(id) => {
-                let link = self
-                    .by_client
-                    .get(id.as_str())
-                    .and_then(|k| self.sessions.get(*k))
-                    .map(|s| s.link.clone());
-                match link {
-                    None => Ok(Value::Null),
-                    Some(link) => {
-                        if let Some(link) = link {
-                            tracing::info!(client = %id, peer = %link.peer, "kicked by the admin");
-                            link.close(Close::new(
-                                ReasonCode::AdministrativeAction,
-                                "kicked by the admin",
-                            ));
-                        }
-                        Ok(json!({ "kicked": id }))
-                    }
+                let Some(key) = self.session_of(&id) else {
+                    return Ok(Value::Null);
+                };
+                if let Some(link) = &self.sessions[key].link {
+                    tracing::info!(client = %id, peer = %link.peer, "kicked by the admin");
+                    link.close(Close::new(
+                        ReasonCode::AdministrativeAction,
+                        "kicked by the admin",
+                    ));
                 }
+                Ok(json!({ "kicked": id }))
             }
-            Request::Subscriptions(id) => Ok(Value::Array(
+            Request::Subscriptions(None) => Ok(Value::Array(
                 self.sessions
                     .iter()
-                    .filter(|(_, s)| id.as_deref().is_none_or(|id| s.session.client_id == id))
                     .flat_map(|(_, s)| subs_json(s))
                     .collect(),
+            )),
+            Request::Subscriptions(Some(id)) => Ok(Value::Array(
+                self.session_of(&id)
+                    .map(|k| subs_json(&self.sessions[k]))
+                    .unwrap_or_default(),
             )),
             Request::Subscribe {
                 client,
                 filter,
                 qos,
-            } => self.admin_subscribe(&client, &filter, qos, now),
+            } => self.admin_subscribe(&client, &filter, qos),
             Request::Unsubscribe { client, filter } => {
-                let Some(&key) = self.by_client.get(client.as_str()) else {
+                let Some(key) = self.session_of(&client) else {
                     return Ok(Value::Null);
                 };
-                let removed = self
-                    .sessions
-                    .get_mut(key)
-                    .is_some_and(|s| s.session.subscriptions.remove(filter.as_str()).is_some());
-                if removed {
-                    self.unindex_subscription(key, &ByteString::from(filter.as_str()));
-                }
+                let removed = self.remove_subscription(key, &filter);
                 Ok(json!({ "clientid": client, "topic": filter, "removed": removed }))
             }
             Request::Topics => {
@@ -220,6 +209,14 @@ impl Shard {
         }
     }
 
+    /// The slot of the session `client_id` has on this shard.
+    fn session_of(&self, client_id: &str) -> Option<usize> {
+        self.by_client
+            .get(client_id)
+            .copied()
+            .filter(|k| self.sessions.contains(*k))
+    }
+
     fn status_json(&self) -> Value {
         let occupancy: Vec<usize> = (0..self.shards)
             .map(|to| self.outbox.occupancy(to))
@@ -238,8 +235,8 @@ impl Shard {
 
     /// Adds a subscription to a session as if its client had sent SUBSCRIBE (no SUBACK, and no
     /// retained messages).
-    fn admin_subscribe(&mut self, client: &str, filter: &str, qos: u8, _now: Instant) -> Reply {
-        let Some(&key) = self.by_client.get(client) else {
+    fn admin_subscribe(&mut self, client: &str, filter: &str, qos: u8) -> Reply {
+        let Some(key) = self.session_of(client) else {
             return Ok(Value::Null);
         };
         validate_filter(filter).map_err(|e| format!("bad topic filter {filter:?}: {e}"))?;
@@ -249,10 +246,7 @@ impl Shard {
             options: SubOptions::qos(qos),
             id: None,
         };
-        if let Some(slot) = self.sessions.get_mut(key) {
-            slot.session.subscriptions.insert(filter.clone(), sub);
-        }
-        self.index_subscription(key, &filter, sub, None);
+        self.add_subscription(key, &filter, sub, None);
         Ok(json!({ "clientid": client, "topic": filter.to_string(), "qos": qos as u8 }))
     }
 

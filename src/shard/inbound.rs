@@ -356,12 +356,11 @@ impl Shard {
                 options,
                 id: sub_id,
             };
-            let Some(existed) = self.with_session(key, |s| {
-                s.subscriptions.insert(filter.clone(), sub).is_some()
-            }) else {
+            let Some((existed, first)) = self.add_subscription(key, &filter, sub, Some(token))
+            else {
                 return Ok(());
             };
-            new_interest += usize::from(self.index_subscription(key, &filter, sub, Some(token)));
+            new_interest += usize::from(first);
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQos1,
@@ -408,11 +407,7 @@ impl Shard {
         }
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in u.filters {
-            let existed = self
-                .with_session(key, |s| s.subscriptions.remove(&filter).is_some())
-                .unwrap_or(false);
-            if existed {
-                self.unindex_subscription(key, &filter);
+            if self.remove_subscription(key, &filter) {
                 reasons.push(ReasonCode::Success);
             } else {
                 reasons.push(ReasonCode::NoSubscriptionExisted);

@@ -290,6 +290,40 @@ impl Shard {
         });
     }
 
+    /// Records a subscription in the session and indexes it: `None` when there is no such
+    /// session, else whether the session already had the filter and whether this was the
+    /// shard's first interest in it (as [`Shard::index_subscription`]).
+    pub(super) fn add_subscription(
+        &mut self,
+        key: usize,
+        filter: &ByteString,
+        sub: Subscription,
+        ack: Option<u64>,
+    ) -> Option<(bool, bool)> {
+        let slot = self.sessions.get_mut(key)?;
+        let existed = slot
+            .session
+            .subscriptions
+            .insert(filter.clone(), sub)
+            .is_some();
+        Some((existed, self.index_subscription(key, filter, sub, ack)))
+    }
+
+    /// Removes a subscription from the session and the index; true when it had one.
+    pub(super) fn remove_subscription(&mut self, key: usize, filter: &str) -> bool {
+        let removed = self
+            .sessions
+            .get_mut(key)
+            .and_then(|s| s.session.subscriptions.remove_entry(filter));
+        match removed {
+            Some((filter, _)) => {
+                self.unindex_subscription(key, &filter);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Adds (or replaces) a session's subscription in the trie or its shared group.
     pub(super) fn index_subscription(
         &mut self,
