@@ -44,6 +44,20 @@ pub mod tempdir {
     }
 }
 
+/// Runs the `ringmq` binary with `args` and extra environment; (success, stdout, stderr).
+pub fn ringmq(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ringmq");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -162,16 +176,10 @@ impl Broker {
 
     /// Runs `ringmq ctl` against this broker; (success, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["ctl", "--url", &format!("http://127.0.0.1:{}", self.admin)])
-            .args(args)
-            .output()
-            .expect("run ringmq ctl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let url = format!("http://127.0.0.1:{}", self.admin);
+        let mut all = vec!["ctl", "--url", &url];
+        all.extend_from_slice(args);
+        ringmq(&all, &[])
     }
 
     /// `ringmq ctl --json ...`, parsed; panics unless it succeeds.

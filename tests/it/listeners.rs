@@ -89,17 +89,11 @@ fn tls_client(dir: &Path, port: u16, cert: Option<&str>) -> std::io::Result<TlsS
 }
 
 /// Sends a packet and reads the next one over any byte stream.
-fn exchange(
-    s: &mut impl ReadWriteExt,
-    send: Option<Packet>,
-    proto: Protocol,
-) -> std::io::Result<Packet> {
-    if let Some(p) = send {
-        let mut b = BytesMut::new();
-        encode(&p, proto, &mut b);
-        s.write_all(&b)?;
-        s.flush()?;
-    }
+fn exchange(s: &mut impl ReadWriteExt, p: Packet, proto: Protocol) -> std::io::Result<Packet> {
+    let mut b = BytesMut::new();
+    encode(&p, proto, &mut b);
+    s.write_all(&b)?;
+    s.flush()?;
     let mut buf = BytesMut::new();
     loop {
         if let Ok(Some(p)) = decode(&mut buf, proto, 1 << 20) {
@@ -111,6 +105,30 @@ fn exchange(
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// CONNECT over `s`; the CONNACK's reason.
+fn connect_over(
+    s: &mut impl ReadWriteExt,
+    id: &str,
+    proto: Protocol,
+) -> std::io::Result<ReasonCode> {
+    let c = Packet::Connect(Box::new(connect_packet(proto, id, true)));
+    match exchange(s, c, proto)? {
+        Packet::ConnAck(a) => Ok(a.reason),
+        other => Err(std::io::Error::other(format!(
+            "expected CONNACK, got {other:?}"
+        ))),
+    }
+}
+
+/// A v5 QoS 1 PUBLISH over `s`; the PUBACK's reason.
+fn publish_over(s: &mut impl ReadWriteExt, topic: &str, payload: &[u8], pid: u16) -> ReasonCode {
+    let p = Packet::Publish(publish(topic, payload, QoS::AtLeastOnce, pid));
+    match exchange(s, p, Protocol::V5) {
+        Ok(Packet::PubAck(a)) => a.reason,
+        other => panic!("expected PUBACK {pid}, got {other:?}"),
     }
 }
 
@@ -154,34 +172,13 @@ fn tls_and_mutual_tls_with_the_cn_as_username() {
     crate::harness::settle();
 
     let mut dev = tls_client(&certs, tls, Some("client")).expect("mTLS handshake");
-    let ack = exchange(
-        &mut dev,
-        Some(Packet::Connect(Box::new(connect_packet(
-            Protocol::V5,
-            "d7",
-            true,
-        )))),
-        Protocol::V5,
-    )
-    .expect("connack");
-    assert!(
-        matches!(ack, Packet::ConnAck(ref a) if a.reason == ReasonCode::Success),
-        "{ack:?}"
+    assert_eq!(
+        connect_over(&mut dev, "d7", Protocol::V5).expect("connack"),
+        ReasonCode::Success
     );
-    let puback = exchange(
-        &mut dev,
-        Some(Packet::Publish(publish(
-            "device-7/temp",
-            b"21",
-            QoS::AtLeastOnce,
-            1,
-        ))),
-        Protocol::V5,
-    )
-    .expect("puback");
-    assert!(
-        matches!(puback, Packet::PubAck(ref a) if a.reason == ReasonCode::Success),
-        "{puback:?}"
+    assert_eq!(
+        publish_over(&mut dev, "device-7/temp", b"21", 1),
+        ReasonCode::Success
     );
     let got = sub.recv_publish();
     assert_eq!(
@@ -191,30 +188,11 @@ fn tls_and_mutual_tls_with_the_cn_as_username() {
     sub.ack(&got);
 
     let mut anon = tls_client(&certs, tls, None).expect("TLS without a client certificate");
-    exchange(
-        &mut anon,
-        Some(Packet::Connect(Box::new(connect_packet(
-            Protocol::V5,
-            "anon",
-            true,
-        )))),
-        Protocol::V5,
-    )
-    .expect("connack");
-    let puback = exchange(
-        &mut anon,
-        Some(Packet::Publish(publish(
-            "device-7/temp",
-            b"x",
-            QoS::AtLeastOnce,
-            1,
-        ))),
-        Protocol::V5,
-    )
-    .expect("puback");
-    assert!(
-        matches!(puback, Packet::PubAck(ref a) if a.reason == ReasonCode::NotAuthorized),
-        "no certificate, no username: {puback:?}"
+    connect_over(&mut anon, "anon", Protocol::V5).expect("connack");
+    assert_eq!(
+        publish_over(&mut anon, "device-7/temp", b"x", 1),
+        ReasonCode::NotAuthorized,
+        "no certificate, no username"
     );
 
     // Plain bytes on the TLS port: a failed handshake, counted, nobody else affected.
@@ -229,18 +207,31 @@ fn tls_and_mutual_tls_with_the_cn_as_username() {
             .any(|l| l.starts_with("ringmq_handshake_failures_total ") && !l.ends_with(" 0")),
         "{m}"
     );
-    let puback = exchange(
-        &mut dev,
-        Some(Packet::Publish(publish(
-            "device-7/temp",
-            b"22",
-            QoS::AtLeastOnce,
-            2,
-        ))),
-        Protocol::V5,
-    )
-    .expect("still connected");
-    assert!(matches!(puback, Packet::PubAck(_)));
+    assert_eq!(
+        publish_over(&mut dev, "device-7/temp", b"22", 2),
+        ReasonCode::Success
+    );
+    let got = sub.recv_publish();
+    sub.ack(&got);
+
+    // Publishes, DISCONNECT and close_notify in one burst: every publish still counts.
+    let mut bytes = BytesMut::new();
+    for i in 0..50u8 {
+        let p = publish("device-7/burst", &[i], QoS::AtMostOnce, 0);
+        encode(&Packet::Publish(p), Protocol::V5, &mut bytes);
+    }
+    let bye = Disconnect {
+        reason: ReasonCode::Success,
+        properties: None,
+    };
+    encode(&Packet::Disconnect(bye), Protocol::V5, &mut bytes);
+    dev.write_all(&bytes).expect("burst");
+    dev.conn.send_close_notify();
+    dev.flush().expect("flush");
+    drop(dev);
+    for i in 0..50u8 {
+        assert_eq!(&sub.recv_publish().payload[..], &[i]);
+    }
 }
 
 #[test]
@@ -250,16 +241,7 @@ fn mutual_tls_refuses_missing_and_foreign_certificates() {
     let (_b, tls) = tls_broker(dir, true, "");
     let refused = |cert: Option<&str>| match tls_client(&certs, tls, cert) {
         Err(_) => true,
-        Ok(mut s) => exchange(
-            &mut s,
-            Some(Packet::Connect(Box::new(connect_packet(
-                Protocol::V311,
-                "x",
-                true,
-            )))),
-            Protocol::V311,
-        )
-        .is_err(),
+        Ok(mut s) => connect_over(&mut s, "x", Protocol::V311).is_err(),
     };
     assert!(refused(None), "no certificate");
     assert!(refused(Some("other")), "a certificate from another CA");

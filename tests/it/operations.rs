@@ -4,12 +4,11 @@
 //! state saved to the data dir and back after a restart.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use ringmq::codec::*;
 
-use crate::harness::{connect_packet, props, publish, settle, tempdir, Broker, Raw, WAIT};
+use crate::harness::{connect_packet, props, publish, ringmq, settle, tempdir, Broker, Raw, WAIT};
 
 const BASE: &str = "[broker]\npin_cores = false\n";
 
@@ -289,19 +288,6 @@ fn sys_topics_and_client_events() {
         Some(Packet::PubAck(a)) => assert_eq!(a.reason, ReasonCode::NotAuthorized),
         other => panic!("{other:?}"),
     }
-}
-
-fn ringmq(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run ringmq");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
