@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::net::TcpStream;
-use ringmq::codec::{decode, encode, Connect, Disconnect, Packet, Protocol, ReasonCode};
+use ringmq::codec::{
+    decode, encode, Connect, Disconnect, Packet, Protocol, QoS, ReasonCode, SubOptions, Subscribe,
+};
 use ringmq::sock;
 
 use crate::target::TargetArgs;
@@ -114,6 +116,17 @@ impl Client {
     pub async fn send(&mut self, p: &Packet) -> io::Result<()> {
         self.queue(p);
         self.flush().await
+    }
+
+    /// Subscribes to one filter and waits for the SUBACK; false when none came.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<bool> {
+        let sub = Subscribe {
+            packet_id: 1,
+            filters: vec![(filter.into(), SubOptions::qos(qos))],
+            properties: None,
+        };
+        self.send(&Packet::Subscribe(sub)).await?;
+        Ok(matches!(self.next().await?, Some(Packet::SubAck(_))))
     }
 
     /// A normal DISCONNECT; errors are moot, the connection is ending either way.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ringmq::codec::{Packet, QoS, SubOptions, Subscribe};
+use ringmq::codec::{Packet, QoS};
 
 use crate::client::Client;
 use crate::report::{histogram, Latency, Report};
@@ -180,14 +180,8 @@ async fn worker(
                 .record(t0.elapsed().as_micros().max(1) as u64);
             if let Some(pattern) = &args.subscribe {
                 let filter = pattern.replace("{i}", &i.to_string());
-                let sub = Subscribe {
-                    packet_id: 1,
-                    filters: vec![(filter.into(), SubOptions::qos(QoS::AtMostOnce))],
-                    properties: None,
-                };
-                let ok = client.send(&Packet::Subscribe(sub)).await.is_ok()
-                    && matches!(client.next().await, Ok(Some(Packet::SubAck(_))));
-                if !ok {
+                let ok = client.subscribe(&filter, QoS::AtMostOnce).await;
+                if !matches!(ok, Ok(true)) {
                     *out.borrow_mut()
                         .failures
                         .entry("subscribe failed".into())

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
-use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode, SubOptions, Subscribe};
+use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
 use ringmq::topic::{matches, parse_shared};
 
 use crate::client::Client;
@@ -322,16 +322,7 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         .await
         .map_err(|e| anyhow::anyhow!(e.label()))?;
     let filter = args.sub_topic.replace("{i}", &j.to_string());
-    let sub = Subscribe {
-        packet_id: 1,
-        filters: vec![(filter.into(), SubOptions::qos(qos(args.qos)))],
-        properties: None,
-    };
-    c.send(&Packet::Subscribe(sub)).await?;
-    anyhow::ensure!(
-        matches!(c.next().await?, Some(Packet::SubAck(_))),
-        "no SUBACK"
-    );
+    anyhow::ensure!(c.subscribe(&filter, qos(args.qos)).await?, "no SUBACK");
     progress.up.fetch_add(1, Ordering::Relaxed);
     shared.subs_ready.fetch_add(1, Ordering::Relaxed);
     let mut next_seq: HashMap<u32, u64> = HashMap::new();
