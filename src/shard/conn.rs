@@ -114,8 +114,7 @@ async fn drive(
                 until.saturating_duration_since(Instant::now()),
             ))
             .await;
-            let max = shard.borrow().cfg.mqtt.max_packet_size as usize;
-            decode_all(&mut shard.borrow_mut(), link, &mut partial, max);
+            decode_all(&mut shard.borrow_mut(), link, &mut partial);
             continue;
         }
         let (want_read, ring_blocked) = {
@@ -163,8 +162,7 @@ async fn drive(
             eof = read(shard, stream, link, &mut partial, transport);
         } else if link.state.get() != state_before && !partial.is_empty() {
             // Packets that arrived behind the CONNECT wait in `partial` until it is granted.
-            let max = shard.borrow().cfg.mqtt.max_packet_size as usize;
-            decode_all(&mut shard.borrow_mut(), link, &mut partial, max);
+            decode_all(&mut shard.borrow_mut(), link, &mut partial);
         }
         let drained = link.out.borrow().len() <= shard.borrow().cfg.mqtt.max_outbound_bytes / 2;
         if drained {
@@ -191,7 +189,6 @@ fn read(
     };
     let mut total = 0;
     let mut eof = false;
-    let max = sh.cfg.mqtt.max_packet_size as usize;
     while total < READ_BUDGET {
         let got = match transport {
             None => sock::recv(stream, &mut buf, READ_CHUNK),
@@ -200,7 +197,7 @@ fn read(
         match got {
             Ok(0) => {
                 // TLS and WebSocket may hand over their last packets with the close itself.
-                decode_all(&mut sh, link, &mut buf, max);
+                decode_all(&mut sh, link, &mut buf);
                 eof = true;
                 break;
             }
@@ -220,7 +217,7 @@ fn read(
             }
         }
         link.last_seen.set(Instant::now());
-        if !decode_all(&mut sh, link, &mut buf, max) {
+        if !decode_all(&mut sh, link, &mut buf) {
             break;
         }
     }
@@ -236,7 +233,8 @@ fn read(
 
 /// Decodes and handles every whole packet in `buf`; false when reading must pause (closing, or
 /// waiting for the grant of a CONNECT).
-fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut, max: usize) -> bool {
+fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut) -> bool {
+    let max = sh.cfg.mqtt.max_packet_size as usize;
     loop {
         if link.close.borrow().is_some()
             || matches!(link.state.get(), LinkState::Claiming(_))
