@@ -284,6 +284,16 @@ impl Raw {
         self.s.write_all(&out).expect("write");
     }
 
+    /// Sends the packets in one write, so a broker that closes the connection part way through
+    /// them cannot fail the test with a broken pipe.
+    pub fn send_all(&mut self, packets: impl IntoIterator<Item = Packet>) {
+        let mut out = BytesMut::new();
+        for p in packets {
+            encode(&p, self.proto, &mut out);
+        }
+        self.send_bytes(&out);
+    }
+
     pub fn send_bytes(&mut self, b: &[u8]) {
         self.s.write_all(b).expect("write");
     }
@@ -410,11 +420,14 @@ impl Raw {
         }
     }
 
+    /// Sends DISCONNECT and waits for the broker to close the socket: it does so only after the
+    /// session went offline, so what a test publishes next is queued, never sent to this link.
     pub fn disconnect(mut self) {
         self.send(&Packet::Disconnect(Disconnect {
             reason: ReasonCode::Success,
             properties: None,
         }));
+        self.until_closed();
     }
 
     /// Drops the socket without DISCONNECT (an abnormal close).

@@ -466,14 +466,9 @@ fn publish_rate_flapping_and_connect_rate() {
         &format!("{BASE}[limits]\npublish_rate = 20\npublish_burst = 5\nflapping_max_connects = 3\nflapping_window = 60\nflapping_ban = 60\n"),
     );
     let (mut fast5, _) = Raw::connect(b.port, Protocol::V5, "fast5", true);
-    for i in 1..=50u16 {
-        fast5.send(&Packet::Publish(publish(
-            "flood",
-            b"x",
-            QoS::AtLeastOnce,
-            i,
-        )));
-    }
+    fast5.send_all(
+        (1..=50u16).map(|i| Packet::Publish(publish("flood", b"x", QoS::AtLeastOnce, i))),
+    );
     let got = fast5.until_closed();
     assert!(
         got.iter().any(
