@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// User-space memory per idle connection, measured (see the README's figures), plus the
 /// kernel's per-socket cost with no buffers held.
-pub const BROKER_BYTES_PER_CONN: u64 = 1700;
+pub const BROKER_BYTES_PER_CONN: u64 = 1300;
 pub const KERNEL_BYTES_PER_CONN: u64 = 3700;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

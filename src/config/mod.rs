@@ -15,6 +15,9 @@ pub use sections::*;
 /// The commented default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("ringmq.default.toml");
 
+/// Listeners a configuration may declare (a connection keeps its listener's index in 16 bits).
+pub const MAX_LISTENERS: usize = 256;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -114,6 +117,9 @@ impl Config {
         };
         if self.listeners.is_empty() {
             return bad("listeners", "at least one listener is needed");
+        }
+        if self.listeners.len() > MAX_LISTENERS {
+            return bad("listeners", &format!("at most {MAX_LISTENERS} listeners"));
         }
         let mut binds = std::collections::HashSet::new();
         for (name, l) in &self.listeners {
@@ -224,6 +230,11 @@ mod tests {
         assert!(e.to_string().contains("listeners.s.certfile"), "{e}");
         let e = Config::parse("[admin]\nbind = \"0.0.0.0:18083\"\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("admin.bind"), "{e}");
+        let many: String = (0..=MAX_LISTENERS)
+            .map(|i| format!("[listeners.l{i}]\nbind = \"127.0.0.1:{}\"\n", 20000 + i))
+            .collect();
+        let e = Config::parse(&many, "f.toml").unwrap_err();
+        assert!(e.to_string().contains("at most 256 listeners"), "{e}");
     }
 
     #[test]

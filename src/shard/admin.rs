@@ -184,9 +184,9 @@ impl Shard {
                     let Some(slot) = self.sessions.get_mut(key) else {
                         continue;
                     };
-                    let due = slot.link.is_some() || slot.will_at.is_some();
+                    let due = slot.link.is_some() || slot.will_at().is_some();
                     if let Some(will) = slot.session.will.take().filter(|_| due) {
-                        slot.will_at = None;
+                        slot.set_will_at(None);
                         let origin = slot.session.client_id.clone();
                         self.publish_will(*will, origin, now);
                         wills += 1;
@@ -211,10 +211,7 @@ impl Shard {
 
     /// The slot of the session `client_id` has on this shard.
     fn session_of(&self, client_id: &str) -> Option<usize> {
-        self.by_client
-            .get(client_id)
-            .copied()
-            .filter(|k| self.sessions.contains(*k))
+        self.by_client.get(&self.sessions, client_id)
     }
 
     fn status_json(&self) -> Value {

@@ -198,7 +198,7 @@ impl Shard {
         clean_start: bool,
     ) {
         let now = Instant::now();
-        let session = if let Some(&key) = self.by_client.get(&client_id) {
+        let session = if let Some(key) = self.by_client.get(&self.sessions, &client_id) {
             self.take_session(key, clean_start, now)
         } else {
             let waiting = self.pending.iter().find(|(_, l)| {
@@ -275,10 +275,7 @@ impl Shard {
             );
             return;
         }
-        let link = self
-            .pending
-            .remove(&g.token)
-            .filter(|l| l.close.borrow().is_none());
+        let link = self.pending.remove(&g.token).filter(|l| !l.is_closing());
         let connect = link.as_ref().and_then(|l| l.connect.borrow_mut().take());
         let (Some(link), Some(mut c)) = (link, connect) else {
             self.orphan_grant(g, now);
@@ -319,18 +316,12 @@ impl Shard {
             props.and_then(|p| p.topic_alias_maximum).unwrap_or(0),
         );
         session.will = c.will.take().map(Box::new);
-        let slot = SessionSlot {
-            session,
-            link: Some(link.clone()),
-            token: g.token,
-            expires_at: None,
-            will_at: None,
-        };
-        let key = self.insert_session(slot);
+        let key = self.insert_session(SessionSlot::new(session, Some(link.clone()), g.token));
         if session_present {
             self.resubscribe(key);
         }
         link.state.set(LinkState::Active(key));
+        link.last_seen.set(now);
         link.connacked.set(true);
         let properties = if c.protocol.is_v5() {
             Some(Box::new(self.connack_props(&c)))
@@ -375,14 +366,7 @@ impl Shard {
     fn orphan_grant(&mut self, g: Grant, now: Instant) {
         match g.session {
             Some(s) if s.expiry_interval > 0 => {
-                let slot = SessionSlot {
-                    session: *s,
-                    link: None,
-                    token: g.token,
-                    expires_at: None,
-                    will_at: None,
-                };
-                let key = self.insert_session(slot);
+                let key = self.insert_session(SessionSlot::new(*s, None, g.token));
                 self.resubscribe(key);
                 self.schedule_expiry(key, now);
             }
@@ -443,7 +427,7 @@ impl Shard {
             return;
         }
         let at = now + Duration::from_secs(u64::from(secs));
-        slot.expires_at = Some(at);
+        slot.set_expires_at(at);
         let token = slot.token;
         self.schedule(at, TimerKind::Expiry, key, token);
     }
@@ -479,7 +463,7 @@ impl Shard {
                     Some(d) => {
                         let at = now
                             + Duration::from_secs(u64::from(d.min(slot.session.expiry_interval)));
-                        slot.will_at = Some(at);
+                        slot.set_will_at(Some(at));
                         let token = slot.token;
                         self.schedule(at, TimerKind::Will, key, token);
                     }
@@ -514,9 +498,8 @@ impl Shard {
     }
 
     pub(super) fn insert_session(&mut self, slot: SessionSlot) -> usize {
-        let client_id = slot.session.client_id.clone();
         let key = self.sessions.insert(slot);
-        self.by_client.insert(client_id, key);
+        self.by_client.insert(&self.sessions, key);
         self.stats.sessions.inc();
         key
     }
@@ -524,9 +507,7 @@ impl Shard {
     fn remove_session(&mut self, key: usize) -> SessionSlot {
         let slot = self.sessions.remove(key);
         self.stats.sessions.dec();
-        if self.by_client.get(&slot.session.client_id) == Some(&key) {
-            self.by_client.remove(&slot.session.client_id);
-        }
+        self.by_client.remove(&slot.session.client_id, key);
         let filters: Vec<ByteString> = slot.session.subscriptions.keys().cloned().collect();
         for f in filters {
             self.unindex_subscription(key, &f);

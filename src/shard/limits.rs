@@ -136,8 +136,7 @@ impl Shard {
                 "publish rate exceeded",
             ));
         }
-        link.throttle
-            .set(Some(now + wait.min(Duration::from_secs(5))));
+        extras.throttle = Some(now + wait.min(Duration::from_secs(5)));
         Ok(())
     }
 

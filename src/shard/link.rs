@@ -99,7 +99,10 @@ impl OutBuf {
             n -= front.len();
             self.chunks.pop_front();
         }
-        if self.len == 0 && self.head.capacity() > 16 * 1024 {
+        // Nothing queued: a buffer that only ever held a few small packets (an idle client's
+        // CONNACK, PINGRESP) is let go, and one a busy client grew is kept up to 16 KiB.
+        let cap = self.head.capacity();
+        if self.len == 0 && !(256..=16 * 1024).contains(&cap) {
             self.head = BytesMut::new();
         }
     }
@@ -130,65 +133,70 @@ pub struct Extras {
     pub cert_user: Option<Box<str>>,
     /// Publish-rate buckets (with `[limits]` rates set).
     pub rate: Option<super::limits::RateLimiter>,
+    /// Until when reading pauses: a v3 client over its publish rate is read more slowly.
+    pub throttle: Option<Instant>,
 }
 
+/// Shared by the connection's task and the shard, one per connection: kept small (fields a
+/// connection rarely needs are boxed) because every idle connection holds one.
 pub struct ConnLink {
     pub peer: SocketAddr,
     pub state: Cell<LinkState>,
     pub protocol: Cell<Protocol>,
-    pub out: RefCell<OutBuf>,
-    /// Set by the shard: the task writes a DISCONNECT (v5, when connected) and closes.
-    pub close: RefCell<Option<Close>>,
-    /// The CONNECT waiting for its grant.
-    pub connect: RefCell<Option<Box<Connect>>>,
     /// A successful CONNACK went out: a v5 client is told why it is closed.
     pub connacked: Cell<bool>,
     pub keep_alive: Cell<u16>,
-    pub last_seen: Cell<Instant>,
-    pub opened: Instant,
-    /// The listener (index in the configuration) the connection came in on.
-    pub listener: usize,
     /// Set at accept when a limit or overload means the CONNECT will be refused with this.
     pub refusal: Cell<Option<ReasonCode>>,
+    /// The listener (index in the configuration) the connection came in on.
+    listener: u16,
+    pub out: RefCell<OutBuf>,
+    /// Set by the shard: the task writes a DISCONNECT (v5, when connected) and closes.
+    close: Cell<Option<Box<Close>>>,
+    /// The CONNECT waiting for its grant.
+    pub connect: RefCell<Option<Box<Connect>>>,
+    /// When the connection opened, until it is granted its session; from then on, when its
+    /// client was last heard from (the keep-alive clock).
+    pub last_seen: Cell<Instant>,
     /// What only some connections need, allocated on first use (idle connections stay small).
     pub extras: RefCell<Option<Box<Extras>>>,
-    /// Until when reading pauses: a v3 client over its publish rate is read more slowly.
-    pub throttle: Cell<Option<Instant>>,
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
 }
 
 impl ConnLink {
+    /// `listener` is below `config::MAX_LISTENERS`, which the configuration enforces.
     pub fn new(peer: SocketAddr, now: Instant, listener: usize) -> ConnLink {
         ConnLink {
             peer,
             state: Cell::new(LinkState::New),
             protocol: Cell::new(Protocol::V311),
-            out: RefCell::default(),
-            close: RefCell::new(None),
-            connect: RefCell::new(None),
             connacked: Cell::new(false),
             keep_alive: Cell::new(0),
-            last_seen: Cell::new(now),
-            opened: now,
-            listener,
             refusal: Cell::new(None),
+            listener: u16::try_from(listener).unwrap_or(u16::MAX),
+            out: RefCell::default(),
+            close: Cell::new(None),
+            connect: RefCell::new(None),
+            last_seen: Cell::new(now),
             extras: RefCell::new(None),
-            throttle: Cell::new(None),
-            waker: RefCell::new(None),
+            waker: Cell::new(None),
         }
     }
 
     pub fn register(&self, waker: &Waker) {
-        let mut slot = self.waker.borrow_mut();
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
+        let current = self.waker.take();
+        self.waker.set(match current {
+            Some(w) if w.will_wake(waker) => Some(w),
+            _ => Some(waker.clone()),
+        });
     }
 
     pub fn wake(&self) {
-        if let Some(w) = self.waker.borrow().as_ref() {
+        let waker = self.waker.take();
+        if let Some(w) = &waker {
             w.wake_by_ref();
         }
+        self.waker.set(waker);
     }
 
     pub fn send(&self, p: &Packet) {
@@ -203,12 +211,28 @@ impl ConnLink {
 
     /// Asks the task to close; the first reason wins.
     pub fn close(&self, close: Close) {
-        let mut slot = self.close.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(close);
-        }
-        drop(slot);
+        let current = self.close.take();
+        self.close.set(current.or_else(|| Some(Box::new(close))));
         self.wake();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        let current = self.close.take();
+        let closing = current.is_some();
+        self.close.set(current);
+        closing
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<Close> {
+        let current = self.close.take();
+        let reason = current.as_deref().cloned();
+        self.close.set(current);
+        reason
+    }
+
+    pub fn listener(&self) -> usize {
+        usize::from(self.listener)
     }
 
     /// The link's extras, created on first use.
@@ -216,6 +240,18 @@ impl ConnLink {
         std::cell::RefMut::map(self.extras.borrow_mut(), |e| {
             &mut **e.get_or_insert_with(Box::default)
         })
+    }
+
+    /// The pause a v3 client over its publish rate is due, taken.
+    pub fn take_throttle(&self) -> Option<Instant> {
+        self.extras.borrow_mut().as_mut()?.throttle.take()
+    }
+
+    pub fn throttled(&self) -> bool {
+        self.extras
+            .borrow()
+            .as_ref()
+            .is_some_and(|e| e.throttle.is_some())
     }
 
     pub fn session(&self) -> Option<usize> {

@@ -3,6 +3,7 @@
 //! handlers, never across an `.await`. Other shards are reached through the ring mesh only.
 
 mod admin;
+mod client_index;
 mod conn;
 mod connect;
 mod inbound;
@@ -68,10 +69,48 @@ pub struct SessionSlot {
     pub link: Option<Rc<ConnLink>>,
     /// The claim token this session was granted with; timers and releases carry it.
     pub token: u64,
+    /// When the session expires and its delayed will is due, once disconnected. Boxed: a
+    /// connected session has neither, and every session pays for the field.
+    offline: Option<Box<OfflineTimers>>,
+}
+
+#[derive(Default)]
+struct OfflineTimers {
+    expires_at: Option<Instant>,
+    will_at: Option<Instant>,
+}
+
+impl SessionSlot {
+    pub fn new(session: Session, link: Option<Rc<ConnLink>>, token: u64) -> SessionSlot {
+        SessionSlot {
+            session,
+            link,
+            token,
+            offline: None,
+        }
+    }
+
     /// When the session expires, once disconnected.
-    pub expires_at: Option<Instant>,
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.offline.as_ref()?.expires_at
+    }
+
     /// When the will is due, once disconnected with a will delay.
-    pub will_at: Option<Instant>,
+    pub fn will_at(&self) -> Option<Instant> {
+        self.offline.as_ref()?.will_at
+    }
+
+    pub fn set_expires_at(&mut self, at: Instant) {
+        self.offline.get_or_insert_with(Box::default).expires_at = Some(at);
+    }
+
+    pub fn set_will_at(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            self.offline.get_or_insert_with(Box::default).will_at = Some(at);
+        } else if let Some(timers) = self.offline.as_mut() {
+            timers.will_at = None;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,7 +144,7 @@ pub struct Shard {
     pump_waker: Option<Waker>,
     conns: Slab<Rc<ConnLink>>,
     pub sessions: Slab<SessionSlot>,
-    by_client: AHashMap<ByteString, usize>,
+    by_client: client_index::ClientIndex,
     /// Connections waiting for a grant, by claim token.
     pending: AHashMap<u64, Rc<ConnLink>>,
     /// Claims superseded before their grant arrived: token -> (shard, token, clean start).
@@ -158,7 +197,7 @@ impl Shard {
             pump_waker: None,
             conns: Slab::new(),
             sessions: Slab::new(),
-            by_client: AHashMap::new(),
+            by_client: client_index::ClientIndex::default(),
             pending: AHashMap::new(),
             superseded: AHashMap::new(),
             home: AHashMap::new(),
@@ -305,7 +344,9 @@ impl Shard {
         let connect_timeout = self.cfg.connect_timeout();
         for (_, link) in &self.conns {
             match link.state.get() {
-                link::LinkState::New if now.duration_since(link.opened) > connect_timeout => {
+                link::LinkState::New
+                    if now.duration_since(link.last_seen.get()) > connect_timeout =>
+                {
                     link.close(link::Close::new(
                         crate::codec::ReasonCode::MaximumConnectTime,
                         "no CONNECT in time",
@@ -340,14 +381,14 @@ impl Shard {
             return;
         }
         match kind {
-            TimerKind::Will if slot.will_at.is_some_and(|t| t <= now) => {
-                slot.will_at = None;
+            TimerKind::Will if slot.will_at().is_some_and(|t| t <= now) => {
+                slot.set_will_at(None);
                 if let Some(will) = slot.session.will.take() {
                     let origin = slot.session.client_id.clone();
                     self.publish_will(*will, origin, now);
                 }
             }
-            TimerKind::Expiry if slot.expires_at.is_some_and(|t| t <= now) => {
+            TimerKind::Expiry if slot.expires_at().is_some_and(|t| t <= now) => {
                 self.end_session(key, now);
             }
             _ => {}

@@ -94,13 +94,7 @@ impl Shard {
         for session in saved.sessions {
             let token = self.token();
             let client_id = session.client_id.clone();
-            let key = self.insert_session(SessionSlot {
-                session,
-                link: None,
-                token,
-                expires_at: None,
-                will_at: None,
-            });
+            let key = self.insert_session(SessionSlot::new(session, None, token));
             self.home.insert(client_id, (self.id, token));
             self.resubscribe(key);
             self.schedule_expiry(key, now);
