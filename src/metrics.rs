@@ -15,10 +15,16 @@ type ReadQos = fn(&Stats) -> &[Counter; 3];
 /// A family summed over shards: name, type, help, the counter.
 type Summed = (&'static str, &'static str, &'static str, Read);
 
-const GAUGES: [Summed; 3] = [
+const GAUGES: [Summed; 4] = [
     ("connections", "gauge", "Open client connections.", |s| {
         &s.connections
     }),
+    (
+        "connections_hibernating",
+        "gauge",
+        "Open connections hibernating (idle, without a task).",
+        |s| &s.hibernating,
+    ),
     ("sessions", "gauge", "Sessions, connected or not.", |s| {
         &s.sessions
     }),

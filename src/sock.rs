@@ -30,6 +30,11 @@ pub fn prepare(stream: &TcpStream) -> io::Result<()> {
     })
 }
 
+/// A second descriptor for the socket, which keeps it open after the stream is dropped.
+pub fn duplicate(stream: &TcpStream) -> io::Result<std::os::fd::OwnedFd> {
+    with_sock(stream, |s| s.try_clone()).map(Into::into)
+}
+
 /// Reads what the socket holds (up to the buffer's spare room, grown to `min_room` first).
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing to read.
 pub fn recv(stream: &TcpStream, buf: &mut BytesMut, min_room: usize) -> io::Result<usize> {

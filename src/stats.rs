@@ -46,6 +46,8 @@ pub enum DropReason {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: Counter,
+    /// Connections hibernating (no task, socket in the shard's epoll set).
+    pub hibernating: Counter,
     pub sessions: Counter,
     pub subscriptions: Counter,
     /// Retained messages in this shard's replica.

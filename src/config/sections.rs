@@ -24,6 +24,8 @@ pub struct BrokerConfig {
     pub shutdown_timeout: u64,
     /// Connections the whole broker accepts (0: no limit).
     pub max_connections: usize,
+    /// Seconds without traffic after which a plain-TCP connection hibernates (0: never).
+    pub hibernate_after: u64,
 }
 
 impl Default for BrokerConfig {
@@ -36,6 +38,7 @@ impl Default for BrokerConfig {
             data_dir: "./data".into(),
             shutdown_timeout: 10,
             max_connections: 0,
+            hibernate_after: 10,
         }
     }
 }

@@ -196,8 +196,8 @@ impl Shard {
             }
             Request::Close => {
                 let mut closed = 0;
-                for (_, link) in &self.conns {
-                    link.close(Close::new(
+                for (_, conn) in &self.conns {
+                    conn.link.close(Close::new(
                         ReasonCode::ServerShuttingDown,
                         "server shutting down",
                     ));

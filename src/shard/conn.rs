@@ -2,7 +2,8 @@
 //! output or a close request. Reads go into the shard's shared buffer; only a frame split across
 //! reads is kept per connection. Writes are non-blocking `writev`s of what is queued. A client
 //! whose output backs up is no longer read from (its own TCP back-pressure), and neither is any
-//! client while a ring to another shard is full.
+//! client while a ring to another shard is full. An idle plain-TCP connection's loop ends early
+//! and its task with it: it hibernates (`super::hibernate`) until there is something to do.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -20,7 +21,7 @@ use smallvec::SmallVec;
 
 use super::link::{Close, ConnLink, LinkState};
 use super::transport::Transport;
-use super::Shard;
+use super::{hibernate, Conn, Shard};
 use crate::codec::{decode, Disconnect, Packet, ReasonCode};
 use crate::sock;
 
@@ -49,12 +50,13 @@ enum Event {
     Output,
 }
 
-/// What a connection's task starts with, set up before the task exists.
-struct Accepted {
-    link: Rc<ConnLink>,
-    transport: Option<Box<Transport>>,
+/// What a connection's task starts with, set up before the task exists (or kept while it
+/// hibernates).
+pub(super) struct Accepted {
+    pub link: Rc<ConnLink>,
+    pub transport: Option<Box<Transport>>,
     /// The connection's key in the shard's connection table.
-    idx: usize,
+    pub idx: usize,
 }
 
 /// Prepares the socket, its link and transport, and registers the connection with the shard.
@@ -90,7 +92,11 @@ fn admit(
     }
     link.refusal.set(refusal);
     sh.stats.connections.inc();
-    let idx = sh.conns.insert(link.clone());
+    let idx = sh.conns.insert(Conn {
+        link: link.clone(),
+        hibernating: None,
+        plain: transport.is_none(),
+    });
     Some(Accepted {
         link,
         transport,
@@ -105,25 +111,26 @@ fn admit(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice: 128 bytes more per idle connection"
 )]
-fn serve(
+pub(super) fn serve(
     shard: Rc<RefCell<Shard>>,
     stream: TcpStream,
     mut conn: Accepted,
 ) -> impl Future<Output = ()> {
     async move {
-        drive(&shard, &stream, &conn.link, &mut conn.transport).await;
+        while drive(&shard, &stream, &conn.link, &mut conn.transport).await {
+            if hibernate::hibernate(&shard, &stream, &conn) {
+                return;
+            }
+        }
         finish(&stream, &conn.link, &mut conn.transport).await;
-        let mut sh = shard.borrow_mut();
-        sh.conns.remove(conn.idx);
-        sh.stats.connections.dec();
-        sh.connection_gone(conn.link.listener());
-        sh.connection_closed(&conn.link, Instant::now());
+        shard.borrow_mut().connection_ended(conn.idx, &conn.link);
     }
 }
 
-/// The connection's loop, until it closes. Kept apart from `finish` so the two futures' states
-/// overlap in the task instead of adding up (this is most of an idle connection's memory); an
-/// `async` block for the same reason as `serve`.
+/// The connection's loop, until it closes (false) or has been idle long enough to hibernate
+/// (true). Kept apart from `finish` so the two futures' states overlap in the task instead of
+/// adding up (this is most of an idle connection's memory); an `async` block for the same reason
+/// as `serve`.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice: 32 bytes more per idle connection"
@@ -133,7 +140,7 @@ fn drive<'a>(
     stream: &'a TcpStream,
     link: &'a Rc<ConnLink>,
     transport: &'a mut Option<Box<Transport>>,
-) -> impl Future<Output = ()> + 'a {
+) -> impl Future<Output = bool> + 'a {
     async move {
         let mut partial = BytesMut::new();
         let mut readable = pin!(Some(stream.readable(false)));
@@ -143,11 +150,17 @@ fn drive<'a>(
         loop {
             match flush(stream, link, transport) {
                 Ok(0) => {}
-                Ok(n) => shard.borrow().stats.bytes_out.add(n as i64),
-                Err(_) => break,
+                Ok(n) => {
+                    link.touch(Instant::now());
+                    shard.borrow().stats.bytes_out.add(n as i64);
+                }
+                Err(_) => return false,
             }
             if link.is_closing() || eof {
-                break;
+                return false;
+            }
+            if may_hibernate(shard, link, transport, &partial) {
+                return true;
             }
             if let Some(until) = link.take_throttle() {
                 // Boxed: monoio's timer is 640 bytes, and inline it would sit in every idle task.
@@ -195,6 +208,7 @@ fn drive<'a>(
                 if out_pending
                     || link.is_closing()
                     || discriminant(&link.state.get()) != state_before
+                    || (want_read && may_hibernate(shard, link, transport, &partial))
                 {
                     return Poll::Ready(Event::Output);
                 }
@@ -217,6 +231,17 @@ fn drive<'a>(
             }
         }
     }
+}
+
+/// Whether the connection may hibernate now: plain TCP, no split frame held, and the shard's
+/// conditions (`Shard::may_hibernate`).
+fn may_hibernate(
+    shard: &Rc<RefCell<Shard>>,
+    link: &ConnLink,
+    transport: &Option<Box<Transport>>,
+    partial: &BytesMut,
+) -> bool {
+    transport.is_none() && partial.is_empty() && shard.borrow().may_hibernate(link)
 }
 
 /// Reads and handles what the socket holds; true at end of stream or on a fatal error.
@@ -263,7 +288,7 @@ fn read(
             }
         }
         if link.session().is_some() {
-            link.last_seen.set(Instant::now());
+            link.heard(Instant::now());
         }
         if !decode_all(&mut sh, link, &mut buf) {
             break;

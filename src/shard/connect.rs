@@ -321,7 +321,7 @@ impl Shard {
             self.resubscribe(key);
         }
         link.state.set(LinkState::Active(key));
-        link.last_seen.set(now);
+        link.heard(now);
         link.connacked.set(true);
         let properties = if c.protocol.is_v5() {
             Some(Box::new(self.connack_props(&c)))

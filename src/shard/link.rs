@@ -6,8 +6,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -108,6 +109,19 @@ impl OutBuf {
     }
 }
 
+/// Milliseconds since the process started, wrapping every 49 days: a link's clocks only measure
+/// spans far shorter than that, and take 4 bytes each instead of an `Instant`'s 16.
+fn millis(now: Instant) -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Truncation is the wrap described above.
+    now.saturating_duration_since(epoch).as_millis() as u32
+}
+
+fn since(now: u32, then: u32) -> Duration {
+    Duration::from_millis(u64::from(now.wrapping_sub(then)))
+}
+
 /// Why the shard closes a connection.
 #[derive(Debug, Clone)]
 pub struct Close {
@@ -156,8 +170,11 @@ pub struct ConnLink {
     /// The CONNECT waiting for its grant.
     pub connect: RefCell<Option<Box<Connect>>>,
     /// When the connection opened, until it is granted its session; from then on, when its
-    /// client was last heard from (the keep-alive clock).
-    pub last_seen: Cell<Instant>,
+    /// client was last heard from (the keep-alive clock). In `millis`.
+    last_seen: Cell<u32>,
+    /// When something last happened on it besides its client sending (output, a resume from
+    /// hibernation), in `millis`.
+    last_active: Cell<u32>,
     /// What only some connections need, allocated on first use (idle connections stay small).
     pub extras: RefCell<Option<Box<Extras>>>,
     waker: Cell<Option<Waker>>,
@@ -177,7 +194,8 @@ impl ConnLink {
             out: RefCell::default(),
             close: Cell::new(None),
             connect: RefCell::new(None),
-            last_seen: Cell::new(now),
+            last_seen: Cell::new(millis(now)),
+            last_active: Cell::new(millis(now)),
             extras: RefCell::new(None),
             waker: Cell::new(None),
         }
@@ -229,6 +247,27 @@ impl ConnLink {
         let reason = current.as_deref().cloned();
         self.close.set(current);
         reason
+    }
+
+    /// Its client was heard from (or it was granted its session) at `now`.
+    pub fn heard(&self, now: Instant) {
+        self.last_seen.set(millis(now));
+    }
+
+    /// Something happened on it at `now` (output, a resume): it is not idle.
+    pub fn touch(&self, now: Instant) {
+        self.last_active.set(millis(now));
+    }
+
+    /// How long since it opened (before its grant) or its client was last heard from.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        since(millis(now), self.last_seen.get())
+    }
+
+    /// How long since any traffic either way (or a resume).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        self.silent_for(now)
+            .min(since(millis(now), self.last_active.get()))
     }
 
     pub fn listener(&self) -> usize {

@@ -6,6 +6,7 @@ mod admin;
 mod client_index;
 mod conn;
 mod connect;
+mod hibernate;
 mod inbound;
 mod interest;
 mod limits;
@@ -61,6 +62,15 @@ pub struct SubEntry {
 pub struct SharedGroup {
     pub members: SmallVec<[SubEntry; 2]>,
     pub next: usize,
+}
+
+/// An open connection, as the shard knows it.
+pub struct Conn {
+    pub link: Rc<ConnLink>,
+    /// Its socket, while it hibernates (and has no task).
+    pub hibernating: Option<std::os::fd::OwnedFd>,
+    /// Plain TCP (no TLS or WebSocket state): it may hibernate.
+    pub plain: bool,
 }
 
 /// A session and, while it is connected, its connection.
@@ -142,7 +152,9 @@ pub struct Shard {
     /// Messages this shard sends itself (home shard == this shard).
     self_queue: VecDeque<XMsg>,
     pump_waker: Option<Waker>,
-    conns: Slab<Rc<ConnLink>>,
+    conns: Slab<Conn>,
+    /// The epoll set of hibernating connections (None with `broker.hibernate_after = 0`).
+    hibernation: Option<hibernate::Hibernation>,
     pub sessions: Slab<SessionSlot>,
     by_client: client_index::ClientIndex,
     /// Connections waiting for a grant, by claim token.
@@ -178,6 +190,12 @@ impl Shard {
             control,
             listeners,
         } = boot;
+        let hibernation = (cfg.broker.hibernate_after > 0)
+            .then(hibernate::Hibernation::new)
+            .and_then(|h| {
+                h.map_err(|e| tracing::warn!(error = %e, "hibernation is off: no epoll set"))
+                    .ok()
+            });
         Shard {
             id,
             shards,
@@ -196,6 +214,7 @@ impl Shard {
             self_queue: VecDeque::new(),
             pump_waker: None,
             conns: Slab::new(),
+            hibernation,
             sessions: Slab::new(),
             by_client: client_index::ClientIndex::default(),
             pending: AHashMap::new(),
@@ -331,6 +350,26 @@ impl Shard {
         }
     }
 
+    /// Whether a connected, idle, plain-TCP link with nothing pending may hibernate now.
+    fn may_hibernate(&self, link: &ConnLink) -> bool {
+        let after = self.cfg.broker.hibernate_after;
+        self.hibernation.is_some()
+            && after > 0
+            && link.session().is_some()
+            && link.out.borrow().is_empty()
+            && !link.throttled()
+            && link.idle_for(Instant::now()) >= Duration::from_secs(after)
+    }
+
+    /// A connection's task ended (or a hibernating one could not resume): it is forgotten, and
+    /// its session goes offline.
+    fn connection_ended(&mut self, idx: usize, link: &ConnLink) {
+        self.conns.remove(idx);
+        self.stats.connections.dec();
+        self.connection_gone(link.listener());
+        self.connection_closed(link, Instant::now());
+    }
+
     fn schedule(&mut self, at: Instant, kind: TimerKind, key: usize, token: u64) {
         self.timers.push(Reverse((at, kind, key, token)));
     }
@@ -342,11 +381,16 @@ impl Shard {
         self.stats.ring_occupancy.set(occupancy as i64);
         let mult = self.cfg.mqtt.keepalive_multiplier;
         let connect_timeout = self.cfg.connect_timeout();
-        for (_, link) in &self.conns {
+        let hibernate_after = Duration::from_secs(self.cfg.broker.hibernate_after);
+        for (_, conn) in &self.conns {
+            let link = &conn.link;
+            let dozing = self.hibernation.is_some() && conn.plain && conn.hibernating.is_none();
+            if dozing && link.session().is_some() && link.idle_for(now) >= hibernate_after {
+                // Its task looks at the link and hibernates if nothing else is going on.
+                link.wake();
+            }
             match link.state.get() {
-                link::LinkState::New
-                    if now.duration_since(link.last_seen.get()) > connect_timeout =>
-                {
+                link::LinkState::New if link.silent_for(now) > connect_timeout => {
                     link.close(link::Close::new(
                         crate::codec::ReasonCode::MaximumConnectTime,
                         "no CONNECT in time",
@@ -354,7 +398,7 @@ impl Shard {
                 }
                 link::LinkState::Active(_) if link.keep_alive.get() > 0 => {
                     let limit = Duration::from_secs_f32(f32::from(link.keep_alive.get()) * mult);
-                    if now.duration_since(link.last_seen.get()) > limit {
+                    if link.silent_for(now) > limit {
                         link.close(link::Close::new(
                             crate::codec::ReasonCode::KeepAliveTimeout,
                             "keep-alive timeout",
@@ -436,6 +480,7 @@ pub fn run(
             monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
         }
         monoio::spawn(sweeper(shard.clone()));
+        monoio::spawn(hibernate::resumer(shard.clone()));
         monoio::spawn(limits::lag_probe(shard.clone()));
         monoio::spawn(sys::publisher(shard.clone()));
         pump(shard, inbox).await;

@@ -141,7 +141,7 @@ fn tls_broker(dir: tempdir::Dir, fail_if_no_cert: bool, extra: &str) -> (Broker,
     let tcp = free_port();
     let d = dir.0.display();
     let toml = format!(
-        "[broker]\npin_cores = false\n\
+        "[broker]\npin_cores = false\nhibernate_after = 1\n\
          [listeners.tcp]\nbind = \"127.0.0.1:{tcp}\"\n\
          [listeners.tls]\ntype = \"tls\"\nbind = \"127.0.0.1:{tls}\"\n\
          certfile = \"{d}/server.pem\"\nkeyfile = \"{d}/server.key\"\ncafile = \"{d}/ca.pem\"\n\
@@ -150,6 +150,29 @@ fn tls_broker(dir: tempdir::Dir, fail_if_no_cert: bool, extra: &str) -> (Broker,
     let mut b = Broker::launch(2, &toml, dir, &[]);
     b.port = tcp;
     (b, tls)
+}
+
+#[test]
+fn tls_connections_never_hibernate_and_plain_ones_next_to_them_do() {
+    let dir = tempdir::Dir::new();
+    let certs = dir.0.clone();
+    let (b, tls) = tls_broker(dir, false, "");
+    let mut secure = tls_client(&certs, tls, None).expect("TLS handshake");
+    assert_eq!(
+        connect_over(&mut secure, "secure", Protocol::V5).expect("CONNACK"),
+        ReasonCode::Success
+    );
+    let (mut plain, _) = Raw::connect(b.port, Protocol::V5, "plain", true);
+    crate::hibernation::until_hibernating(&b, 1);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        crate::hibernation::hibernating(&b),
+        1,
+        "the TLS client stays awake"
+    );
+    assert_eq!(publish_over(&mut secure, "t", b"x", 1), ReasonCode::Success);
+    plain.send(&Packet::PingReq);
+    assert_eq!(plain.recv(), Some(Packet::PingResp));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod clients;
 mod harness;
+mod hibernation;
 mod listeners;
 mod loadgen;
 mod operations;
