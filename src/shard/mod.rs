@@ -381,10 +381,12 @@ impl Shard {
         self.stats.ring_occupancy.set(occupancy as i64);
         let mult = self.cfg.mqtt.keepalive_multiplier;
         let connect_timeout = self.cfg.connect_timeout();
-        let hibernate_after = Duration::from_secs(self.cfg.broker.hibernate_after);
+        let after = self.cfg.broker.hibernate_after;
+        let hibernate_after = Duration::from_secs(after);
+        let hibernating = self.hibernation.is_some() && after > 0;
         for (_, conn) in &self.conns {
             let link = &conn.link;
-            let dozing = self.hibernation.is_some() && conn.plain && conn.hibernating.is_none();
+            let dozing = hibernating && conn.plain && conn.hibernating.is_none();
             if dozing && link.session().is_some() && link.idle_for(now) >= hibernate_after {
                 // Its task looks at the link and hibernates if nothing else is going on.
                 link.wake();
