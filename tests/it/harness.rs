@@ -461,6 +461,17 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, pid: u16) -> Publish {
     }
 }
 
+/// A will without properties.
+pub fn will(topic: &str, payload: &'static [u8], qos: QoS) -> Will {
+    Will {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: None,
+    }
+}
+
 pub fn props(f: impl FnOnce(&mut Properties)) -> Props {
     let mut p = Properties::default();
     f(&mut p);

@@ -4,10 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ringmq::codec::*;
 
-use crate::harness::{connect_packet, Broker, Raw};
+use crate::harness::{connect_packet, will, Broker, Raw};
 
 const HIBERNATE: &str = "[broker]\npin_cores = false\nhibernate_after = 1\n";
 
@@ -41,13 +40,7 @@ fn hibernating_connections_wake_for_messages_input_kicks_timeouts_and_wills() {
     let (mut s3, _) = Raw::connect(b.port, Protocol::V311, "sub3", true);
     s3.subscribe("h/t", QoS::AtMostOnce);
     let mut w = connect_packet(Protocol::V311, "willing", true);
-    w.will = Some(Will {
-        topic: "h/will".into(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-    });
+    w.will = Some(will("h/will", b"gone", QoS::AtLeastOnce));
     let (willing, _) = Raw::connect_with(b.port, w);
     let (mut publ, _) = Raw::connect(b.port, Protocol::V5, "pub", true);
     until_hibernating(&b, 4);

@@ -391,13 +391,11 @@ fn sigterm_delivers_wills_tells_v5_clients_and_keeps_state() {
     let (mut watch, _) = Raw::connect(b.port, Protocol::V5, "watch", true);
     watch.subscribe("wills/#", QoS::AtLeastOnce);
     let mut dying = connect_packet(Protocol::V311, "dying", true);
-    dying.will = Some(Will {
-        topic: "wills/dying".into(),
-        payload: bytes::Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-    });
+    dying.will = Some(crate::harness::will(
+        "wills/dying",
+        b"gone",
+        QoS::AtLeastOnce,
+    ));
     let (_dying, _) = Raw::connect_with(b.port, dying);
     let mut keep = connect_packet(Protocol::V5, "keeper", false);
     keep.properties = props(|p| p.session_expiry_interval = Some(600));

@@ -416,13 +416,7 @@ fn will_on_abnormal_close_not_on_disconnect_and_on_0x04() {
         sub.subscribe("wills/#", QoS::AtLeastOnce);
         let with_will = |id: &str, proto| {
             let mut c = connect_packet(proto, id, true);
-            c.will = Some(Will {
-                topic: format!("wills/{id}").into(),
-                payload: bytes::Bytes::from_static(b"gone"),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: None,
-            });
+            c.will = Some(will(&format!("wills/{id}"), b"gone", QoS::AtLeastOnce));
             c
         };
         settle();
@@ -454,11 +448,8 @@ fn will_delay_is_cancelled_by_a_reconnect_and_sent_after_it() {
     let mut c = connect_packet(Protocol::V5, "delayed", false);
     c.properties = props(|p| p.session_expiry_interval = Some(30));
     c.will = Some(Will {
-        topic: "wd".into(),
-        payload: bytes::Bytes::from_static(b"late"),
-        qos: QoS::AtMostOnce,
-        retain: false,
         properties: props(|p| p.will_delay_interval = Some(2)),
+        ..will("wd", b"late", QoS::AtMostOnce)
     });
     settle();
     let (s, _) = Raw::connect_with(b.port, c.clone());

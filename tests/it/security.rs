@@ -305,13 +305,7 @@ fn acl_rules_on_publish_and_subscribe() {
     );
     // A will on a forbidden topic refuses the connection.
     let mut c = connect_packet(Protocol::V5, "willy", true);
-    c.will = Some(Will {
-        topic: "forbidden/w".into(),
-        payload: bytes::Bytes::from_static(b"w"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        properties: None,
-    });
+    c.will = Some(crate::harness::will("forbidden/w", b"w", QoS::AtMostOnce));
     assert_eq!(connack(b.port, c), Some(ReasonCode::NotAuthorized));
     let m = b.api("GET", "/metrics", None).1;
     assert!(
