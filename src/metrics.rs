@@ -195,6 +195,19 @@ pub fn render(b: &Broker) -> String {
             g.sum(f),
         );
     }
+    o.family(
+        "limit_refusals_total",
+        "counter",
+        "What clients asked the broker to hold past a bound, refused, by bound.",
+    );
+    for what in crate::stats::Refusal::ALL {
+        let v: i64 = g.stats.iter().map(|s| s.refused[what as usize].get()).sum();
+        o.value(
+            "limit_refusals_total",
+            &format!("what=\"{}\"", what.label()),
+            v,
+        );
+    }
     for family in COUNTERS {
         o.total(b, family);
     }

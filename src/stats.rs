@@ -43,8 +43,46 @@ pub enum DropReason {
     NoMember,
 }
 
+/// Something a client asked the broker to hold or do past a bound, refused and counted.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// A `$SYS` topic that would be longer than a topic may be (a long client id).
+    SysTopic,
+    /// A new shared-subscription group past `mqtt.max_shared_groups` on a shard.
+    SharedGroup,
+    /// WebSocket pings beyond the pongs a connection may have waiting.
+    WsPing,
+    /// A connection cut because the messages it made for a full ring piled up past the bound.
+    Backlog,
+    /// A CONNECT refused because the password-check queue was full.
+    PasswordQueue,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::SysTopic,
+        Refusal::SharedGroup,
+        Refusal::WsPing,
+        Refusal::Backlog,
+        Refusal::PasswordQueue,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::SysTopic => "sys_topic",
+            Refusal::SharedGroup => "shared_group",
+            Refusal::WsPing => "ws_ping",
+            Refusal::Backlog => "ring_backlog",
+            Refusal::PasswordQueue => "password_queue",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// What was refused past a bound, indexed by `Refusal as usize`.
+    pub refused: [Counter; 5],
     pub connections: Counter,
     /// Connections hibernating (no task, socket in the shard's epoll set).
     pub hibernating: Counter,
@@ -95,6 +133,10 @@ impl Stats {
             DropReason::TooLarge => self.dropped_too_large.inc(),
             DropReason::NoMember => self.dropped_no_member.inc(),
         }
+    }
+
+    pub fn refused(&self, what: Refusal) {
+        self.refused[what as usize].inc();
     }
 
     pub fn dropped_total(&self) -> i64 {

@@ -255,6 +255,9 @@ fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
 
 fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
     let qos = qos((flags >> 1) & 0x03)?;
+    if qos == QoS::AtMostOnce && flags & 0x08 != 0 {
+        return Err(DecodeError::DupAtQos0);
+    }
     let topic: ByteString = r.string()?;
     let packet_id = if qos == QoS::AtMostOnce {
         None

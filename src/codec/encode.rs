@@ -32,7 +32,8 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
         Packet::ConnAck(c) => {
             buf.put_u8(0x20);
             put_varint(buf, remaining);
-            buf.put_u8(c.session_present as u8);
+            // MQTT 3.1 has no session present flag: its byte is reserved (0).
+            buf.put_u8((c.session_present && protocol != Protocol::V31) as u8);
             if v5 {
                 buf.put_u8(c.reason as u8);
                 put_props(buf, &c.properties);

@@ -34,6 +34,8 @@ pub enum DecodeError {
     InvalidTopicFilter,
     #[error("QoS 3 is not a quality of service")]
     InvalidQos,
+    #[error("a QoS 0 PUBLISH has the DUP flag set")]
+    DupAtQos0,
     #[error("protocol name is not MQTT or MQIsdp, or does not match the level")]
     InvalidProtocolName,
     #[error("protocol level {0} is not supported")]
@@ -96,6 +98,7 @@ impl DecodeError {
             | PropertyLengthOverrun
             | InvalidReasonCode(_)
             | InvalidSubscriptionOptions
+            | DupAtQos0
             | NoTopicFilters => ReasonCode::MalformedPacket,
         }
     }

@@ -15,6 +15,7 @@ pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{Properties, Props};
 pub use reason::ReasonCode;
+pub use wire::MAX_FIELD;
 
 #[cfg(test)]
 mod tests;

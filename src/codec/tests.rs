@@ -132,7 +132,11 @@ fn connack_all_versions() {
         Packet::ConnAck(ok.clone()),
         Protocol::V311,
     );
-    vector(&[0x20, 2, 1, 0], Packet::ConnAck(ok.clone()), Protocol::V31);
+    assert_eq!(
+        enc(&Packet::ConnAck(ok.clone()), Protocol::V31),
+        [0x20, 2, 0, 0],
+        "MQTT 3.1 has no session present flag"
+    );
     vector(&[0x20, 3, 1, 0, 0], Packet::ConnAck(ok), Protocol::V5);
     let bad = ConnAck {
         session_present: false,
@@ -541,6 +545,12 @@ fn every_error_has_a_vector() {
             ReasonCode::MalformedPacket,
         ),
         (
+            &[0x38, 3, 0, 1, b't'],
+            v5,
+            DupAtQos0,
+            ReasonCode::MalformedPacket,
+        ),
+        (
             &[0x82, 6, 0, 1, 0, 1, b'a', 0x04],
             v3,
             InvalidSubscriptionOptions,
@@ -853,7 +863,7 @@ fn arb_packet(proto: Protocol) -> impl Strategy<Value = Packet> {
                 ReasonCode::from_v3_connack(code).unwrap_or(ReasonCode::Success)
             };
             Packet::ConnAck(ConnAck {
-                session_present: sp,
+                session_present: sp && proto != Protocol::V31,
                 reason,
                 properties,
             })
@@ -870,7 +880,7 @@ fn arb_packet(proto: Protocol) -> impl Strategy<Value = Packet> {
         .prop_map(|(dup, qos, retain, topic, id, properties, payload)| {
             let packet_id = (qos != QoS::AtMostOnce).then_some(id);
             Packet::Publish(Publish {
-                dup,
+                dup: dup && qos != QoS::AtMostOnce,
                 qos,
                 retain,
                 topic,

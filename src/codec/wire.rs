@@ -148,7 +148,14 @@ pub fn put_varint(buf: &mut impl BufMut, mut value: usize) {
     }
 }
 
+/// The longest string or binary field a packet can carry (a two-byte length).
+pub const MAX_FIELD: usize = u16::MAX as usize;
+
+/// Writes a length-prefixed field. Callers never pass more than [`MAX_FIELD`] bytes: fields
+/// read from the wire cannot exceed it, and what the broker makes itself (`$SYS` topics) is
+/// checked against it where it is made.
 pub fn put_binary(buf: &mut impl BufMut, data: &[u8]) {
+    debug_assert!(data.len() <= MAX_FIELD, "field of {} bytes", data.len());
     buf.put_u16(data.len() as u16);
     buf.put_slice(data);
 }

@@ -149,6 +149,8 @@ pub struct MqttConfig {
     /// Subscriptions one client may hold (0: no limit).
     pub max_subscriptions: usize,
     pub topic_alias_maximum: u16,
+    /// Topic aliases the broker gives out per v5 connection (capped by the client's maximum).
+    pub outbound_topic_aliases: u16,
     /// Bytes waiting to be written to one client before it counts as slow.
     pub max_outbound_bytes: usize,
     /// Retained messages the broker holds (0: no limit).
@@ -175,7 +177,8 @@ impl Default for MqttConfig {
             max_topic_length: 65535,
             max_client_id_len: 65535,
             max_subscriptions: 0,
-            topic_alias_maximum: 65535,
+            topic_alias_maximum: 64,
+            outbound_topic_aliases: 64,
             max_outbound_bytes: 1024 * 1024,
             max_retained_messages: 0,
             max_retained_payload: 0,

@@ -173,7 +173,9 @@ impl Session {
     /// Decides what happens to a delivery. `online` is whether a connection can take it now.
     pub fn admit(&mut self, d: Delivery, online: bool, limits: &SessionLimits) -> Admit {
         if d.qos == QoS::AtMostOnce {
-            if online {
+            // Behind queued QoS 0 messages it waits its turn (MQTT-4.6.0-6: in order). With
+            // `queue_qos0` off none are ever queued, so it need not look.
+            if online && (self.queue.is_empty() || !limits.queue_qos0) {
                 return Admit::Send(None, d);
             }
             if !limits.queue_qos0 {
@@ -281,10 +283,12 @@ impl Session {
         if let Some(a) = aliases.out.get(topic) {
             return Some((*a, false));
         }
-        let next = aliases.out.len() as u16 + 1;
-        if next > self.alias_max_out {
+        // Aliases run 1..=alias_max_out; once all are given out, new topics go without one
+        // (the count is computed wide: at 65,535 aliases a u16 would wrap to alias 0).
+        if aliases.out.len() >= usize::from(self.alias_max_out) {
             return None;
         }
+        let next = u16::try_from(aliases.out.len() + 1).ok()?;
         aliases.out.insert(topic.clone(), next);
         Some((next, true))
     }
@@ -380,6 +384,28 @@ mod tests {
     }
 
     #[test]
+    fn qos0_waits_behind_queued_qos0() {
+        let limits = SessionLimits {
+            queue_qos0: true,
+            ..LIMITS
+        };
+        let mut s = session("c");
+        assert!(matches!(
+            s.admit(delivery(QoS::AtMostOnce), false, &limits),
+            Admit::Queued
+        ));
+        assert!(
+            matches!(
+                s.admit(delivery(QoS::AtMostOnce), true, &limits),
+                Admit::Queued
+            ),
+            "an online QoS 0 must not overtake the queued one"
+        );
+        assert_eq!(s.queue.len(), 2);
+        assert!(matches!(s.next_queued(Instant::now()), Some((None, _))));
+    }
+
+    #[test]
     fn qos2_flow_and_offline_qos0() {
         let mut s = session("c");
         assert!(matches!(
@@ -455,5 +481,18 @@ mod tests {
         assert_eq!(s.alias_for(&"a".into()), Some((1, true)));
         assert_eq!(s.alias_for(&"a".into()), Some((1, false)));
         assert_eq!(s.alias_for(&"b".into()), None);
+    }
+
+    #[test]
+    fn aliases_never_wrap_at_the_largest_maximum() {
+        let mut s = session("c");
+        s.alias_max_out = u16::MAX;
+        for i in 1..=u32::from(u16::MAX) {
+            let topic: ByteString = format!("t/{i}").into();
+            assert_eq!(s.alias_for(&topic), Some((i as u16, true)), "topic {i}");
+        }
+        assert_eq!(s.alias_for(&"t/65536".into()), None);
+        assert_eq!(s.alias_for(&"t/1".into()), Some((1, false)));
+        assert_eq!(s.aliases.as_ref().map(|a| a.out.len()), Some(65535));
     }
 }

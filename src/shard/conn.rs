@@ -159,6 +159,14 @@ fn drive<'a>(
             if link.is_closing() || eof {
                 return false;
             }
+            // Right after the flush, before any wait: queued messages move up as soon as the
+            // output has room, or they would sit there until something else woke the task.
+            let drained = link.out.borrow().len() <= shard.borrow().cfg.mqtt.max_outbound_bytes / 2;
+            if drained {
+                if let Some(key) = link.session() {
+                    shard.borrow_mut().pump_session(key, Instant::now());
+                }
+            }
             // Plain TCP with no split frame held: hibernating is up to the shard's conditions.
             let plain_idle = transport.is_none() && partial.is_empty();
             if plain_idle && shard.borrow().may_hibernate(link) {
@@ -232,12 +240,6 @@ fn drive<'a>(
             } else if discriminant(&link.state.get()) != state_before && !partial.is_empty() {
                 // Packets that arrived behind the CONNECT wait in `partial` until it is granted.
                 decode_all(&mut shard.borrow_mut(), link, &mut partial);
-            }
-            let drained = link.out.borrow().len() <= shard.borrow().cfg.mqtt.max_outbound_bytes / 2;
-            if drained {
-                if let Some(key) = link.session() {
-                    shard.borrow_mut().pump_session(key, Instant::now());
-                }
             }
         }
     }

@@ -61,6 +61,12 @@ impl Shard {
         c.client_id = owned(&c.client_id);
         self.authenticate(link, &mut c)?;
         if let Some(w) = &mut c.will {
+            if !self.topic_within_limits(&w.topic) {
+                return Err(Close::new(
+                    ReasonCode::TopicNameInvalid,
+                    "will topic over mqtt.max_topic_levels or max_topic_length",
+                ));
+            }
             w.topic = owned(&w.topic);
             w.payload = bytes::Bytes::copy_from_slice(&w.payload);
         }
@@ -230,7 +236,9 @@ impl Shard {
     }
 
     /// Removes a session for a takeover: closes its connection (v5: 0x8E) and publishes its
-    /// will unless the session continues on the new connection within the will delay.
+    /// will unless the session continues on the new connection within the will delay. A session
+    /// with expiry 0 (clean session) lasts only as long as its connection (MQTT-3.1.2-6), so it
+    /// ends here whatever the new connection asked for.
     fn take_session(&mut self, key: usize, clean_start: bool, now: Instant) -> Option<Session> {
         let slot = self.remove_session(key);
         let mut session = slot.session;
@@ -241,12 +249,13 @@ impl Shard {
                 "session taken over",
             ));
         }
+        let ends = clean_start || session.expiry_interval == 0;
         if let Some(will) = session.will.take() {
-            if clean_start || will_delay(&will) == 0 {
+            if ends || will_delay(&will) == 0 {
                 self.publish_will(*will, session.client_id.clone(), now);
             }
         }
-        if clean_start {
+        if ends {
             self.redispatch_shared(&mut session);
             return None;
         }
@@ -313,7 +322,10 @@ impl Shard {
             props
                 .and_then(|p| p.maximum_packet_size)
                 .unwrap_or(u32::MAX),
-            props.and_then(|p| p.topic_alias_maximum).unwrap_or(0),
+            props
+                .and_then(|p| p.topic_alias_maximum)
+                .unwrap_or(0)
+                .min(m.outbound_topic_aliases),
         );
         session.will = c.will.take().map(Box::new);
         let key = self.insert_session(SessionSlot::new(session, Some(link.clone()), g.token));

@@ -19,10 +19,17 @@ use crate::topic::parse_shared;
 /// so that a message published anywhere after the client sees its SUBACK reaches it.
 pub(super) struct PendingSubAck {
     key: usize,
+    /// The slot's claim token when the SUBSCRIBE arrived: the slot may hold another client's
+    /// session by the time every shard has answered.
+    slot_token: u64,
     suback: SubAck,
     retained: Vec<(ByteString, SubOptions)>,
     sub_id: Option<u32>,
     waiting: usize,
+}
+
+fn within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
+    topic.len() <= max_length && topic.split('/').count() <= max_levels
 }
 
 fn protocol_error(why: &str) -> Close {
@@ -125,7 +132,12 @@ impl Shard {
 
     /// Sends the SUBACK, then the retained messages the subscription asked for.
     fn complete_subscribe(&mut self, p: PendingSubAck, now: Instant) {
-        let Some(link) = self.sessions.get(p.key).and_then(|s| s.link.clone()) else {
+        let Some(link) = self
+            .sessions
+            .get(p.key)
+            .filter(|s| s.token == p.slot_token)
+            .and_then(|s| s.link.clone())
+        else {
             return;
         };
         link.send(&Packet::SubAck(p.suback));
@@ -152,6 +164,12 @@ impl Shard {
                 );
             }
         }
+    }
+
+    /// Whether a topic name or filter is within `mqtt.max_topic_levels` and `max_topic_length`.
+    pub(super) fn topic_within_limits(&self, topic: &str) -> bool {
+        let m = &self.cfg.mqtt;
+        within_limits(topic, m.max_topic_length, m.max_topic_levels)
     }
 
     /// Asks the ACL (through the client's cache) whether `client_id` on `link` may do `action`.
@@ -204,15 +222,24 @@ impl Shard {
         now: Instant,
     ) -> Result<(), Close> {
         let m = &self.cfg.mqtt;
-        let (alias_max, levels_max, receive_max) =
-            (m.topic_alias_maximum, m.max_topic_levels, m.receive_maximum);
+        let (alias_max, receive_max) = (m.topic_alias_maximum, m.receive_maximum);
+        if p.properties
+            .as_ref()
+            .is_some_and(|pr| !pr.subscription_identifiers.is_empty())
+        {
+            return Err(protocol_error(
+                "PUBLISH from a client with a subscription identifier",
+            ));
+        }
+        let max_topic_length = self.cfg.mqtt.max_topic_length;
+        let max_topic_levels = self.cfg.mqtt.max_topic_levels;
         let Some(slot) = self.sessions.get_mut(key) else {
             return Ok(());
         };
         let session = &mut slot.session;
         let mut topic = p.topic;
         if let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) {
-            if alias > alias_max {
+            if alias == 0 || alias > alias_max {
                 return Err(Close::new(
                     ReasonCode::TopicAliasInvalid,
                     "topic alias above the maximum",
@@ -229,7 +256,7 @@ impl Shard {
                 aliases.inbound.insert(alias, owned(&topic));
             }
         }
-        if topic.split('/').count() > levels_max || topic.len() > self.cfg.mqtt.max_topic_length {
+        if !within_limits(&topic, max_topic_length, max_topic_levels) {
             return Err(Close::new(
                 ReasonCode::TopicNameInvalid,
                 "topic name over mqtt.max_topic_levels or max_topic_length",
@@ -319,8 +346,7 @@ impl Shard {
         let max_subs = self.cfg.mqtt.max_subscriptions;
         for (filter, options) in s.filters {
             let filter = owned(&filter);
-            let m = &self.cfg.mqtt;
-            if filter.split('/').count() > m.max_topic_levels || filter.len() > m.max_topic_length {
+            if !self.topic_within_limits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
@@ -382,6 +408,7 @@ impl Shard {
         };
         let pending = PendingSubAck {
             key,
+            slot_token: self.sessions.get(key).map_or(0, |s| s.token),
             suback,
             retained,
             sub_id,

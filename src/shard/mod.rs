@@ -14,7 +14,11 @@ mod link;
 mod listener;
 mod persist;
 mod route;
+#[cfg(test)]
+mod sim;
 mod sys;
+#[cfg(test)]
+mod tests;
 mod transport;
 
 use std::cell::RefCell;

@@ -245,6 +245,8 @@ impl Shard {
                     self.stats.count_sent(written, d.qos);
                 }
             }
+            // Queued behind earlier messages while the connection has room: they move now.
+            Admit::Queued if link.is_some() => self.pump_session(key, now),
             Admit::Queued => {}
             Admit::Dropped => self.stats.dropped(DropReason::QueueFull),
         }

@@ -278,6 +278,11 @@ impl Raw {
         }
     }
 
+    /// The socket, for a test that reads raw bytes.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.s
+    }
+
     pub fn send(&mut self, p: &Packet) {
         let mut out = BytesMut::new();
         encode(p, self.proto, &mut out);

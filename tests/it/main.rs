@@ -2,6 +2,7 @@
 //! cross-shard paths run, driven by raw-byte clients and rumqttc.
 
 mod clients;
+mod hardening;
 mod harness;
 mod hibernation;
 mod listeners;
