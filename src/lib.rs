@@ -16,6 +16,7 @@
 //! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API, Prometheus text, `ringmq ctl`.
 //! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
+//! - `fault` (debug builds): fault injection for the integration tests.
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +26,8 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod doctor;
+#[cfg(debug_assertions)]
+pub mod fault;
 pub mod logging;
 pub mod metrics;
 pub mod retained;

@@ -296,7 +296,7 @@ fn spawn_stats_thread(broker: Arc<Broker>) -> Result<(), String> {
                 broker.shared.rate_in.set(now.0 - last.0);
                 broker.shared.rate_out.set(now.1 - last.1);
                 last = now;
-                let budget = broker.config().overload.memory_budget_mb * 1024 * 1024;
+                let budget = broker.config().overload.memory_budget_bytes();
                 let over = budget > 0 && Shared::rss_bytes() > budget;
                 let was = broker.shared.memory_over.swap(over, Ordering::Relaxed);
                 if over != was {

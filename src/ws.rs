@@ -27,6 +27,8 @@ pub enum WsError {
     Text,
     #[error("frame of {0} bytes over the limit")]
     TooLarge(u64),
+    #[error("control frame of {0} bytes (at most 125)")]
+    ControlTooLarge(u64),
     #[error("unknown opcode {0}")]
     Opcode(u8),
     #[error("closed by the client")]
@@ -113,14 +115,20 @@ pub fn accept(
 /// What one call to [`unframe`] found besides MQTT bytes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Control {
-    /// Frames to send back (pongs, the close echo).
+    /// The pong for the last ping (RFC 6455 5.5.3: earlier ones need no answer of their own, so
+    /// a ping flood costs one pong per read, not one per ping).
+    pub pong: Vec<u8>,
+    /// The close echo.
     pub reply: Vec<u8>,
     /// The client sent a close frame.
     pub closed: bool,
 }
 
+/// The largest payload of a control frame (RFC 6455 5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+
 /// Moves the payload of every whole data frame at the front of `buf` into `mqtt`, answering
-/// pings; leaves a partial frame in `buf`. `max` bounds a frame's payload.
+/// the last ping; leaves a partial frame in `buf`. `max` bounds a frame's payload.
 pub fn unframe(buf: &mut BytesMut, mqtt: &mut BytesMut, max: u64) -> Result<Control, WsError> {
     let mut ctl = Control::default();
     loop {
@@ -144,6 +152,9 @@ pub fn unframe(buf: &mut BytesMut, mqtt: &mut BytesMut, max: u64) -> Result<Cont
         if len > max {
             return Err(WsError::TooLarge(len));
         }
+        if b0 & 0x08 != 0 && len > MAX_CONTROL_PAYLOAD {
+            return Err(WsError::ControlTooLarge(len));
+        }
         let total = header + 4 + len as usize;
         if buf.len() < total {
             buf.reserve(total - buf.len());
@@ -164,7 +175,10 @@ pub fn unframe(buf: &mut BytesMut, mqtt: &mut BytesMut, max: u64) -> Result<Cont
                 ctl.closed = true;
                 return Ok(ctl);
             }
-            9 => frame(&mut ctl.reply, 0xA, &[&payload]),
+            9 => {
+                ctl.pong.clear();
+                frame(&mut ctl.pong, 0xA, &[&payload]);
+            }
             10 => {}
             op => return Err(WsError::Opcode(op)),
         }
@@ -259,10 +273,25 @@ mod tests {
         for chunk in wire.chunks(3) {
             buf.extend_from_slice(chunk);
             let c = unframe(&mut buf, &mut mqtt, 1024).expect("valid");
-            replies.extend(c.reply);
+            replies.extend(c.pong);
         }
         assert_eq!(&mqtt[..], b"\x30\x03\x00\x01a\xc0\x00");
         assert_eq!(replies, vec![0x8A, 2, b'h', b'i']);
+        let mut flood = BytesMut::new();
+        for i in 0..1000u32 {
+            flood.extend_from_slice(&masked(9, &i.to_be_bytes()));
+        }
+        let c = unframe(&mut flood, &mut mqtt, 1024).expect("pings");
+        assert_eq!(
+            c.pong,
+            [&[0x8A, 4][..], &999u32.to_be_bytes()].concat(),
+            "one pong, the last"
+        );
+        let mut long_ping = BytesMut::from(&masked(9, &[0u8; 126])[..]);
+        assert_eq!(
+            unframe(&mut long_ping, &mut mqtt, 1024),
+            Err(WsError::ControlTooLarge(126))
+        );
         let big = masked(2, &[0u8; 300]);
         assert_eq!(
             unframe(&mut BytesMut::from(&big[..]), &mut mqtt, 100),

@@ -152,8 +152,18 @@ impl Config {
                 "max_inflight and receive_maximum must be at least 1",
             );
         }
-        if self.mqtt.keepalive_multiplier.is_nan() || self.mqtt.keepalive_multiplier < 1.0 {
-            return bad("mqtt.keepalive_multiplier", "must be at least 1.0");
+        let mult = self.mqtt.keepalive_multiplier;
+        if !mult.is_finite() || !(1.0..=100.0).contains(&mult) {
+            return bad("mqtt.keepalive_multiplier", "must be from 1.0 to 100.0");
+        }
+        if self.mqtt.max_topic_length > crate::codec::MAX_FIELD {
+            return bad(
+                "mqtt.max_topic_length",
+                "must be at most 65535 (a packet field)",
+            );
+        }
+        if self.broker.node_name.len() > 1024 {
+            return bad("broker.node_name", "must be at most 1024 bytes");
         }
         if self.admin.enabled
             && !self.admin.bind.ip().is_loopback()

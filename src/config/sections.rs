@@ -16,6 +16,8 @@ pub struct BrokerConfig {
     pub shards: usize,
     /// Messages each shard-to-shard ring holds.
     pub ring_capacity: usize,
+    /// Messages a shard keeps for another whose ring is full; past it, publishes are refused.
+    pub max_ring_backlog: usize,
     /// Pin each shard to a core.
     pub pin_cores: bool,
     /// Where what must outlive the process is kept (retained messages, persistent sessions).
@@ -34,6 +36,7 @@ impl Default for BrokerConfig {
             node_name: "ringmq@127.0.0.1".into(),
             shards: 0,
             ring_capacity: 16384,
+            max_ring_backlog: 65536,
             pin_cores: true,
             data_dir: "./data".into(),
             shutdown_timeout: 10,
@@ -166,7 +169,7 @@ impl Default for MqttConfig {
             max_inflight: 32,
             receive_maximum: 32,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: 256 * 1024,
             queue_qos0: true,
             session_expiry_v3: 7200,
             max_session_expiry: u32::MAX,
@@ -176,12 +179,12 @@ impl Default for MqttConfig {
             max_topic_levels: 128,
             max_topic_length: 65535,
             max_client_id_len: 65535,
-            max_subscriptions: 0,
+            max_subscriptions: 100,
             topic_alias_maximum: 64,
             outbound_topic_aliases: 64,
             max_outbound_bytes: 1024 * 1024,
-            max_retained_messages: 0,
-            max_retained_payload: 0,
+            max_retained_messages: 100_000,
+            max_retained_payload: 64 * 1024,
         }
     }
 }
@@ -254,8 +257,28 @@ impl Default for LimitsConfig {
 pub struct OverloadConfig {
     /// A shard whose event loop runs this late (milliseconds) refuses new connections (0: off).
     pub max_loop_lag_ms: u64,
-    /// Resident memory (MiB) above which every shard refuses new connections (0: off).
+    /// Resident memory (MiB) above which every shard refuses new connections (0: 80 % of the
+    /// machine's physical memory).
     pub memory_budget_mb: u64,
+}
+
+impl OverloadConfig {
+    /// The memory budget in bytes: `memory_budget_mb`, or 80 % of physical memory for 0 (0 when
+    /// that cannot be read: no budget).
+    pub fn memory_budget_bytes(&self) -> u64 {
+        match self.memory_budget_mb {
+            0 => physical_memory().map_or(0, |total| total / 5 * 4),
+            mb => mb * 1024 * 1024,
+        }
+    }
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 impl Default for OverloadConfig {

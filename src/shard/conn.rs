@@ -213,7 +213,7 @@ fn drive<'a>(
                     if !shard.borrow().ring_blocked() {
                         return Poll::Ready(Event::Output);
                     }
-                    shard.borrow_mut().blocked_readers.push(cx.waker().clone());
+                    shard.borrow_mut().wait_for_ring(link);
                 }
                 if let Some(w) = writable_now.as_mut() {
                     if w.as_mut().poll(cx).is_ready() {
@@ -264,7 +264,15 @@ fn read(
     while total < READ_BUDGET {
         let got = match transport {
             None => sock::recv(stream, &mut buf, READ_CHUNK),
-            Some(t) => t.recv(stream, &mut buf, link, READ_CHUNK),
+            Some(t) => {
+                let got = t.recv(stream, &mut buf, link, READ_CHUNK);
+                let skipped = t.take_skipped_pongs();
+                if skipped > 0 {
+                    sh.stats.refused[crate::stats::Refusal::WsPing as usize]
+                        .add(i64::from(skipped));
+                }
+                got
+            }
         };
         match got {
             Ok(0) => {
@@ -295,14 +303,38 @@ fn read(
             break;
         }
     }
-    if !buf.is_empty() && !link.is_closing() {
-        *partial = BytesMut::from(&buf[..]);
+    if link.is_closing() {
+        buf.clear();
     }
-    buf.clear();
-    if sh.rbuf.capacity() < buf.capacity() {
-        sh.rbuf = buf;
+    let (kept, back) = keep_partial(buf);
+    *partial = kept;
+    if let Some(back) = back {
+        if sh.rbuf.capacity() < back.capacity() {
+            sh.rbuf = back;
+        }
     }
     eof
+}
+
+/// Split frames shorter than this are copied out of the read buffer into one of their own
+/// (small, so a connection holding one costs little); longer ones keep the buffer they were
+/// read into and grow in place, so a large packet trickling in is copied a bounded amount per
+/// read instead of once whole per read (quadratic, and any client could ask for it).
+const COPY_PARTIAL_BELOW: usize = 4096;
+
+/// What stays of a read buffer once its whole packets were handled: the split frame to keep
+/// (empty if none) and, unless the frame kept it, the buffer to give back to the shard.
+fn keep_partial(mut buf: BytesMut) -> (BytesMut, Option<BytesMut>) {
+    if buf.len() >= COPY_PARTIAL_BELOW {
+        return (buf, None);
+    }
+    let kept = if buf.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&buf[..])
+    };
+    buf.clear();
+    (kept, Some(buf))
 }
 
 /// Decodes and handles every whole packet in `buf`; false when reading must pause (closing, or
@@ -434,5 +466,41 @@ async fn finish(stream: &TcpStream, link: &ConnLink, transport: &mut Option<Box<
             stream.writable(false),
         ));
         let _ = wait.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 MB frame arriving 1,400 bytes at a time, read as `read` does (into the kept split
+    /// frame once there is one): its bytes move only when the buffer grows, not at every read.
+    #[test]
+    fn a_trickled_frame_is_not_copied_at_every_read() {
+        let mut rbuf = BytesMut::new();
+        let mut partial = BytesMut::new();
+        let segment = [7u8; 1400];
+        let mut moves = 0;
+        let mut last = std::ptr::null();
+        for _ in 0..(1 << 20) / segment.len() {
+            let mut buf = if partial.is_empty() {
+                std::mem::take(&mut rbuf)
+            } else {
+                std::mem::take(&mut partial)
+            };
+            buf.reserve(READ_CHUNK);
+            buf.extend_from_slice(&segment);
+            let (kept, back) = keep_partial(buf);
+            if let Some(back) = back {
+                rbuf = back;
+            }
+            if kept.as_ptr() != last {
+                moves += 1;
+                last = kept.as_ptr();
+            }
+            partial = kept;
+        }
+        assert_eq!(partial.len(), 748 * 1400);
+        assert!(moves < 40, "the frame moved {moves} times in 748 reads");
     }
 }

@@ -223,6 +223,8 @@ impl Shard {
     ) -> Result<(), Close> {
         let m = &self.cfg.mqtt;
         let (alias_max, receive_max) = (m.topic_alias_maximum, m.receive_maximum);
+        #[cfg(debug_assertions)]
+        crate::fault::panic_on_topic(&p.topic);
         if p.properties
             .as_ref()
             .is_some_and(|pr| !pr.subscription_identifiers.is_empty())
@@ -283,6 +285,9 @@ impl Shard {
             return Ok(());
         }
         self.charge_publish(link, p.payload.len(), now)?;
+        if self.backlog_full() {
+            return self.refuse_for_backlog(link, &client_id, ack(ReasonCode::QuotaExceeded));
+        }
         let Some(slot) = self.sessions.get_mut(key) else {
             return Ok(());
         };
@@ -315,6 +320,30 @@ impl Shard {
         self.publish_message(Arc::new(msg));
         if let Some(a) = ack(ReasonCode::Success) {
             link.send(&a);
+        }
+        Ok(())
+    }
+
+    /// A publish while a ring backlog is at its bound: nothing is acknowledged that was not
+    /// routed. v5 gets 0x97 in its PUBACK/PUBREC, a v3 QoS 1/2 publisher (which has no way to
+    /// hear "not taken") is disconnected, QoS 0 is dropped; each is counted.
+    fn refuse_for_backlog(
+        &mut self,
+        link: &ConnLink,
+        client_id: &str,
+        nack: Option<Packet>,
+    ) -> Result<(), Close> {
+        self.stats.refused(crate::stats::Refusal::Backlog);
+        tracing::debug!(client = %client_id, peer = %link.peer, "publish refused: ring backlog full");
+        match nack {
+            Some(a) if link.protocol.get().is_v5() => link.send(&a),
+            Some(_) => {
+                return Err(Close::new(
+                    ReasonCode::ServerBusy,
+                    "ring backlog full: QoS 1/2 publish not taken",
+                ))
+            }
+            None => {}
         }
         Ok(())
     }

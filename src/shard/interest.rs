@@ -57,8 +57,24 @@ impl ShardSet {
     }
 }
 
+/// Where one shared group has members, and whose turn it is next. The turn lives with the
+/// group, so it goes when the group goes: group names are the clients' to choose.
+#[derive(Debug, Default)]
+pub struct SharedRoute {
+    pub shards: ShardSet,
+    turn: usize,
+}
+
+impl SharedRoute {
+    /// The next shard with members, round robin.
+    pub fn next_shard(&mut self) -> Option<usize> {
+        self.turn = self.turn.wrapping_add(1);
+        self.shards.nth(self.turn)
+    }
+}
+
 /// Shared groups matching a filter: full `$share/group/filter` -> shards with members.
-pub type Groups = AHashMap<ByteString, ShardSet>;
+pub type Groups = AHashMap<ByteString, SharedRoute>;
 
 #[derive(Default)]
 pub struct Interest {
@@ -75,14 +91,15 @@ impl Interest {
                         .entry(inner)
                         .entry(filter.clone())
                         .or_default()
+                        .shards
                         .set(shard, true);
                 } else {
                     self.shared.update(
                         inner,
                         |groups| {
-                            if let Some(set) = groups.get_mut(filter) {
-                                set.set(shard, false);
-                                if set.is_empty() {
+                            if let Some(route) = groups.get_mut(filter) {
+                                route.shards.set(shard, false);
+                                if route.shards.is_empty() {
                                     groups.remove(filter);
                                 }
                             }

@@ -159,6 +159,8 @@ pub struct ConnLink {
     pub protocol: Cell<Protocol>,
     /// A successful CONNACK went out: a v5 client is told why it is closed.
     pub connacked: Cell<bool>,
+    /// Listed in the shard's `blocked_readers`, waiting for a full ring to drain.
+    pub ring_waiting: Cell<bool>,
     pub keep_alive: Cell<u16>,
     /// Set at accept when a limit or overload means the CONNECT will be refused with this.
     pub refusal: Cell<Option<ReasonCode>>,
@@ -188,6 +190,7 @@ impl ConnLink {
             state: Cell::new(LinkState::New),
             protocol: Cell::new(Protocol::V311),
             connacked: Cell::new(false),
+            ring_waiting: Cell::new(false),
             keep_alive: Cell::new(0),
             refusal: Cell::new(None),
             listener: u16::try_from(listener).unwrap_or(u16::MAX),

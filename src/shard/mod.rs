@@ -152,7 +152,8 @@ pub struct Shard {
     outbox: Outbox,
     /// Messages for a shard whose ring was full, in order; while any wait, reading stops.
     backlog: Vec<VecDeque<XMsg>>,
-    blocked_readers: Vec<Waker>,
+    /// Connections waiting for the backlog to drain, each listed once (its `ring_waiting`).
+    blocked_readers: Vec<Rc<ConnLink>>,
     /// Messages this shard sends itself (home shard == this shard).
     self_queue: VecDeque<XMsg>,
     pump_waker: Option<Waker>,
@@ -169,7 +170,6 @@ pub struct Shard {
     home: AHashMap<ByteString, (usize, u64)>,
     subs: Trie<SmallVec<[SubEntry; 2]>>,
     shared: AHashMap<ByteString, SharedGroup>,
-    shared_rr: AHashMap<ByteString, usize>,
     interest: Interest,
     retained: RetainedStore,
     timers: BinaryHeap<Reverse<(Instant, TimerKind, usize, u64)>>,
@@ -226,7 +226,6 @@ impl Shard {
             home: AHashMap::new(),
             subs: Trie::default(),
             shared: AHashMap::new(),
-            shared_rr: AHashMap::new(),
             interest: Interest::default(),
             retained: RetainedStore::default(),
             timers: BinaryHeap::new(),
@@ -296,6 +295,12 @@ impl Shard {
         self.backlog.iter().any(|b| !b.is_empty())
     }
 
+    /// A backlog has reached `broker.max_ring_backlog`: new publishes are refused.
+    fn backlog_full(&self) -> bool {
+        let max = self.cfg.broker.max_ring_backlog;
+        self.backlog.iter().any(|b| b.len() >= max)
+    }
+
     fn retry_backlog(&mut self) {
         for to in 0..self.shards {
             while let Some(msg) = self.backlog[to].pop_front() {
@@ -306,9 +311,18 @@ impl Shard {
             }
         }
         if !self.ring_blocked() {
-            for w in self.blocked_readers.drain(..) {
-                w.wake();
+            for link in self.blocked_readers.drain(..) {
+                link.ring_waiting.set(false);
+                link.wake();
             }
+        }
+    }
+
+    /// Lists a connection that stopped reading for a full ring, once however often it polls;
+    /// it is woken through its link when the backlog drains.
+    fn wait_for_ring(&mut self, link: &Rc<ConnLink>) {
+        if !link.ring_waiting.replace(true) {
+            self.blocked_readers.push(link.clone());
         }
     }
 

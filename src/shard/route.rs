@@ -135,13 +135,13 @@ impl Shard {
         let Some(Ok((_, inner))) = parse_shared(&group) else {
             return;
         };
-        let Some(set) = self.interest.shared.get(inner).and_then(|g| g.get(&group)) else {
+        let next = self.interest.shared.update(
+            inner,
+            |groups| groups.get_mut(&group).and_then(|r| r.next_shard()),
+            |groups| groups.is_empty(),
+        );
+        let Some(shard) = next.flatten() else {
             self.stats.dropped(DropReason::NoMember);
-            return;
-        };
-        let turn = self.shared_rr.entry(group.clone()).or_default();
-        *turn = turn.wrapping_add(1);
-        let Some(shard) = set.nth(*turn) else {
             return;
         };
         if shard == self.id {

@@ -46,8 +46,8 @@ impl Sim {
         Sim { shards, inboxes }
     }
 
-    /// Handles what shard `i` has received (its rings and its own queue) once; false if
-    /// nothing was waiting.
+    /// Handles what shard `i` has received (its rings and its own queue) once and retries its
+    /// backlog, as its pump would; false if nothing was waiting.
     pub fn step(&mut self, i: usize) -> bool {
         let mut batch = Vec::new();
         self.inboxes[i].drain(usize::MAX, &mut batch);
@@ -57,7 +57,9 @@ impl Sim {
         for msg in batch {
             sh.handle_xmsg(msg);
         }
-        moved
+        let backlogged = sh.ring_blocked();
+        sh.retry_backlog();
+        moved || backlogged
     }
 
     /// Steps every shard until no message is left anywhere.
@@ -89,6 +91,23 @@ impl Sim {
         let r = self.shards[shard].handle(&link, Packet::Connect(Box::new(c)));
         assert!(r.is_ok(), "CONNECT refused");
         link
+    }
+
+    /// A client homed at and connected on `shard`, its CONNACK taken.
+    pub fn client(&mut self, shard: usize, prefix: &str, protocol: Protocol) -> Rc<ConnLink> {
+        let id = self.id_homed_at(shard, prefix);
+        let link = self.connect(shard, connect(protocol, &id));
+        self.settle();
+        Sim::received(&link);
+        link
+    }
+
+    /// How many PUBLISH packets the broker has written to `link`'s client so far (taken).
+    pub fn publishes(link: &ConnLink) -> usize {
+        Sim::received(link)
+            .into_iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count()
     }
 
     /// Hands shard `shard` a packet from `link`'s client.

@@ -58,3 +58,83 @@ fn harness_publish(topic: &str, payload: &'static [u8]) -> Publish {
         payload: Bytes::from_static(payload),
     }
 }
+
+fn publish_qos1(topic: &str, pid: u16) -> Packet {
+    Packet::Publish(Publish {
+        qos: QoS::AtLeastOnce,
+        packet_id: Some(pid),
+        ..harness_publish(topic, b"m")
+    })
+}
+
+/// Shared groups are named by clients: when the last member of each leaves, nothing keyed by
+/// its name stays behind on any shard (the round-robin turn lives with the group).
+#[test]
+fn shared_group_names_leave_nothing_behind() {
+    let mut cfg = Config::default();
+    cfg.mqtt.max_subscriptions = 500;
+    let mut sim = Sim::new(2, cfg);
+    let c = sim.client(1, "grouper", Protocol::V311);
+    for i in 0..500 {
+        sim.send(1, &c, subscribe(&format!("$share/g{i}/t")));
+    }
+    sim.settle();
+    let publ = sim.client(0, "pub", Protocol::V311);
+    sim.send(
+        0,
+        &publ,
+        Packet::Publish(harness_publish("t", b"to every group")),
+    );
+    sim.settle();
+    assert_eq!(Sim::publishes(&c), 500, "one copy per group");
+    sim.close(1, &c);
+    sim.settle();
+    for sh in &sim.shards {
+        assert!(
+            sh.interest.shared.is_empty(),
+            "shard {}: groups left",
+            sh.id
+        );
+        assert!(sh.shared.is_empty(), "shard {}: members left", sh.id);
+    }
+}
+
+/// A ring to another shard that stays full: the backlog stops at `broker.max_ring_backlog`,
+/// and publishes past it are refused (v5 PUBACK 0x97) and counted, never acknowledged.
+#[test]
+fn a_full_ring_backlog_refuses_publishes_instead_of_growing() {
+    let mut cfg = Config::default();
+    cfg.broker.max_ring_backlog = 16;
+    let mut sim = Sim::new(2, cfg);
+    let sub = sim.client(1, "far", Protocol::V311);
+    sim.send(1, &sub, subscribe("t"));
+    sim.settle();
+    let publ = sim.client(0, "near", Protocol::V5);
+    // Shard 1 never runs: its ring (1,024 here) fills, then the backlog.
+    let total = 1024 + 16 + 100;
+    for i in 0..total {
+        sim.send(0, &publ, publish_qos1("t", (i % 60_000 + 1) as u16));
+    }
+    let acks: Vec<ReasonCode> = Sim::received(&publ)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .collect();
+    let refused = acks
+        .iter()
+        .filter(|r| **r == ReasonCode::QuotaExceeded)
+        .count();
+    assert_eq!(acks.len(), total, "every publish answered");
+    assert_eq!(refused, 100, "refused past the bound");
+    assert!(sim.shards[0].backlog[1].len() <= 16);
+    let counted = sim.shards[0].stats.refused[crate::stats::Refusal::Backlog as usize].get();
+    assert_eq!(counted, 100);
+    sim.settle();
+    assert_eq!(
+        Sim::publishes(&sub),
+        total - 100,
+        "everything acknowledged arrives"
+    );
+}

@@ -34,7 +34,13 @@ pub struct Transport {
     pending: BytesMut,
     peer_name: PeerCertAsUsername,
     peer_checked: bool,
+    /// Pongs not sent because the client was not reading what is pending.
+    skipped_pongs: u32,
 }
+
+/// Pending output past which a ping is not answered: a client that pings and never reads would
+/// otherwise make the broker hold its pongs without bound.
+const MAX_PENDING_FOR_PONG: usize = 64 * 1024;
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, e.to_string())
@@ -73,6 +79,7 @@ impl Transport {
                 PeerCertAsUsername::None
             },
             peer_checked: false,
+            skipped_pongs: 0,
         })))
     }
 
@@ -186,6 +193,13 @@ impl Transport {
         match result {
             Ok(ctl) => {
                 ws.closed |= ctl.closed;
+                if !ctl.pong.is_empty() {
+                    if self.pending.len() > MAX_PENDING_FOR_PONG {
+                        self.skipped_pongs += 1;
+                    } else {
+                        self.emit(&[&ctl.pong])?;
+                    }
+                }
                 if !ctl.reply.is_empty() {
                     self.emit(&[&ctl.reply])?;
                 }
@@ -202,6 +216,11 @@ impl Transport {
                 Err(invalid(e))
             }
         }
+    }
+
+    /// Pongs skipped since the last call (for the shard's counters).
+    pub fn take_skipped_pongs(&mut self) -> u32 {
+        std::mem::take(&mut self.skipped_pongs)
     }
 
     /// Queues bytes for the socket, through TLS when there is TLS.

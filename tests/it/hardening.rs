@@ -66,7 +66,7 @@ fn outbound_topic_aliases_never_wrap() {
 fn qos0_to_a_slow_reader_stays_in_order() {
     let b = Broker::with_config(
         1,
-        "max_outbound_bytes = 16384\nmax_queued_messages = 100000\nqueue_qos0 = true\n",
+        "max_outbound_bytes = 16384\nmax_queued_messages = 100000\nmax_queued_bytes = 0\nqueue_qos0 = true\n",
     );
     let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "slow", true);
     sub.subscribe("seq", QoS::AtMostOnce);
@@ -222,4 +222,46 @@ fn sys_event_topics_never_overflow_a_packet() {
         metrics.contains("ringmq_limit_refusals_total{what=\"sys_topic\"} 2"),
         "{metrics}"
     );
+}
+
+/// A shard that panics ends the whole process (`panic = "abort"`), so systemd restarts it,
+/// instead of leaving its rings unread and the other shards and CONNECTs homed on it waiting.
+#[test]
+fn a_shard_panic_ends_the_process() {
+    let mut b = Broker::launch(
+        2,
+        "[broker]\npin_cores = false\n",
+        tempdir::Dir::new(),
+        &[("RINGMQ_FAULT_PANIC_TOPIC", "fault/boom")],
+    );
+    let (mut other, _) = Raw::connect(b.port, Protocol::V311, "bystander", true);
+    let (mut c, _) = Raw::connect(b.port, Protocol::V311, "faulty", true);
+    c.publish("fault/boom", b"", QoS::AtMostOnce, 0);
+    let status = b.exited("a shard panic");
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        other.until_closed().is_empty(),
+        "other clients see the broker gone"
+    );
+    assert!(
+        b.log_text().contains("fault injected"),
+        "the panic is logged"
+    );
+}
+
+/// Configuration values that would panic a shard are refused by `check-config`.
+#[test]
+fn check_config_refuses_values_that_would_panic() {
+    let dir = tempdir::Dir::new();
+    for bad in [
+        "[mqtt]\nkeepalive_multiplier = inf\n",
+        "[mqtt]\nkeepalive_multiplier = nan\n",
+        "[mqtt]\nmax_topic_length = 70000\n",
+    ] {
+        let path = dir.0.join("bad.toml");
+        std::fs::write(&path, bad).expect("write");
+        let (ok, _, err) = ringmq(&["check-config", "-c", path.to_str().expect("path")], &[]);
+        assert!(!ok, "accepted {bad:?}");
+        assert!(err.contains("mqtt."), "{err}");
+    }
 }

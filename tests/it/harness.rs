@@ -166,19 +166,24 @@ impl Broker {
     /// directory (to start again on the same data dir).
     pub fn terminate(mut self) -> (std::process::ExitStatus, tempdir::Dir) {
         self.signal("TERM");
+        let status = self.exited("SIGTERM");
+        let dir = std::mem::replace(&mut self.dir, tempdir::Dir(PathBuf::new()));
+        (status, dir)
+    }
+
+    /// Waits (bounded) for the process to exit on its own after `what`.
+    pub fn exited(&mut self, what: &str) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
+        loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
-                break st;
+                return st;
             }
             assert!(
                 Instant::now() < deadline,
-                "broker did not exit after SIGTERM"
+                "broker did not exit after {what}"
             );
             std::thread::sleep(Duration::from_millis(20));
-        };
-        let dir = std::mem::replace(&mut self.dir, tempdir::Dir(PathBuf::new()));
-        (status, dir)
+        }
     }
 
     pub fn log_text(&self) -> String {
