@@ -11,14 +11,22 @@ use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat, LogOutput, LogRotation};
 
-/// Changes the level at run time; keeps the file writer's flushing thread alive.
+/// Changes the level at run time; keeps the writer thread alive until [`LogControl::flush`].
 pub struct LogControl {
     handle: reload::Handle<EnvFilter, Registry>,
     current: Mutex<String>,
-    _guard: Option<tracing_appender::non_blocking::WorkerGuard>,
+    guard: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
 }
 
 impl LogControl {
+    /// Writes out every line logged so far and stops the writer thread: the last call before
+    /// the process exits (later lines are not written).
+    pub fn flush(&self) {
+        if let Ok(mut g) = self.guard.lock() {
+            g.take();
+        }
+    }
+
     pub fn level(&self) -> String {
         self.current.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -43,17 +51,19 @@ pub fn init(cfg: &LogConfig) -> Result<LogControl, String> {
     let level = std::env::var("RINGMQ_LOG").unwrap_or_else(|_| cfg.level.clone());
     let filter = EnvFilter::try_new(&level).map_err(|e| format!("log.level: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
+    // Every output goes through a writer thread: a shard never waits on a slow terminal, pipe
+    // or disk to log a line.
     let (writer, ansi, guard) = match cfg.output {
-        LogOutput::Stderr => (
-            fmt::writer::BoxMakeWriter::new(std::io::stderr),
-            std::io::stderr().is_terminal(),
-            None,
-        ),
-        LogOutput::Stdout => (
-            fmt::writer::BoxMakeWriter::new(std::io::stdout),
-            std::io::stdout().is_terminal(),
-            None,
-        ),
+        LogOutput::Stderr => {
+            let (nb, guard) = tracing_appender::non_blocking(std::io::stderr());
+            let ansi = std::io::stderr().is_terminal();
+            (fmt::writer::BoxMakeWriter::new(nb), ansi, Some(guard))
+        }
+        LogOutput::Stdout => {
+            let (nb, guard) = tracing_appender::non_blocking(std::io::stdout());
+            let ansi = std::io::stdout().is_terminal();
+            (fmt::writer::BoxMakeWriter::new(nb), ansi, Some(guard))
+        }
         LogOutput::File => {
             let rotation = match cfg.rotation {
                 LogRotation::Hourly => tracing_appender::rolling::Rotation::HOURLY,
@@ -89,7 +99,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogControl, String> {
     Ok(LogControl {
         handle,
         current: Mutex::new(level),
-        _guard: guard,
+        guard: Mutex::new(guard),
     })
 }
 

@@ -244,7 +244,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
     std::thread::spawn(move || {
         let _ = done_tx.send(b.shutdown());
     });
-    match done_rx.recv_timeout(timeout) {
+    let result = match done_rx.recv_timeout(timeout) {
         Ok(Ok(())) => {
             for t in threads {
                 let _ = t.join();
@@ -260,7 +260,9 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
             );
             Ok(())
         }
-    }
+    };
+    broker.log.flush();
+    result
 }
 
 /// Blocks until SIGTERM or SIGINT; reloads on SIGHUP.

@@ -149,6 +149,9 @@ pub struct PasswordDb {
     users: AHashMap<String, Hash>,
     /// Passwords already verified: username -> SHA-512(salt, password) with a per-process salt.
     verified: Mutex<AHashMap<String, Vec<u8>>>,
+    /// The last wrong password tried per user, the same way: a client retrying it costs a
+    /// SHA-512, not a PBKDF2. One per user of the file (unknown users cost nothing).
+    failed: Mutex<AHashMap<String, Vec<u8>>>,
     memo_salt: Vec<u8>,
 }
 
@@ -162,6 +165,7 @@ impl PasswordDb {
         Ok(PasswordDb {
             users,
             verified: Mutex::new(AHashMap::new()),
+            failed: Mutex::new(AHashMap::new()),
             memo_salt: salt()?,
         })
     }
@@ -190,11 +194,15 @@ impl PasswordDb {
                 return true;
             }
         }
-        let ok = hash.verify(password);
-        if ok {
-            if let Ok(mut v) = self.verified.lock() {
-                v.insert(username.to_string(), memo);
+        if let Ok(f) = self.failed.lock() {
+            if f.get(username).is_some_and(|m| constant_time_eq(m, &memo)) {
+                return false;
             }
+        }
+        let ok = hash.verify(password);
+        let memos = if ok { &self.verified } else { &self.failed };
+        if let Ok(mut m) = memos.lock() {
+            m.insert(username.to_string(), memo);
         }
         ok
     }
@@ -247,6 +255,11 @@ mod tests {
         assert!(db.verify("alice", b"s3cret"));
         assert!(db.verify("alice", b"s3cret"), "memo path");
         assert!(!db.verify("alice", b"wrong"));
+        assert!(!db.verify("alice", b"wrong"), "failure memo path");
+        assert!(
+            db.verify("alice", b"s3cret"),
+            "a remembered failure never refuses the right password"
+        );
         assert!(!db.verify("bob", b"s3cret"));
         let e = PasswordDb::parse("bob:hunter2\n", "p")
             .err()

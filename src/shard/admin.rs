@@ -16,6 +16,11 @@ use crate::control::{Reply, Request};
 use crate::session::{Message, Subscription};
 use crate::topic::{matches, validate_filter};
 
+/// Rows one shard puts in a listing (clients, subscriptions, topics, retained): the listing is
+/// built on the shard's thread, so its size bounds how long the shard's other clients wait.
+/// A client or topic is still found by name however many there are.
+const MAX_LISTED: usize = 10_000;
+
 fn client_json(slot: &SessionSlot, detail: bool) -> Value {
     let s = &slot.session;
     let mut v = json!({
@@ -82,6 +87,7 @@ impl Shard {
             Request::Clients(None) => Ok(Value::Array(
                 self.sessions
                     .iter()
+                    .take(MAX_LISTED)
                     .map(|(_, s)| client_json(s, false))
                     .collect(),
             )),
@@ -105,6 +111,7 @@ impl Shard {
                 self.sessions
                     .iter()
                     .flat_map(|(_, s)| subs_json(s))
+                    .take(MAX_LISTED)
                     .collect(),
             )),
             Request::Subscriptions(Some(id)) => Ok(Value::Array(
@@ -129,6 +136,7 @@ impl Shard {
                     .sessions
                     .iter()
                     .flat_map(|(_, s)| s.session.subscriptions.keys().map(|k| &**k))
+                    .take(MAX_LISTED)
                     .collect();
                 topics.sort_unstable();
                 topics.dedup();
@@ -137,11 +145,15 @@ impl Shard {
             Request::Retained(topic) => {
                 let filter = topic.as_deref().unwrap_or("#");
                 let mut out = Vec::new();
+                let mut add = |m: &Arc<Message>, payload: bool| {
+                    if out.len() < MAX_LISTED {
+                        out.push(message_json(m, payload));
+                    }
+                };
                 self.retained
-                    .for_each_match(filter, |m| out.push(message_json(m, topic.is_some())));
+                    .for_each_match(filter, |m| add(m, topic.is_some()));
                 if topic.is_none() {
-                    self.retained
-                        .for_each_match("$SYS/#", |m| out.push(message_json(m, false)));
+                    self.retained.for_each_match("$SYS/#", |m| add(m, false));
                 }
                 Ok(Value::Array(out))
             }

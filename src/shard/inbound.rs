@@ -274,7 +274,9 @@ impl Shard {
             !topic.starts_with('$') && self.authorize(link, &client_id, Action::Publish, &topic);
         if !allowed {
             self.stats.acl_denied.inc();
-            tracing::info!(client = %client_id, peer = %link.peer, %topic, "publish not authorized");
+            // Debug, not info: a client can send these as fast as it can write, and the
+            // counter (ringmq_acl_denied_total) says how many there were.
+            tracing::debug!(client = %client_id, peer = %link.peer, %topic, "publish not authorized");
             if link.protocol.get().is_v5() {
                 if let Some(a) = ack(ReasonCode::NotAuthorized) {
                     link.send(&a);
@@ -389,7 +391,7 @@ impl Shard {
                 .unwrap_or_default();
             if !self.authorize(link, &client_id, Action::Subscribe, inner) {
                 self.stats.acl_denied.inc();
-                tracing::info!(client = %client_id, peer = %link.peer, %filter, "subscription not authorized");
+                tracing::debug!(client = %client_id, peer = %link.peer, %filter, "subscription not authorized");
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
@@ -399,7 +401,7 @@ impl Shard {
                     && !s.session.subscriptions.contains_key(&filter)
             });
             if full {
-                tracing::info!(client = %client_id, %filter, "mqtt.max_subscriptions reached");
+                tracing::debug!(client = %client_id, %filter, "mqtt.max_subscriptions reached");
                 reasons.push(ReasonCode::QuotaExceeded);
                 continue;
             }
