@@ -193,8 +193,10 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
         .enumerate()
         .map(|(i, (_, inbox))| Arc::new(Queue::new(i, inbox.bells())))
         .collect();
+    let checks = password_checkers(&cfg, shards, &ends)?;
     let mut threads = Vec::with_capacity(shards);
-    for (((id, ends), socks), restore) in ends.into_iter().enumerate().zip(sockets).zip(saved) {
+    let shard_ends = ends.into_iter().zip(checks).enumerate();
+    for (((id, (ends, checks)), socks), restore) in shard_ends.zip(sockets).zip(saved) {
         let boot = Boot {
             id,
             shards,
@@ -203,6 +205,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
             shared: shared.clone(),
             control: queues[id].clone(),
             listeners: Listener::for_shard(&cfg, &tls, shards),
+            checks,
         };
         let core = (cfg.broker.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let t = std::thread::Builder::new()
@@ -263,6 +266,25 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
     };
     broker.log.flush();
     result
+}
+
+/// The password checker threads (`auth.password_threads`, 0: one per four CPUs) and each
+/// shard's end of them.
+fn password_checkers(
+    cfg: &Config,
+    shards: usize,
+    ends: &[(crate::ring::Outbox, crate::ring::Inbox)],
+) -> Result<Vec<crate::auth::checker::ShardChecks>, String> {
+    let threads = match cfg.auth.password_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 4),
+        n => n,
+    };
+    let bells = ends
+        .first()
+        .map(|(_, inbox)| inbox.bells())
+        .ok_or("no shards")?;
+    let queue = cfg.auth.max_pending_checks * shards;
+    crate::auth::checker::spawn(shards, threads, queue, bells).map_err(|e| e.to_string())
 }
 
 /// Blocks until SIGTERM or SIGINT; reloads on SIGHUP.

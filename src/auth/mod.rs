@@ -3,6 +3,7 @@
 //! a new one (or fails, naming file, line and reason, and the old one stays).
 
 mod acl;
+pub mod checker;
 mod passwd;
 
 use std::net::IpAddr;
@@ -42,6 +43,16 @@ impl Auth {
         })
     }
 
+    /// Only this password database, anonymous clients refused (for tests).
+    #[cfg(test)]
+    pub fn with_passwords(db: PasswordDb) -> Auth {
+        Auth {
+            passwords: Some(db),
+            allow_anonymous: false,
+            ..Auth::open()
+        }
+    }
+
     /// Everything allowed: no files, anonymous clients welcome.
     pub fn open() -> Auth {
         Auth {
@@ -67,25 +78,39 @@ impl Auth {
         )
     }
 
-    /// Checks CONNECT's credentials. `cert_user` is a username a verified client certificate
-    /// vouches for (it needs no password).
+    /// Checks CONNECT's credentials as far as it can without hashing. `cert_user` is a username
+    /// a verified client certificate vouches for (it needs no password). `None`: the password
+    /// must be verified against its hash ([`Auth::verify_password`], on a side thread).
     pub fn authenticate(
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
         cert_user: bool,
-    ) -> Result<(), ReasonCode> {
+    ) -> Option<Result<(), ReasonCode>> {
+        let verdict = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ReasonCode::BadUserNameOrPassword)
+            }
+        };
         match (username, password) {
-            (None, Some(_)) => Err(ReasonCode::BadUserNameOrPassword),
-            (None, None) if self.allow_anonymous => Ok(()),
-            (None, None) => Err(ReasonCode::NotAuthorized),
-            (Some(_), _) if cert_user => Ok(()),
+            (None, Some(_)) => Some(Err(ReasonCode::BadUserNameOrPassword)),
+            (None, None) if self.allow_anonymous => Some(Ok(())),
+            (None, None) => Some(Err(ReasonCode::NotAuthorized)),
+            (Some(_), _) if cert_user => Some(Ok(())),
             (Some(u), pw) => match &self.passwords {
-                None => Ok(()),
-                Some(db) if db.verify(u, pw.unwrap_or_default()) => Ok(()),
-                Some(_) => Err(ReasonCode::BadUserNameOrPassword),
+                None => Some(Ok(())),
+                Some(db) => db.remembered(u, pw.unwrap_or_default()).map(verdict),
             },
         }
+    }
+
+    /// The slow half of [`Auth::authenticate`]: the password against its hash.
+    pub fn verify_password(&self, username: &str, password: &[u8]) -> bool {
+        self.passwords
+            .as_ref()
+            .is_some_and(|db| db.verify_slow(username, password))
     }
 
     /// May `client` publish to (or subscribe to) `topic`?

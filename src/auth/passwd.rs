@@ -185,24 +185,41 @@ impl PasswordDb {
     }
 
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
+        self.remembered(username, password)
+            .unwrap_or_else(|| self.verify_slow(username, password))
+    }
+
+    /// The answer without hashing, where there is one: an unknown user, or a password already
+    /// verified or already refused for this user. `None`: only the slow hash can tell.
+    pub fn remembered(&self, username: &str, password: &[u8]) -> Option<bool> {
+        if !self.users.contains_key(username) {
+            return Some(false);
+        }
+        let memo = quick(&self.memo_salt, password);
+        let known = |memos: &Mutex<AHashMap<String, Vec<u8>>>| {
+            memos
+                .lock()
+                .is_ok_and(|m| m.get(username).is_some_and(|m| constant_time_eq(m, &memo)))
+        };
+        if known(&self.verified) {
+            return Some(true);
+        }
+        if known(&self.failed) {
+            return Some(false);
+        }
+        None
+    }
+
+    /// Verifies against the file's hash (PBKDF2: about a millisecond, never on a shard) and
+    /// remembers the outcome.
+    pub fn verify_slow(&self, username: &str, password: &[u8]) -> bool {
         let Some(hash) = self.users.get(username) else {
             return false;
         };
-        let memo = quick(&self.memo_salt, password);
-        if let Ok(v) = self.verified.lock() {
-            if v.get(username).is_some_and(|m| constant_time_eq(m, &memo)) {
-                return true;
-            }
-        }
-        if let Ok(f) = self.failed.lock() {
-            if f.get(username).is_some_and(|m| constant_time_eq(m, &memo)) {
-                return false;
-            }
-        }
         let ok = hash.verify(password);
         let memos = if ok { &self.verified } else { &self.failed };
         if let Ok(mut m) = memos.lock() {
-            m.insert(username.to_string(), memo);
+            m.insert(username.to_string(), quick(&self.memo_salt, password));
         }
         ok
     }

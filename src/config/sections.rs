@@ -210,6 +210,10 @@ pub struct AuthConfig {
     pub acl_nomatch: NoMatch,
     /// ACL decisions remembered per client.
     pub acl_cache_size: usize,
+    /// Threads that verify password hashes (0: one per four CPUs, at least one).
+    pub password_threads: usize,
+    /// CONNECTs per shard waiting for a password check; past it new ones get 0x89 (v3: 3).
+    pub max_pending_checks: usize,
 }
 
 impl Default for AuthConfig {
@@ -220,6 +224,8 @@ impl Default for AuthConfig {
             acl_file: None,
             acl_nomatch: NoMatch::Deny,
             acl_cache_size: 32,
+            password_threads: 0,
+            max_pending_checks: 256,
         }
     }
 }

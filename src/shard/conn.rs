@@ -184,7 +184,10 @@ fn drive<'a>(
             let (want_read, ring_blocked) = {
                 let sh = shard.borrow();
                 let out_full = link.out.borrow().len() > sh.cfg.mqtt.max_outbound_bytes;
-                let claiming = matches!(link.state.get(), LinkState::Claiming(_));
+                let claiming = matches!(
+                    link.state.get(),
+                    LinkState::Claiming(_) | LinkState::Authenticating(_)
+                );
                 let ring_blocked = sh.ring_blocked();
                 (!out_full && !claiming && !ring_blocked, ring_blocked)
             };
@@ -343,7 +346,10 @@ fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut) -> bool {
     let max = sh.cfg.mqtt.max_packet_size as usize;
     loop {
         if link.is_closing()
-            || matches!(link.state.get(), LinkState::Claiming(_))
+            || matches!(
+                link.state.get(),
+                LinkState::Claiming(_) | LinkState::Authenticating(_)
+            )
             || link.throttled()
         {
             return false;
@@ -366,7 +372,7 @@ fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut) -> bool {
 }
 
 /// Closes a connection for a protocol error, answering with CONNACK before CONNECT completes.
-fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
+pub(super) fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
     sh.stats.protocol_errors.inc();
     if link.state.get() == LinkState::New {
         sh.refuse_connect(link, close.reason);

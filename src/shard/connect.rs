@@ -11,6 +11,7 @@ use bytestring::ByteString;
 
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard, TimerKind};
+use crate::auth::checker::{Check, Verdict};
 use crate::codec::{ConnAck, Connect, Packet, Properties, Protocol, PubResp, ReasonCode, Will};
 use crate::ring::{Grant, XMsg};
 use crate::session::{owned, Message, OutState, Session};
@@ -59,7 +60,83 @@ impl Shard {
             ));
         }
         c.client_id = owned(&c.client_id);
-        self.authenticate(link, &mut c)?;
+        let cert_user = link
+            .extras
+            .borrow()
+            .as_ref()
+            .and_then(|e| e.cert_user.as_deref().map(ByteString::from));
+        if let Some(u) = &cert_user {
+            c.username = Some(u.clone());
+        }
+        let quick = self.auth.authenticate(
+            c.username.as_deref(),
+            c.password.as_deref(),
+            cert_user.is_some(),
+        );
+        match quick {
+            Some(Ok(())) => self.admit_connect(link, c),
+            Some(Err(reason)) => Err(self.auth_failed(link, &c, reason)),
+            None => self.check_password(link, c),
+        }
+    }
+
+    /// Hands the password to a checker thread; the CONNECT waits, unread further, for
+    /// [`Shard::password_checked`]. Refused as busy when too many already wait.
+    fn check_password(&mut self, link: &Rc<ConnLink>, c: Box<Connect>) -> Result<(), Close> {
+        let token = self.token();
+        let check = Check {
+            token,
+            auth: self.auth.clone(),
+            username: c.username.as_deref().unwrap_or_default().to_string(),
+            password: c.password.as_deref().unwrap_or_default().to_vec(),
+        };
+        let full = self.password_waits.len() >= self.cfg.auth.max_pending_checks;
+        if full || self.checks.submit(check).is_err() {
+            self.stats.refused(crate::stats::Refusal::PasswordQueue);
+            return Err(Close::new(
+                ReasonCode::ServerBusy,
+                "too many password checks waiting",
+            ));
+        }
+        link.state.set(LinkState::Authenticating(token));
+        *link.connect.borrow_mut() = Some(c);
+        self.password_waits.insert(token, link.clone());
+        Ok(())
+    }
+
+    /// A checker thread's verdict on a waiting CONNECT: it goes on, or is refused.
+    pub(super) fn password_checked(&mut self, v: Verdict) {
+        let Some(link) = self.password_waits.remove(&v.token) else {
+            return;
+        };
+        let connect = link.connect.borrow_mut().take();
+        let Some(c) = connect.filter(|_| !link.is_closing()) else {
+            return;
+        };
+        link.state.set(LinkState::New);
+        let result = if v.ok {
+            self.admit_connect(&link, c)
+        } else {
+            Err(self.auth_failed(&link, &c, ReasonCode::BadUserNameOrPassword))
+        };
+        if let Err(close) = result {
+            super::conn::refuse(self, &link, close);
+        }
+        // Packets behind the CONNECT are read once the state moves on; wake the task to see it.
+        link.wake();
+    }
+
+    fn auth_failed(&self, link: &ConnLink, c: &Connect, reason: ReasonCode) -> Close {
+        self.stats.auth_failures.inc();
+        let username = c.username.as_deref().unwrap_or("");
+        tracing::info!(client = %c.client_id, peer = %link.peer, username, ?reason, "authentication failed");
+        Close::new(reason, "authentication failed")
+    }
+
+    /// The rest of a CONNECT once its credentials passed: the will's topic, then the claim at
+    /// the client id's home shard.
+    fn admit_connect(&mut self, link: &Rc<ConnLink>, mut c: Box<Connect>) -> Result<(), Close> {
+        self.authorize_will(link, &c)?;
         if let Some(w) = &mut c.will {
             if !self.topic_within_limits(&w.topic) {
                 return Err(Close::new(
@@ -87,26 +164,10 @@ impl Shard {
         Ok(())
     }
 
-    /// Checks the credentials (or the client certificate's name) and the will's topic against
-    /// the ACL; keeps the identity on the link for later ACL checks when it will be needed.
-    fn authenticate(&mut self, link: &ConnLink, c: &mut Connect) -> Result<(), Close> {
-        let cert_user = link
-            .extras
-            .borrow()
-            .as_ref()
-            .and_then(|e| e.cert_user.as_deref().map(str::to_string));
-        if let Some(u) = &cert_user {
-            c.username = Some(ByteString::from(u.as_str()));
-        }
+    /// Keeps the identity on the link for later ACL checks when it will be needed, and checks
+    /// the will's topic against the ACL.
+    fn authorize_will(&mut self, link: &ConnLink, c: &Connect) -> Result<(), Close> {
         let username = c.username.as_deref();
-        if let Err(reason) =
-            self.auth
-                .authenticate(username, c.password.as_deref(), cert_user.is_some())
-        {
-            self.stats.auth_failures.inc();
-            tracing::info!(client = %c.client_id, peer = %link.peer, username = username.unwrap_or(""), ?reason, "authentication failed");
-            return Err(Close::new(reason, "authentication failed"));
-        }
         if username.is_some() || self.auth.has_acl() {
             let ident = crate::auth::ClientAuth::new(username.map(str::to_string), link.peer.ip());
             link.extras().auth = Some(ident);
@@ -485,6 +546,9 @@ impl Shard {
             }
             LinkState::Claiming(token) => {
                 self.pending.remove(&token);
+            }
+            LinkState::Authenticating(token) => {
+                self.password_waits.remove(&token);
             }
             _ => {}
         }

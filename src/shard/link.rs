@@ -22,6 +22,8 @@ const BY_REFERENCE: usize = 1024;
 pub enum LinkState {
     /// TCP is up, no CONNECT yet.
     New,
+    /// CONNECT received; its password is with a checker thread under this token.
+    Authenticating(u64),
     /// CONNECT received; waiting for the home shard's grant with this token.
     Claiming(u64),
     /// Connected to the session in this slot.

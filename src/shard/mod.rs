@@ -37,6 +37,7 @@ use bytestring::ByteString;
 use slab::Slab;
 use smallvec::SmallVec;
 
+use crate::auth::checker::ShardChecks;
 use crate::auth::Auth;
 use crate::codec::SubOptions;
 use crate::config::Config;
@@ -164,6 +165,10 @@ pub struct Shard {
     by_client: client_index::ClientIndex,
     /// Connections waiting for a grant, by claim token.
     pending: AHashMap<u64, Rc<ConnLink>>,
+    /// This shard's end of the password checker threads.
+    checks: ShardChecks,
+    /// Connections whose password a checker thread is verifying, by token.
+    password_waits: AHashMap<u64, Rc<ConnLink>>,
     /// Claims superseded before their grant arrived: token -> (shard, token, clean start).
     superseded: AHashMap<u64, (usize, u64, bool)>,
     /// Client ids homed here: the shard that owns each session, and its claim token.
@@ -193,6 +198,7 @@ impl Shard {
             shared,
             control,
             listeners,
+            checks,
         } = boot;
         let hibernation = (cfg.broker.hibernate_after > 0)
             .then(hibernate::Hibernation::new)
@@ -222,6 +228,8 @@ impl Shard {
             sessions: Slab::new(),
             by_client: client_index::ClientIndex::default(),
             pending: AHashMap::new(),
+            checks,
+            password_waits: AHashMap::new(),
             superseded: AHashMap::new(),
             home: AHashMap::new(),
             subs: Trie::default(),
@@ -410,7 +418,9 @@ impl Shard {
                 link.wake();
             }
             match link.state.get() {
-                link::LinkState::New if link.silent_for(now) > connect_timeout => {
+                link::LinkState::New | link::LinkState::Authenticating(_)
+                    if link.silent_for(now) > connect_timeout =>
+                {
                     link.close(link::Close::new(
                         crate::codec::ReasonCode::MaximumConnectTime,
                         "no CONNECT in time",
@@ -478,6 +488,7 @@ pub struct Boot {
     pub shared: Arc<Shared>,
     pub control: Arc<Queue>,
     pub listeners: Vec<Listener>,
+    pub checks: ShardChecks,
 }
 
 /// Runs a shard on the current thread until a shutdown closes it.
@@ -521,6 +532,9 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             for msg in batch.drain(..) {
                 sh.handle_xmsg(msg);
             }
+            for verdict in sh.checks.take() {
+                sh.password_checked(verdict);
+            }
             sh.retry_backlog();
         }
         for (req, reply) in control.take() {
@@ -538,7 +552,7 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if !sh.self_queue.is_empty() || sh.ring_blocked() {
+            if !sh.self_queue.is_empty() || sh.ring_blocked() || sh.checks.ready() {
                 return Poll::Ready(());
             }
             sh.pump_waker = Some(cx.waker().clone());

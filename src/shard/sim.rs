@@ -30,7 +30,10 @@ impl Sim {
         let tls = Listener::tls_configs(&cfg).expect("tls");
         let mut shards = Vec::new();
         let mut inboxes = Vec::new();
-        for (id, (outbox, inbox)) in crate::ring::mesh(n, 1024).into_iter().enumerate() {
+        let mesh = crate::ring::mesh(n, 1024);
+        let bells = mesh[0].1.bells();
+        let checks = crate::auth::checker::spawn(n, 1, 16, bells).expect("checker thread");
+        for (id, ((outbox, inbox), checks)) in mesh.into_iter().zip(checks).enumerate() {
             let boot = Boot {
                 id,
                 shards: n,
@@ -39,6 +42,7 @@ impl Sim {
                 shared: shared.clone(),
                 control: Arc::new(Queue::new(id, inbox.bells())),
                 listeners: Listener::for_shard(&cfg, &tls, n),
+                checks,
             };
             shards.push(Shard::new(boot, outbox));
             inboxes.push(inbox);

@@ -623,3 +623,81 @@ fn reload_applies_listener_limits_by_name() {
         Some(ReasonCode::QuotaExceeded)
     );
 }
+
+/// Passwords are verified on checker threads, never on a shard: a CONNECT with packets
+/// pipelined behind it waits for its verdict and then has them all handled in order, a wrong
+/// password gets 0x86 (v3: 4), and a flood of wrong passwords (each new, so none is
+/// remembered) leaves another pair's QoS 1 exchange lossless.
+#[test]
+fn password_checks_wait_off_the_shard_and_keep_order() {
+    let (b, _file) = auth_broker("password_threads = 1\n");
+    let mut raw = Raw::open(b.port, Protocol::V5);
+    raw.send_all([
+        Packet::Connect(Box::new(with_user(
+            Protocol::V5,
+            "pipelined",
+            Some("alice"),
+            Some("wonderland"),
+        ))),
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![("own/t".into(), SubOptions::qos(QoS::AtLeastOnce))],
+            properties: None,
+        }),
+        Packet::Publish(publish("own/t", b"to myself", QoS::AtLeastOnce, 2)),
+    ]);
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        match raw.recv() {
+            Some(Packet::ConnAck(a)) => kinds.push(format!("connack {:?}", a.reason)),
+            Some(Packet::SubAck(_)) => kinds.push("suback".into()),
+            Some(Packet::PubAck(_)) => kinds.push("puback".into()),
+            Some(Packet::Publish(p)) => kinds.push(format!("publish {:?}", p.payload)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(kinds[0], "connack Success");
+    for k in ["suback", "puback", "publish b\"to myself\""] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing: {kinds:?}");
+    }
+    let (mut sub, _) = Raw::connect_with(
+        b.port,
+        with_user(Protocol::V311, "sub", Some("bob"), Some("builder")),
+    );
+    sub.subscribe("pair/t", QoS::AtLeastOnce);
+    let (mut publ, _) = Raw::connect_with(
+        b.port,
+        with_user(Protocol::V311, "pub", Some("bob"), Some("builder")),
+    );
+    let flood = std::thread::spawn({
+        let port = b.port;
+        move || {
+            for i in 0..100 {
+                let wrong = format!("guess-{i}");
+                let proto = if i % 2 == 0 {
+                    Protocol::V5
+                } else {
+                    Protocol::V311
+                };
+                let c = with_user(proto, &format!("guess{i}"), Some("alice"), Some(&wrong));
+                assert_eq!(
+                    connack(port, c),
+                    Some(ReasonCode::BadUserNameOrPassword),
+                    "guess {i}"
+                );
+            }
+        }
+    });
+    for i in 1..=200u16 {
+        publ.publish_acked("pair/t", &i.to_be_bytes(), QoS::AtLeastOnce, i);
+        let got = sub.recv_publish();
+        assert_eq!(&got.payload[..], &i.to_be_bytes(), "in order, none lost");
+        sub.ack(&got);
+    }
+    flood.join().expect("flood");
+    let (_, metrics) = b.api("GET", "/metrics", None);
+    assert!(
+        metrics.contains("ringmq_auth_failures_total 100"),
+        "{metrics}"
+    );
+}
