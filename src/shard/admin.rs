@@ -223,13 +223,11 @@ impl Shard {
 
     /// The slot of the session `client_id` has on this shard.
     fn session_of(&self, client_id: &str) -> Option<usize> {
-        self.by_client.get(&self.sessions, client_id)
+        self.sessions.find(client_id)
     }
 
     fn status_json(&self) -> Value {
-        let occupancy: Vec<usize> = (0..self.shards)
-            .map(|to| self.outbox.occupancy(to))
-            .collect();
+        let occupancy = self.mesh.occupancy_by_shard();
         json!({
             "shard": self.id,
             "connections": self.conns.len(),

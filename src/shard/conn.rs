@@ -188,7 +188,7 @@ fn drive<'a>(
                     link.state.get(),
                     LinkState::Claiming(_) | LinkState::Authenticating(_)
                 );
-                let ring_blocked = sh.ring_blocked();
+                let ring_blocked = sh.mesh.blocked();
                 (!out_full && !claiming && !ring_blocked, ring_blocked)
             };
             let want_write = !link.out.borrow().is_empty()
@@ -213,10 +213,10 @@ fn drive<'a>(
                         }
                     }
                 } else if ring_blocked {
-                    if !shard.borrow().ring_blocked() {
+                    if !shard.borrow().mesh.blocked() {
                         return Poll::Ready(Event::Output);
                     }
-                    shard.borrow_mut().wait_for_ring(link);
+                    shard.borrow_mut().mesh.wait_for_ring(link);
                 }
                 if let Some(w) = writable_now.as_mut() {
                     if w.as_mut().poll(cx).is_ready() {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use super::link::{Close, ConnLink, LinkState};
+use super::waiting::Successor;
 use super::{SessionSlot, Shard, TimerKind};
 use crate::auth::checker::{Check, Verdict};
 use crate::codec::{ConnAck, Connect, Packet, Properties, Protocol, PubResp, ReasonCode, Will};
@@ -90,25 +91,20 @@ impl Shard {
             username: c.username.as_deref().unwrap_or_default().to_string(),
             password: c.password.as_deref().unwrap_or_default().to_vec(),
         };
-        let full = self.password_waits.len() >= self.cfg.auth.max_pending_checks;
-        if full || self.checks.submit(check).is_err() {
+        let max = self.cfg.auth.max_pending_checks;
+        if !self.waiting.check_password(link, check, max) {
             self.stats.refused(crate::stats::Refusal::PasswordQueue);
             return Err(Close::new(
                 ReasonCode::ServerBusy,
                 "too many password checks waiting",
             ));
         }
-        link.state.set(LinkState::Authenticating(token));
         *link.connect.borrow_mut() = Some(c);
-        self.password_waits.insert(token, link.clone());
         Ok(())
     }
 
     /// A checker thread's verdict on a waiting CONNECT: it goes on, or is refused.
-    pub(super) fn password_checked(&mut self, v: Verdict) {
-        let Some(link) = self.password_waits.remove(&v.token) else {
-            return;
-        };
+    pub(super) fn password_checked(&mut self, v: Verdict, link: Rc<ConnLink>) {
         let connect = link.connect.borrow_mut().take();
         let Some(c) = connect.filter(|_| !link.is_closing()) else {
             return;
@@ -150,7 +146,7 @@ impl Shard {
         link.keep_alive
             .set(self.cfg.mqtt.server_keep_alive.unwrap_or(c.keep_alive));
         let token = self.token();
-        link.state.set(LinkState::Claiming(token));
+        self.waiting.claim(token, link.clone());
         let home = self.home_of(&c.client_id);
         let msg = XMsg::Claim {
             client_id: c.client_id.clone(),
@@ -159,7 +155,6 @@ impl Shard {
             clean_start: c.clean_start,
         };
         *link.connect.borrow_mut() = Some(c);
-        self.pending.insert(token, link.clone());
         self.send(home, msg);
         Ok(())
     }
@@ -224,7 +219,7 @@ impl Shard {
         clean_start: bool,
         now: Instant,
     ) {
-        if self.flapping(&client_id, now) {
+        if self.homes.flapping(&client_id, &self.cfg.limits, now) {
             let refused = Some(ReasonCode::Banned);
             let g = Grant {
                 client_id,
@@ -235,7 +230,7 @@ impl Shard {
             self.send(shard, XMsg::Grant(g));
             return;
         }
-        match self.home.insert(client_id.clone(), (shard, token)) {
+        match self.homes.claim(client_id.clone(), shard, token) {
             None => self.send(
                 shard,
                 XMsg::Grant(Grant {
@@ -245,7 +240,7 @@ impl Shard {
                     refused: None,
                 }),
             ),
-            Some((owner, _)) => self.send(
+            Some(owner) => self.send(
                 owner,
                 XMsg::Takeover {
                     client_id,
@@ -265,17 +260,16 @@ impl Shard {
         clean_start: bool,
     ) {
         let now = Instant::now();
-        let session = if let Some(key) = self.by_client.get(&self.sessions, &client_id) {
+        let session = if let Some(key) = self.sessions.find(&client_id) {
             self.take_session(key, clean_start, now)
         } else {
-            let waiting = self.pending.iter().find(|(_, l)| {
-                l.connect
-                    .borrow()
-                    .as_ref()
-                    .is_some_and(|c| c.client_id == client_id)
-            });
-            if let Some((&old, _)) = waiting {
-                self.superseded.insert(old, (shard, token, clean_start));
+            if let Some(old) = self.waiting.claiming(&client_id) {
+                let by = Successor {
+                    shard,
+                    token,
+                    clean_start,
+                };
+                self.waiting.supersede(old, by);
                 return;
             }
             None
@@ -325,27 +319,27 @@ impl Shard {
 
     pub(super) fn on_grant(&mut self, g: Grant) {
         let now = Instant::now();
-        if let Some((shard, token, clean)) = self.superseded.remove(&g.token) {
-            if let Some(link) = self.pending.remove(&g.token) {
+        if let Some(next) = self.waiting.successor(g.token) {
+            if let Some(link) = self.waiting.granted(g.token) {
                 link.state.set(LinkState::Closed);
                 link.close(Close::new(
                     ReasonCode::SessionTakenOver,
                     "session taken over",
                 ));
             }
-            let session = if clean { None } else { g.session };
+            let session = if next.clean_start { None } else { g.session };
             self.send(
-                shard,
+                next.shard,
                 XMsg::Grant(Grant {
                     client_id: g.client_id,
-                    token,
+                    token: next.token,
                     session,
                     refused: g.refused,
                 }),
             );
             return;
         }
-        let link = self.pending.remove(&g.token).filter(|l| !l.is_closing());
+        let link = self.waiting.granted(g.token).filter(|l| !l.is_closing());
         let connect = link.as_ref().and_then(|l| l.connect.borrow_mut().take());
         let (Some(link), Some(mut c)) = (link, connect) else {
             self.orphan_grant(g, now);
@@ -502,7 +496,7 @@ impl Shard {
         let at = now + Duration::from_secs(u64::from(secs));
         slot.set_expires_at(at);
         let token = slot.token;
-        self.schedule(at, TimerKind::Expiry, key, token);
+        self.sessions.schedule(at, TimerKind::Expiry, key, token);
     }
 
     /// The connection task ended: the session goes offline (or ends), and its will is due.
@@ -538,19 +532,13 @@ impl Shard {
                             + Duration::from_secs(u64::from(d.min(slot.session.expiry_interval)));
                         slot.set_will_at(Some(at));
                         let token = slot.token;
-                        self.schedule(at, TimerKind::Will, key, token);
+                        self.sessions.schedule(at, TimerKind::Will, key, token);
                     }
                     None => {}
                 }
                 self.schedule_expiry(key, now);
             }
-            LinkState::Claiming(token) => {
-                self.pending.remove(&token);
-            }
-            LinkState::Authenticating(token) => {
-                self.password_waits.remove(&token);
-            }
-            _ => {}
+            other => self.waiting.forget(other),
         }
     }
 
@@ -575,7 +563,6 @@ impl Shard {
 
     pub(super) fn insert_session(&mut self, slot: SessionSlot) -> usize {
         let key = self.sessions.insert(slot);
-        self.by_client.insert(&self.sessions, key);
         self.stats.sessions.inc();
         key
     }
@@ -583,7 +570,6 @@ impl Shard {
     fn remove_session(&mut self, key: usize) -> SessionSlot {
         let slot = self.sessions.remove(key);
         self.stats.sessions.dec();
-        self.by_client.remove(&slot.session.client_id, key);
         let filters: Vec<ByteString> = slot.session.subscriptions.keys().cloned().collect();
         for f in filters {
             self.unindex_subscription(key, &f);

@@ -287,7 +287,7 @@ impl Shard {
             return Ok(());
         }
         self.charge_publish(link, p.payload.len(), now)?;
-        if self.backlog_full() {
+        if self.mesh.backlog_full(self.cfg.broker.max_ring_backlog) {
             return self.refuse_for_backlog(link, &client_id, ack(ReasonCode::QuotaExceeded));
         }
         let Some(slot) = self.sessions.get_mut(key) else {

@@ -1,14 +1,11 @@
 //! Limits a client cannot talk its way past: admission of new connections (global and
-//! per-listener counts, per-listener connect rate, overload), per-client publish rates, and the
-//! flapping ban on client ids that reconnect too often (counted at the id's home shard, which
-//! sees every CONNECT for it whatever shard the connection landed on).
+//! per-listener counts, per-listener connect rate, overload) and per-client publish rates. The
+//! flapping ban is counted where every CONNECT of a client id is seen: its home (`homes`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-use bytestring::ByteString;
 
 use super::link::{Close, ConnLink};
 use super::Shard;
@@ -47,13 +44,6 @@ impl TokenBucket {
 pub struct RateLimiter {
     msgs: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
-}
-
-/// Connects of one client id within the current window, and its ban.
-pub struct Flap {
-    window_start: Instant,
-    count: u32,
-    banned_until: Option<Instant>,
 }
 
 impl Shard {
@@ -138,41 +128,6 @@ impl Shard {
         }
         extras.throttle = Some(now + wait.min(Duration::from_secs(5)));
         Ok(())
-    }
-
-    /// Counts a CONNECT for `client_id` at its home shard; true while the id is banned.
-    pub(super) fn flapping(&mut self, client_id: &ByteString, now: Instant) -> bool {
-        let l = &self.cfg.limits;
-        if l.flapping_max_connects == 0 {
-            return false;
-        }
-        let window = Duration::from_secs(l.flapping_window);
-        let f = self.flapping.entry(client_id.clone()).or_insert(Flap {
-            window_start: now,
-            count: 0,
-            banned_until: None,
-        });
-        if f.banned_until.is_some_and(|t| t > now) {
-            return true;
-        }
-        if now.duration_since(f.window_start) > window {
-            f.window_start = now;
-            f.count = 0;
-        }
-        f.count += 1;
-        if f.count > l.flapping_max_connects {
-            f.banned_until = Some(now + Duration::from_secs(l.flapping_ban));
-            tracing::warn!(client = %client_id, connects = f.count, ban_secs = l.flapping_ban, "client id banned for flapping");
-            return true;
-        }
-        false
-    }
-
-    pub(super) fn prune_flapping(&mut self, now: Instant) {
-        let window = Duration::from_secs(self.cfg.limits.flapping_window);
-        self.flapping.retain(|_, f| {
-            f.banned_until.is_some_and(|t| t > now) || now.duration_since(f.window_start) <= window
-        });
     }
 
     /// Whether this shard should refuse new connections for lag; logs each change.

@@ -7,28 +7,30 @@ mod client_index;
 mod conn;
 mod connect;
 mod hibernate;
+mod homes;
 mod inbound;
 mod interest;
 mod limits;
 mod link;
 mod listener;
+mod mesh;
 mod persist;
 mod route;
+mod sessions;
 #[cfg(test)]
 mod sim;
 mod sys;
 #[cfg(test)]
 mod tests;
 mod transport;
+mod waiting;
 
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
 use std::future::poll_fn;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
@@ -44,15 +46,20 @@ use crate::config::Config;
 use crate::control::{Queue, TraceSet};
 use crate::retained::RetainedStore;
 use crate::ring::{Inbox, Outbox, XMsg};
-use crate::session::{Session, SessionLimits};
+use crate::session::SessionLimits;
 use crate::stats::{Shared, Stats};
 use crate::topic::Trie;
 
+use homes::Homes;
 use interest::Interest;
 pub use interest::ShardSet;
 use link::ConnLink;
 pub use listener::{Listener, TlsConfigs};
+use mesh::Mesh;
 pub use persist::{Restore, Saved};
+pub use sessions::SessionSlot;
+use sessions::{SessionTable, TimerKind};
+use waiting::Waiting;
 
 /// A local subscriber to a (non-shared) filter.
 #[derive(Debug, Clone, Copy)]
@@ -78,68 +85,12 @@ pub struct Conn {
     pub plain: bool,
 }
 
-/// A session and, while it is connected, its connection.
-pub struct SessionSlot {
-    pub session: Session,
-    pub link: Option<Rc<ConnLink>>,
-    /// The claim token this session was granted with; timers and releases carry it.
-    pub token: u64,
-    /// When the session expires and its delayed will is due, once disconnected. Boxed: a
-    /// connected session has neither, and every session pays for the field.
-    offline: Option<Box<OfflineTimers>>,
-}
-
-#[derive(Default)]
-struct OfflineTimers {
-    expires_at: Option<Instant>,
-    will_at: Option<Instant>,
-}
-
-impl SessionSlot {
-    pub fn new(session: Session, link: Option<Rc<ConnLink>>, token: u64) -> SessionSlot {
-        SessionSlot {
-            session,
-            link,
-            token,
-            offline: None,
-        }
-    }
-
-    /// When the session expires, once disconnected.
-    pub fn expires_at(&self) -> Option<Instant> {
-        self.offline.as_ref()?.expires_at
-    }
-
-    /// When the will is due, once disconnected with a will delay.
-    pub fn will_at(&self) -> Option<Instant> {
-        self.offline.as_ref()?.will_at
-    }
-
-    pub fn set_expires_at(&mut self, at: Instant) {
-        self.offline.get_or_insert_with(Box::default).expires_at = Some(at);
-    }
-
-    pub fn set_will_at(&mut self, at: Option<Instant>) {
-        if let Some(at) = at {
-            self.offline.get_or_insert_with(Box::default).will_at = Some(at);
-        } else if let Some(timers) = self.offline.as_mut() {
-            timers.will_at = None;
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKind {
-    Will,
-    Expiry,
-}
-
-pub struct Shard {
-    pub id: usize,
-    pub shards: usize,
-    pub cfg: Arc<Config>,
-    pub auth: Arc<Auth>,
-    pub stats: Arc<Stats>,
+pub(crate) struct Shard {
+    id: usize,
+    shards: usize,
+    cfg: Arc<Config>,
+    auth: Arc<Auth>,
+    stats: Arc<Stats>,
     /// What all shards share: counters, connection counts, the memory flag.
     global: Arc<Shared>,
     control: Arc<Queue>,
@@ -148,36 +99,21 @@ pub struct Shard {
     listeners: Vec<Listener>,
     /// False once a shutdown began: new connections are refused.
     accepting: bool,
-    /// Connect counts of client ids homed here, for the flapping ban.
-    flapping: AHashMap<ByteString, limits::Flap>,
-    outbox: Outbox,
-    /// Messages for a shard whose ring was full, in order; while any wait, reading stops.
-    backlog: Vec<VecDeque<XMsg>>,
-    /// Connections waiting for the backlog to drain, each listed once (its `ring_waiting`).
-    blocked_readers: Vec<Rc<ConnLink>>,
-    /// Messages this shard sends itself (home shard == this shard).
-    self_queue: VecDeque<XMsg>,
-    pump_waker: Option<Waker>,
+    /// The rings to other shards and what waits for them.
+    mesh: Mesh,
     conns: Slab<Conn>,
     /// The epoll set of hibernating connections (None with `broker.hibernate_after = 0`).
     hibernation: Option<hibernate::Hibernation>,
-    pub sessions: Slab<SessionSlot>,
-    by_client: client_index::ClientIndex,
-    /// Connections waiting for a grant, by claim token.
-    pending: AHashMap<u64, Rc<ConnLink>>,
-    /// This shard's end of the password checker threads.
-    checks: ShardChecks,
-    /// Connections whose password a checker thread is verifying, by token.
-    password_waits: AHashMap<u64, Rc<ConnLink>>,
-    /// Claims superseded before their grant arrived: token -> (shard, token, clean start).
-    superseded: AHashMap<u64, (usize, u64, bool)>,
-    /// Client ids homed here: the shard that owns each session, and its claim token.
-    home: AHashMap<ByteString, (usize, u64)>,
+    /// Sessions by slot, their client-id index and their timers.
+    sessions: SessionTable,
+    /// CONNECTs waiting for a password verdict or a grant.
+    waiting: Waiting,
+    /// Client ids homed here: who owns each session, and the flapping counts.
+    homes: Homes,
     subs: Trie<SmallVec<[SubEntry; 2]>>,
     shared: AHashMap<ByteString, SharedGroup>,
     interest: Interest,
     retained: RetainedStore,
-    timers: BinaryHeap<Reverse<(Instant, TimerKind, usize, u64)>>,
     next_token: u64,
     next_assigned_id: u64,
     /// The read buffer every connection of this shard reads into.
@@ -189,7 +125,7 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(boot: Boot, outbox: Outbox) -> Shard {
+    fn new(boot: Boot, outbox: Outbox) -> Shard {
         let Boot {
             id,
             shards,
@@ -200,6 +136,7 @@ impl Shard {
             listeners,
             checks,
         } = boot;
+        let stats = shared.stats[id].clone();
         let hibernation = (cfg.broker.hibernate_after > 0)
             .then(hibernate::Hibernation::new)
             .and_then(|h| {
@@ -211,32 +148,22 @@ impl Shard {
             shards,
             cfg,
             auth,
-            stats: shared.stats[id].clone(),
+            stats: stats.clone(),
             global: shared,
             control,
             trace: Arc::default(),
             listeners,
             accepting: true,
-            flapping: AHashMap::new(),
-            outbox,
-            backlog: (0..shards).map(|_| VecDeque::new()).collect(),
-            blocked_readers: Vec::new(),
-            self_queue: VecDeque::new(),
-            pump_waker: None,
+            mesh: Mesh::new(id, shards, outbox, stats.clone()),
             conns: Slab::new(),
             hibernation,
-            sessions: Slab::new(),
-            by_client: client_index::ClientIndex::default(),
-            pending: AHashMap::new(),
-            checks,
-            password_waits: AHashMap::new(),
-            superseded: AHashMap::new(),
-            home: AHashMap::new(),
+            sessions: SessionTable::default(),
+            waiting: Waiting::new(checks),
+            homes: Homes::default(),
             subs: Trie::default(),
             shared: AHashMap::new(),
             interest: Interest::default(),
             retained: RetainedStore::default(),
-            timers: BinaryHeap::new(),
             next_token: 0,
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
@@ -245,7 +172,7 @@ impl Shard {
         }
     }
 
-    pub fn limits(&self) -> SessionLimits {
+    fn limits(&self) -> SessionLimits {
         SessionLimits {
             max_queued: self.cfg.mqtt.max_queued_messages,
             max_queued_bytes: self.cfg.mqtt.max_queued_bytes,
@@ -254,7 +181,7 @@ impl Shard {
     }
 
     /// The shard that records who owns `client_id`.
-    pub fn home_of(&self, client_id: &str) -> usize {
+    fn home_of(&self, client_id: &str) -> usize {
         home_of(client_id, self.shards)
     }
 
@@ -263,75 +190,9 @@ impl Shard {
         (self.id as u64) << 48 | self.next_token
     }
 
-    /// Sends to a shard (itself included) in order; a full ring queues the message locally and
-    /// makes connections stop reading until it drains.
-    pub fn send(&mut self, to: usize, msg: XMsg) {
-        if to == self.id {
-            self.self_queue.push_back(msg);
-            if let Some(w) = self.pump_waker.take() {
-                w.wake();
-            }
-            return;
-        }
-        if !self.backlog[to].is_empty() {
-            self.backlog[to].push_back(msg);
-            return;
-        }
-        if let Err(msg) = self.outbox.send(to, msg) {
-            self.stats.ring_full.inc();
-            tracing::debug!(
-                from = self.id,
-                to,
-                "ring full: pausing reads until it drains"
-            );
-            self.backlog[to].push_back(msg);
-            if let Some(w) = self.pump_waker.take() {
-                w.wake();
-            }
-        }
-    }
-
-    pub fn broadcast(&mut self, make: impl Fn() -> XMsg) {
-        for to in 0..self.shards {
-            if to != self.id {
-                self.send(to, make());
-            }
-        }
-    }
-
-    fn ring_blocked(&self) -> bool {
-        self.backlog.iter().any(|b| !b.is_empty())
-    }
-
-    /// A backlog has reached `broker.max_ring_backlog`: new publishes are refused.
-    fn backlog_full(&self) -> bool {
-        let max = self.cfg.broker.max_ring_backlog;
-        self.backlog.iter().any(|b| b.len() >= max)
-    }
-
-    fn retry_backlog(&mut self) {
-        for to in 0..self.shards {
-            while let Some(msg) = self.backlog[to].pop_front() {
-                if let Err(msg) = self.outbox.send(to, msg) {
-                    self.backlog[to].push_front(msg);
-                    break;
-                }
-            }
-        }
-        if !self.ring_blocked() {
-            for link in self.blocked_readers.drain(..) {
-                link.ring_waiting.set(false);
-                link.wake();
-            }
-        }
-    }
-
-    /// Lists a connection that stopped reading for a full ring, once however often it polls;
-    /// it is woken through its link when the backlog drains.
-    fn wait_for_ring(&mut self, link: &Rc<ConnLink>) {
-        if !link.ring_waiting.replace(true) {
-            self.blocked_readers.push(link.clone());
-        }
+    /// Sends to a shard (itself included), in order.
+    fn send(&mut self, to: usize, msg: XMsg) {
+        self.mesh.send(to, msg);
     }
 
     fn handle_xmsg(&mut self, msg: XMsg) {
@@ -369,9 +230,7 @@ impl Shard {
             } => self.on_takeover(client_id, shard, token, clean_start),
             XMsg::Grant(g) => self.on_grant(g),
             XMsg::Release { client_id, token } => {
-                if self.home.get(&client_id).is_some_and(|(_, t)| *t == token) {
-                    self.home.remove(&client_id);
-                }
+                self.homes.release(&client_id, token);
             }
         }
     }
@@ -396,15 +255,10 @@ impl Shard {
         self.connection_closed(link, Instant::now());
     }
 
-    fn schedule(&mut self, at: Instant, kind: TimerKind, key: usize, token: u64) {
-        self.timers.push(Reverse((at, kind, key, token)));
-    }
-
     /// Once a second: keep-alive and CONNECT deadlines, will delays and session expiry.
     fn sweep(&mut self, now: Instant) {
-        self.prune_flapping(now);
-        let occupancy: usize = (0..self.shards).map(|to| self.outbox.occupancy(to)).sum();
-        self.stats.ring_occupancy.set(occupancy as i64);
+        self.homes.prune_flapping(&self.cfg.limits, now);
+        self.stats.ring_occupancy.set(self.mesh.occupancy() as i64);
         let mult = self.cfg.mqtt.keepalive_multiplier;
         let connect_timeout = self.cfg.connect_timeout();
         let after = self.cfg.broker.hibernate_after;
@@ -438,11 +292,7 @@ impl Shard {
                 _ => {}
             }
         }
-        while let Some(Reverse((at, kind, key, token))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some((kind, key, token)) = self.sessions.next_due(now) {
             self.on_timer(kind, key, token, now);
         }
     }
@@ -528,14 +378,14 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
         inbox.drain(256, &mut batch);
         {
             let mut sh = shard.borrow_mut();
-            batch.extend(sh.self_queue.drain(..));
+            sh.mesh.take_own(&mut batch);
             for msg in batch.drain(..) {
                 sh.handle_xmsg(msg);
             }
-            for verdict in sh.checks.take() {
-                sh.password_checked(verdict);
+            for (verdict, link) in sh.waiting.verdicts() {
+                sh.password_checked(verdict, link);
             }
-            sh.retry_backlog();
+            sh.mesh.retry_backlog();
         }
         for (req, reply) in control.take() {
             let closing = matches!(req, crate::control::Request::Persist);
@@ -545,17 +395,17 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
                 return;
             }
         }
-        let backlogged = shard.borrow().ring_blocked();
+        let backlogged = shard.borrow().mesh.blocked();
         if backlogged {
             monoio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if !sh.self_queue.is_empty() || sh.ring_blocked() || sh.checks.ready() {
+            if sh.mesh.pump_due() || sh.waiting.verdicts_ready() {
                 return Poll::Ready(());
             }
-            sh.pump_waker = Some(cx.waker().clone());
+            sh.mesh.sleep_pump(cx.waker().clone());
             drop(sh);
             inbox.poll_wait(cx, || !control.is_empty())
         })

@@ -95,7 +95,7 @@ impl Shard {
             let token = self.token();
             let client_id = session.client_id.clone();
             let key = self.insert_session(SessionSlot::new(session, None, token));
-            self.home.insert(client_id, (self.id, token));
+            self.homes.claim(client_id, self.id, token);
             self.resubscribe(key);
             self.schedule_expiry(key, now);
         }

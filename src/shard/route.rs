@@ -84,7 +84,7 @@ impl Shard {
             let stored = Arc::new(msg.compacted());
             self.retained.set(stored.clone());
             self.stats.retained.set(self.retained.len() as i64);
-            self.broadcast(|| XMsg::Retain(stored.clone()));
+            self.mesh.broadcast(|| XMsg::Retain(stored.clone()));
         }
         self.route(msg);
     }
@@ -284,7 +284,7 @@ impl Shard {
     fn interest_changed(&mut self, filter: &ByteString, add: bool, ack: Option<u64>) {
         self.interest.apply(filter, self.id, add);
         let shard = self.id;
-        self.broadcast(|| XMsg::Interest {
+        self.mesh.broadcast(|| XMsg::Interest {
             filter: filter.clone(),
             shard,
             add,

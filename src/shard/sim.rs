@@ -56,13 +56,13 @@ impl Sim {
         let mut batch = Vec::new();
         self.inboxes[i].drain(usize::MAX, &mut batch);
         let sh = &mut self.shards[i];
-        batch.extend(sh.self_queue.drain(..));
+        sh.mesh.take_own(&mut batch);
         let moved = !batch.is_empty();
         for msg in batch {
             sh.handle_xmsg(msg);
         }
-        let backlogged = sh.ring_blocked();
-        sh.retry_backlog();
+        let backlogged = sh.mesh.blocked();
+        sh.mesh.retry_backlog();
         moved || backlogged
     }
 

@@ -128,7 +128,7 @@ fn a_full_ring_backlog_refuses_publishes_instead_of_growing() {
         .count();
     assert_eq!(acks.len(), total, "every publish answered");
     assert_eq!(refused, 100, "refused past the bound");
-    assert!(sim.shards[0].backlog[1].len() <= 16);
+    assert!(sim.shards[0].mesh.backlog_len(1) <= 16);
     let counted = sim.shards[0].stats.refused[crate::stats::Refusal::Backlog as usize].get();
     assert_eq!(counted, 100);
     sim.settle();

@@ -1,0 +1,76 @@
+//! The client ids homed on this shard (their hash picks it): which shard owns each one's
+//! session under which claim token, so that a CONNECT anywhere is granted at once or takes the
+//! session over, and the connect counts behind the flapping ban, since home sees every CONNECT
+//! of an id whatever shard its connection landed on.
+
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+
+use crate::config::LimitsConfig;
+
+/// Connects of one client id within the current window, and its ban.
+struct Flap {
+    window_start: Instant,
+    count: u32,
+    banned_until: Option<Instant>,
+}
+
+#[derive(Default)]
+pub(super) struct Homes {
+    /// Client id -> (owning shard, claim token).
+    owners: AHashMap<ByteString, (usize, u64)>,
+    flapping: AHashMap<ByteString, Flap>,
+}
+
+impl Homes {
+    /// Records `shard`'s claim `token` on `client_id`; the previous owner, if any.
+    pub fn claim(&mut self, client_id: ByteString, shard: usize, token: u64) -> Option<usize> {
+        self.owners
+            .insert(client_id, (shard, token))
+            .map(|(owner, _)| owner)
+    }
+
+    /// The session claimed with `token` ended: the id is free, unless claimed again since.
+    pub fn release(&mut self, client_id: &str, token: u64) {
+        if self.owners.get(client_id).is_some_and(|(_, t)| *t == token) {
+            self.owners.remove(client_id);
+        }
+    }
+
+    /// Counts a CONNECT for `client_id`; true while the id is banned.
+    pub fn flapping(&mut self, client_id: &ByteString, l: &LimitsConfig, now: Instant) -> bool {
+        if l.flapping_max_connects == 0 {
+            return false;
+        }
+        let window = Duration::from_secs(l.flapping_window);
+        let f = self.flapping.entry(client_id.clone()).or_insert(Flap {
+            window_start: now,
+            count: 0,
+            banned_until: None,
+        });
+        if f.banned_until.is_some_and(|t| t > now) {
+            return true;
+        }
+        if now.duration_since(f.window_start) > window {
+            f.window_start = now;
+            f.count = 0;
+        }
+        f.count += 1;
+        if f.count > l.flapping_max_connects {
+            f.banned_until = Some(now + Duration::from_secs(l.flapping_ban));
+            tracing::warn!(client = %client_id, connects = f.count, ban_secs = l.flapping_ban, "client id banned for flapping");
+            return true;
+        }
+        false
+    }
+
+    /// Forgets connect counts whose window and ban are over.
+    pub fn prune_flapping(&mut self, l: &LimitsConfig, now: Instant) {
+        let window = Duration::from_secs(l.flapping_window);
+        self.flapping.retain(|_, f| {
+            f.banned_until.is_some_and(|t| t > now) || now.duration_since(f.window_start) <= window
+        });
+    }
+}
