@@ -51,8 +51,8 @@ pub struct Row {
     pub broker: String,
     /// Median delivered messages per second (conn: connects per second).
     pub rate: f64,
-    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per connection, on the
-    /// first, fresh run).
+    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per held connection, on
+    /// the first, fresh run).
     pub efficiency: Option<f64>,
     pub p99_us: u64,
     pub lost: u64,
@@ -109,9 +109,7 @@ pub fn run(
             .iter()
             .filter_map(|r| {
                 if conn {
-                    r.broker.map(|b| {
-                        (b.rss_end as f64 - b.rss_start as f64) / r.connected.max(1) as f64
-                    })
+                    r.rss_per_conn()
                 } else {
                     r.per_cpu_sec()
                 }
