@@ -170,6 +170,16 @@ pub fn run(
     Ok(rows)
 }
 
+/// Why a run of the comparison fell short of what was asked (the first such run), if one did.
+pub fn shortfall(rows: &[Row]) -> Option<String> {
+    rows.iter().find_map(|row| {
+        row.runs
+            .iter()
+            .enumerate()
+            .find_map(|(k, r)| Some(format!("{} run {}: {}", row.broker, k + 1, r.shortfall()?)))
+    })
+}
+
 pub fn print(rows: &[Row], conn: bool) {
     let (rate, eff) = if conn {
         ("conn/s", "RSS B/conn")

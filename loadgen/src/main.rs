@@ -88,6 +88,7 @@ fn main() -> std::process::ExitCode {
     if !matches!(cli.command, Command::Child) {
         progress.spawn_printer();
     }
+    // Ok(Some(why)): the run fell short of what was asked.
     let result = match &cli.command {
         Command::Conn(a) => run_scenario(&cli.target, &Scenario::Conn(a.clone()), &progress)
             .map(|r| output(&cli.target, &r)),
@@ -103,13 +104,18 @@ fn main() -> std::process::ExitCode {
                 } else {
                     compare::print(&rows, matches!(scenario, Scenario::Conn(_)));
                 }
+                compare::shortfall(&rows)
             })
         }
-        Command::Child => procs::child(&progress),
+        Command::Child => procs::child(&progress).map(|()| None),
     };
     progress.done.store(true, Ordering::Relaxed);
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(None) => std::process::ExitCode::SUCCESS,
+        Ok(Some(why)) => {
+            eprintln!("ringmq-loadgen: {why}");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("ringmq-loadgen: {e}");
             std::process::ExitCode::FAILURE
@@ -117,10 +123,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn output(target: &TargetArgs, r: &Report) {
+/// Prints the report; returns why the run fell short, if it did.
+fn output(target: &TargetArgs, r: &Report) -> Option<String> {
     if target.json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {
         r.print();
     }
+    r.shortfall()
 }

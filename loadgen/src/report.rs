@@ -174,6 +174,25 @@ impl Report {
             .then(|| (b.rss_end as f64 - b.rss_start as f64) / self.still_open as f64)
     }
 
+    /// Why this run fell short of what was asked: connections not held to the end of the hold,
+    /// or messages lost.
+    pub fn shortfall(&self) -> Option<String> {
+        if self.still_open < self.connections_wanted {
+            Some(format!(
+                "held {} of {} connections to the end of the hold",
+                self.still_open, self.connections_wanted
+            ))
+        } else if self.lost() > 0 {
+            Some(format!(
+                "lost {} of {} messages",
+                self.lost(),
+                self.expected
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Deliveries per broker CPU-second, when the broker was sampled.
     pub fn per_cpu_sec(&self) -> Option<f64> {
         let cpu = self.broker?.cpu_secs;

@@ -286,6 +286,32 @@ fn conn_over_processes_holds_every_connection_for_the_whole_hold() {
 }
 
 #[test]
+fn connections_lost_mid_hold_are_reported_closed_and_fail_the_run() {
+    let b = Broker::start(1);
+    let mut run = Running::start(
+        b.port,
+        &[
+            "--procs", "2", "conn", "-n", "100", "--rate", "0", "--hold", "120",
+        ],
+    );
+    run.wait_for("holding 100 connections");
+    b.signal("KILL");
+    let (r, exit, stderr) = run.finish();
+    assert!(!exit.success(), "{stderr}");
+    assert_eq!(num(&r, "connected"), 100);
+    assert_eq!(num(&r, "still_open"), 0, "{r}");
+    assert_eq!(
+        r["failures"]["closed while held"].as_u64(),
+        Some(100),
+        "{r}"
+    );
+    assert!(
+        stderr.contains("held 0 of 100 connections to the end of the hold"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn pubsub_over_processes_adds_up_and_samples_the_broker() {
     let b = Broker::start(2);
     let pid = b.pid().to_string();
@@ -329,9 +355,11 @@ fn pubsub_over_processes_adds_up_and_samples_the_broker() {
 fn bad_targets_get_one_clear_line() {
     let port = free_port();
     let (r, out) = loadgen(port, &["conn", "-n", "5", "--hold", "0"]);
-    assert!(out.status.success());
+    assert!(!out.status.success(), "no connection held: a failed run");
     assert_eq!(num(&r, "connected"), 0);
     assert_eq!(r["failures"]["connection refused"].as_u64(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("held 0 of 5 connections"), "{err}");
     let (_, out) = loadgen(port, &["pubsub", "--size", "4"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
