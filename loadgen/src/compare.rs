@@ -88,7 +88,11 @@ pub fn run(
                 broker_pid: b.pid,
                 ..target.clone()
             };
-            runs[k].push(crate::run_scenario(&t, scenario, progress)?);
+            let r = crate::run_scenario(&t, scenario, progress)?;
+            if let Some(w) = r.sockets_mismatch() {
+                eprintln!("WARNING {}: {w}", b.name);
+            }
+            runs[k].push(r);
         }
     }
     let conn = matches!(scenario, Scenario::Conn(_));

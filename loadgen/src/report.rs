@@ -174,6 +174,18 @@ impl Report {
             .then(|| (b.rss_end as f64 - b.rss_start as f64) / self.still_open as f64)
     }
 
+    /// When the broker's own count of established connections at the end of the hold is not
+    /// loadgen's, what each says.
+    pub fn sockets_mismatch(&self) -> Option<String> {
+        let n = self.broker?.sockets?;
+        (n != self.still_open).then(|| {
+            format!(
+                "the broker holds {n} connections, loadgen counted {}",
+                self.still_open
+            )
+        })
+    }
+
     /// Why this run fell short of what was asked: connections not held to the end of the hold,
     /// or messages lost.
     pub fn shortfall(&self) -> Option<String> {
@@ -259,11 +271,8 @@ impl Report {
             }
             if let Some(n) = b.sockets {
                 println!("broker holds  {n} connections established at the end of the hold");
-                if n != self.still_open {
-                    println!(
-                        "WARNING       the broker holds {n} connections, loadgen counted {}",
-                        self.still_open
-                    );
+                if let Some(w) = self.sockets_mismatch() {
+                    println!("WARNING       {w}");
                 }
             }
             if let Some(r) = self.per_cpu_sec() {
