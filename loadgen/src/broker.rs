@@ -1,4 +1,7 @@
-//! Broker-side figures from /proc, when the broker's PID is given: CPU seconds used and RSS.
+//! Broker-side figures from /proc, when the broker's PID is given: CPU seconds used, RSS, and
+//! the TCP connections it holds established on the port the load generator targets.
+
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,12 +35,60 @@ pub fn sample(pid: u32) -> Option<Sample> {
 /// /proc reports CPU time in USER_HZ ticks, fixed at 100 by the Linux ABI.
 const USER_HZ: f64 = 100.0;
 
-/// What the broker used between two samples.
+/// The broker's established TCP connections with local port `port` (its clients on that
+/// listener): its socket inodes from /proc/PID/fd, looked up in /proc/PID/net/tcp and tcp6
+/// (which list every socket of its network namespace, the load generator's ends too).
+pub fn established(pid: u32, port: u16) -> Option<u64> {
+    let inodes: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|entry| {
+            let link = std::fs::read_link(entry.ok()?.path()).ok()?;
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut n = 0;
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            n += text
+                .lines()
+                .skip(1)
+                .filter(|line| established_on(line, port, &inodes))
+                .count() as u64;
+        }
+    }
+    Some(n)
+}
+
+/// Whether a /proc/net/tcp line (`sl local rem st queues timer retr uid timeout inode ...`,
+/// addresses as hex `ADDR:PORT`) is an established socket on local `port` among `inodes`.
+fn established_on(line: &str, port: u16, inodes: &HashSet<u64>) -> bool {
+    const ESTABLISHED: &str = "01";
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let local_port = f
+        .get(1)
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    local_port == Some(port)
+        && f.get(3) == Some(&ESTABLISHED)
+        && f.get(9)
+            .and_then(|i| i.parse().ok())
+            .is_some_and(|i| inodes.contains(&i))
+}
+
+/// What the broker used between two samples; for `conn`, `rss_end` is sampled while every
+/// connection is held (after the settle) and `sockets` at the end of the hold.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Usage {
     pub cpu_secs: f64,
     pub rss_start: u64,
     pub rss_end: u64,
+    /// `conn`: the broker's established connections on the target port at the end of the hold.
+    #[serde(default)]
+    pub sockets: Option<u64>,
 }
 
 pub fn usage(start: Sample, end: Sample) -> Usage {
@@ -45,5 +96,38 @@ pub fn usage(start: Sample, end: Sample) -> Usage {
         cpu_secs: end.cpu_secs - start.cpu_secs,
         rss_start: start.rss_bytes,
         rss_end: end.rss_bytes,
+        sockets: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_established_sockets_of_the_broker_on_its_port_count() {
+        let inodes: HashSet<u64> = [1001, 1002].into();
+        let line = |local: &str, st: &str, inode: u64| {
+            format!("  7: {local} 0100007F:D431 {st} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0")
+        };
+        // Port 1883 is 0x075B.
+        assert!(established_on(
+            &line("0100007F:075B", "01", 1001),
+            1883,
+            &inodes
+        ));
+        assert!(
+            !established_on(&line("0100007F:075B", "0A", 1002), 1883, &inodes),
+            "listening"
+        );
+        assert!(
+            !established_on(&line("0100007F:075C", "01", 1001), 1883, &inodes),
+            "other port"
+        );
+        assert!(
+            !established_on(&line("0100007F:075B", "01", 7), 1883, &inodes),
+            "not the broker's"
+        );
+        assert!(!established_on("garbage", 1883, &inodes));
     }
 }

@@ -51,8 +51,8 @@ pub struct Row {
     pub broker: String,
     /// Median delivered messages per second (conn: connects per second).
     pub rate: f64,
-    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per connection, on the
-    /// first, fresh run).
+    /// Median deliveries per broker CPU-second (conn: broker RSS bytes per held connection, on
+    /// the first, fresh run).
     pub efficiency: Option<f64>,
     pub p99_us: u64,
     pub lost: u64,
@@ -88,7 +88,11 @@ pub fn run(
                 broker_pid: b.pid,
                 ..target.clone()
             };
-            runs[k].push(crate::run_scenario(&t, scenario, progress)?);
+            let r = crate::run_scenario(&t, scenario, progress)?;
+            if let Some(w) = r.sockets_mismatch() {
+                eprintln!("WARNING {}: {w}", b.name);
+            }
+            runs[k].push(r);
         }
     }
     let conn = matches!(scenario, Scenario::Conn(_));
@@ -109,9 +113,7 @@ pub fn run(
             .iter()
             .filter_map(|r| {
                 if conn {
-                    r.broker.map(|b| {
-                        (b.rss_end as f64 - b.rss_start as f64) / r.connected.max(1) as f64
-                    })
+                    r.rss_per_conn()
                 } else {
                     r.per_cpu_sec()
                 }
@@ -170,6 +172,16 @@ pub fn run(
         })
         .collect();
     Ok(rows)
+}
+
+/// Why a run of the comparison fell short of what was asked (the first such run), if one did.
+pub fn shortfall(rows: &[Row]) -> Option<String> {
+    rows.iter().find_map(|row| {
+        row.runs
+            .iter()
+            .enumerate()
+            .find_map(|(k, r)| Some(format!("{} run {}: {}", row.broker, k + 1, r.shortfall()?)))
+    })
 }
 
 pub fn print(rows: &[Row], conn: bool) {

@@ -1,7 +1,8 @@
-//! `conn`: open N connections at a target rate, hold them, verify they are all still open.
+//! `conn`: open N connections at a target rate, hold them, verify they are all still open at
+//! the end of the hold. The process that started the others (or the only one) times the hold
+//! and samples the broker during it; every process then checks its own clients.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use ringmq::codec::{Packet, QoS};
+use serde::{Deserialize, Serialize};
 
+use crate::broker::{Sample, Usage};
 use crate::client::Client;
-use crate::report::{histogram, Latency, Report};
+use crate::report::{histogram, unix_ns, Latency, Report};
 use crate::target::{Progress, TargetArgs};
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct ConnArgs {
     /// Connections to open in total (across all processes).
     #[arg(short = 'n', long, default_value_t = 1000)]
@@ -36,14 +39,90 @@ pub struct ConnArgs {
     /// Seconds to hold every connection once all are up.
     #[arg(long, default_value_t = 5)]
     pub hold: u64,
+    /// Seconds into the hold at which the broker's RSS is sampled for bytes per connection
+    /// (past `broker.hibernate_after` to measure hibernated connections); default: the hold.
+    #[arg(long)]
+    pub settle: Option<u64>,
 }
 
-#[derive(Default)]
-struct WorkerOut {
-    connected: u64,
-    still_open: u64,
-    failures: BTreeMap<String, u64>,
-    latency: Latency,
+impl ConnArgs {
+    pub fn settle_secs(&self) -> u64 {
+        self.settle.unwrap_or(self.hold)
+    }
+
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.settle_secs() <= self.hold,
+            "--settle {} is past the end of --hold {}",
+            self.settle_secs(),
+            self.hold
+        );
+        Ok(())
+    }
+}
+
+/// What the broker held during the hold.
+pub struct Held {
+    /// After the settle.
+    settled: Option<Sample>,
+    /// At the end of the hold.
+    end: Option<Sample>,
+    sockets: Option<u64>,
+}
+
+impl Held {
+    /// The broker's usage from `before` (taken before the first connect) to the end of the hold.
+    pub fn usage(&self, before: Option<Sample>) -> Option<Usage> {
+        let (before, settled, end) = (before?, self.settled?, self.end?);
+        Some(Usage {
+            rss_end: settled.rss_bytes,
+            sockets: self.sockets,
+            ..crate::broker::usage(before, end)
+        })
+    }
+}
+
+/// The hold, once every connection is up: `--hold` seconds, cut short when no connection is
+/// left; the broker's RSS is sampled after `--settle` seconds and its sockets at the end, both
+/// while the connections are held (they are released after this returns).
+pub fn hold(target: &TargetArgs, args: &ConnArgs, progress: &Progress) -> Held {
+    eprintln!(
+        "holding {} connections for {} s",
+        progress.up.load(Ordering::Relaxed),
+        args.hold
+    );
+    let start = Instant::now();
+    let any_left = hold_until(start + Duration::from_secs(args.settle_secs()), progress);
+    let settled = target.broker_pid.and_then(crate::broker::sample);
+    if any_left {
+        hold_until(start + Duration::from_secs(args.hold), progress);
+    }
+    let held = Held {
+        settled,
+        end: target.broker_pid.and_then(crate::broker::sample),
+        sockets: target
+            .broker_pid
+            .and_then(|pid| crate::broker::established(pid, target.addr.port())),
+    };
+    eprintln!(
+        "hold over: {} connections up",
+        progress.up.load(Ordering::Relaxed)
+    );
+    held
+}
+
+/// Waits until `deadline`; false if every connection went before it.
+fn hold_until(deadline: Instant, progress: &Progress) -> bool {
+    loop {
+        if progress.up.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }
 
 pub fn run(
@@ -86,11 +165,14 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(20));
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    crate::target::ready_then_wait(target);
-    if target.child.is_none() {
-        std::thread::sleep(Duration::from_secs(args.hold));
-    }
-    let held = target.broker_pid.and_then(crate::broker::sample);
+    crate::procs::ready_then_wait(target, progress);
+    // A child's hold is timed by its parent, which says when it is over.
+    let held = if target.child.is_some() {
+        crate::procs::wait_for_parent();
+        None
+    } else {
+        Some(hold(target, args, progress))
+    };
     release.store(true, Ordering::Relaxed);
     let outs = workers
         .join()
@@ -99,21 +181,15 @@ pub fn run(
         scenario: format!("conn n={} rate={}", args.connections, args.rate),
         target: target.addr.to_string(),
         elapsed_secs: started.elapsed().as_secs_f64(),
-        connections_wanted: local,
-        connect_secs,
+        settle_secs: args.settle_secs() as f64,
         ..Report::default()
     };
-    for o in outs {
-        r.connected += o.connected;
-        r.still_open += o.still_open;
-        for (k, v) in o.failures {
-            *r.failures.entry(k).or_default() += v;
-        }
-        r.connect_latency.merge(&o.latency);
+    for o in &outs {
+        r.merge(o);
     }
-    if let (Some(b), Some(h)) = (before, held) {
-        r.broker = Some(crate::broker::usage(b, h));
-    }
+    r.connections_wanted = local;
+    r.connect_secs = connect_secs;
+    r.broker = held.and_then(|h| h.usage(before));
     Ok(r)
 }
 
@@ -124,12 +200,12 @@ async fn worker(
     sources: Vec<std::net::IpAddr>,
     progress: Arc<Progress>,
     release: Arc<AtomicBool>,
-) -> WorkerOut {
+) -> Report {
     let slice = target.slice();
     let clients: Vec<usize> = slice.clients(t, args.connections).collect();
     let per_worker = args.rate / (slice.procs * slice.threads) as f64;
     let pending = Rc::new(Cell::new(0usize));
-    let out = Rc::new(RefCell::new(WorkerOut::default()));
+    let out = Rc::new(RefCell::new(Report::default()));
     let hist = Rc::new(RefCell::new(histogram()));
     let start = Instant::now();
     let mut handles = Vec::with_capacity(clients.len());
@@ -188,30 +264,36 @@ async fn worker(
                         .or_default() += 1;
                 }
             }
-            out.borrow_mut().connected += 1;
+            {
+                let mut o = out.borrow_mut();
+                o.connected += 1;
+                if o.held_from_ns == 0 {
+                    o.held_from_ns = unix_ns();
+                }
+            }
             progress.up.fetch_add(1, Ordering::Relaxed);
             progress.settled.fetch_add(1, Ordering::Relaxed);
-            if hold(&mut client, &args, &release).await {
-                out.borrow_mut().still_open += 1;
-            } else {
-                *out.borrow_mut()
-                    .failures
-                    .entry("closed while held".into())
-                    .or_default() += 1;
-            }
+            let open = keep(&mut client, &args, &release).await;
             progress.up.fetch_sub(1, Ordering::Relaxed);
+            let mut o = out.borrow_mut();
+            o.held_until_ns = o.held_until_ns.max(unix_ns());
+            if open {
+                o.still_open += 1;
+            } else {
+                *o.failures.entry("closed while held".into()).or_default() += 1;
+            }
         }));
     }
     for h in handles {
         h.await;
     }
     let mut o = std::mem::take(&mut *out.borrow_mut());
-    o.latency = Latency::from_hist(&hist.borrow());
+    o.connect_latency = Latency::from_hist(&hist.borrow());
     o
 }
 
 /// Keeps the connection alive until released, then checks it still answers a PINGREQ.
-async fn hold(client: &mut Client, args: &ConnArgs, release: &AtomicBool) -> bool {
+async fn keep(client: &mut Client, args: &ConnArgs, release: &AtomicBool) -> bool {
     let ping_every = Duration::from_secs(u64::from(args.keepalive.max(2)) / 2);
     let mut next_ping = Instant::now() + ping_every;
     while !release.load(Ordering::Relaxed) {

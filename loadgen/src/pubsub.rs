@@ -12,18 +12,20 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
 use ringmq::topic::{matches, parse_shared};
+use serde::{Deserialize, Serialize};
 
+use crate::broker::Usage;
 use crate::client::Client;
-use crate::report::{histogram, Latency, Report};
+use crate::report::{histogram, unix_ns, Latency, Report};
 use crate::target::{Progress, TargetArgs};
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct PubSubArgs {
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
@@ -57,12 +59,6 @@ pub struct PubSubArgs {
 }
 
 const HEADER: usize = 20;
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
 
 /// How many deliveries one message of publisher `i` should make to the subscribers `subs`:
 /// the matching ones, a shared group counting once.
@@ -183,14 +179,10 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(200));
-    crate::target::ready_then_wait(target);
+    crate::procs::ready_then_wait(target, progress);
     shared.start_ns.store(unix_ns(), Ordering::Relaxed);
     shared.go.store(true, Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    // The broker is sampled over the measured window only, as deliveries are counted.
-    let before = target.broker_pid.and_then(crate::broker::sample);
-    std::thread::sleep(Duration::from_secs_f64(args.duration));
-    let after = target.broker_pid.and_then(crate::broker::sample);
+    let broker = measured_window(target, args);
     shared.stop.store(true, Ordering::Relaxed);
     let outs = workers
         .join()
@@ -226,10 +218,18 @@ pub fn run(
             *r.failures.entry(f).or_default() += 1;
         }
     }
-    if let (Some(b), Some(a)) = (before, after) {
-        r.broker = Some(crate::broker::usage(b, a));
-    }
+    r.broker = broker;
     Ok(r)
+}
+
+/// Waits out the warm-up and the measured window from the start of a run, and returns what the
+/// broker used over the measured window alone, as deliveries are counted.
+pub fn measured_window(target: &TargetArgs, args: &PubSubArgs) -> Option<Usage> {
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    let before = target.broker_pid.and_then(crate::broker::sample);
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    let after = target.broker_pid.and_then(crate::broker::sample);
+    Some(crate::broker::usage(before?, after?))
 }
 
 /// What every client task of a worker thread shares.

@@ -2,6 +2,7 @@
 //! or as JSON for machines (benchmark CI reads it).
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,13 @@ use crate::broker::Usage;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub recorded: Vec<(u64, u64)>,
+}
+
+/// Now, in nanoseconds since the Unix epoch: comparable across processes.
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 pub fn histogram() -> Histogram<u64> {
@@ -82,6 +90,15 @@ pub struct Report {
     pub connected: u64,
     pub still_open: u64,
     pub connect_secs: f64,
+    /// When the first connection was up and when the last one was released (or found closed),
+    /// in Unix nanoseconds; 0 when none was.
+    #[serde(default)]
+    pub held_from_ns: u64,
+    #[serde(default)]
+    pub held_until_ns: u64,
+    /// Seconds into the hold at which the broker's RSS was sampled.
+    #[serde(default)]
+    pub settle_secs: f64,
     pub failures: BTreeMap<String, u64>,
     pub connect_latency: Latency,
     // pubsub
@@ -103,6 +120,12 @@ impl Report {
         self.connected += o.connected;
         self.still_open += o.still_open;
         self.connect_secs = self.connect_secs.max(o.connect_secs);
+        self.held_from_ns = match (self.held_from_ns, o.held_from_ns) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+        self.held_until_ns = self.held_until_ns.max(o.held_until_ns);
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
         }
@@ -137,6 +160,51 @@ impl Report {
         }
     }
 
+    /// Seconds from the first connection up to the last one released.
+    pub fn held_secs(&self) -> f64 {
+        self.held_until_ns.saturating_sub(self.held_from_ns) as f64 / 1e9
+    }
+
+    /// Broker RSS per connection, sampled while every connection asked for was held.
+    pub fn rss_per_conn(&self) -> Option<f64> {
+        let b = self.broker?;
+        (self.connections_wanted > 0
+            && self.published == 0
+            && self.still_open == self.connections_wanted)
+            .then(|| (b.rss_end as f64 - b.rss_start as f64) / self.still_open as f64)
+    }
+
+    /// When the broker's own count of established connections at the end of the hold is not
+    /// loadgen's, what each says.
+    pub fn sockets_mismatch(&self) -> Option<String> {
+        let n = self.broker?.sockets?;
+        (n != self.still_open).then(|| {
+            format!(
+                "the broker holds {n} connections, loadgen counted {}",
+                self.still_open
+            )
+        })
+    }
+
+    /// Why this run fell short of what was asked: connections not held to the end of the hold,
+    /// or messages lost.
+    pub fn shortfall(&self) -> Option<String> {
+        if self.still_open < self.connections_wanted {
+            Some(format!(
+                "held {} of {} connections to the end of the hold",
+                self.still_open, self.connections_wanted
+            ))
+        } else if self.lost() > 0 {
+            Some(format!(
+                "lost {} of {} messages",
+                self.lost(),
+                self.expected
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Deliveries per broker CPU-second, when the broker was sampled.
     pub fn per_cpu_sec(&self) -> Option<f64> {
         let cpu = self.broker?.cpu_secs;
@@ -148,8 +216,12 @@ impl Report {
         if self.connections_wanted > 0 {
             let l = self.connect_latency.percentiles();
             println!(
-                "connections   {} wanted, {} connected, {} still open at the end",
+                "connections   {} wanted, {} connected, {} still open at the end of the hold",
                 self.connections_wanted, self.connected, self.still_open
+            );
+            println!(
+                "held          {:.2} s, from the first connect to the last release",
+                self.held_secs()
             );
             println!(
                 "connect rate  {:.0} conn/s over {:.2} s",
@@ -191,9 +263,17 @@ impl Report {
                 b.rss_start / 1024,
                 b.rss_end / 1024
             );
-            if self.connected > 0 && self.published == 0 {
-                let per = (b.rss_end as f64 - b.rss_start as f64) / self.connected as f64;
-                println!("per conn      {per:.0} bytes of broker RSS");
+            if let Some(per) = self.rss_per_conn() {
+                println!(
+                    "per conn      {per:.0} bytes of broker RSS, {:.0} s into the hold",
+                    self.settle_secs
+                );
+            }
+            if let Some(n) = b.sockets {
+                println!("broker holds  {n} connections established at the end of the hold");
+                if let Some(w) = self.sockets_mismatch() {
+                    println!("WARNING       {w}");
+                }
             }
             if let Some(r) = self.per_cpu_sec() {
                 println!("efficiency    {r:.0} deliveries per broker CPU-second");

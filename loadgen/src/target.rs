@@ -1,16 +1,15 @@
 //! What to load and how: the broker address, the source addresses to spread over, the protocol,
-//! threads and processes; and the READY/GO handshake a parent uses to start its child processes
-//! together.
+//! threads and processes; and the live counters behind the progress line.
 
-use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Args;
 use ringmq::codec::Protocol;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct TargetArgs {
     /// Broker address.
     #[arg(long, default_value = "127.0.0.1:1883")]
@@ -35,7 +34,7 @@ pub struct TargetArgs {
     #[arg(long)]
     pub json: bool,
     /// Set by the parent for its child processes: this child's index.
-    #[arg(long, hide = true)]
+    #[arg(skip)]
     pub child: Option<usize>,
     /// Seconds to wait for each CONNACK.
     #[arg(long, default_value_t = 10)]
@@ -101,6 +100,11 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The counters a child process passes on to its parent's progress line, in a fixed order.
+    pub fn shown(&self) -> [&AtomicU64; 4] {
+        [&self.up, &self.sent, &self.received, &self.errors]
+    }
+
     /// Prints one line a second on stderr until `done`.
     pub fn spawn_printer(self: &std::sync::Arc<Self>) {
         let p = self.clone();
@@ -125,15 +129,4 @@ impl Progress {
             }
         });
     }
-}
-
-/// A child says it is connected and waits for the parent's GO; a lone process goes on at once.
-pub fn ready_then_wait(args: &TargetArgs) {
-    if args.child.is_none() {
-        return;
-    }
-    println!("READY");
-    let _ = std::io::stdout().flush();
-    let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
 }
