@@ -8,6 +8,7 @@
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
 //! - [`sock`]: non-blocking socket I/O after readiness waits (the one `unsafe` fd borrow).
+//! - [`driver`]: the io driver under the shards (io_uring or epoll, by `broker.driver`).
 //! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
 //! - [`auth`]: password file, ACL file, anonymous policy.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod doctor;
+pub mod driver;
 pub mod logging;
 pub mod metrics;
 pub mod retained;

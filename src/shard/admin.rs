@@ -220,6 +220,7 @@ impl Shard {
             .collect();
         json!({
             "shard": self.id,
+            "driver": crate::driver::current().name(),
             "connections": self.conns.len(),
             "sessions": self.sessions.len(),
             "subscriptions": self.stats.subscriptions.get(),
