@@ -7,7 +7,8 @@
 //! - [`retained`]: the retained-message store.
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
-//! - [`sock`]: non-blocking socket I/O after readiness waits (the one `unsafe` fd borrow).
+//! - [`sock`]: non-blocking socket I/O after readiness waits; the crate's only `unsafe` (an fd
+//!   borrow and a buffer length), allowed there alone.
 //! - [`driver`]: the io driver under the shards (io_uring or epoll, by `broker.driver`).
 //! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
@@ -17,6 +18,9 @@
 //! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API, Prometheus text, `ringmq ctl`.
 //! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
+
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
 pub mod auth;
@@ -34,6 +38,7 @@ pub mod ring;
 pub mod server;
 pub mod session;
 pub mod shard;
+#[allow(unsafe_code)]
 pub mod sock;
 pub mod stats;
 pub mod tls;

@@ -1,5 +1,7 @@
 //! The `ringmq` binary: parse the command line, load the configuration, run.
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 
 use clap::Parser;
