@@ -1,5 +1,7 @@
 //! The `ringmq` binary: parse the command line, load the configuration, run.
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 
 use clap::Parser;
@@ -68,8 +70,7 @@ fn main() -> std::process::ExitCode {
             ringmq::ctl::run(args)
         }
         Some(Command::Doctor { connections, root }) => {
-            let uring =
-                root == std::path::Path::new("/") && ringmq::server::driver_name() == "io_uring";
+            let uring = root == std::path::Path::new("/") && ringmq::driver::uring_available();
             if ringmq::doctor::report(&root, connections, uring) {
                 Ok(())
             } else {

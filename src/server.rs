@@ -13,20 +13,11 @@ use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 
 use crate::auth::Auth;
 use crate::cli::RunArgs;
-use crate::config::Config;
+use crate::config::{Config, Driver};
 use crate::control::{Handle, Queue, Request, TraceSet};
 use crate::logging::LogControl;
 use crate::shard::{Boot, Listener, Saved};
 use crate::stats::Shared;
-
-/// Which io driver the shards run on.
-pub fn driver_name() -> &'static str {
-    if monoio::utils::detect_uring() {
-        "io_uring"
-    } else {
-        "epoll"
-    }
-}
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(
@@ -88,6 +79,9 @@ impl Broker {
                     .any(|((a, x), (b, y))| a != b || x.bind != y.bind || x.kind != y.kind)
             {
                 tracing::warn!("listener addresses and types change only at restart");
+            }
+            if old.broker.driver != cfg.broker.driver {
+                tracing::warn!("broker.driver changes only at restart");
             }
             let summary = auth.describe();
             let (cfg, auth) = (Arc::new(cfg), Arc::new(auth));
@@ -164,10 +158,13 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
     let shards = cfg.shard_count();
     let binds: Vec<SocketAddr> = cfg.listeners.values().map(|l| l.bind).collect();
     let addrs = claim_ports(&binds)?;
-    let driver = driver_name();
-    if driver == "epoll" {
+    let asked = cfg.broker.driver;
+    let io = crate::driver::resolve(asked)?;
+    if asked == Driver::Auto && io == Driver::Epoll {
         tracing::warn!("io_uring is not available (blocked by a seccomp profile or disabled by the kernel); falling back to the epoll driver");
     }
+    let driver = io.name();
+    tracing::info!(driver, asked = asked.name(), "io driver");
     let auth = Arc::new(Auth::load(&cfg)?);
     tracing::info!(auth = %auth.describe(), "credentials loaded");
     let tls = Listener::tls_configs(&cfg)?;
@@ -206,6 +203,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
             control: queues[id].clone(),
             listeners: Listener::for_shard(&cfg, &tls, shards),
             checks,
+            driver: io,
         };
         let core = (cfg.broker.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let t = std::thread::Builder::new()

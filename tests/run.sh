@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian machine: installs what the tests need (Mosquitto for
-# side-by-side runs and its mosquitto_passwd, a Python venv with paho-mqtt and cryptography,
-# Node's MQTT.js), then runs the Rust tests, the Python and Node client tests, checks that the
-# benchmarks still build, runs `ringmq doctor` and the benchmark CI in smoke mode.
+# The whole test suite, on a fresh Debian machine: checks formatting and clippy first (they fail
+# fast), installs what the tests need (Mosquitto for side-by-side runs and its mosquitto_passwd,
+# a Python venv with paho-mqtt and cryptography, Node's MQTT.js), then runs the Rust tests, the
+# integration suite again on the epoll driver, the Python and Node client tests, checks that the
+# benchmarks still build, fuzzes each fuzz target for a minute, runs `ringmq doctor` and the
+# benchmark CI in smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check, cargo clippy"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 missing=()
@@ -37,11 +43,17 @@ cargo build --workspace --bins
 echo "== cargo test"
 cargo test --workspace
 
+echo "== integration tests on the epoll driver"
+RINGMQ_BROKER__DRIVER=epoll cargo test --test it
+
 echo "== python and node client tests (paho-mqtt, MQTT.js)"
 RINGMQ_BIN="$PWD/target/debug/ringmq" .venv/bin/python -m pytest -q tests/python
 
 echo "== benches build"
 cargo bench --workspace --no-run
+
+echo "== fuzz targets, 60 s each"
+bash tests/fuzz/run.sh 60
 
 echo "== ringmq doctor on this machine (reports only: its verdict depends on the machine)"
 target/release/ringmq doctor --connections 10000 || echo "(doctor exit status $?: not ready for 10000 here)"

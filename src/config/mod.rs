@@ -224,6 +224,7 @@ mod tests {
         );
         assert_eq!(cfg.mqtt.max_packet_size, d.mqtt.max_packet_size);
         assert_eq!(cfg.mqtt.max_queued_messages, d.mqtt.max_queued_messages);
+        assert_eq!(cfg.broker.driver, Driver::Auto);
     }
 
     #[test]
@@ -238,6 +239,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("listeners.s.certfile"), "{e}");
+        let e = Config::parse("[broker]\ndriver = \"uring\"\n", "f.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("driver") && e.to_string().contains("epoll"),
+            "{e}"
+        );
         let e = Config::parse("[admin]\nbind = \"0.0.0.0:18083\"\n", "f.toml").unwrap_err();
         assert!(e.to_string().contains("admin.bind"), "{e}");
         let many: String = (0..=MAX_LISTENERS)
@@ -261,6 +267,11 @@ mod tests {
         assert_eq!(cfg.mqtt.max_inflight, 7);
         assert_eq!(cfg.listeners["tcp"].bind.port(), 1999);
         assert_eq!(cfg.listeners["tcp"].kind, ListenerKind::Tcp);
+        let vars = [("RINGMQ_BROKER__DRIVER".to_string(), "epoll".to_string())];
+        let cfg =
+            Config::parse_with_env("[broker]\ndriver = \"io_uring\"\n", "f", vars.into_iter())
+                .expect("parses");
+        assert_eq!(cfg.broker.driver, Driver::Epoll);
         let vars = [("RINGMQ_MQTT__MAX_INFLIGHT".to_string(), "many".to_string())];
         let e = Config::parse_with_env("", "f", vars.into_iter()).unwrap_err();
         assert!(e.to_string().contains("max_inflight"), "{e}");

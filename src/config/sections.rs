@@ -28,6 +28,8 @@ pub struct BrokerConfig {
     pub max_connections: usize,
     /// Seconds without traffic after which a plain-TCP connection hibernates (0: never).
     pub hibernate_after: u64,
+    /// The io driver under the shards' runtimes.
+    pub driver: Driver,
 }
 
 impl Default for BrokerConfig {
@@ -42,6 +44,30 @@ impl Default for BrokerConfig {
             shutdown_timeout: 10,
             max_connections: 0,
             hibernate_after: 10,
+            driver: Driver::Auto,
+        }
+    }
+}
+
+/// The io driver a shard's runtime runs on (`broker.driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// io_uring where this machine allows it, epoll elsewhere.
+    Auto,
+    /// io_uring, or the broker does not start.
+    IoUring,
+    /// epoll (monoio's legacy driver), even where io_uring is available.
+    Epoll,
+}
+
+impl Driver {
+    /// The name as the configuration spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Auto => "auto",
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
         }
     }
 }

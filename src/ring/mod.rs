@@ -151,6 +151,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Driver;
     use proptest::prelude::*;
     use std::collections::VecDeque;
 
@@ -181,14 +182,18 @@ mod tests {
 
     #[test]
     fn doorbell_wakes_a_sleeping_consumer_across_threads() {
+        doorbell_wakes_on(Driver::Epoll);
+        if crate::driver::uring_available() {
+            doorbell_wakes_on(Driver::IoUring);
+        }
+    }
+
+    fn doorbell_wakes_on(driver: Driver) {
         let mut ends = mesh(2, 64);
         let (_, consumer) = ends.pop().expect("two");
         let (mut producer, _) = ends.pop().expect("two");
         let handle = std::thread::spawn(move || {
-            let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                .enable_timer()
-                .build()
-                .expect("runtime");
+            let mut rt = crate::driver::runtime(driver, 256).expect("runtime");
             let mut consumer = consumer;
             rt.block_on(async move {
                 let mut got = Vec::new();
@@ -205,7 +210,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_micros(50));
         }
-        assert_eq!(handle.join().expect("consumer thread"), 100);
+        assert_eq!(handle.join().expect("consumer thread"), 100, "{driver:?}");
     }
 
     proptest! {

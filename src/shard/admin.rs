@@ -230,6 +230,7 @@ impl Shard {
         let occupancy = self.mesh.occupancy_by_shard();
         json!({
             "shard": self.id,
+            "driver": crate::driver::current().name(),
             "connections": self.conns.len(),
             "sessions": self.sessions.len(),
             "subscriptions": self.stats.subscriptions.get(),

@@ -135,6 +135,7 @@ impl Shard {
             control,
             listeners,
             checks,
+            driver: _,
         } = boot;
         let stats = shared.stats[id].clone();
         let hibernation = (cfg.broker.hibernate_after > 0)
@@ -339,6 +340,8 @@ pub struct Boot {
     pub control: Arc<Queue>,
     pub listeners: Vec<Listener>,
     pub checks: ShardChecks,
+    /// The io driver to run on, `io_uring` or `epoll` (resolved once for the broker).
+    pub driver: crate::config::Driver,
 }
 
 /// Runs a shard on the current thread until a shutdown closes it.
@@ -349,11 +352,13 @@ pub fn run(
     saved: Restore,
 ) -> std::io::Result<()> {
     let (outbox, inbox) = ends;
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .with_entries(4096)
-        .build()?;
+    let mut rt = crate::driver::runtime(boot.driver, 4096)?;
     rt.block_on(async move {
+        tracing::debug!(
+            shard = boot.id,
+            driver = crate::driver::current().name(),
+            "shard running"
+        );
         let shard = Rc::new(RefCell::new(Shard::new(boot, outbox)));
         shard.borrow_mut().restore(saved, Instant::now());
         for (i, l) in sockets.into_iter().enumerate() {

@@ -43,6 +43,7 @@ impl Sim {
                 control: Arc::new(Queue::new(id, inbox.bells())),
                 listeners: Listener::for_shard(&cfg, &tls, n),
                 checks,
+                driver: crate::config::Driver::Epoll,
             };
             shards.push(Shard::new(boot, outbox));
             inboxes.push(inbox);

@@ -1,7 +1,10 @@
 //! Integration tests: the real broker on loopback ports, with 1 shard and with 4 shards so that
-//! cross-shard paths run, driven by raw-byte clients and rumqttc.
+//! cross-shard paths run, driven by raw-byte clients and rumqttc. The brokers inherit the test
+//! process's environment, so `RINGMQ_BROKER__DRIVER=epoll cargo test --test it` runs them all on
+//! epoll (tests that ask for a driver themselves excepted).
 
 mod clients;
+mod driver;
 mod hardening;
 mod harness;
 mod hibernation;
