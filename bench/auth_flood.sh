@@ -9,10 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
+# Mosquitto started as root drops to its own user before it reads the password file.
+chmod 755 "$work"
 broker=""
 trap 'kill $broker 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 target/release/ringmq passwd -c -b "$work/passwd" victim correct-horse
+chmod 644 "$work/passwd"
 cat > "$work/ringmq.toml" <<EOF2
 [broker]
 pin_cores = false
