@@ -52,7 +52,7 @@ pub enum Request {
     /// Removes one retained message, or all (asked of every shard).
     CleanRetained(Option<String>),
     /// New configuration, credentials and certificates, applied to new decisions from now on.
-    Reload(Arc<Config>, Arc<Auth>, crate::shard::TlsConfigs),
+    Reload(Arc<Config>, Arc<Auth>, crate::tls::TlsConfigs),
     Trace(Arc<TraceSet>),
     /// Shutdown, first step: stop accepting and publish the wills of connected clients.
     Drain,

@@ -11,6 +11,7 @@
 //!   borrow and a buffer length), allowed there alone.
 //! - [`driver`]: the io driver under the shards (io_uring or epoll, by `broker.driver`).
 //! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
+//! - [`broker`]: the running broker's handle for the admin API, metrics and signals.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
 //! - [`auth`]: password file, ACL file, anonymous policy.
 //! - [`tls`], [`ws`]: rustls configuration for TLS listeners, client-certificate names;
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::server::Broker;
+use crate::broker::Broker;
 use crate::stats::{Counter, Stats};
 
 struct Out(String);

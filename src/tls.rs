@@ -10,7 +10,24 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::{ListenerConfig, PeerCertAsUsername};
+use crate::config::{Config, ListenerConfig, PeerCertAsUsername};
+
+/// Each configured listener's TLS configuration (`None` for plain ones), in configuration
+/// order: the certificates are read once and shared by every shard.
+pub type TlsConfigs = Arc<[Option<Arc<rustls::ServerConfig>>]>;
+
+/// Reads the certificates of every TLS listener in `cfg`; errors name the listener.
+pub fn configs(cfg: &Config) -> Result<TlsConfigs, String> {
+    cfg.listeners
+        .iter()
+        .map(|(name, l)| {
+            l.kind
+                .is_tls()
+                .then(|| server_config(l).map_err(|e| format!("listeners.{name}: {e}")))
+                .transpose()
+        })
+        .collect()
+}
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)

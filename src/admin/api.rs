@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use tiny_http::Method;
 
 use super::Answer;
+use crate::broker::Broker;
 use crate::control::Request;
-use crate::server::Broker;
 
 fn decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()

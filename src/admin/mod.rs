@@ -12,7 +12,7 @@ use std::sync::Arc;
 use base64::Engine;
 use tiny_http::{Header, Response, Server};
 
-use crate::server::Broker;
+use crate::broker::Broker;
 
 /// An answer: HTTP status and body (JSON, or Prometheus text).
 pub struct Answer {

@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 
 use super::link::{Close, ConnLink, LinkState};
 use super::transport::Transport;
-use super::{hibernate, Conn, Shard};
+use super::{hibernate, Accepted, Conn, Shard};
 use crate::codec::{decode, Disconnect, Packet, ReasonCode};
 use crate::sock;
 
@@ -48,15 +48,6 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, index
 enum Event {
     Readable,
     Output,
-}
-
-/// What a connection's task starts with, set up before the task exists (or kept while it
-/// hibernates).
-pub(super) struct Accepted {
-    pub link: Rc<ConnLink>,
-    pub transport: Option<Box<Transport>>,
-    /// The connection's key in the shard's connection table.
-    pub idx: usize,
 }
 
 /// Prepares the socket, its link and transport, and registers the connection with the shard.

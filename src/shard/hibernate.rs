@@ -21,8 +21,7 @@ use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
 use rustix::event::Timespec;
 
-use super::conn::{serve, Accepted};
-use super::Shard;
+use super::{Accepted, Shard};
 use crate::sock;
 
 /// Wakes of hibernating connections (output for them, a close), by connection key, and the
@@ -170,8 +169,12 @@ pub(super) fn hibernate(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, conn: &A
     }
 }
 
-/// Gives the hibernating connections that have something to do their task back.
-pub async fn resumer(shard: Rc<RefCell<Shard>>) {
+/// Gives the hibernating connections that have something to do their task back (`serve`,
+/// the connection task, is passed in: the connection loop leans on hibernation, not back).
+pub async fn resumer<Task: Future<Output = ()> + 'static>(
+    shard: Rc<RefCell<Shard>>,
+    serve: impl Fn(Rc<RefCell<Shard>>, TcpStream, Accepted) -> Task,
+) {
     let waitable = match shard.borrow().hibernation.as_ref().map(|h| h.waitable()) {
         Some(Ok(w)) => w,
         Some(Err(e)) => {

@@ -148,7 +148,7 @@ pub struct Extras {
     /// The name a verified client certificate vouches for (TLS with peer_cert_as_username).
     pub cert_user: Option<Box<str>>,
     /// Publish-rate buckets (with `[limits]` rates set).
-    pub rate: Option<super::limits::RateLimiter>,
+    pub rate: Option<super::rate::RateLimiter>,
     /// Until when reading pauses: a v3 client over its publish rate is read more slowly.
     pub throttle: Option<Instant>,
 }

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::limits::TokenBucket;
+use super::rate::TokenBucket;
 use crate::config::{Config, ListenerConfig};
+use crate::tls::TlsConfigs;
 
 pub struct Listener {
     /// The listener's name in the configuration: a reload matches listeners by it.
@@ -17,26 +18,7 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// Each configured listener's TLS configuration (`None` for plain ones), in configuration
-/// order: the certificates are read once and shared by every shard.
-pub type TlsConfigs = Arc<[Option<Arc<rustls::ServerConfig>>]>;
-
 impl Listener {
-    /// Reads the certificates of every TLS listener in `cfg`; errors name the listener.
-    pub fn tls_configs(cfg: &Config) -> Result<TlsConfigs, String> {
-        cfg.listeners
-            .iter()
-            .map(|(name, l)| {
-                l.kind
-                    .is_tls()
-                    .then(|| {
-                        crate::tls::server_config(l).map_err(|e| format!("listeners.{name}: {e}"))
-                    })
-                    .transpose()
-            })
-            .collect()
-    }
-
     /// One shard's listeners for `cfg`, in configuration order.
     pub fn for_shard(cfg: &Config, tls: &TlsConfigs, shards: usize) -> Vec<Listener> {
         let now = Instant::now();

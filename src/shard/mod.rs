@@ -15,6 +15,7 @@ mod link;
 mod listener;
 mod mesh;
 mod persist;
+mod rate;
 mod route;
 mod sessions;
 #[cfg(test)]
@@ -54,7 +55,7 @@ use homes::Homes;
 use interest::Interest;
 pub use interest::ShardSet;
 use link::ConnLink;
-pub use listener::{Listener, TlsConfigs};
+pub use listener::Listener;
 use mesh::Mesh;
 pub use persist::{Restore, Saved};
 pub use sessions::SessionSlot;
@@ -83,6 +84,15 @@ pub struct Conn {
     pub hibernating: Option<std::os::fd::OwnedFd>,
     /// Plain TCP (no TLS or WebSocket state): it may hibernate.
     pub plain: bool,
+}
+
+/// What a connection's task starts with, set up before the task exists (or kept while it
+/// hibernates).
+pub(super) struct Accepted {
+    pub link: Rc<ConnLink>,
+    pub transport: Option<Box<transport::Transport>>,
+    /// The connection's key in the shard's connection table.
+    pub idx: usize,
 }
 
 pub(crate) struct Shard {
@@ -366,7 +376,7 @@ pub fn run(
             monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
         }
         monoio::spawn(sweeper(shard.clone()));
-        monoio::spawn(hibernate::resumer(shard.clone()));
+        monoio::spawn(hibernate::resumer(shard.clone(), conn::serve));
         monoio::spawn(limits::lag_probe(shard.clone()));
         monoio::spawn(sys::publisher(shard.clone()));
         pump(shard, inbox).await;

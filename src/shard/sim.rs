@@ -27,7 +27,7 @@ impl Sim {
         let cfg = Arc::new(cfg);
         let auth = Arc::new(Auth::load(&cfg).expect("auth"));
         let shared = Arc::new(Shared::new(n, cfg.listeners.len()));
-        let tls = Listener::tls_configs(&cfg).expect("tls");
+        let tls = crate::tls::configs(&cfg).expect("tls");
         let mut shards = Vec::new();
         let mut inboxes = Vec::new();
         let mesh = crate::ring::mesh(n, 1024);
