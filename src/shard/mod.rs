@@ -17,6 +17,7 @@ mod mesh;
 mod persist;
 mod rate;
 mod route;
+mod router;
 mod sessions;
 #[cfg(test)]
 mod sim;
@@ -36,9 +37,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytes::BytesMut;
-use bytestring::ByteString;
 use slab::Slab;
-use smallvec::SmallVec;
 
 use crate::auth::checker::ShardChecks;
 use crate::auth::Auth;
@@ -49,15 +48,14 @@ use crate::retained::RetainedStore;
 use crate::ring::{Inbox, Outbox, XMsg};
 use crate::session::SessionLimits;
 use crate::stats::{Shared, Stats};
-use crate::topic::Trie;
 
 use homes::Homes;
-use interest::Interest;
-pub use interest::ShardSet;
+
 use link::ConnLink;
 pub use listener::Listener;
 use mesh::Mesh;
 pub use persist::{Restore, Saved};
+use router::Router;
 pub use sessions::SessionSlot;
 use sessions::{SessionTable, TimerKind};
 use waiting::Waiting;
@@ -68,13 +66,6 @@ pub struct SubEntry {
     pub session: usize,
     pub options: SubOptions,
     pub id: Option<u32>,
-}
-
-/// The members of one shared subscription group on this shard.
-#[derive(Default)]
-pub struct SharedGroup {
-    pub members: SmallVec<[SubEntry; 2]>,
-    pub next: usize,
 }
 
 /// An open connection, as the shard knows it.
@@ -120,16 +111,13 @@ pub(crate) struct Shard {
     waiting: Waiting,
     /// Client ids homed here: who owns each session, and the flapping counts.
     homes: Homes,
-    subs: Trie<SmallVec<[SubEntry; 2]>>,
-    shared: AHashMap<ByteString, SharedGroup>,
-    interest: Interest,
+    /// Local subscribers and the interest table replica.
+    router: Router,
     retained: RetainedStore,
     next_token: u64,
     next_assigned_id: u64,
     /// The read buffer every connection of this shard reads into.
     rbuf: BytesMut,
-    /// Reused by every local delivery to collect matching subscriptions.
-    scratch: Vec<SubEntry>,
     /// SUBACKs waiting for other shards to acknowledge new interest, by token.
     pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
 }
@@ -171,14 +159,11 @@ impl Shard {
             sessions: SessionTable::default(),
             waiting: Waiting::new(checks),
             homes: Homes::default(),
-            subs: Trie::default(),
-            shared: AHashMap::new(),
-            interest: Interest::default(),
+            router: Router::default(),
             retained: RetainedStore::default(),
             next_token: 0,
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
-            scratch: Vec::new(),
             pending_subacks: AHashMap::new(),
         }
     }
@@ -221,7 +206,7 @@ impl Shard {
                 add,
                 ack,
             } => {
-                self.interest.apply(&filter, shard, add);
+                self.router.apply_interest(&filter, shard, add);
                 if let Some(token) = ack {
                     self.send(shard, XMsg::InterestAck(token));
                 }

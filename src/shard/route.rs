@@ -7,16 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytestring::ByteString;
-use smallvec::SmallVec;
 
-use super::interest::ShardSet;
 use super::link::ConnLink;
 use super::{Shard, SubEntry};
 use crate::codec::{publish_len, Publish, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
 use crate::stats::DropReason;
-use crate::topic::parse_shared;
 
 /// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
 /// ids; the payload is shared, not copied.
@@ -111,20 +108,13 @@ impl Shard {
     }
 
     fn route(&mut self, msg: Arc<Message>) {
-        let mut targets = ShardSet::default();
-        self.interest
-            .plain
-            .for_each_match(&msg.topic, |s| targets.union(s));
-        for shard in targets.iter() {
+        let (shards, groups) = self.router.targets(&msg.topic);
+        for shard in shards.iter() {
             if shard != self.id {
                 self.send(shard, XMsg::Publish(msg.clone()));
             }
         }
         self.deliver_local(&msg);
-        let mut groups: SmallVec<[ByteString; 2]> = SmallVec::new();
-        self.interest
-            .shared
-            .for_each_match(&msg.topic, |g| groups.extend(g.keys().cloned()));
         for group in groups {
             self.dispatch_shared(group, msg.clone());
         }
@@ -132,15 +122,7 @@ impl Shard {
 
     /// Sends a message to the shared group's next shard (round robin over shards with members).
     fn dispatch_shared(&mut self, group: ByteString, msg: Arc<Message>) {
-        let Some(Ok((_, inner))) = parse_shared(&group) else {
-            return;
-        };
-        let next = self.interest.shared.update(
-            inner,
-            |groups| groups.get_mut(&group).and_then(|r| r.next_shard()),
-            |groups| groups.is_empty(),
-        );
-        let Some(shard) = next.flatten() else {
+        let Some(shard) = self.router.next_group_shard(&group) else {
             self.stats.dropped(DropReason::NoMember);
             return;
         };
@@ -153,14 +135,10 @@ impl Shard {
 
     /// Delivers to one member of a local shared group, preferring one that can take it now.
     pub(super) fn deliver_shared_local(&mut self, group: &ByteString, msg: Arc<Message>) {
-        let Some(g) = self.shared.get_mut(group) else {
+        let Some(candidates) = self.router.group_members(group) else {
             self.stats.dropped(DropReason::NoMember);
             return;
         };
-        let n = g.members.len();
-        let start = g.next;
-        g.next = g.next.wrapping_add(1);
-        let candidates: Vec<SubEntry> = (0..n).map(|i| g.members[(start + i) % n]).collect();
         let limit = self.cfg.mqtt.max_outbound_bytes;
         let ready = candidates.iter().find(|e| {
             self.sessions
@@ -183,12 +161,7 @@ impl Shard {
 
     /// Delivers to this shard's own subscribers: one copy per session.
     pub(super) fn deliver_local(&mut self, msg: &Arc<Message>) {
-        let mut hits: Vec<SubEntry> = std::mem::take(&mut self.scratch);
-        self.subs
-            .for_each_match(&msg.topic, |entries| hits.extend(entries.iter().copied()));
-        if hits.len() > 1 {
-            hits.sort_unstable_by_key(|e| e.session);
-        }
+        let hits = self.router.local_matches(&msg.topic);
         let now = Instant::now();
         let mut i = 0;
         while i < hits.len() {
@@ -223,8 +196,7 @@ impl Shard {
                 self.deliver_to(key, d, now);
             }
         }
-        hits.clear();
-        self.scratch = hits;
+        self.router.recycle(hits);
     }
 
     /// Hands one delivery to a session: written now, queued, or dropped (and counted).
@@ -282,7 +254,7 @@ impl Shard {
     /// Applies an interest change here and tells every other shard; with `ack`, each of them
     /// answers (for a SUBACK that waits until the subscription is visible everywhere).
     fn interest_changed(&mut self, filter: &ByteString, add: bool, ack: Option<u64>) {
-        self.interest.apply(filter, self.id, add);
+        self.router.apply_interest(filter, self.id, add);
         let shard = self.id;
         self.mesh.broadcast(|| XMsg::Interest {
             filter: filter.clone(),
@@ -326,7 +298,8 @@ impl Shard {
         }
     }
 
-    /// Adds (or replaces) a session's subscription in the trie or its shared group.
+    /// Adds (or replaces) a session's subscription in the trie or its shared group; true when
+    /// it is the shard's first interest in the filter (other shards are told, with `ack`).
     pub(super) fn index_subscription(
         &mut self,
         key: usize,
@@ -339,55 +312,21 @@ impl Shard {
             options: sub.options,
             id: sub.id,
         };
-        let (first, new) = if parse_shared(filter).is_some() {
-            let group = self.shared.entry(filter.clone()).or_default();
-            let new = upsert(&mut group.members, entry);
-            (group.members.len() == 1, new)
-        } else {
-            let slot = self.subs.entry(filter);
-            let new = upsert(slot, entry);
-            (slot.len() == 1, new)
-        };
-        if new {
+        let done = self.router.index(filter, entry);
+        if done.new {
             self.stats.subscriptions.inc();
         }
-        if first {
+        if done.first {
             self.interest_changed(filter, true, ack);
         }
-        first
+        done.first
     }
 
     pub(super) fn unindex_subscription(&mut self, key: usize, filter: &ByteString) {
-        let last = if parse_shared(filter).is_some() {
-            let Some(group) = self.shared.get_mut(filter) else {
-                return;
-            };
-            let before = group.members.len();
-            group.members.retain(|e| e.session != key);
-            if group.members.len() < before {
-                self.stats.subscriptions.dec();
-            }
-            let last = group.members.is_empty();
-            if last {
-                self.shared.remove(filter);
-            }
-            last
-        } else {
-            self.subs
-                .update(
-                    filter,
-                    |v| {
-                        let before = v.len();
-                        v.retain(|e| e.session != key);
-                        if v.len() < before {
-                            self.stats.subscriptions.dec();
-                        }
-                        v.is_empty()
-                    },
-                    |v| v.is_empty(),
-                )
-                .unwrap_or(false)
-        };
+        let (removed, last) = self.router.unindex(key, filter);
+        if removed {
+            self.stats.subscriptions.dec();
+        }
         if last {
             self.interest_changed(filter, false, None);
         }
@@ -406,20 +345,6 @@ impl Shard {
             .collect();
         for (filter, sub) in subs {
             self.index_subscription(key, &filter, sub, None);
-        }
-    }
-}
-
-/// Adds or replaces the session's entry; true when it is new.
-fn upsert(v: &mut SmallVec<[SubEntry; 2]>, entry: SubEntry) -> bool {
-    match v.iter_mut().find(|e| e.session == entry.session) {
-        Some(e) => {
-            *e = entry;
-            false
-        }
-        None => {
-            v.push(entry);
-            true
         }
     }
 }

@@ -90,12 +90,7 @@ fn shared_group_names_leave_nothing_behind() {
     sim.close(1, &c);
     sim.settle();
     for sh in &sim.shards {
-        assert!(
-            sh.interest.shared.is_empty(),
-            "shard {}: groups left",
-            sh.id
-        );
-        assert!(sh.shared.is_empty(), "shard {}: members left", sh.id);
+        assert!(sh.router.no_shared_groups(), "shard {}: groups left", sh.id);
     }
 }
 

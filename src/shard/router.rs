@@ -1,0 +1,171 @@
+//! What a shard knows to route a publish: its own subscribers (a trie of plain filters, and
+//! the members of each shared group on this shard) and its replica of the interest table
+//! (which shards have subscribers to which filters). It answers who should get a message; the
+//! shard hands the deliveries to sessions and the forwards to the mesh.
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+use smallvec::SmallVec;
+
+use super::interest::{Interest, ShardSet};
+use super::SubEntry;
+use crate::topic::{parse_shared, Trie};
+
+/// The members of one shared subscription group on this shard, and whose turn is next.
+#[derive(Default)]
+struct SharedGroup {
+    members: SmallVec<[SubEntry; 2]>,
+    next: usize,
+}
+
+/// What indexing a subscription changed.
+pub(super) struct Indexed {
+    /// The session had no entry for the filter before.
+    pub new: bool,
+    /// The shard had no subscriber to the filter before: other shards must hear of it.
+    pub first: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Router {
+    subs: Trie<SmallVec<[SubEntry; 2]>>,
+    shared: AHashMap<ByteString, SharedGroup>,
+    interest: Interest,
+    /// Reused by every local delivery to collect matching subscriptions.
+    scratch: Vec<SubEntry>,
+}
+
+impl Router {
+    /// The shards with plain subscribers matching `topic` (this one included), and the shared
+    /// groups (full `$share/...` filters) matching it anywhere.
+    pub fn targets(&self, topic: &str) -> (ShardSet, SmallVec<[ByteString; 2]>) {
+        let mut shards = ShardSet::default();
+        self.interest
+            .plain
+            .for_each_match(topic, |s| shards.union(s));
+        let mut groups: SmallVec<[ByteString; 2]> = SmallVec::new();
+        self.interest
+            .shared
+            .for_each_match(topic, |g| groups.extend(g.keys().cloned()));
+        (shards, groups)
+    }
+
+    /// The next shard with members of `group`, round robin; `None` when it has none.
+    pub fn next_group_shard(&mut self, group: &ByteString) -> Option<usize> {
+        let Some(Ok((_, inner))) = parse_shared(group) else {
+            return None;
+        };
+        self.interest
+            .shared
+            .update(
+                inner,
+                |groups| groups.get_mut(group).and_then(|r| r.next_shard()),
+                |groups| groups.is_empty(),
+            )
+            .flatten()
+    }
+
+    /// The local members of `group`, starting with the one whose turn it is.
+    pub fn group_members(&mut self, group: &ByteString) -> Option<SmallVec<[SubEntry; 4]>> {
+        let g = self.shared.get_mut(group)?;
+        let n = g.members.len();
+        let start = g.next;
+        g.next = g.next.wrapping_add(1);
+        Some((0..n).map(|i| g.members[(start + i) % n]).collect())
+    }
+
+    /// This shard's subscriptions matching `topic`, grouped by session. Hand the vector back
+    /// with [`Router::recycle`].
+    pub fn local_matches(&mut self, topic: &str) -> Vec<SubEntry> {
+        let mut hits = std::mem::take(&mut self.scratch);
+        self.subs
+            .for_each_match(topic, |entries| hits.extend(entries.iter().copied()));
+        if hits.len() > 1 {
+            hits.sort_unstable_by_key(|e| e.session);
+        }
+        hits
+    }
+
+    pub fn recycle(&mut self, mut hits: Vec<SubEntry>) {
+        hits.clear();
+        self.scratch = hits;
+    }
+
+    /// Shard `shard` gained its first or lost its last subscriber to `filter`.
+    pub fn apply_interest(&mut self, filter: &ByteString, shard: usize, add: bool) {
+        self.interest.apply(filter, shard, add);
+    }
+
+    /// Adds (or replaces) a session's entry for `filter`, in the trie or its shared group.
+    pub fn index(&mut self, filter: &ByteString, entry: SubEntry) -> Indexed {
+        if parse_shared(filter).is_some() {
+            let group = self.shared.entry(filter.clone()).or_default();
+            let new = upsert(&mut group.members, entry);
+            Indexed {
+                new,
+                first: group.members.len() == 1,
+            }
+        } else {
+            let slot = self.subs.entry(filter);
+            let new = upsert(slot, entry);
+            Indexed {
+                new,
+                first: slot.len() == 1,
+            }
+        }
+    }
+
+    /// Removes session `key`'s entry for `filter`: (whether it had one, whether the shard now
+    /// has no subscriber to the filter left).
+    pub fn unindex(&mut self, key: usize, filter: &ByteString) -> (bool, bool) {
+        if parse_shared(filter).is_some() {
+            let Some(group) = self.shared.get_mut(filter) else {
+                return (false, false);
+            };
+            let before = group.members.len();
+            group.members.retain(|e| e.session != key);
+            let removed = group.members.len() < before;
+            let last = group.members.is_empty();
+            if last {
+                self.shared.remove(filter);
+            }
+            (removed, last)
+        } else {
+            let mut removed = false;
+            let last = self
+                .subs
+                .update(
+                    filter,
+                    |v| {
+                        let before = v.len();
+                        v.retain(|e| e.session != key);
+                        removed = v.len() < before;
+                        v.is_empty()
+                    },
+                    |v| v.is_empty(),
+                )
+                .unwrap_or(false);
+            (removed, last)
+        }
+    }
+
+    /// Nothing is left of any shared group, here or in the interest replica.
+    #[cfg(test)]
+    pub fn no_shared_groups(&self) -> bool {
+        self.shared.is_empty() && self.interest.shared.is_empty()
+    }
+}
+
+/// Adds or replaces the session's entry; true when it is new.
+fn upsert(v: &mut SmallVec<[SubEntry; 2]>, entry: SubEntry) -> bool {
+    match v.iter_mut().find(|e| e.session == entry.session) {
+        Some(e) => {
+            *e = entry;
+            false
+        }
+        None => {
+            v.push(entry);
+            true
+        }
+    }
+}
