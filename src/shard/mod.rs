@@ -1,6 +1,32 @@
 //! A shard: one pinned thread, one monoio runtime, its own listeners, connections, sessions and
 //! tries. Shard state lives in one `RefCell` on its thread and is only borrowed by synchronous
 //! handlers, never across an `.await`. Other shards are reached through the ring mesh only.
+//!
+//! # Who holds what
+//! `Shard` ties together owners with private fields, each in its own file:
+//! - `mesh::Mesh`: the rings to other shards, the backlog for a full one and the readers
+//!   waiting for it, the shard's queue to itself.
+//! - `router::Router`: the trie of local plain subscriptions, the local members of shared
+//!   groups, and this shard's replica of the interest table.
+//! - `sessions::SessionTable`: session slots, the client-id index, will and expiry timers.
+//! - `waiting::Waiting`: CONNECTs waiting for a password verdict or a grant.
+//! - `homes::Homes`: the client ids homed here (owner and claim token), flapping counts.
+//! - [`crate::retained::RetainedStore`]: this shard's replica of the retained messages.
+//!
+//! The connection side: `conn` (the task: reads, decodes, writes), `link` (what the task and
+//! the shard share about one connection), `transport` (TLS, WebSocket), `hibernate` (idle
+//! sockets without a task), `limits` and `rate` (admission and publish rates). The handlers:
+//! `connect` (CONNECT, claims, takeovers, session ends), `inbound` (every other packet),
+//! `route` (publish, subscribe, deliver), `admin` (the control plane), `persist`, `sys`.
+//!
+//! # How a PUBLISH crosses them
+//! `conn` decodes it and `inbound` checks it (aliases, limits, ACL, rate, the backlog bound)
+//! and acknowledges it once routed. `route` stores it in the retained store if it retains (and
+//! broadcasts the copy through the mesh), asks the router for the interested shards and the
+//! matching shared groups, sends one copy to each other interested shard through the mesh,
+//! delivers it to the router's local matches through their sessions (each session admits,
+//! queues or drops it; `link` writes it), and picks one member per shared group. On the
+//! receiving shard the pump takes it off the ring and delivers it the same way, locally only.
 
 mod admin;
 mod client_index;
