@@ -230,6 +230,23 @@ impl Broker {
         (status, resp.body_mut().read_to_string().expect("body"))
     }
 
+    /// The value of a metric sample in `/metrics` (`name` with its labels, as printed).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.api("GET", "/metrics", None);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits until the broker has seen `client_id`'s connection close (its session offline or
+    /// gone).
+    pub fn wait_offline(&self, client_id: &str) {
+        eventually(&format!("{client_id} offline"), || {
+            let (_, body) = self.api("GET", &format!("/api/v1/clients/{client_id}"), None);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            v["connected"] != serde_json::Value::Bool(true)
+        });
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -421,6 +438,15 @@ impl Raw {
         }
     }
 
+    /// A PINGREQ round trip: everything sent before it has been handled by the broker.
+    pub fn sync(&mut self) {
+        self.send(&Packet::PingReq);
+        match self.recv() {
+            Some(Packet::PingResp) => {}
+            other => panic!("expected PINGRESP, got {other:?}"),
+        }
+    }
+
     /// Acknowledges a received publish as a well-behaved client does.
     pub fn ack(&mut self, p: &Publish) {
         let Some(id) = p.packet_id else { return };
@@ -493,7 +519,12 @@ pub fn props(f: impl FnOnce(&mut Properties)) -> Props {
     Some(Box::new(p))
 }
 
-/// Waits for a condition the broker reaches asynchronously (a subscription on another shard).
-pub fn settle() {
-    std::thread::sleep(Duration::from_millis(100));
+/// Polls `check` (a metric, a listing, a log line: something the broker shows) until it
+/// holds; panics after 5 s, naming `what`. For states no packet announces.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -192,7 +192,6 @@ fn tls_and_mutual_tls_with_the_cn_as_username() {
     let certs = acl.parent().expect("dir").to_path_buf();
     let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "tcp-sub", true);
     sub.subscribe("#", QoS::AtLeastOnce);
-    crate::harness::settle();
 
     let mut dev = tls_client(&certs, tls, Some("client")).expect("mTLS handshake");
     assert_eq!(
@@ -365,7 +364,6 @@ fn websocket_clients_that_misbehave_are_disconnected_alone() {
     b.port = tcp;
     let (mut sub, _) = Raw::connect(tcp, Protocol::V311, "ws-watch", true);
     sub.subscribe("ws/#", QoS::AtLeastOnce);
-    crate::harness::settle();
 
     let mut garbage = TcpStream::connect(("127.0.0.1", ws)).expect("connect");
     garbage.set_read_timeout(Some(WAIT)).expect("timeout");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ringmq::codec::*;
 
-use crate::harness::{connect_packet, props, publish, ringmq, settle, tempdir, Broker, Raw, WAIT};
+use crate::harness::{connect_packet, props, publish, ringmq, tempdir, Broker, Raw, WAIT};
 
 const BASE: &str = "[broker]\npin_cores = false\n";
 
@@ -22,7 +22,7 @@ fn ctl_drives_every_command() {
     let mut retained = publish("r/1", b"kept", QoS::AtMostOnce, 0);
     retained.retain = true;
     c2.send(&Packet::Publish(retained));
-    settle();
+    c2.sync();
 
     let st = b.ctl_json(&["status"]);
     assert_eq!(st["shards"], 2);
@@ -76,7 +76,6 @@ fn ctl_drives_every_command() {
         serde_json::json!(["a/b", "x/+"])
     );
     b.ctl_json(&["subscriptions", "del", "c2", "x/+"]);
-    settle();
     c1.publish_acked("x/y", b"gone", QoS::AtLeastOnce, 8);
     c2.expect_silence(Duration::from_millis(300));
 
@@ -220,7 +219,6 @@ fn prometheus_scrape_counts_what_happened() {
     let (mut s, _) = Raw::connect(b.port, Protocol::V311, "m-sub", true);
     s.subscribe("m/t", QoS::AtLeastOnce);
     let (mut p, _) = Raw::connect(b.port, Protocol::V311, "m-pub", true);
-    settle();
     for i in 1..=5 {
         p.publish_acked("m/t", b"12345", QoS::AtLeastOnce, i);
         let got = s.recv_publish();
@@ -229,7 +227,9 @@ fn prometheus_scrape_counts_what_happened() {
     let mut bad = Raw::open(b.port, Protocol::V311);
     bad.send_bytes(&[0x10, 0x02, 0xff, 0xff]);
     let _ = bad.until_closed();
-    settle();
+    crate::harness::eventually("the bad connection counted as closed", || {
+        b.metric("ringmq_connections") == Some(2.0)
+    });
     let m = scrape(&b);
     assert_eq!(m["ringmq_connections"], 2.0);
     assert_eq!(m["ringmq_sessions"], 2.0);
@@ -256,7 +256,6 @@ fn sys_topics_and_client_events() {
     let (mut w, _) = Raw::connect(b.port, Protocol::V5, "sys-watch", true);
     w.subscribe("$SYS/brokers/+/clients/+/connected", QoS::AtMostOnce);
     w.subscribe("$SYS/brokers/+/uptime", QoS::AtMostOnce);
-    settle();
     let (_ev, _) = Raw::connect(b.port, Protocol::V311, "ev1", true);
     let mut saw_event = false;
     let mut saw_uptime = false;
@@ -404,7 +403,7 @@ fn sigterm_delivers_wills_tells_v5_clients_and_keeps_state() {
     let mut r = publish("kept/retained", b"still here", QoS::AtMostOnce, 0);
     r.retain = true;
     k.send(&Packet::Publish(r));
-    settle();
+    assert_eq!(&k.recv_publish().payload[..], b"still here");
 
     b.signal("TERM");
     let will = watch.recv_publish();

@@ -116,11 +116,9 @@ fn protocol_violations_close_only_the_offender() {
         );
         // The bystander is unaffected.
         let (mut p, _) = Raw::connect(b.port, Protocol::V311, "pub", true);
-        settle();
         p.publish("t", b"still here", QoS::AtMostOnce, 0);
         assert_eq!(&sub.recv_publish().payload[..], b"still here");
-        let log = b.log_text();
-        assert!(log.contains("closing connection"), "violations are logged");
+        b.wait_log("closing connection");
     }
 }
 
@@ -164,7 +162,6 @@ fn qos_levels_both_directions_with_downgrade() {
             [ReasonCode::GrantedQos2, ReasonCode::GrantedQos1]
         );
         let (mut publ, _) = Raw::connect(b.port, Protocol::V311, "pub", true);
-        settle();
         publ.publish_acked("q/2", b"two", QoS::ExactlyOnce, 10);
         let p = sub.recv_publish();
         assert_eq!((p.qos, &p.payload[..]), (QoS::ExactlyOnce, &b"two"[..]));
@@ -184,7 +181,6 @@ fn inbound_qos2_is_exactly_once() {
     let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "sub", true);
     sub.subscribe("x", QoS::AtMostOnce);
     let (mut publ, _) = Raw::connect(b.port, Protocol::V311, "pub", true);
-    settle();
     publ.publish("x", b"once", QoS::ExactlyOnce, 5);
     assert!(matches!(publ.recv(), Some(Packet::PubRec(a)) if a.packet_id == 5));
     let mut again = publish("x", b"once", QoS::ExactlyOnce, 5);
@@ -204,12 +200,11 @@ fn persistent_session_queues_and_redelivers_with_dup() {
         let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "keeper", false);
         sub.subscribe("jobs/#", QoS::AtLeastOnce);
         let (mut publ, _) = Raw::connect(b.port, Protocol::V311, "pub", true);
-        settle();
         publ.publish_acked("jobs/1", b"first", QoS::AtLeastOnce, 1);
         let unacked = sub.recv_publish();
         assert!(!unacked.dup);
         sub.drop_connection();
-        settle();
+        b.wait_offline("keeper");
         for i in 2..=4u16 {
             publ.publish_acked(
                 "jobs/n",
@@ -243,7 +238,6 @@ fn offline_queue_is_bounded() {
     let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "bounded", false);
     sub.subscribe("b", QoS::AtLeastOnce);
     sub.disconnect();
-    settle();
     let (mut publ, _) = Raw::connect(b.port, Protocol::V311, "pub", true);
     for i in 1..=6u16 {
         publ.publish_acked("b", &[i as u8], QoS::AtLeastOnce, i);
@@ -264,7 +258,6 @@ fn session_expiry_v5() {
     c.properties = props(|p| p.session_expiry_interval = Some(1));
     let (s, _) = Raw::connect_with(b.port, c.clone());
     s.disconnect();
-    settle();
     let (s, ack) = Raw::connect_with(b.port, c.clone());
     assert!(ack.session_present, "within the expiry");
     s.disconnect();
@@ -289,7 +282,6 @@ fn takeover_across_shards_closes_the_old_connection() {
             "{got:?}"
         );
         let (mut publ, _) = Raw::connect(b.port, Protocol::V311, "p", true);
-        settle();
         publ.publish_acked("take/over", b"moved", QoS::AtLeastOnce, 1);
         let p = new.recv_publish();
         assert_eq!(
@@ -303,7 +295,6 @@ fn takeover_across_shards_closes_the_old_connection() {
         let (fresh, ack) = Raw::connect_with(b.port, clean);
         assert!(!ack.session_present);
         fresh.disconnect();
-        settle();
     }
 }
 
@@ -323,7 +314,7 @@ fn retained_set_replace_clear_and_dollar_topics() {
         let mut other = publish("r/b", b"bee", QoS::AtMostOnce, 0);
         other.retain = true;
         publ.send(&Packet::Publish(other));
-        settle();
+        publ.sync();
         let (mut sub, _) = Raw::connect(b.port, Protocol::V311, "s", true);
         sub.subscribe("r/+", QoS::AtLeastOnce);
         let mut got: Vec<(String, Vec<u8>, bool)> = (0..2)
@@ -351,7 +342,6 @@ fn retained_set_replace_clear_and_dollar_topics() {
             "live messages go out with retain 0 to existing subscribers (v3)"
         );
         sub.ack(&p);
-        settle();
         let (mut late, _) = Raw::connect(b.port, Protocol::V311, "late", true);
         late.subscribe("r/#", QoS::AtMostOnce);
         assert_eq!(late.recv_publish().topic, "r/b", "r/a was cleared");
@@ -371,7 +361,7 @@ fn retain_handling_and_retain_as_published() {
     let mut r = publish("rh", b"kept", QoS::AtMostOnce, 0);
     r.retain = true;
     publ.send(&Packet::Publish(r.clone()));
-    settle();
+    publ.sync();
     let opts = |rh, rap| SubOptions {
         qos: QoS::AtMostOnce,
         no_local: false,
@@ -419,7 +409,6 @@ fn will_on_abnormal_close_not_on_disconnect_and_on_0x04() {
             c.will = Some(will(&format!("wills/{id}"), b"gone", QoS::AtLeastOnce));
             c
         };
-        settle();
         let (c, _) = Raw::connect_with(b.port, with_will("crash", Protocol::V311));
         c.drop_connection();
         let p = sub.recv_publish();
@@ -451,7 +440,6 @@ fn will_delay_is_cancelled_by_a_reconnect_and_sent_after_it() {
         properties: props(|p| p.will_delay_interval = Some(2)),
         ..will("wd", b"late", QoS::AtMostOnce)
     });
-    settle();
     let (s, _) = Raw::connect_with(b.port, c.clone());
     s.drop_connection();
     std::thread::sleep(Duration::from_millis(500));
@@ -477,7 +465,6 @@ fn overlapping_subscriptions_no_local_and_unsubscribe() {
             props(|p| p.subscription_identifiers.push(9)),
         );
         let (mut publ, _) = Raw::connect(b.port, Protocol::V5, "pub", true);
-        settle();
         publ.publish_acked("o/x", b"m", QoS::AtLeastOnce, 1);
         let p = s.recv_publish();
         assert_eq!(p.qos, QoS::AtLeastOnce, "one copy at the highest QoS");
@@ -498,7 +485,6 @@ fn overlapping_subscriptions_no_local_and_unsubscribe() {
             retain_handling: RetainHandling::OnSubscribe,
         };
         publ.subscribe_with(vec![("o/x".into(), nl)], None);
-        settle();
         publ.publish("o/x", b"mine", QoS::AtMostOnce, 0);
         publ.expect_silence(Duration::from_millis(300));
         assert_eq!(
@@ -525,7 +511,6 @@ fn overlapping_subscriptions_no_local_and_unsubscribe() {
             properties: None,
         }));
         assert!(matches!(s.recv(), Some(Packet::UnsubAck(_))));
-        settle();
         publ.publish("o/x", b"after", QoS::AtMostOnce, 0);
         s.expect_silence(Duration::from_millis(300));
     }
@@ -573,7 +558,6 @@ fn shared_subscriptions_spread_across_shards_and_redispatch() {
         })
         .collect();
     let (mut publ, _) = Raw::connect(b.port, Protocol::V5, "pub", true);
-    settle();
     for i in 0..30u16 {
         publ.publish_acked("jobs/x", &i.to_be_bytes(), QoS::AtLeastOnce, i + 1);
     }
@@ -601,7 +585,6 @@ fn shared_subscriptions_spread_across_shards_and_redispatch() {
     hoarder.subscribe("$share/h/work", QoS::AtLeastOnce);
     let (mut helper, _) = Raw::connect(b.port, Protocol::V5, "helper", true);
     helper.subscribe("$share/h/work", QoS::AtLeastOnce);
-    settle();
     for i in 0..10u16 {
         publ.publish_acked("work", &i.to_be_bytes(), QoS::AtLeastOnce, 100 + i);
     }
@@ -630,7 +613,6 @@ fn topic_aliases_both_ways() {
     let (mut s, _) = Raw::connect_with(b.port, c);
     s.subscribe("long/topic/name", QoS::AtMostOnce);
     let (mut publ, _) = Raw::connect(b.port, Protocol::V5, "pub", true);
-    settle();
     let mut first = publish("long/topic/name", b"1", QoS::AtMostOnce, 0);
     first.properties = props(|p| p.topic_alias = Some(3));
     publ.send(&Packet::Publish(first));
@@ -669,7 +651,6 @@ fn v5_properties_expiry_and_maximum_packet_size() {
     let (mut s, _) = Raw::connect_with(b.port, c);
     s.subscribe("v5/#", QoS::AtMostOnce);
     let (mut publ, _) = Raw::connect(b.port, Protocol::V5, "pub", true);
-    settle();
     let mut p = publish("v5/req", b"body", QoS::AtMostOnce, 0);
     p.properties = props(|p| {
         p.response_topic = Some("v5/resp".into());
