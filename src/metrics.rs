@@ -33,7 +33,7 @@ const GAUGES: [Summed; 4] = [
     }),
 ];
 
-const COUNTERS: [Summed; 10] = [
+const COUNTERS: [Summed; 11] = [
     (
         "bytes_received_total",
         "counter",
@@ -83,6 +83,12 @@ const COUNTERS: [Summed; 10] = [
         |s| &s.rate_limited,
     ),
     ("wills_total", "counter", "Wills published.", |s| &s.wills),
+    (
+        "hibernate_failures_total",
+        "counter",
+        "Idle connections that could not hibernate (open-file limit).",
+        |s| &s.hibernate_failures,
+    ),
     (
         "ring_full_total",
         "counter",

@@ -86,6 +86,9 @@ pub struct Stats {
     pub connections: Counter,
     /// Connections hibernating (no task, socket in the shard's epoll set).
     pub hibernating: Counter,
+    /// Times an idle connection could not hibernate (its socket could not be duplicated:
+    /// usually the open-file limit, since a hibernating socket holds a second descriptor).
+    pub hibernate_failures: Counter,
     pub sessions: Counter,
     pub subscriptions: Counter,
     /// Retained messages in this shard's replica.

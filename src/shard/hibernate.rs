@@ -162,7 +162,14 @@ pub(super) fn hibernate(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, conn: &A
             true
         }
         Err(e) => {
-            tracing::warn!(peer = %conn.link.peer, error = %e, "cannot hibernate a connection");
+            // Once per shard at warn (near the open-file limit every idle connection would
+            // say it again every hibernate_after seconds); counted, and retried that late.
+            if sh.stats.hibernate_failures.get() == 0 {
+                tracing::warn!(peer = %conn.link.peer, error = %e, "cannot hibernate a connection (ringmq_hibernate_failures_total counts the next ones)");
+            } else {
+                tracing::debug!(peer = %conn.link.peer, error = %e, "cannot hibernate a connection");
+            }
+            sh.stats.hibernate_failures.inc();
             conn.link.touch(Instant::now());
             false
         }
