@@ -19,6 +19,17 @@ pub struct LogControl {
 }
 
 impl LogControl {
+    /// A control for a broker whose logs go to whatever subscriber its process installed (a
+    /// test running a broker in-process); changing the level is refused.
+    pub fn detached() -> LogControl {
+        let (_layer, handle) = reload::Layer::new(EnvFilter::new("info"));
+        LogControl {
+            handle,
+            current: Mutex::new("info".into()),
+            guard: Mutex::new(None),
+        }
+    }
+
     /// Writes out every line logged so far and stops the writer thread: the last call before
     /// the process exits (later lines are not written).
     pub fn flush(&self) {

@@ -46,11 +46,58 @@ fn claim_ports(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
+/// Where the shards accept connections.
+pub enum Listeners {
+    /// Every shard binds each configured listener's address with SO_REUSEPORT and the kernel
+    /// spreads connections over them; the addresses are checked to be free first.
+    Configured,
+    /// Each shard accepts on sockets of its own, one per configured listener in configuration
+    /// order: a test puts a client on a chosen shard by the port it connects to.
+    PerShard(Vec<Vec<TcpListener>>),
+}
+
 /// Starts the broker and blocks until a signal shuts it down.
 pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
-    let shards = cfg.shard_count();
-    let binds: Vec<SocketAddr> = cfg.listeners.values().map(|l| l.bind).collect();
-    let addrs = claim_ports(&binds)?;
+    serve(args, cfg, log, Listeners::Configured, wait_for_signals)
+}
+
+/// Starts the broker on `listeners`, then calls `until` with it, which returns when the broker
+/// is to stop (`run` waits for SIGTERM there; a test runs its clients), and shuts down
+/// gracefully.
+pub fn serve(
+    args: RunArgs,
+    cfg: Config,
+    log: LogControl,
+    listeners: Listeners,
+    until: impl FnOnce(&Broker) -> Result<(), String>,
+) -> Result<(), String> {
+    let (sockets, addrs) = match listeners {
+        Listeners::Configured => {
+            let binds: Vec<SocketAddr> = cfg.listeners.values().map(|l| l.bind).collect();
+            let addrs = claim_ports(&binds)?;
+            let per_shard = (0..cfg.shard_count())
+                .map(|_| addrs.iter().map(|a| reuseport_listener(*a)).collect())
+                .collect::<std::io::Result<Vec<Vec<TcpListener>>>>()
+                .map_err(|e| e.to_string())?;
+            (per_shard, addrs)
+        }
+        Listeners::PerShard(per_shard) => {
+            let first = per_shard.first().ok_or("no shard sockets")?;
+            let addrs = first
+                .iter()
+                .map(TcpListener::local_addr)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| e.to_string())?;
+            for l in per_shard.iter().flatten() {
+                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            }
+            (per_shard, addrs)
+        }
+    };
+    let shards = sockets.len();
+    if addrs.len() != cfg.listeners.len() {
+        return Err("one socket per configured listener on every shard".into());
+    }
     let asked = cfg.broker.driver;
     let io = crate::driver::resolve(asked)?;
     if asked == Driver::Auto && io == Driver::Epoll {
@@ -64,16 +111,6 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
     std::fs::create_dir_all(&cfg.broker.data_dir)
         .map_err(|e| format!("broker.data_dir {}: {e}", cfg.broker.data_dir.display()))?;
     let saved = Saved::load(&cfg.broker.data_dir).split(shards);
-    let mut sockets: Vec<Vec<TcpListener>> = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        sockets.push(
-            addrs
-                .iter()
-                .map(|a| reuseport_listener(*a))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
-        );
-    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shared = Arc::new(Shared::new(shards, addrs.len()));
     let cfg = Arc::new(cfg);
@@ -131,7 +168,7 @@ pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
         tracing::info!(admin = %addr, "admin API listening");
     }
     spawn_stats_thread(broker.clone())?;
-    wait_for_signals(&broker)?;
+    until(&broker)?;
     let timeout = Duration::from_secs(broker.config().broker.shutdown_timeout);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let b = broker.clone();

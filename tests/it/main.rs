@@ -8,6 +8,7 @@ mod driver;
 mod hardening;
 mod harness;
 mod hibernation;
+mod in_process;
 mod listeners;
 mod loadgen;
 mod operations;
