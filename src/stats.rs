@@ -48,8 +48,6 @@ pub enum DropReason {
 pub enum Refusal {
     /// A `$SYS` topic that would be longer than a topic may be (a long client id).
     SysTopic,
-    /// A new shared-subscription group past `mqtt.max_shared_groups` on a shard.
-    SharedGroup,
     /// WebSocket pings beyond the pongs a connection may have waiting.
     WsPing,
     /// A connection cut because the messages it made for a full ring piled up past the bound.
@@ -59,9 +57,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 4] = [
         Refusal::SysTopic,
-        Refusal::SharedGroup,
         Refusal::WsPing,
         Refusal::Backlog,
         Refusal::PasswordQueue,
@@ -71,7 +68,6 @@ impl Refusal {
     pub fn label(self) -> &'static str {
         match self {
             Refusal::SysTopic => "sys_topic",
-            Refusal::SharedGroup => "shared_group",
             Refusal::WsPing => "ws_ping",
             Refusal::Backlog => "ring_backlog",
             Refusal::PasswordQueue => "password_queue",
@@ -82,7 +78,7 @@ impl Refusal {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// What was refused past a bound, indexed by `Refusal as usize`.
-    pub refused: [Counter; 5],
+    pub refused: [Counter; 4],
     pub connections: Counter,
     /// Connections hibernating (no task, socket in the shard's epoll set).
     pub hibernating: Counter,

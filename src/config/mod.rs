@@ -156,6 +156,12 @@ impl Config {
         if !mult.is_finite() || !(1.0..=100.0).contains(&mult) {
             return bad("mqtt.keepalive_multiplier", "must be from 1.0 to 100.0");
         }
+        if self.broker.max_ring_backlog == 0 {
+            return bad("broker.max_ring_backlog", "must be at least 1");
+        }
+        if self.auth.max_pending_checks == 0 {
+            return bad("auth.max_pending_checks", "must be at least 1");
+        }
         if self.mqtt.max_topic_length > crate::codec::MAX_FIELD {
             return bad(
                 "mqtt.max_topic_length",

@@ -263,7 +263,7 @@ impl Shard {
         let session = if let Some(key) = self.sessions.find(&client_id) {
             self.take_session(key, clean_start, now)
         } else {
-            if let Some(old) = self.waiting.claiming(&client_id) {
+            if let Some(old) = self.waiting.claiming(&client_id, token) {
                 let by = Successor {
                     shard,
                     token,

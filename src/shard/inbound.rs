@@ -287,6 +287,20 @@ impl Shard {
             return Ok(());
         }
         self.charge_publish(link, p.payload.len(), now)?;
+        let duplicate = match (p.qos, p.packet_id) {
+            (QoS::ExactlyOnce, Some(id)) => self
+                .sessions
+                .get(key)
+                .is_some_and(|s| s.session.inbound_qos2.contains(&id)),
+            _ => false,
+        };
+        if duplicate {
+            // Taken already: answered again, whatever the rings hold (MQTT-4.3.3).
+            if let Some(a) = ack(ReasonCode::Success) {
+                link.send(&a);
+            }
+            return Ok(());
+        }
         if self.mesh.backlog_full(self.cfg.broker.max_ring_backlog) {
             return self.refuse_for_backlog(link, &client_id, ack(ReasonCode::QuotaExceeded));
         }
@@ -295,12 +309,6 @@ impl Shard {
         };
         let session = &mut slot.session;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-            if session.inbound_qos2.contains(&id) {
-                if let Some(a) = ack(ReasonCode::Success) {
-                    link.send(&a);
-                }
-                return Ok(());
-            }
             if session.inbound_qos2.len() >= usize::from(receive_max) {
                 return Err(Close::new(
                     ReasonCode::ReceiveMaximumExceeded,

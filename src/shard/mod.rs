@@ -294,7 +294,9 @@ impl Shard {
                 link.wake();
             }
             match link.state.get() {
-                link::LinkState::New | link::LinkState::Authenticating(_)
+                link::LinkState::New
+                | link::LinkState::Authenticating(_)
+                | link::LinkState::Claiming(_)
                     if link.silent_for(now) > connect_timeout =>
                 {
                     link.close(link::Close::new(
@@ -433,7 +435,11 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             }
             sh.mesh.sleep_pump(cx.waker().clone());
             drop(sh);
-            inbox.poll_wait(cx, || !control.is_empty())
+            // Verdicts are looked at again after the doorbell is armed, like the rings: a
+            // checker thread that rang before it was armed must not be missed.
+            inbox.poll_wait(cx, || {
+                !control.is_empty() || shard.borrow().waiting.verdicts_ready()
+            })
         })
         .await;
     }

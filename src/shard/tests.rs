@@ -105,6 +105,16 @@ fn a_full_ring_backlog_refuses_publishes_instead_of_growing() {
     sim.send(1, &sub, subscribe("t"));
     sim.settle();
     let publ = sim.client(0, "near", Protocol::V5);
+    let mut taken = publish_qos1("t", 60_001);
+    if let Packet::Publish(p) = &mut taken {
+        p.qos = QoS::ExactlyOnce;
+    }
+    sim.send(0, &publ, taken.clone());
+    sim.settle();
+    assert!(
+        matches!(&Sim::received(&publ)[..], [Packet::PubRec(r)] if r.reason == ReasonCode::Success)
+    );
+    Sim::publishes(&sub);
     // Shard 1 never runs: its ring (1,024 here) fills, then the backlog.
     let total = 1024 + 16 + 100;
     for i in 0..total {
@@ -126,10 +136,53 @@ fn a_full_ring_backlog_refuses_publishes_instead_of_growing() {
     assert!(sim.shards[0].mesh.backlog_len(1) <= 16);
     let counted = sim.shards[0].stats.refused[crate::stats::Refusal::Backlog as usize].get();
     assert_eq!(counted, 100);
+    // A QoS 2 message taken before is answered again as taken, backlog or not: a 0x97 would
+    // end the client's flow while the broker keeps the id (and drops its next use of it).
+    if let Packet::Publish(p) = &mut taken {
+        p.dup = true;
+    }
+    sim.send(0, &publ, taken);
+    assert!(
+        matches!(&Sim::received(&publ)[..], [Packet::PubRec(r)] if r.reason == ReasonCode::Success)
+    );
     sim.settle();
     assert_eq!(
         Sim::publishes(&sub),
         total - 100,
         "everything acknowledged arrives"
     );
+}
+
+/// Two CONNECTs for one client id on the same shard while its session lives on a third: the
+/// second supersedes the first, whatever order the takeover and the grant arrive in, and it is
+/// granted (it never waits on a claim superseded by itself).
+#[test]
+fn a_claim_is_never_superseded_by_itself() {
+    let mut sim = Sim::new(3, Config::default());
+    let id = sim.id_homed_at(1, "twice");
+    let mut persistent = connect(Protocol::V311, &id);
+    persistent.clean_start = false;
+    let owner = sim.connect(2, persistent.clone());
+    sim.settle();
+    Sim::received(&owner);
+    let first = sim.connect(0, persistent.clone());
+    let second = sim.connect(0, persistent);
+    // Home hears both claims: the first makes shard 2 hand the session over, the second asks
+    // shard 0 (the owner-to-be) to give way.
+    while sim.step(1) {}
+    // Shard 0 sees the second takeover before shard 2's grant of the first.
+    while sim.step(0) {}
+    sim.settle();
+    let got = Sim::received(&second);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success),
+        "the second CONNECT is granted: {got:?}"
+    );
+    assert!(
+        Sim::received(&first)
+            .iter()
+            .all(|p| !matches!(p, Packet::ConnAck(_))),
+        "the first was superseded before its grant"
+    );
+    assert!(first.is_closing());
 }

@@ -34,12 +34,14 @@ pub struct Transport {
     pending: BytesMut,
     peer_name: PeerCertAsUsername,
     peer_checked: bool,
-    /// Pongs not sent because the client was not reading what is pending.
+    /// The pong for the last ping, owed while too much output waits (at most 127 bytes).
+    owed_pong: Option<Vec<u8>>,
+    /// Pongs superseded by a later ping before they could be sent.
     skipped_pongs: u32,
 }
 
-/// Pending output past which a ping is not answered: a client that pings and never reads would
-/// otherwise make the broker hold its pongs without bound.
+/// Pending output past which a pong waits (one at most, for the latest ping) until the client
+/// has read it down: one that pings and never reads cannot make the broker hold its pongs.
 const MAX_PENDING_FOR_PONG: usize = 64 * 1024;
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -79,12 +81,13 @@ impl Transport {
                 PeerCertAsUsername::None
             },
             peer_checked: false,
+            owed_pong: None,
             skipped_pongs: 0,
         })))
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.owed_pong.is_some()
     }
 
     /// Reads from the socket and appends the MQTT bytes it carried to `mqtt`. `Ok(0)` is the
@@ -195,7 +198,9 @@ impl Transport {
                 ws.closed |= ctl.closed;
                 if !ctl.pong.is_empty() {
                     if self.pending.len() > MAX_PENDING_FOR_PONG {
-                        self.skipped_pongs += 1;
+                        if self.owed_pong.replace(ctl.pong).is_some() {
+                            self.skipped_pongs += 1;
+                        }
                     } else {
                         self.emit(&[&ctl.pong])?;
                     }
@@ -275,10 +280,16 @@ impl Transport {
         }
     }
 
-    /// Writes what is pending; `Ok(true)` when all of it went out.
+    /// Writes what is pending (and then an owed pong); `Ok(true)` when all of it went out.
     pub fn send_pending(&mut self, stream: &TcpStream) -> io::Result<(bool, usize)> {
         let mut written = 0;
-        while !self.pending.is_empty() {
+        loop {
+            if self.pending.is_empty() {
+                match self.owed_pong.take() {
+                    Some(pong) => self.emit(&[&pong])?,
+                    None => break,
+                }
+            }
             match sock::send(stream, &[io::IoSlice::new(&self.pending)]) {
                 Ok(n) => {
                     self.pending.advance(n);

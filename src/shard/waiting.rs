@@ -48,15 +48,16 @@ impl Waiting {
         self.claims.remove(&token)
     }
 
-    /// The claim token of a connection waiting for `client_id`.
-    pub fn claiming(&self, client_id: &str) -> Option<u64> {
+    /// The claim token of a connection waiting for `client_id`, other than `token` itself
+    /// and than claims already superseded (each is superseded once, by the next claim).
+    pub fn claiming(&self, client_id: &str, token: u64) -> Option<u64> {
         self.claims.iter().find_map(|(t, l)| {
             let same = l
                 .connect
                 .borrow()
                 .as_ref()
                 .is_some_and(|c| c.client_id == client_id);
-            same.then_some(*t)
+            (same && *t != token && !self.superseded.contains_key(t)).then_some(*t)
         })
     }
 
