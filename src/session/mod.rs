@@ -104,6 +104,9 @@ pub struct Session {
     /// Payload bytes in `queue`.
     #[serde(default)]
     queued_bytes: usize,
+    /// QoS 0 messages in `queue`: a new one waits behind them (in order), not behind QoS 1/2.
+    #[serde(default)]
+    queued_qos0: usize,
     next_pid: u16,
     /// Messages dropped for this client (queue full, too large, expired).
     pub dropped: u64,
@@ -125,6 +128,7 @@ impl Session {
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_qos0: 0,
             next_pid: 0,
             dropped: 0,
         }
@@ -173,9 +177,9 @@ impl Session {
     /// Decides what happens to a delivery. `online` is whether a connection can take it now.
     pub fn admit(&mut self, d: Delivery, online: bool, limits: &SessionLimits) -> Admit {
         if d.qos == QoS::AtMostOnce {
-            // Behind queued QoS 0 messages it waits its turn (MQTT-4.6.0-6: in order). With
-            // `queue_qos0` off none are ever queued, so it need not look.
-            if online && (self.queue.is_empty() || !limits.queue_qos0) {
+            // Behind queued QoS 0 messages it waits its turn (MQTT-4.6.0-6: in order within a
+            // QoS); QoS 1/2 messages waiting for the window do not hold it back.
+            if online && self.queued_qos0 == 0 {
                 return Admit::Send(None, d);
             }
             if !limits.queue_qos0 {
@@ -213,6 +217,7 @@ impl Session {
         } else {
             d
         };
+        self.queued_qos0 += usize::from(kept.qos == QoS::AtMostOnce);
         self.queue.push_back(kept);
         self.queued_bytes += len;
         Admit::Queued
@@ -221,6 +226,7 @@ impl Session {
     fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.payload.len());
+        self.queued_qos0 -= usize::from(d.qos == QoS::AtMostOnce && self.queued_qos0 > 0);
         Some(d)
     }
 
@@ -312,6 +318,11 @@ impl Session {
             true
         });
         self.queued_bytes = self.queue.iter().map(|d| d.msg.payload.len()).sum();
+        self.queued_qos0 = self
+            .queue
+            .iter()
+            .filter(|d| d.qos == QoS::AtMostOnce)
+            .count();
         out
     }
 }
@@ -403,6 +414,19 @@ mod tests {
         );
         assert_eq!(s.queue.len(), 2);
         assert!(matches!(s.next_queued(Instant::now()), Some((None, _))));
+        assert!(matches!(s.next_queued(Instant::now()), Some((None, _))));
+        let mut window_full = session("w");
+        for _ in 0..3 {
+            window_full.admit(delivery(QoS::AtLeastOnce), true, &limits);
+        }
+        assert_eq!(window_full.queue.len(), 1, "one QoS 1 waits for the window");
+        assert!(
+            matches!(
+                window_full.admit(delivery(QoS::AtMostOnce), true, &limits),
+                Admit::Send(None, _)
+            ),
+            "QoS 0 is not held back by QoS 1 waiting for the window"
+        );
     }
 
     #[test]
