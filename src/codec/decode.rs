@@ -85,7 +85,7 @@ pub fn decode_body(first_byte: u8, body: Bytes, protocol: Protocol) -> Result<Pa
         }
         2 => {
             expect_flags(0)?;
-            Packet::ConnAck(connack(&mut r, v5)?)
+            Packet::ConnAck(connack(&mut r, protocol)?)
         }
         3 => Packet::Publish(publish(&mut r, flags, v5)?),
         4 => {
@@ -234,7 +234,8 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     })
 }
 
-fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
+fn connack(r: &mut Reader, protocol: Protocol) -> Result<ConnAck, DecodeError> {
+    let v5 = protocol.is_v5();
     let flags = r.u8()?;
     if flags & 0xfe != 0 {
         return Err(DecodeError::ReservedFlags);
@@ -247,7 +248,8 @@ fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     };
     let properties = props(r, v5, PropCtx::ConnAck)?;
     Ok(ConnAck {
-        session_present: flags & 1 != 0,
+        // MQTT 3.1 has no session present flag: the byte is reserved, and read as 0.
+        session_present: flags & 1 != 0 && protocol != Protocol::V31,
         reason,
         properties,
     })

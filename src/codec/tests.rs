@@ -137,6 +137,15 @@ fn connack_all_versions() {
         [0x20, 2, 0, 0],
         "MQTT 3.1 has no session present flag"
     );
+    // Found by the fuzzer: a 3.1 CONNACK's reserved byte read back as it is written.
+    assert_eq!(
+        dec(&[0x20, 2, 1, 4], Protocol::V31),
+        Ok(Some(Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: ReasonCode::BadUserNameOrPassword,
+            properties: None,
+        })))
+    );
     vector(&[0x20, 3, 1, 0, 0], Packet::ConnAck(ok), Protocol::V5);
     let bad = ConnAck {
         session_present: false,
