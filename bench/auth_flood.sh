@@ -41,18 +41,7 @@ while time.time() < end:
     s.close()
 print(refused)
 EOF2
-LG=target/release/ringmq-loadgen
-probe() {
-  $LG --threads 1 --addr "127.0.0.1:$port" pubsub --publishers 10 --subscribers 10 \
-    --qos 1 --total-rate 2000 --duration 6 --warmup 1 2>/dev/null > "$work/$1.txt" || true
-}
-row() {
-  awk -v phase="$2" -v answered="$3" '
-    /^delivered/ { d = $2; lost = $7; sub(/,/, "", lost) }
-    /^latency/ { p50 = $4; p99 = $8; max = $12 }
-    END { printf "| %s | %s | %s | %.2f | %.2f | %.2f | %s |\n", phase, d, lost, p50 / 1000, p99 / 1000, max / 1000, answered }
-  ' "$work/$1.txt"
-}
+. bench/probe.sh
 phases() {
   probe alone; row alone "$1 alone" "-"
   python3 "$work/flood.py" "$port" 8 > "$work/f1" & local f1=$!

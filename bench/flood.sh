@@ -19,18 +19,7 @@ pin_cores = false
 publish_rate = 1000
 publish_burst = 100
 EOF
-LG=target/release/ringmq-loadgen
-probe() {
-  $LG --threads 1 --addr "127.0.0.1:$port" pubsub --publishers 10 --subscribers 10 \
-    --qos 1 --total-rate 2000 --duration 6 --warmup 1 2>/dev/null > "$work/$1.txt"
-}
-row() {
-  awk -v phase="$2" '
-    /^delivered/ { d = $2; lost = $7; sub(/,/, "", lost) }
-    /^latency/ { p50 = $4; p99 = $8; max = $12 }
-    END { printf "| %s | %s | %s | %.2f | %.2f | %.2f |\n", phase, d, lost, p50 / 1000, p99 / 1000, max / 1000 }
-  ' "$work/$1.txt"
-}
+. bench/probe.sh
 phases() {
   probe alone; row alone "$1 alone"
   $LG --threads 1 --addr "127.0.0.1:$port" conn -n 8000 --rate 4000 --hold 4 > /dev/null 2>&1 &
