@@ -27,8 +27,8 @@ pub enum WsError {
     Text,
     #[error("frame of {0} bytes over the limit")]
     TooLarge(u64),
-    #[error("control frame of {0} bytes (at most 125)")]
-    ControlTooLarge(u64),
+    #[error("control frame of {0} bytes or fragmented (at most 125, FIN set)")]
+    BadControl(u64),
     #[error("unknown opcode {0}")]
     Opcode(u8),
     #[error("closed by the client")]
@@ -152,8 +152,9 @@ pub fn unframe(buf: &mut BytesMut, mqtt: &mut BytesMut, max: u64) -> Result<Cont
         if len > max {
             return Err(WsError::TooLarge(len));
         }
-        if b0 & 0x08 != 0 && len > MAX_CONTROL_PAYLOAD {
-            return Err(WsError::ControlTooLarge(len));
+        if b0 & 0x08 != 0 && (len > MAX_CONTROL_PAYLOAD || b0 & 0x80 == 0) {
+            // Control frames are short and never fragmented (RFC 6455 5.5).
+            return Err(WsError::BadControl(len));
         }
         let total = header + 4 + len as usize;
         if buf.len() < total {
@@ -290,7 +291,13 @@ mod tests {
         let mut long_ping = BytesMut::from(&masked(9, &[0u8; 126])[..]);
         assert_eq!(
             unframe(&mut long_ping, &mut mqtt, 1024),
-            Err(WsError::ControlTooLarge(126))
+            Err(WsError::BadControl(126))
+        );
+        let mut fragmented_ping = BytesMut::from(&masked(9, b"x")[..]);
+        fragmented_ping[0] &= 0x7f;
+        assert_eq!(
+            unframe(&mut fragmented_ping, &mut mqtt, 1024),
+            Err(WsError::BadControl(1))
         );
         let big = masked(2, &[0u8; 300]);
         assert_eq!(
