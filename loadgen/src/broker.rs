@@ -50,33 +50,37 @@ pub fn established(pid: u32, port: u16) -> Option<u64> {
                 .ok()
         })
         .collect();
-    let mut n = 0;
-    for table in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-            n += text
-                .lines()
-                .skip(1)
-                .filter(|line| established_on(line, port, &inodes))
-                .count() as u64;
+    // /proc/net/tcp is no snapshot: read while other sockets of the namespace come and go,
+    // it can skip a line or show one twice. The sockets counted are the broker's, held all
+    // the while, so three reads are joined by inode.
+    let mut found: HashSet<u64> = HashSet::new();
+    for _ in 0..3 {
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+                found.extend(
+                    text.lines()
+                        .skip(1)
+                        .filter_map(|line| established_on(line, port, &inodes)),
+                );
+            }
         }
     }
-    Some(n)
+    Some(found.len() as u64)
 }
 
-/// Whether a /proc/net/tcp line (`sl local rem st queues timer retr uid timeout inode ...`,
-/// addresses as hex `ADDR:PORT`) is an established socket on local `port` among `inodes`.
-fn established_on(line: &str, port: u16, inodes: &HashSet<u64>) -> bool {
+/// The inode of a /proc/net/tcp line (`sl local rem st queues timer retr uid timeout inode
+/// ...`, addresses as hex `ADDR:PORT`) when it is an established socket on local `port` among
+/// `inodes`.
+fn established_on(line: &str, port: u16, inodes: &HashSet<u64>) -> Option<u64> {
     const ESTABLISHED: &str = "01";
     let f: Vec<&str> = line.split_whitespace().collect();
     let local_port = f
         .get(1)
         .and_then(|a| a.rsplit_once(':'))
         .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-    local_port == Some(port)
-        && f.get(3) == Some(&ESTABLISHED)
-        && f.get(9)
-            .and_then(|i| i.parse().ok())
-            .is_some_and(|i| inodes.contains(&i))
+    let inode: u64 = f.get(9)?.parse().ok()?;
+    (local_port == Some(port) && f.get(3) == Some(&ESTABLISHED) && inodes.contains(&inode))
+        .then_some(inode)
 }
 
 /// What the broker used between two samples; for `conn`, `rss_end` is sampled while every
@@ -111,23 +115,25 @@ mod tests {
             format!("  7: {local} 0100007F:D431 {st} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0")
         };
         // Port 1883 is 0x075B.
-        assert!(established_on(
-            &line("0100007F:075B", "01", 1001),
-            1883,
-            &inodes
-        ));
-        assert!(
-            !established_on(&line("0100007F:075B", "0A", 1002), 1883, &inodes),
+        assert_eq!(
+            established_on(&line("0100007F:075B", "01", 1001), 1883, &inodes),
+            Some(1001)
+        );
+        assert_eq!(
+            established_on(&line("0100007F:075B", "0A", 1002), 1883, &inodes),
+            None,
             "listening"
         );
-        assert!(
-            !established_on(&line("0100007F:075C", "01", 1001), 1883, &inodes),
+        assert_eq!(
+            established_on(&line("0100007F:075C", "01", 1001), 1883, &inodes),
+            None,
             "other port"
         );
-        assert!(
-            !established_on(&line("0100007F:075B", "01", 7), 1883, &inodes),
+        assert_eq!(
+            established_on(&line("0100007F:075B", "01", 7), 1883, &inodes),
+            None,
             "not the broker's"
         );
-        assert!(!established_on("garbage", 1883, &inodes));
+        assert_eq!(established_on("garbage", 1883, &inodes), None);
     }
 }
