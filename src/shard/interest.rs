@@ -62,14 +62,17 @@ impl ShardSet {
 #[derive(Debug, Default)]
 pub struct SharedRoute {
     pub shards: ShardSet,
-    turn: usize,
+    /// A `Cell`: a publish takes the turn through a shared borrow of the trie, so matching
+    /// it needs no path allocation.
+    turn: std::cell::Cell<usize>,
 }
 
 impl SharedRoute {
     /// The next shard with members, round robin.
-    pub fn next_shard(&mut self) -> Option<usize> {
-        self.turn = self.turn.wrapping_add(1);
-        self.shards.nth(self.turn)
+    pub fn next_shard(&self) -> Option<usize> {
+        let turn = self.turn.get().wrapping_add(1);
+        self.turn.set(turn);
+        self.shards.nth(turn)
     }
 }
 

@@ -51,18 +51,11 @@ impl Router {
     }
 
     /// The next shard with members of `group`, round robin; `None` when it has none.
-    pub fn next_group_shard(&mut self, group: &ByteString) -> Option<usize> {
+    pub fn next_group_shard(&self, group: &ByteString) -> Option<usize> {
         let Some(Ok((_, inner))) = parse_shared(group) else {
             return None;
         };
-        self.interest
-            .shared
-            .update(
-                inner,
-                |groups| groups.get_mut(group).and_then(|r| r.next_shard()),
-                |groups| groups.is_empty(),
-            )
-            .flatten()
+        self.interest.shared.get(inner)?.get(group)?.next_shard()
     }
 
     /// The local members of `group`, starting with the one whose turn it is.
