@@ -52,15 +52,5 @@ phases() {
 }
 echo "| broker, phase | delivered | lost | p50 ms | p99 ms | max ms | wrong passwords answered |"
 echo "|---|---|---|---|---|---|---|"
-RINGMQ_LOG=warn target/release/ringmq --config "$work/ringmq.toml" --listen "127.0.0.1:$port" \
-  --shards 2 --admin 127.0.0.1:0 --data-dir "$work/data" &
-broker=$!
-sleep 1
-phases ringmq
-kill $broker; wait $broker 2>/dev/null || true
-printf "listener %s 127.0.0.1\nallow_anonymous true\npassword_file %s\nmax_connections -1\n" \
-  "$port" "$work/passwd" > "$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" > /dev/null 2>&1 &
-broker=$!
-sleep 1
-phases mosquitto
+both "password_file $work/passwd
+"

@@ -36,14 +36,4 @@ phases() {
 }
 echo "| broker, phase | delivered | lost | p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|---|"
-RINGMQ_LOG=warn target/release/ringmq --config "$work/ringmq.toml" --listen "127.0.0.1:$port" \
-  --shards 2 --admin 127.0.0.1:0 --data-dir "$work/data" &
-broker=$!
-sleep 1
-phases ringmq
-kill $broker; wait $broker 2>/dev/null || true
-printf "listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\n" "$port" > "$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" > /dev/null 2>&1 &
-broker=$!
-sleep 1
-phases mosquitto
+both ""

@@ -1,5 +1,6 @@
 # Sourced by the flood benchmarks (flood.sh, auth_flood.sh): the latency probe they run beside
-# a flood, and its table row. Needs $port and $work set by the caller.
+# a flood, its table row, and the run of their phases against ringmq and then Mosquitto.
+# Needs $port and $work set, and a `phases NAME` function, by the caller.
 LG=target/release/ringmq-loadgen
 
 # probe NAME: 10 QoS 1 pairs at 2,000 msg/s open loop for 6 s; loadgen's report in
@@ -21,4 +22,23 @@ row() {
       printf "\n"
     }
   ' "$work/$1.txt"
+}
+
+# both MOSQUITTO_LINES: runs the caller's `phases NAME` against ringmq (2 shards, the caller's
+# $work/ringmq.toml), then against Mosquitto (listening on $port, anonymous clients allowed,
+# plus MOSQUITTO_LINES), one after the other on the same port; `broker` holds the running
+# one's PID for the caller's exit trap.
+both() {
+  RINGMQ_LOG=warn target/release/ringmq --config "$work/ringmq.toml" --listen "127.0.0.1:$port" \
+    --shards 2 --admin 127.0.0.1:0 --data-dir "$work/data" &
+  broker=$!
+  sleep 1
+  phases ringmq
+  kill $broker; wait $broker 2>/dev/null || true
+  printf "listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\n%s" "$port" "$1" \
+    > "$work/mosquitto.conf"
+  mosquitto -c "$work/mosquitto.conf" > /dev/null 2>&1 &
+  broker=$!
+  sleep 1
+  phases mosquitto
 }
