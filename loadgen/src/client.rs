@@ -58,17 +58,9 @@ impl Client {
         keep_alive: u16,
         source: Option<IpAddr>,
     ) -> Result<Client, ConnectFailure> {
-        let connect = Connect {
-            // Every scenario validates --mqtt before it starts a client.
-            protocol: target.protocol().unwrap_or(Protocol::V311),
-            clean_start: clean,
-            keep_alive,
-            client_id: client_id.into(),
-            will: None,
-            username: None,
-            password: None,
-            properties: None,
-        };
+        // Every scenario validates --mqtt before it starts a client.
+        let protocol = target.protocol().unwrap_or(Protocol::V311);
+        let connect = Connect::new(protocol, &client_id, clean, keep_alive);
         Client::connect(target.addr, source, connect, target.connect_timeout()).await
     }
 

@@ -82,6 +82,22 @@ pub struct Will {
     pub properties: Props,
 }
 
+impl Connect {
+    /// A CONNECT with no will, credentials or properties.
+    pub fn new(protocol: Protocol, client_id: &str, clean_start: bool, keep_alive: u16) -> Connect {
+        Connect {
+            protocol,
+            clean_start,
+            keep_alive,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: Protocol,

@@ -151,14 +151,5 @@ impl Sim {
 
 /// A CONNECT for `id` with clean start.
 pub fn connect(protocol: Protocol, id: &str) -> Connect {
-    Connect {
-        protocol,
-        clean_start: true,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: None,
-    }
+    Connect::new(protocol, id, true, 60)
 }

@@ -478,16 +478,7 @@ impl Raw {
 }
 
 pub fn connect_packet(protocol: Protocol, id: &str, clean: bool) -> Connect {
-    Connect {
-        protocol,
-        clean_start: clean,
-        keep_alive: 60,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: None,
-    }
+    Connect::new(protocol, id, clean, 60)
 }
 
 pub fn publish(topic: &str, payload: &[u8], qos: QoS, pid: u16) -> Publish {
