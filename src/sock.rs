@@ -46,6 +46,11 @@ pub fn recv(stream: &TcpStream, buf: &mut BytesMut, min_room: usize) -> io::Resu
     Ok(n)
 }
 
+/// Ends this side's writing (a FIN) while reads go on.
+pub fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    with_sock(stream, |s| s.shutdown(std::net::Shutdown::Write))
+}
+
 /// Writes as much of `bufs` as the socket takes now.
 pub fn send(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     with_sock(stream, |s| (&*s).write_vectored(bufs))

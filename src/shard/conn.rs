@@ -115,6 +115,7 @@ pub(super) fn serve(
         }
         finish(&stream, &conn.link, &mut conn.transport).await;
         shard.borrow_mut().connection_ended(conn.idx, &conn.link);
+        linger(&stream).await;
     }
 }
 
@@ -463,6 +464,44 @@ async fn finish(stream: &TcpStream, link: &ConnLink, transport: &mut Option<Box<
             stream.writable(false),
         ));
         let _ = wait.await;
+    }
+}
+
+/// How long a closed connection waits for the client to close its side too.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Bytes a closed connection reads and throws away while it waits.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Half-closes and reads what the client still sends until it closes too (or `LINGER` passes,
+/// or `LINGER_BYTES` came). Closing a socket with unread bytes makes the kernel answer with a
+/// reset, which can throw away the goodbye just sent (a CONNACK or DISCONNECT with its reason, a
+/// WebSocket close) before the client reads it, and fails the client's own goodbye (a WebSocket
+/// close frame after its DISCONNECT) with EPIPE. The session is already gone: only the socket
+/// and this task wait.
+async fn linger(stream: &TcpStream) {
+    if sock::shutdown_write(stream).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut buf = BytesMut::new();
+    let mut thrown = 0;
+    while thrown < LINGER_BYTES {
+        match sock::recv(stream, &mut buf, 4096) {
+            Ok(0) => return,
+            Ok(n) => {
+                thrown += n;
+                buf.clear();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let wait = Box::pin(monoio::time::timeout(left, stream.readable(false)));
+                if left.is_zero() || wait.await.is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -350,6 +350,40 @@ fn opcodes(mut b: &[u8]) -> Vec<u8> {
     ops
 }
 
+/// MQTT.js ends with a DISCONNECT and then a WebSocket close frame: the broker has closed by
+/// the time the close frame comes, and it must still read it (and more) instead of resetting the
+/// connection, which fails the client's write with EPIPE. The client then sees the broker's own
+/// close frame and a clean end of stream.
+#[test]
+fn a_websocket_close_after_disconnect_meets_no_reset() {
+    let ws = free_port();
+    let _b = Broker::with_toml(
+        1,
+        &format!("[broker]\npin_cores = false\n[listeners.ws]\ntype = \"ws\"\nbind = \"127.0.0.1:{ws}\"\n"),
+    );
+    let (mut c, _) = WsRaw::open(ws, "/mqtt");
+    c.packet(
+        &Packet::Connect(Box::new(connect_packet(Protocol::V5, "ws-bye", true))),
+        Protocol::V5,
+    );
+    c.packet(
+        &Packet::Disconnect(Disconnect {
+            reason: ReasonCode::Success,
+            properties: None,
+        }),
+        Protocol::V5,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        c.0.write_all(&ws_frame(8, &1000u16.to_be_bytes(), true))
+            .expect("the broker still reads");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.0.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let (ops, closed) = c.until_closed();
+    assert!(closed && ops.ends_with(&[8]), "{ops:?} closed={closed}");
+}
+
 #[test]
 fn websocket_clients_that_misbehave_are_disconnected_alone() {
     let ws = free_port();
