@@ -39,7 +39,10 @@ fn ring(c: &mut Criterion) {
             });
             let start = Instant::now();
             for _ in 0..total {
-                let mut m = XMsg::Publish(msg.clone());
+                let mut m = XMsg::Publish {
+                    msg: msg.clone(),
+                    confirm: None,
+                };
                 while let Err(back) = outbox.send(1, m) {
                     m = back;
                     std::hint::spin_loop();

@@ -5,6 +5,7 @@
 //! - [`topic`]: topic names and filters, shared-subscription parsing, the matching trie.
 //! - [`session`]: per-client MQTT state (QoS flows, queue, aliases, will); no I/O.
 //! - [`retained`]: the retained-message store.
+//! - [`store`]: the crash-safe store (fjall) and its storage thread, fed by the shards.
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
 //! - [`sock`]: non-blocking socket I/O after readiness waits; the crate's only `unsafe` (an fd
@@ -46,6 +47,7 @@ pub mod shard;
 #[allow(unsafe_code)]
 pub mod sock;
 pub mod stats;
+pub mod store;
 pub mod tls;
 pub mod topic;
 pub mod ws;

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
@@ -14,11 +14,14 @@ use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::cli::RunArgs;
-use crate::config::{Config, Driver};
+use crate::config::{Config, Driver, DurabilityMode};
 use crate::control::{Handle, Queue, TraceSet};
 use crate::logging::LogControl;
-use crate::shard::{Boot, Listener, Saved};
+use crate::session::Message;
+use crate::shard::{home_of, Boot, Listener, Restore};
 use crate::stats::Shared;
+use crate::store::legacy::Legacy;
+use crate::store::{Store, StoreLink, StoreStats, Writer};
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(
@@ -108,13 +111,12 @@ pub fn serve(
     let auth = Arc::new(Auth::load(&cfg)?);
     tracing::info!(auth = %auth.describe(), "credentials loaded");
     let tls = crate::tls::configs(&cfg)?;
-    std::fs::create_dir_all(&cfg.broker.data_dir)
-        .map_err(|e| format!("broker.data_dir {}: {e}", cfg.broker.data_dir.display()))?;
-    let saved = Saved::load(&cfg.broker.data_dir).split(shards);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shared = Arc::new(Shared::new(shards, addrs.len()));
     let cfg = Arc::new(cfg);
     let ends = crate::ring::mesh(shards, cfg.broker.ring_capacity);
+    let bells = ends.first().map(|(_, i)| i.bells()).ok_or("no shards")?;
+    let (writer, links, saved) = open_store(&cfg, bells, &shared.store)?;
     let queues: Vec<Arc<Queue>> = ends
         .iter()
         .enumerate()
@@ -122,8 +124,8 @@ pub fn serve(
         .collect();
     let checks = password_checkers(&cfg, shards, &ends)?;
     let mut threads = Vec::with_capacity(shards);
-    let shard_ends = ends.into_iter().zip(checks).enumerate();
-    for (((id, (ends, checks)), socks), restore) in shard_ends.zip(sockets).zip(saved) {
+    let shard_ends = ends.into_iter().zip(checks).zip(links).enumerate();
+    for (((id, ((ends, checks), store)), socks), restore) in shard_ends.zip(sockets).zip(saved) {
         let boot = Boot {
             id,
             shards,
@@ -134,6 +136,7 @@ pub fn serve(
             listeners: Listener::for_shard(&cfg, &tls, shards),
             checks,
             driver: io,
+            store,
         };
         let core = (cfg.broker.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let t = std::thread::Builder::new()
@@ -175,25 +178,107 @@ pub fn serve(
     std::thread::spawn(move || {
         let _ = done_tx.send(b.shutdown());
     });
+    let deadline = Instant::now() + timeout;
+    let unwritten = |shared: &Shared| {
+        format!(
+            "{} store batches not written",
+            shared.store.lag.load(Ordering::Relaxed)
+        )
+    };
     let result = match done_rx.recv_timeout(timeout) {
         Ok(Ok(())) => {
             for t in threads {
                 let _ = t.join();
             }
-            tracing::info!("shutdown complete");
-            Ok(())
+            if writer.finish(deadline) {
+                tracing::info!("shutdown complete");
+                Ok(())
+            } else {
+                let what = unwritten(&shared);
+                tracing::error!(%what, "the store did not finish within broker.shutdown_timeout");
+                Err(format!("shutdown: the store did not finish: {what}"))
+            }
         }
         Ok(Err(e)) => Err(format!("shutdown: {e}")),
         Err(_) => {
+            let what = unwritten(&shared);
             tracing::error!(
                 secs = timeout.as_secs(),
+                %what,
                 "shutdown took longer than broker.shutdown_timeout; exiting"
             );
-            Ok(())
+            Err(format!(
+                "shutdown took longer than broker.shutdown_timeout ({} s): {what}",
+                timeout.as_secs()
+            ))
         }
     };
     broker.log.flush();
     result
+}
+
+/// Opens the store in the data dir (refused when another broker holds it), brings in an older
+/// version's files once, reads everything back before any listener opens (split by home
+/// shard), and starts the storage thread. With `durability.mode = "off"` the store is emptied
+/// once read: it is written again only at the next graceful shutdown.
+fn open_store(
+    cfg: &Config,
+    bells: Arc<[crate::ring::Doorbell]>,
+    stats: &Arc<StoreStats>,
+) -> Result<(Writer, Vec<StoreLink>, Vec<Restore>), String> {
+    let dir = &cfg.broker.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("broker.data_dir {}: {e}", dir.display()))?;
+    let store = Store::open(dir, &cfg.durability)?;
+    let started = Instant::now();
+    if let Some(old) = Legacy::read(dir) {
+        let (sessions, retained) = (old.sessions.len(), old.retained.len());
+        store.import(old)?;
+        Legacy::remove(dir);
+        tracing::info!(
+            sessions,
+            retained,
+            "imported sessions.json and retained.json into the store; removed them"
+        );
+    }
+    let got = store.recover(Instant::now())?;
+    let ms = started.elapsed().as_millis() as u64;
+    let relaxed = Ordering::Relaxed;
+    stats
+        .restored_sessions
+        .store(got.sessions.len() as u64, relaxed);
+    stats.restored_messages.store(got.messages as u64, relaxed);
+    stats
+        .restored_retained
+        .store(got.retained.len() as u64, relaxed);
+    stats.restore_ms.store(ms, relaxed);
+    stats.disk_bytes.store(store.disk_bytes(), relaxed);
+    tracing::info!(
+        sessions = got.sessions.len(),
+        messages = got.messages,
+        retained = got.retained.len(),
+        ms,
+        mode = cfg.durability.mode.name(),
+        "restored from the store"
+    );
+    if cfg.durability.mode == DurabilityMode::Off {
+        store.clear()?;
+    }
+    let shards = bells.len();
+    let retained: Arc<[Arc<Message>]> = got.retained.into();
+    let mut parts: Vec<Restore> = (0..shards)
+        .map(|_| Restore {
+            sessions: Vec::new(),
+            retained: retained.clone(),
+        })
+        .collect();
+    for s in got.sessions {
+        parts[home_of(&s.session.client_id, shards)]
+            .sessions
+            .push(s);
+    }
+    let (writer, links) = crate::store::spawn(store, &cfg.durability, bells, stats.clone())
+        .map_err(|e| e.to_string())?;
+    Ok((writer, links, parts))
 }
 
 /// The password checker threads (`auth.password_threads`, 0: one per four CPUs) and each

@@ -157,6 +157,8 @@ pub struct Shared {
     /// Messages received and sent in the last second, updated by the stats thread.
     pub rate_in: Counter,
     pub rate_out: Counter,
+    /// The store's counters, kept by the storage thread.
+    pub store: Arc<crate::store::StoreStats>,
 }
 
 impl Shared {
@@ -170,6 +172,7 @@ impl Shared {
             started_at: SystemTime::now(),
             rate_in: Counter::default(),
             rate_out: Counter::default(),
+            store: Arc::default(),
         }
     }
 

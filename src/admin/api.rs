@@ -237,6 +237,32 @@ pub fn status(broker: &Broker) -> Result<Value, String> {
         "messages_out": msgs_out,
         "msg_in_per_sec": g.rate_in.get(),
         "msg_out_per_sec": g.rate_out.get(),
+        "store": store_json(&g.store, cfg.durability.mode.name(), &cfg.broker.data_dir),
         "shard_status": shards,
     }))
+}
+
+/// The store as `ctl status` shows it: size, lag, last sync, what it wrote and restored.
+fn store_json(st: &crate::store::StoreStats, mode: &str, dir: &std::path::Path) -> Value {
+    use crate::store::StoreStats as S;
+    let last_sync = S::get(&st.last_sync_ms);
+    let ago = crate::store::record::wall_now().saturating_sub(last_sync);
+    json!({
+        "mode": mode,
+        "dir": dir.join("store").display().to_string(),
+        "disk_bytes": S::get(&st.disk_bytes),
+        "lag_batches": S::get(&st.lag),
+        "last_sync_ms_ago": (last_sync > 0).then_some(ago),
+        "batches": S::get(&st.batches),
+        "records": S::get(&st.records),
+        "written_bytes": S::get(&st.bytes),
+        "syncs": S::get(&st.syncs),
+        "failures": S::get(&st.failures),
+        "restored": {
+            "sessions": S::get(&st.restored_sessions),
+            "messages": S::get(&st.restored_messages),
+            "retained": S::get(&st.restored_retained),
+            "seconds": S::get(&st.restore_ms) as f64 / 1000.0,
+        },
+    })
 }

@@ -27,6 +27,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub overload: OverloadConfig,
+    pub durability: DurabilityConfig,
     pub admin: AdminConfig,
     pub sys: SysConfig,
     pub log: LogConfig,
@@ -41,6 +42,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             overload: OverloadConfig::default(),
+            durability: DurabilityConfig::default(),
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             log: LogConfig::default(),
@@ -115,6 +117,12 @@ impl Config {
                 reason: reason.into(),
             })
         };
+        if self.durability.max_journal_mb < 64 {
+            return bad("durability.max_journal_mb", "at least 64");
+        }
+        if self.durability.sync_interval_ms == 0 {
+            return bad("durability.sync_interval_ms", "at least 1");
+        }
         if self.listeners.is_empty() {
             return bad("listeners", "at least one listener is needed");
         }

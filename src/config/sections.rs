@@ -284,6 +284,52 @@ impl Default for LimitsConfig {
     }
 }
 
+/// What a crash costs (`[durability]`): where acknowledged state lives and when it is synced.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    pub mode: DurabilityMode,
+    /// Milliseconds between fsyncs of the journal in `crash` mode (and the longest a `power`
+    /// acknowledgement waits for company before its fsync).
+    pub sync_interval_ms: u64,
+    /// MiB of journal kept before the store flushes memory tables and drops old journal files
+    /// (at least 64).
+    pub max_journal_mb: u64,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        Self {
+            mode: DurabilityMode::Crash,
+            sync_interval_ms: 10,
+            max_journal_mb: 128,
+        }
+    }
+}
+
+/// The promise behind an acknowledgement (`durability.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityMode {
+    /// Memory only; saved at a graceful shutdown. A crash loses what changed since the start.
+    Off,
+    /// Acknowledged once written to the journal (survives kill -9); fsync every
+    /// `sync_interval_ms` (a power loss loses at most that window).
+    Crash,
+    /// Acknowledged once the journal is fsynced (survives a power loss).
+    Power,
+}
+
+impl DurabilityMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            DurabilityMode::Off => "off",
+            DurabilityMode::Crash => "crash",
+            DurabilityMode::Power => "power",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OverloadConfig {

@@ -8,14 +8,22 @@ use bytestring::ByteString;
 use crate::session::{Message, Session};
 
 pub enum XMsg {
-    /// A publish for the receiving shard's own (non-shared) subscribers.
-    Publish(Arc<Message>),
+    /// A publish for the receiving shard's own (non-shared) subscribers. With `confirm`, the
+    /// publisher waits to acknowledge it: the receiver answers `Stored` with the token once
+    /// what it queued for persistent sessions is stored.
+    Publish {
+        msg: Arc<Message>,
+        confirm: Option<u64>,
+    },
     /// A publish for one member of the shared subscription `group` (its full `$share/...`
-    /// filter) on the receiving shard.
+    /// filter) on the receiving shard; `confirm` as for `Publish`.
     Shared {
         group: ByteString,
         msg: Arc<Message>,
+        confirm: Option<u64>,
     },
+    /// The answer to a publish's `confirm`: whether what it created here was stored.
+    Stored { token: u64, stored: bool },
     /// A retained message set, or cleared by an empty payload, for every shard's replica.
     Retain(Arc<Message>),
 

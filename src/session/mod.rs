@@ -4,6 +4,7 @@
 //! holds only `Send` data so it can move between shards on a takeover.
 
 mod message;
+mod stored;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use smallvec::SmallVec;
 use crate::codec::{Protocol, QoS, SubOptions, Will};
 
 pub use message::{owned, Message};
+pub use stored::{DeliveryOp, StoreLog};
 
 /// Subscription identifiers attached to one delivery.
 pub type SubIds = SmallVec<[u32; 1]>;
@@ -37,6 +39,9 @@ pub struct Delivery {
     /// The shared subscription (full `$share/...` filter) it was dispatched through, so it can
     /// go to another member if this session ends before acknowledging it.
     pub group: Option<ByteString>,
+    /// Its key in the store (per session, from 1); 0 while not stored.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +115,9 @@ pub struct Session {
     next_pid: u16,
     /// Messages dropped for this client (queue full, too large, expired).
     pub dropped: u64,
+    /// What the store has yet to hear, for a session the store keeps (None: memory only).
+    #[serde(skip)]
+    pub stored: Option<Box<StoreLog>>,
 }
 
 impl Session {
@@ -131,6 +139,70 @@ impl Session {
             queued_qos0: 0,
             next_pid: 0,
             dropped: 0,
+            stored: None,
+        }
+    }
+
+    /// From now on the store hears of every change; what the session already holds is written
+    /// as new records (a session read from an older version's files, or one that just became
+    /// persistent).
+    pub fn keep_stored(&mut self, epoch: u64) {
+        let mut log = StoreLog::new(epoch, 0);
+        for (pid, f) in self.inflight.iter_mut() {
+            f.delivery.seq = log.next_seq();
+            log.push(DeliveryOp::Put {
+                seq: f.delivery.seq,
+                delivery: f.delivery.clone(),
+                pid: Some(*pid),
+            });
+            if f.state == OutState::Released {
+                log.push(DeliveryOp::Released {
+                    seq: f.delivery.seq,
+                    pid: *pid,
+                });
+            }
+        }
+        for d in self.queue.iter_mut() {
+            d.seq = log.next_seq();
+            log.push(DeliveryOp::Put {
+                seq: d.seq,
+                delivery: d.clone(),
+                pid: None,
+            });
+        }
+        self.stored = Some(Box::new(log));
+    }
+
+    /// The session record (not its deliveries) changed: subscriptions, will, expiry, inbound
+    /// QoS 2 ids.
+    pub fn meta_changed(&mut self) {
+        if let Some(log) = self.stored.as_mut() {
+            log.mark_meta();
+        }
+    }
+
+    /// Recounts what a session read back from the store holds: the packet-id counter past
+    /// every id in flight, the queue's bytes and QoS 0 messages.
+    pub fn after_restore(&mut self) {
+        self.next_pid = self.inflight.keys().next_back().copied().unwrap_or(0);
+        self.queued_bytes = self.queue.iter().map(|d| d.msg.payload.len()).sum();
+        self.queued_qos0 = self
+            .queue
+            .iter()
+            .filter(|d| d.qos == QoS::AtMostOnce)
+            .count();
+    }
+
+    fn log_del(&mut self, seq: u64) {
+        if let Some(log) = self.stored.as_mut() {
+            log.del(seq);
+        }
+    }
+
+    /// Forgets an in-flight delivery that can never be sent (over the client's packet size).
+    pub fn abandon(&mut self, pid: u16) {
+        if let Some(f) = self.inflight.remove(&pid) {
+            self.log_del(f.delivery.seq);
         }
     }
 
@@ -188,6 +260,15 @@ impl Session {
             }
         } else if online && self.queue.is_empty() && self.window_open() {
             let pid = self.alloc_pid();
+            let mut d = d;
+            if let Some(log) = self.stored.as_mut() {
+                d.seq = log.next_seq();
+                log.push(DeliveryOp::Put {
+                    seq: d.seq,
+                    delivery: d.clone(),
+                    pid: Some(pid),
+                });
+            }
             self.inflight.insert(
                 pid,
                 Inflight {
@@ -209,7 +290,7 @@ impl Session {
             self.dropped += 1;
             return Admit::Dropped;
         }
-        let kept = if d.msg.payload.len() < 4096 {
+        let mut kept = if d.msg.payload.len() < 4096 {
             Delivery {
                 msg: Arc::new(d.msg.compacted()),
                 ..d
@@ -217,6 +298,14 @@ impl Session {
         } else {
             d
         };
+        if let Some(log) = self.stored.as_mut() {
+            kept.seq = log.next_seq();
+            log.push(DeliveryOp::Put {
+                seq: kept.seq,
+                delivery: kept.clone(),
+                pid: None,
+            });
+        }
         self.queued_qos0 += usize::from(kept.qos == QoS::AtMostOnce);
         self.queue.push_back(kept);
         self.queued_bytes += len;
@@ -235,18 +324,25 @@ impl Session {
         loop {
             let front = self.queue.front()?;
             if front.msg.is_expired(now) {
-                self.pop_queued();
+                if let Some(d) = self.pop_queued() {
+                    self.log_del(d.seq);
+                }
                 self.dropped += 1;
                 continue;
             }
             if front.qos == QoS::AtMostOnce {
-                return self.pop_queued().map(|d| (None, d));
+                let d = self.pop_queued()?;
+                self.log_del(d.seq);
+                return Some((None, d));
             }
             if !self.window_open() {
                 return None;
             }
             let d = self.pop_queued()?;
             let pid = self.alloc_pid();
+            if let Some(log) = self.stored.as_mut().filter(|_| d.seq > 0) {
+                log.push(DeliveryOp::Sent { seq: d.seq, pid });
+            }
             self.inflight.insert(
                 pid,
                 Inflight {
@@ -262,7 +358,7 @@ impl Session {
     pub fn complete(&mut self, pid: u16, expect: OutState, qos: QoS) -> bool {
         match self.inflight.get(&pid) {
             Some(f) if f.state == expect && f.delivery.qos == qos => {
-                self.inflight.remove(&pid);
+                self.abandon(pid);
                 true
             }
             _ => false,
@@ -274,6 +370,10 @@ impl Session {
         match self.inflight.get_mut(&pid) {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                 f.state = OutState::Released;
+                let seq = f.delivery.seq;
+                if let Some(log) = self.stored.as_mut().filter(|_| seq > 0) {
+                    log.push(DeliveryOp::Released { seq, pid });
+                }
                 true
             }
             _ => false,
@@ -323,6 +423,9 @@ impl Session {
             .iter()
             .filter(|d| d.qos == QoS::AtMostOnce)
             .count();
+        for d in &out {
+            self.log_del(d.seq);
+        }
         out
     }
 }
@@ -363,6 +466,7 @@ mod tests {
             retain: false,
             sub_ids: SubIds::new(),
             group: None,
+            seq: 0,
         }
     }
 

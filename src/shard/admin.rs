@@ -199,8 +199,10 @@ impl Shard {
                     let due = slot.link.is_some() || slot.will_at().is_some();
                     if let Some(will) = slot.session.will.take().filter(|_| due) {
                         slot.set_will_at(None);
+                        slot.session.meta_changed();
                         let origin = slot.session.client_id.clone();
                         self.publish_will(*will, origin, now);
+                        self.touch(key);
                         wills += 1;
                     }
                 }
@@ -273,7 +275,11 @@ impl Shard {
                 ByteString::new(),
                 now,
             );
-            self.retained.set(Arc::new(empty));
+            let empty = Arc::new(empty);
+            if self.id == 0 {
+                self.journal_retained(&empty);
+            }
+            self.retained.set(empty);
         }
         self.stats.retained.set(self.retained.len() as i64);
     }

@@ -312,8 +312,11 @@ impl Shard {
         }
         if ends {
             self.redispatch_shared(&mut session);
+            self.journal_end(&session);
             return None;
         }
+        session.meta_changed();
+        self.journal_departure(&mut session);
         Some(session)
     }
 
@@ -383,7 +386,10 @@ impl Shard {
                 .min(m.outbound_topic_aliases),
         );
         session.will = c.will.take().map(Box::new);
+        self.start_storing(&mut session);
+        session.meta_changed();
         let key = self.insert_session(SessionSlot::new(session, Some(link.clone()), g.token));
+        self.touch(key);
         if session_present {
             self.resubscribe(key);
         }
@@ -432,10 +438,13 @@ impl Shard {
     /// A grant whose connection is gone: keep a continuing session offline, or end the claim.
     fn orphan_grant(&mut self, g: Grant, now: Instant) {
         match g.session {
-            Some(s) if s.expiry_interval > 0 => {
+            Some(mut s) if s.expiry_interval > 0 => {
+                self.start_storing(&mut s);
+                s.meta_changed();
                 let key = self.insert_session(SessionSlot::new(*s, None, g.token));
                 self.resubscribe(key);
                 self.schedule_expiry(key, now);
+                self.touch(key);
             }
             _ => {
                 let home = self.home_of(&g.client_id);
@@ -537,6 +546,10 @@ impl Shard {
                     None => {}
                 }
                 self.schedule_expiry(key, now);
+                if let Some(slot) = self.sessions.get_mut(key) {
+                    slot.session.meta_changed();
+                }
+                self.touch(key);
             }
             other => self.waiting.forget(other),
         }
@@ -551,6 +564,7 @@ impl Shard {
             self.publish_will(*will, session.client_id.clone(), now);
         }
         self.redispatch_shared(&mut session);
+        self.journal_end(&session);
         let home = self.home_of(&session.client_id);
         self.send(
             home,

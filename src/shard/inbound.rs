@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
+use super::durable::{Ack, AckKind, Wait};
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
 use crate::auth::Action;
@@ -83,15 +84,31 @@ impl Shard {
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let known = self
-                    .with_session(key, |s| s.release_inbound(a.packet_id))
-                    .unwrap_or(false);
+                let (known, stored) = self
+                    .with_session(key, |s| {
+                        let known = s.release_inbound(a.packet_id);
+                        if known {
+                            s.meta_changed();
+                        }
+                        (known, s.stored.is_some())
+                    })
+                    .unwrap_or((false, false));
                 let reason = if known {
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                link.send(&Packet::PubComp(PubResp::new(a.packet_id, reason)));
+                let wait = if known && stored {
+                    Wait::Ticket
+                } else {
+                    Wait::Now
+                };
+                let ack = Ack {
+                    kind: AckKind::Comp,
+                    packet_id: a.packet_id,
+                    reason,
+                };
+                self.durable.enqueue_ack(link, ack, wait);
                 Ok(())
             }
             Packet::PubComp(a) => {
@@ -159,6 +176,7 @@ impl Shard {
                         retain: true,
                         sub_ids,
                         group: None,
+                        seq: 0,
                     },
                     now,
                 );
@@ -209,15 +227,18 @@ impl Shard {
         key: usize,
         f: impl FnOnce(&mut crate::session::Session) -> R,
     ) -> Option<R> {
-        self.sessions
+        let r = self
+            .sessions
             .get_mut(key)
-            .map(|slot: &mut SessionSlot| f(&mut slot.session))
+            .map(|slot: &mut SessionSlot| f(&mut slot.session));
+        self.touch(key);
+        r
     }
 
     fn on_publish(
         &mut self,
         key: usize,
-        link: &ConnLink,
+        link: &Rc<ConnLink>,
         p: Publish,
         now: Instant,
     ) -> Result<(), Close> {
@@ -264,11 +285,7 @@ impl Shard {
                 "topic name over mqtt.max_topic_levels or max_topic_length",
             ));
         }
-        let ack = |reason: ReasonCode| match (p.qos, p.packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(PubResp::new(id, reason))),
-            (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(PubResp::new(id, reason))),
-            _ => None,
-        };
+        let ack = |reason: ReasonCode| Ack::of(p.qos, p.packet_id, reason);
         let client_id = session.client_id.clone();
         let allowed =
             !topic.starts_with('$') && self.authorize(link, &client_id, Action::Publish, &topic);
@@ -277,12 +294,13 @@ impl Shard {
             // Debug, not info: a client can send these as fast as it can write, and the
             // counter (ringmq_acl_denied_total) says how many there were.
             tracing::debug!(client = %client_id, peer = %link.peer, %topic, "publish not authorized");
-            if link.protocol.get().is_v5() {
-                if let Some(a) = ack(ReasonCode::NotAuthorized) {
-                    link.send(&a);
-                }
-            } else if let Some(a) = ack(ReasonCode::Success) {
-                link.send(&a);
+            let reason = if link.protocol.get().is_v5() {
+                ReasonCode::NotAuthorized
+            } else {
+                ReasonCode::Success
+            };
+            if let Some(a) = ack(reason) {
+                self.durable.enqueue_ack(link, a, Wait::Now);
             }
             return Ok(());
         }
@@ -295,9 +313,10 @@ impl Shard {
             _ => false,
         };
         if duplicate {
-            // Taken already: answered again, whatever the rings hold (MQTT-4.3.3).
+            // Taken already: answered again, whatever the rings hold (MQTT-4.3.3), behind the
+            // first answer if that one still waits for the store.
             if let Some(a) = ack(ReasonCode::Success) {
-                link.send(&a);
+                self.durable.enqueue_ack(link, a, Wait::Now);
             }
             return Ok(());
         }
@@ -316,6 +335,8 @@ impl Shard {
                 ));
             }
             session.inbound_qos2.push(id);
+            session.meta_changed();
+            self.touch(key);
         }
         let msg = Message::new(
             topic,
@@ -327,10 +348,18 @@ impl Shard {
             now,
         );
         self.stats.msgs_in[p.qos as usize].inc();
+        let Some(a) = ack(ReasonCode::Success) else {
+            self.publish_message(Arc::new(msg));
+            return Ok(());
+        };
+        self.durable.begin();
         self.publish_message(Arc::new(msg));
-        if let Some(a) = ack(ReasonCode::Success) {
-            link.send(&a);
-        }
+        // A QoS 2 id recorded above makes this session's record part of what must be stored.
+        let wait = match self.durable.end() {
+            Wait::Now if a.kind == AckKind::Rec && self.is_stored(key) => Wait::Ticket,
+            w => w,
+        };
+        self.durable.enqueue_ack(link, a, wait);
         Ok(())
     }
 
@@ -339,14 +368,14 @@ impl Shard {
     /// hear "not taken") is disconnected, QoS 0 is dropped; each is counted.
     fn refuse_for_backlog(
         &mut self,
-        link: &ConnLink,
+        link: &Rc<ConnLink>,
         client_id: &str,
-        nack: Option<Packet>,
+        nack: Option<Ack>,
     ) -> Result<(), Close> {
         self.stats.refused(crate::stats::Refusal::Backlog);
         tracing::debug!(client = %client_id, peer = %link.peer, "publish refused: ring backlog full");
         match nack {
-            Some(a) if link.protocol.get().is_v5() => link.send(&a),
+            Some(a) if link.protocol.get().is_v5() => self.durable.enqueue_ack(link, a, Wait::Now),
             Some(_) => {
                 return Err(Close::new(
                     ReasonCode::ServerBusy,
@@ -507,6 +536,8 @@ impl Shard {
         if d.reason != ReasonCode::DisconnectWithWill {
             slot.session.will = None;
         }
+        slot.session.meta_changed();
+        self.touch(key);
         link.close(Close::new(ReasonCode::Success, "client disconnected"));
         Ok(())
     }

@@ -151,6 +151,8 @@ pub struct Extras {
     pub rate: Option<super::rate::RateLimiter>,
     /// Until when reading pauses: a v3 client over its publish rate is read more slowly.
     pub throttle: Option<Instant>,
+    /// Acknowledgements waiting for the store, in the order their packets came.
+    pub acks: VecDeque<super::durable::AckSlot>,
 }
 
 /// Shared by the connection's task and the shard, one per connection: kept small (fields a

@@ -76,7 +76,8 @@ impl Mesh {
         }
     }
 
-    fn wake_pump(&mut self) {
+    /// Wakes the pump (work waits for it: its own messages, a batch for the store).
+    pub fn wake_pump(&mut self) {
         if let Some(w) = self.pump_waker.take() {
             w.wake();
         }

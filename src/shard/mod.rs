@@ -32,6 +32,7 @@ mod admin;
 mod client_index;
 mod conn;
 mod connect;
+mod durable;
 mod hibernate;
 mod homes;
 mod inbound;
@@ -80,7 +81,7 @@ use homes::Homes;
 use link::ConnLink;
 pub use listener::Listener;
 use mesh::Mesh;
-pub use persist::{Restore, Saved};
+pub use persist::Restore;
 use router::Router;
 pub use sessions::SessionSlot;
 use sessions::{SessionTable, TimerKind};
@@ -146,6 +147,8 @@ pub(crate) struct Shard {
     rbuf: BytesMut,
     /// SUBACKs waiting for other shards to acknowledge new interest, by token.
     pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
+    /// The store batch of this tick and what waits for the store.
+    durable: durable::Durable,
 }
 
 impl Shard {
@@ -160,7 +163,9 @@ impl Shard {
             listeners,
             checks,
             driver: _,
+            store,
         } = boot;
+        let journaled = cfg.durability.mode != crate::config::DurabilityMode::Off;
         let stats = shared.stats[id].clone();
         let hibernation = (cfg.broker.hibernate_after > 0)
             .then(hibernate::Hibernation::new)
@@ -191,6 +196,7 @@ impl Shard {
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
             pending_subacks: AHashMap::new(),
+            durable: durable::Durable::new(id, store, journaled),
         }
     }
 
@@ -219,8 +225,25 @@ impl Shard {
 
     fn handle_xmsg(&mut self, msg: XMsg) {
         match msg {
-            XMsg::Publish(m) => self.deliver_local(&m),
-            XMsg::Shared { group, msg } => self.deliver_shared_local(&group, msg),
+            XMsg::Publish { msg, confirm } => {
+                let before = self.durable.produced_count();
+                self.deliver_local(&msg);
+                self.confirm_stored(confirm, before);
+            }
+            XMsg::Shared {
+                group,
+                msg,
+                confirm,
+            } => {
+                let before = self.durable.produced_count();
+                self.deliver_shared_local(&group, msg);
+                self.confirm_stored(confirm, before);
+            }
+            XMsg::Stored { token, stored } => {
+                let mut done = Vec::new();
+                self.durable.confirmed(token, stored, &mut done);
+                self.carry_out(done);
+            }
             XMsg::Retain(m) => {
                 self.retained.set(m);
                 self.stats.retained.set(self.retained.len() as i64);
@@ -331,10 +354,12 @@ impl Shard {
         match kind {
             TimerKind::Will if slot.will_at().is_some_and(|t| t <= now) => {
                 slot.set_will_at(None);
+                slot.session.meta_changed();
                 if let Some(will) = slot.session.will.take() {
                     let origin = slot.session.client_id.clone();
                     self.publish_will(*will, origin, now);
                 }
+                self.touch(key);
             }
             TimerKind::Expiry if slot.expires_at().is_some_and(|t| t <= now) => {
                 self.end_session(key, now);
@@ -365,6 +390,8 @@ pub struct Boot {
     pub checks: ShardChecks,
     /// The io driver to run on, `io_uring` or `epoll` (resolved once for the broker).
     pub driver: crate::config::Driver,
+    /// This shard's way to the storage thread.
+    pub store: crate::store::StoreLink,
 }
 
 /// Runs a shard on the current thread until a shutdown closes it.
@@ -383,7 +410,7 @@ pub fn run(
             "shard running"
         );
         let shard = Rc::new(RefCell::new(Shard::new(boot, outbox)));
-        shard.borrow_mut().restore(saved, Instant::now());
+        shard.borrow_mut().restore(saved);
         for (i, l) in sockets.into_iter().enumerate() {
             let listener = monoio::net::TcpListener::from_std(l)?;
             monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
@@ -414,6 +441,8 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
                 sh.password_checked(verdict, link);
             }
             sh.mesh.retry_backlog();
+            sh.store_answered();
+            sh.flush_store();
         }
         for (req, reply) in control.take() {
             let closing = matches!(req, crate::control::Request::Persist);
@@ -430,15 +459,16 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
         }
         poll_fn(|cx| {
             let mut sh = shard.borrow_mut();
-            if sh.mesh.pump_due() || sh.waiting.verdicts_ready() {
+            if sh.mesh.pump_due() || sh.waiting.verdicts_ready() || sh.store_due() {
                 return Poll::Ready(());
             }
             sh.mesh.sleep_pump(cx.waker().clone());
             drop(sh);
-            // Verdicts are looked at again after the doorbell is armed, like the rings: a
-            // checker thread that rang before it was armed must not be missed.
+            // Verdicts and store answers are looked at again after the doorbell is armed, like
+            // the rings: a side thread that rang before it was armed must not be missed.
             inbox.poll_wait(cx, || {
-                !control.is_empty() || shard.borrow().waiting.verdicts_ready()
+                let sh = shard.borrow();
+                !control.is_empty() || sh.waiting.verdicts_ready() || sh.durable.answered()
             })
         })
         .await;

@@ -1,122 +1,224 @@
-//! What outlives the process, in the data dir: persistent sessions (subscriptions, queued and
-//! in-flight messages) and retained messages, written as JSON at a graceful shutdown and read
-//! back at start. On start every shard loads every retained message into its replica and takes
-//! the sessions whose client id is homed on it, so the shard count may change between runs.
+//! What outlives the process, seen from a shard: the sessions and retained messages read back
+//! at start (this shard's share: the sessions whose client id is homed here, so the shard count
+//! may change between runs), each tick's changes collected from the stored sessions into the
+//! store batch, the store's answers carried out, and at shutdown the last batch (with
+//! `durability.mode = "off"`, everything: memory only until then).
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use super::durable::{send_ack, AckKind, Done};
+use super::link::LinkState;
+use super::{SessionSlot, Shard, TimerKind};
+use crate::ring::XMsg;
+use crate::session::{Message, Session, StoreLog};
+use crate::store::{Op, RestoredSession};
 
-use super::{SessionSlot, Shard};
-use crate::session::{Message, Session};
-
-#[derive(Default, Serialize, Deserialize)]
-pub struct Saved {
-    pub sessions: Vec<Session>,
-    pub retained: Vec<Arc<Message>>,
-}
-
-/// One shard's part of what was saved.
+/// One shard's part of what was kept.
 pub struct Restore {
-    pub sessions: Vec<Session>,
+    pub sessions: Vec<RestoredSession>,
     pub retained: Arc<[Arc<Message>]>,
 }
 
-const SESSIONS: &str = "sessions.json";
-const RETAINED: &str = "retained.json";
-
-impl Saved {
-    /// Reads the data dir; a file that cannot be read back is moved aside (and said so) rather
-    /// than keep the broker from starting.
-    pub fn load(dir: &Path) -> Saved {
-        fn read<T: for<'de> Deserialize<'de> + Default>(dir: &Path, name: &str) -> T {
-            let path = dir.join(name);
-            let Ok(text) = std::fs::read(&path) else {
-                return T::default();
-            };
-            match serde_json::from_slice(&text) {
-                Ok(v) => v,
-                Err(e) => {
-                    let aside = path.with_extension("json.corrupt");
-                    tracing::error!(file = %path.display(), error = %e, moved_to = %aside.display(), "cannot read saved state; starting without it");
-                    let _ = std::fs::rename(&path, &aside);
-                    T::default()
-                }
-            }
-        }
-        Saved {
-            sessions: read(dir, SESSIONS),
-            retained: read(dir, RETAINED),
-        }
-    }
-
-    /// Splits the saved state between `shards` shards: sessions go to their client id's home.
-    pub fn split(self, shards: usize) -> Vec<Restore> {
-        let retained: Arc<[Arc<Message>]> = self.retained.into();
-        let mut parts: Vec<Restore> = (0..shards)
-            .map(|_| Restore {
-                sessions: Vec::new(),
-                retained: retained.clone(),
-            })
-            .collect();
-        for s in self.sessions {
-            parts[super::home_of(&s.client_id, shards)].sessions.push(s);
-        }
-        parts
-    }
-
-    /// Writes both files (through a temporary file each, so a crash never leaves half a file).
-    pub fn store(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        for (name, json) in [
-            (SESSIONS, serde_json::to_vec(&self.sessions)),
-            (RETAINED, serde_json::to_vec(&self.retained)),
-        ] {
-            let json = json.map_err(std::io::Error::other)?;
-            let tmp = dir.join(format!("{name}.tmp"));
-            std::fs::write(&tmp, json)?;
-            std::fs::rename(&tmp, dir.join(name))?;
-        }
-        Ok(())
-    }
-}
-
 impl Shard {
-    /// Loads the saved retained messages and this shard's share of the saved sessions.
-    pub(super) fn restore(&mut self, saved: Restore, now: Instant) {
+    /// Loads the kept retained messages and this shard's share of the kept sessions.
+    pub(super) fn restore(&mut self, saved: Restore) {
         for m in saved.retained.iter() {
             self.retained.set(m.clone());
         }
         self.stats.retained.set(self.retained.len() as i64);
         let restored = saved.sessions.len();
-        for session in saved.sessions {
-            let token = self.token();
-            let client_id = session.client_id.clone();
-            let key = self.insert_session(SessionSlot::new(session, None, token));
-            self.homes.claim(client_id, self.id, token);
-            self.resubscribe(key);
-            self.schedule_expiry(key, now);
+        for r in saved.sessions {
+            let mut session = r.session;
+            if self.durable.journaled() {
+                session.stored = Some(Box::new(StoreLog::new(r.epoch, r.last_seq)));
+            }
+            let key = self.adopt(session);
+            let Some(slot) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            let token = slot.token;
+            if let Some(at) = r.expires_at {
+                slot.set_expires_at(at);
+                self.sessions.schedule(at, TimerKind::Expiry, key, token);
+            }
+            if let Some(at) = r.will_at {
+                if let Some(slot) = self.sessions.get_mut(key) {
+                    slot.set_will_at(Some(at));
+                }
+                self.sessions.schedule(at, TimerKind::Will, key, token);
+            }
+            self.touch(key);
         }
         if restored > 0 {
-            tracing::info!(shard = self.id, sessions = restored, "restored sessions");
+            tracing::debug!(shard = self.id, sessions = restored, "restored sessions");
         }
     }
 
-    /// This shard's persistent sessions (and, from shard 0, the retained messages) as JSON.
-    pub(super) fn persist(&self) -> serde_json::Value {
-        let sessions: Vec<&Session> = self
-            .sessions
-            .iter()
-            .map(|(_, s)| &s.session)
-            .filter(|s| s.expiry_interval > 0)
-            .collect();
-        let mut retained = Vec::new();
-        if self.id == 0 {
-            self.retained
-                .for_each_match("#", |m| retained.push(m.clone()));
+    /// Takes a kept session into the table, homed and subscribed; its key.
+    fn adopt(&mut self, session: Session) -> usize {
+        let token = self.token();
+        let client_id = session.client_id.clone();
+        let key = self.insert_session(SessionSlot::new(session, None, token));
+        self.homes.claim(client_id, self.id, token);
+        self.resubscribe(key);
+        key
+    }
+
+    /// The session in `key` has something for the store: it is collected at the end of the
+    /// tick (the pump is woken for it).
+    pub(super) fn touch(&mut self, key: usize) {
+        if self.sessions.touch(key) {
+            self.mesh.wake_pump();
         }
+    }
+
+    /// Whether the session in `key` is kept in the store.
+    pub(super) fn is_stored(&self, key: usize) -> bool {
+        self.sessions
+            .get(key)
+            .is_some_and(|s| s.session.stored.is_some())
+    }
+
+    /// A session that starts being kept in the store (persistent, journaled store).
+    pub(super) fn start_storing(&mut self, session: &mut Session) {
+        if self.durable.journaled() && session.expiry_interval > 0 && session.stored.is_none() {
+            session.keep_stored(self.durable.epoch());
+        }
+    }
+
+    /// A retained message set or cleared here: the store hears of it with this tick.
+    pub(super) fn journal_retained(&mut self, m: &Arc<Message>) {
+        if !self.durable.journaled() {
+            return;
+        }
+        self.durable.push(if m.payload.is_empty() {
+            Op::Unretain(m.topic.clone())
+        } else {
+            Op::Retain(m.clone())
+        });
+        self.durable.produced();
+        self.mesh.wake_pump();
+    }
+
+    /// A session ended: its records go.
+    pub(super) fn journal_end(&mut self, session: &Session) {
+        if let Some(log) = &session.stored {
+            self.durable.push(Op::EndSession {
+                client_id: session.client_id.clone(),
+                epoch: log.epoch,
+            });
+            self.mesh.wake_pump();
+        }
+    }
+
+    /// A session leaves for another shard: what it owes the store goes now, and the batch with
+    /// it, so that the store hears the new shard's changes after these.
+    pub(super) fn journal_departure(&mut self, session: &mut Session) {
+        self.durable.collect(session, false, (None, None));
+        self.flush_store();
+    }
+
+    /// Collects every touched session's changes and sends the batch to the storage thread.
+    pub(super) fn flush_store(&mut self) {
+        for key in self.sessions.take_dirty() {
+            if let Some(slot) = self.sessions.get_mut(key) {
+                let (connected, deadlines) = (slot.link.is_some(), slot.deadlines());
+                self.durable
+                    .collect(&mut slot.session, connected, deadlines);
+            }
+        }
+        self.durable.flush();
+    }
+
+    /// Whether the pump has store work: answers to carry out, a batch to send.
+    pub(super) fn store_due(&self) -> bool {
+        self.durable.answered() || self.durable.flush_due() || self.sessions.has_dirty()
+    }
+
+    /// Another shard's publish was delivered here with a confirmation token: it is answered
+    /// once what it queued for persistent sessions is stored (at once when it queued nothing).
+    pub(super) fn confirm_stored(&mut self, confirm: Option<u64>, produced_before: u64) {
+        let Some(token) = confirm else {
+            return;
+        };
+        let created = self.durable.produced_count() > produced_before;
+        let (shard, from) = ((token >> 48) as usize, self.id);
+        debug_assert_ne!(shard, from, "a shard confirms only others' publishes");
+        if let Some(done) = self.durable.reply_when_stored(shard, token, created) {
+            self.carry_out(vec![done]);
+        } else {
+            self.mesh.wake_pump();
+        }
+    }
+
+    /// Carries out what the store's answers release: acknowledgements (refusals for what it
+    /// could not keep) and answers to other shards.
+    pub(super) fn store_answered(&mut self) {
+        let mut done = Vec::new();
+        self.durable.take_done(&mut done);
+        self.carry_out(done);
+    }
+
+    pub(super) fn carry_out(&mut self, done: Vec<Done>) {
+        for d in done {
+            match d {
+                Done::Ack { link, ack, stored } => {
+                    if !stored && ack.kind == AckKind::Rec {
+                        if let LinkState::Active(key) = link.state.get() {
+                            if let Some(slot) = self.sessions.get_mut(key) {
+                                slot.session.release_inbound(ack.packet_id);
+                            }
+                        }
+                    }
+                    send_ack(&link, ack, stored);
+                }
+                Done::Reply {
+                    shard,
+                    token,
+                    stored,
+                } => self.send(shard, XMsg::Stored { token, stored }),
+            }
+        }
+    }
+
+    /// The last batch at shutdown; with the store not journaled, every persistent session and
+    /// (from shard 0) every retained message, written now.
+    pub(super) fn persist(&mut self) -> serde_json::Value {
+        let snapshot = !self.durable.journaled();
+        let mut sessions = 0;
+        let mut retained = 0;
+        if snapshot {
+            let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                let epoch = self.durable.epoch();
+                let Some(slot) = self.sessions.get_mut(key) else {
+                    continue;
+                };
+                if slot.session.expiry_interval == 0 {
+                    continue;
+                }
+                slot.session.keep_stored(epoch);
+                sessions += 1;
+                let deadlines = slot.deadlines();
+                self.durable.collect(&mut slot.session, false, deadlines);
+            }
+            if self.id == 0 {
+                let mut all = Vec::new();
+                self.retained.for_each_match("#", |m| all.push(m.clone()));
+                retained = all.len();
+                for m in all {
+                    self.durable.push(Op::Retain(m));
+                }
+            }
+        } else {
+            sessions = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.session.stored.is_some())
+                .count();
+        }
+        self.flush_store();
+        self.durable.close();
         serde_json::json!({ "sessions": sessions, "retained": retained })
     }
 }

@@ -51,7 +51,7 @@ pub(super) fn write_publish(
     {
         session.dropped += 1;
         if let Some(pid) = pid {
-            session.inflight.remove(&pid);
+            session.abandon(pid);
         }
         return false;
     }
@@ -79,6 +79,7 @@ impl Shard {
         }
         if msg.retain && self.may_retain(&msg) {
             let stored = Arc::new(msg.compacted());
+            self.journal_retained(&stored);
             self.retained.set(stored.clone());
             self.stats.retained.set(self.retained.len() as i64);
             self.mesh.broadcast(|| XMsg::Retain(stored.clone()));
@@ -111,7 +112,14 @@ impl Shard {
         let (shards, groups) = self.router.targets(&msg.topic);
         for shard in shards.iter() {
             if shard != self.id {
-                self.send(shard, XMsg::Publish(msg.clone()));
+                let confirm = self.confirm_for(&msg);
+                self.send(
+                    shard,
+                    XMsg::Publish {
+                        msg: msg.clone(),
+                        confirm,
+                    },
+                );
             }
         }
         self.deliver_local(&msg);
@@ -129,7 +137,15 @@ impl Shard {
         if shard == self.id {
             self.deliver_shared_local(&group, msg);
         } else {
-            self.send(shard, XMsg::Shared { group, msg });
+            let confirm = self.confirm_for(&msg);
+            self.send(
+                shard,
+                XMsg::Shared {
+                    group,
+                    msg,
+                    confirm,
+                },
+            );
         }
     }
 
@@ -154,6 +170,7 @@ impl Shard {
             retain: member.options.retain_as_published && msg.retain,
             sub_ids: member.id.into_iter().collect(),
             group: Some(group.clone()),
+            seq: 0,
             msg,
         };
         self.deliver_to(member.session, d, Instant::now());
@@ -192,11 +209,21 @@ impl Shard {
                     retain,
                     sub_ids,
                     group: None,
+                    seq: 0,
                 };
                 self.deliver_to(key, d, now);
             }
         }
         self.router.recycle(hits);
+    }
+
+    /// A confirmation token for a copy of `msg` going to another shard, when its publisher
+    /// waits to acknowledge it (QoS 1/2, journaled store).
+    fn confirm_for(&mut self, msg: &Message) -> Option<u64> {
+        if msg.qos == QoS::AtMostOnce {
+            return None;
+        }
+        self.durable.confirm()
     }
 
     /// Hands one delivery to a session: written now, queued, or dropped (and counted).
@@ -210,18 +237,29 @@ impl Shard {
             return;
         }
         let link = slot.link.clone().filter(|l| l.out.borrow().len() < limit);
+        let stored = slot.session.stored.is_some();
         match slot.session.admit(d, link.is_some(), &limits) {
             Admit::Send(pid, d) => {
+                if stored && pid.is_some() {
+                    self.durable.produced();
+                }
                 if let Some(link) = link {
                     let written = write_publish(&mut slot.session, &link, pid, &d, false);
                     self.stats.count_sent(written, d.qos);
                 }
             }
-            // Queued behind earlier messages while the connection has room: they move now.
-            Admit::Queued if link.is_some() => self.pump_session(key, now),
-            Admit::Queued => {}
+            Admit::Queued => {
+                if stored {
+                    self.durable.produced();
+                }
+                // Queued behind earlier messages while the connection has room: they move now.
+                if link.is_some() {
+                    self.pump_session(key, now);
+                }
+            }
             Admit::Dropped => self.stats.dropped(DropReason::QueueFull),
         }
+        self.touch(key);
     }
 
     /// Moves queued messages into the window while the connection has room.
@@ -240,6 +278,7 @@ impl Shard {
             let written = write_publish(&mut slot.session, &link, pid, &d, false);
             self.stats.count_sent(written, d.qos);
         }
+        self.touch(key);
     }
 
     /// Gives a leaving session's unacknowledged shared-subscription messages to other members.
@@ -280,6 +319,8 @@ impl Shard {
             .subscriptions
             .insert(filter.clone(), sub)
             .is_some();
+        slot.session.meta_changed();
+        self.touch(key);
         Some((existed, self.index_subscription(key, filter, sub, ack)))
     }
 
@@ -291,6 +332,10 @@ impl Shard {
             .and_then(|s| s.session.subscriptions.remove_entry(filter));
         match removed {
             Some((filter, _)) => {
+                if let Some(slot) = self.sessions.get_mut(key) {
+                    slot.session.meta_changed();
+                }
+                self.touch(key);
                 self.unindex_subscription(key, &filter);
                 true
             }

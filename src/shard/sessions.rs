@@ -23,6 +23,8 @@ pub struct SessionSlot {
     /// When the session expires and its delayed will is due, once disconnected. Boxed: a
     /// connected session has neither, and every session pays for the field.
     offline: Option<Box<OfflineTimers>>,
+    /// Listed in the table's dirty list (its store log waits to be collected).
+    listed: bool,
 }
 
 #[derive(Default)]
@@ -38,7 +40,13 @@ impl SessionSlot {
             link,
             token,
             offline: None,
+            listed: false,
         }
+    }
+
+    /// Both offline deadlines: (expiry, will).
+    pub fn deadlines(&self) -> (Option<Instant>, Option<Instant>) {
+        (self.expires_at(), self.will_at())
     }
 
     /// When the session expires, once disconnected.
@@ -75,6 +83,8 @@ pub(super) struct SessionTable {
     slots: Slab<SessionSlot>,
     by_client: ClientIndex,
     timers: BinaryHeap<Reverse<(Instant, TimerKind, usize, u64)>>,
+    /// Stored sessions with changes the store has not heard yet.
+    dirty: Vec<usize>,
 }
 
 impl SessionTable {
@@ -84,6 +94,36 @@ impl SessionTable {
 
     pub fn get_mut(&mut self, key: usize) -> Option<&mut SessionSlot> {
         self.slots.get_mut(key)
+    }
+
+    /// Lists a stored session whose log has something for the store; true when the list was
+    /// empty (the pump must be woken to collect it).
+    pub fn touch(&mut self, key: usize) -> bool {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return false;
+        };
+        if slot.listed || !slot.session.stored.as_ref().is_some_and(|l| l.is_dirty()) {
+            return false;
+        }
+        slot.listed = true;
+        self.dirty.push(key);
+        self.dirty.len() == 1
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Takes the dirty list; each slot is unlisted (a key whose slot was reused meanwhile
+    /// yields whatever that slot's log holds, which is collected just the same).
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        let keys = std::mem::take(&mut self.dirty);
+        for k in &keys {
+            if let Some(slot) = self.slots.get_mut(*k) {
+                slot.listed = false;
+            }
+        }
+        keys
     }
 
     pub fn iter(&self) -> slab::Iter<'_, SessionSlot> {

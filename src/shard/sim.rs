@@ -20,10 +20,13 @@ use crate::stats::Shared;
 pub(super) struct Sim {
     pub shards: Vec<Shard>,
     inboxes: Vec<Inbox>,
+    /// The store under the shards (memory only: `durability.mode = "off"`), in its own dir.
+    _store: (crate::store::Writer, tempfile::TempDir),
 }
 
 impl Sim {
-    pub fn new(n: usize, cfg: Config) -> Sim {
+    pub fn new(n: usize, mut cfg: Config) -> Sim {
+        cfg.durability.mode = crate::config::DurabilityMode::Off;
         let cfg = Arc::new(cfg);
         let auth = Arc::new(Auth::load(&cfg).expect("auth"));
         let shared = Arc::new(Shared::new(n, cfg.listeners.len()));
@@ -32,8 +35,13 @@ impl Sim {
         let mut inboxes = Vec::new();
         let mesh = crate::ring::mesh(n, 1024);
         let bells = mesh[0].1.bells();
-        let checks = crate::auth::checker::spawn(n, 1, 16, bells).expect("checker thread");
-        for (id, ((outbox, inbox), checks)) in mesh.into_iter().zip(checks).enumerate() {
+        let checks = crate::auth::checker::spawn(n, 1, 16, bells.clone()).expect("checker thread");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::store::Store::open(dir.path(), &cfg.durability).expect("store");
+        let (writer, links) = crate::store::spawn(store, &cfg.durability, bells, Arc::default())
+            .expect("store thread");
+        let ends = mesh.into_iter().zip(checks).zip(links);
+        for (id, (((outbox, inbox), checks), store)) in ends.enumerate() {
             let boot = Boot {
                 id,
                 shards: n,
@@ -44,11 +52,16 @@ impl Sim {
                 listeners: Listener::for_shard(&cfg, &tls, n),
                 checks,
                 driver: crate::config::Driver::Epoll,
+                store,
             };
             shards.push(Shard::new(boot, outbox));
             inboxes.push(inbox);
         }
-        Sim { shards, inboxes }
+        Sim {
+            shards,
+            inboxes,
+            _store: (writer, dir),
+        }
     }
 
     /// Handles what shard `i` has received (its rings and its own queue) once and retries its

@@ -16,7 +16,7 @@ pub struct Broker {
     pub admin: u16,
     child: Child,
     pub log: PathBuf,
-    dir: tempdir::Dir,
+    pub dir: tempdir::Dir,
 }
 
 pub mod tempdir {
@@ -174,6 +174,14 @@ impl Broker {
         let status = self.exited("SIGTERM");
         let dir = std::mem::replace(&mut self.dir, tempdir::Dir(PathBuf::new()));
         (status, dir)
+    }
+
+    /// Kills the broker with SIGKILL (no shutdown path runs) and returns its scratch directory,
+    /// to start again on the same data dir as after a crash.
+    pub fn kill9(mut self) -> tempdir::Dir {
+        self.signal("KILL");
+        self.exited("SIGKILL");
+        std::mem::replace(&mut self.dir, tempdir::Dir(PathBuf::new()))
     }
 
     /// Waits (bounded) for the process to exit on its own after `what`.

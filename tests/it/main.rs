@@ -5,6 +5,7 @@
 
 mod clients;
 mod driver;
+mod durability;
 mod hardening;
 mod harness;
 mod hibernation;

@@ -419,10 +419,14 @@ fn sigterm_delivers_wills_tells_v5_clients_and_keeps_state() {
     );
     let (status, dir) = b.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert!(dir.0.join("data/sessions.json").exists());
+    assert!(dir.0.join("data/store").is_dir());
+    assert!(
+        !dir.0.join("data/sessions.json").exists(),
+        "one format: the store"
+    );
 
     let b = Broker::launch(3, BASE, dir, &[]);
-    assert!(b.log_text().contains("state saved"));
+    assert!(b.log_text().contains("restored from the store"));
     let (mut k, ack) = Raw::connect_with(b.port, keep);
     assert!(ack.session_present, "the persistent session came back");
     let (mut p, _) = Raw::connect(b.port, Protocol::V311, "after", true);

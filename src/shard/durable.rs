@@ -1,0 +1,446 @@
+//! The shard's side of the store: the batch of this loop tick (one ticket), the actions that
+//! wait for a ticket to be stored, and the publishes that also wait for other shards.
+//!
+//! A QoS 1/2 publish is acknowledged only once everything it created is in the journal: the
+//! queue entries of persistent sessions on this shard and on the others, and a retained copy.
+//! This shard's part is in its open batch; another shard that queues it for a persistent
+//! session answers `XMsg::Stored` once its own batch is stored (chosen over journaling the
+//! message once with its targets here: the publishing shard does not know the other shards'
+//! sessions, and each session's records stay with the shard that owns it, so a takeover moves
+//! them with no rewrite). A publish that reaches no persistent session anywhere costs nothing.
+//!
+//! Acknowledgements leave in the order the publishes came (MQTT-4.6.0-2): each waits in its
+//! connection's ack queue until it and everything before it is decided.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Instant;
+
+use ahash::AHashMap;
+
+use super::link::ConnLink;
+use crate::codec::{Packet, PubResp, QoS, ReasonCode};
+use crate::session::Session;
+use crate::store::{Batch, Op, StoreLink};
+
+/// Which acknowledgement. A PUBCOMP waits for the inbound QoS 2 id's removal to be stored: a
+/// stale id after a crash would make the client's next message with it look like a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// PUBACK
+    Ack,
+    /// PUBREC
+    Rec,
+    /// PUBCOMP
+    Comp,
+}
+
+/// An acknowledgement: its packet, id and the reason it carries once stored.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub kind: AckKind,
+    pub packet_id: u16,
+    pub reason: ReasonCode,
+}
+
+impl Ack {
+    /// The acknowledgement of a publish at `qos` with `reason` (None at QoS 0).
+    pub fn of(qos: QoS, packet_id: Option<u16>, reason: ReasonCode) -> Option<Ack> {
+        let kind = match qos {
+            QoS::AtMostOnce => return None,
+            QoS::AtLeastOnce => AckKind::Ack,
+            QoS::ExactlyOnce => AckKind::Rec,
+        };
+        Some(Ack {
+            kind,
+            packet_id: packet_id?,
+            reason,
+        })
+    }
+}
+
+/// An acknowledgement waiting in a connection's ack queue.
+pub struct AckSlot {
+    id: u64,
+    ack: Ack,
+    /// None while undecided; then whether what it acknowledges was stored.
+    stored: Option<bool>,
+}
+
+/// Where a waiting acknowledgement is: its connection and its id there.
+pub struct AckRef {
+    link: Rc<ConnLink>,
+    id: u64,
+}
+
+/// What a stored (or failed) ticket releases.
+enum Deferred {
+    Ack(AckRef),
+    /// Another shard's publish, queued here for persistent sessions: answer it.
+    Reply {
+        shard: usize,
+        token: u64,
+    },
+    /// The local part of a publish that also waits for other shards.
+    Local(u64),
+}
+
+/// A publish waiting for other shards (and maybe this shard's ticket).
+struct Pending {
+    remaining: u32,
+    failed: bool,
+    ack: AckRef,
+}
+
+/// What the shard does once the store has answered.
+pub enum Done {
+    /// Send this acknowledgement (a refusal when not stored; then a QoS 2 id is released).
+    Ack {
+        link: Rc<ConnLink>,
+        ack: Ack,
+        stored: bool,
+    },
+    Reply {
+        shard: usize,
+        token: u64,
+        stored: bool,
+    },
+}
+
+/// The publish being routed now: how many other shards must confirm it.
+struct Publishing {
+    token: Option<u64>,
+    remote: u32,
+    produced: u64,
+}
+
+/// How an acknowledgement is to wait.
+pub enum Wait {
+    /// Nothing was stored: it goes now (behind any waiting before it).
+    Now,
+    /// This shard's open ticket must be stored first.
+    Ticket,
+    /// Other shards must confirm (token), and this shard's ticket when `local`.
+    Shards {
+        token: u64,
+        remote: u32,
+        local: bool,
+    },
+}
+
+pub struct Durable {
+    shard: usize,
+    /// The way to the storage thread (None once closed at shutdown).
+    link: Option<StoreLink>,
+    /// Sessions are journaled as they change; false with `durability.mode = "off"`, where
+    /// only the shutdown writes.
+    journaled: bool,
+    open: Vec<Op>,
+    /// The open batch's ticket; every lower one was sent.
+    ticket: u64,
+    /// What waits for a ticket, in ticket order.
+    deferred: VecDeque<(u64, Deferred)>,
+    pending: AHashMap<u64, Pending>,
+    results: Vec<(u64, bool)>,
+    /// Deliveries to persistent sessions (and retained changes) made so far.
+    produced: u64,
+    publishing: Option<Publishing>,
+    next_token: u64,
+    next_ack: u64,
+    next_epoch: u64,
+}
+
+impl Durable {
+    pub fn new(shard: usize, link: StoreLink, journaled: bool) -> Durable {
+        Durable {
+            shard,
+            link: Some(link),
+            journaled,
+            open: Vec::new(),
+            ticket: 1,
+            deferred: VecDeque::new(),
+            pending: AHashMap::new(),
+            results: Vec::new(),
+            produced: 0,
+            publishing: None,
+            next_token: 0,
+            next_ack: 0,
+            // Epochs differ between runs too: a session that ends and starts again after a
+            // restart must not meet its old records.
+            next_epoch: crate::store::record::wall_now() << 8 | shard as u64,
+        }
+    }
+
+    /// Whether persistent sessions are journaled as they change.
+    pub fn journaled(&self) -> bool {
+        self.journaled && self.link.is_some()
+    }
+
+    /// A new epoch for a session that starts being stored.
+    pub fn epoch(&mut self) -> u64 {
+        self.next_epoch += 1 << 8;
+        self.next_epoch
+    }
+
+    pub fn push(&mut self, op: Op) {
+        self.open.push(op);
+    }
+
+    /// Adds a session's waiting changes to the open batch.
+    pub fn collect(
+        &mut self,
+        session: &mut Session,
+        connected: bool,
+        deadlines: (Option<Instant>, Option<Instant>),
+    ) {
+        crate::store::session_ops(session, connected, deadlines, &mut self.open);
+    }
+
+    /// Something this tick stored for the publish being routed (a persistent delivery, a
+    /// retained change).
+    pub fn produced(&mut self) {
+        self.produced += 1;
+    }
+
+    /// How many such things were made so far (to see whether a delivery made one).
+    pub fn produced_count(&self) -> u64 {
+        self.produced
+    }
+
+    /// Starts routing a publish that will be acknowledged.
+    pub fn begin(&mut self) {
+        if self.journaled() {
+            self.publishing = Some(Publishing {
+                token: None,
+                remote: 0,
+                produced: self.produced,
+            });
+        }
+    }
+
+    /// The confirmation token for a copy of the publish being routed that goes to another
+    /// shard, if it needs one.
+    pub fn confirm(&mut self) -> Option<u64> {
+        let p = self.publishing.as_mut()?;
+        p.remote += 1;
+        if p.token.is_none() {
+            self.next_token += 1;
+            p.token = Some((self.shard as u64) << 48 | self.next_token);
+        }
+        p.token
+    }
+
+    /// Ends routing the publish: how its acknowledgement waits.
+    pub fn end(&mut self) -> Wait {
+        let Some(p) = self.publishing.take() else {
+            return Wait::Now;
+        };
+        let local = self.produced > p.produced;
+        match p.token {
+            Some(token) => Wait::Shards {
+                token,
+                remote: p.remote,
+                local,
+            },
+            None if local => Wait::Ticket,
+            None => Wait::Now,
+        }
+    }
+
+    /// Sends an acknowledgement, or queues it on its connection until it and those before it
+    /// are decided.
+    pub fn enqueue_ack(&mut self, link: &Rc<ConnLink>, ack: Ack, wait: Wait) {
+        let stored = matches!(wait, Wait::Now).then_some(true);
+        if stored.is_some() && !has_waiting(link) {
+            send_ack(link, ack, true);
+            return;
+        }
+        self.next_ack += 1;
+        let id = self.next_ack;
+        link.extras().acks.push_back(AckSlot { id, ack, stored });
+        let at = AckRef {
+            link: link.clone(),
+            id,
+        };
+        match wait {
+            // Behind an undecided one (a decided front is always sent at once): it goes with it.
+            Wait::Now => {}
+            Wait::Ticket => self.deferred.push_back((self.ticket, Deferred::Ack(at))),
+            Wait::Shards {
+                token,
+                remote,
+                local,
+            } => {
+                let remaining = remote + u32::from(local);
+                if local {
+                    self.deferred
+                        .push_back((self.ticket, Deferred::Local(token)));
+                }
+                self.pending.insert(
+                    token,
+                    Pending {
+                        remaining,
+                        failed: false,
+                        ack: at,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Another shard's publish came with a confirmation token: answer once what it created
+    /// here is stored (now, when nothing was).
+    pub fn reply_when_stored(&mut self, shard: usize, token: u64, created: bool) -> Option<Done> {
+        if created {
+            self.deferred
+                .push_back((self.ticket, Deferred::Reply { shard, token }));
+            return None;
+        }
+        Some(Done::Reply {
+            shard,
+            token,
+            stored: true,
+        })
+    }
+
+    /// Another shard confirmed (or failed) its part of a publish.
+    pub fn confirmed(&mut self, token: u64, stored: bool, out: &mut Vec<Done>) {
+        self.settle(token, stored, out);
+    }
+
+    fn settle(&mut self, token: u64, stored: bool, out: &mut Vec<Done>) {
+        let Some(p) = self.pending.get_mut(&token) else {
+            return;
+        };
+        p.remaining = p.remaining.saturating_sub(1);
+        p.failed |= !stored;
+        if p.remaining == 0 {
+            if let Some(p) = self.pending.remove(&token) {
+                decide(p.ack, !p.failed, out);
+            }
+        }
+    }
+
+    /// Sends the open batch to the storage thread (at the end of a tick, and before a session
+    /// moves to another shard, so the store hears its changes in order).
+    pub fn flush(&mut self) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let has_deferred = self.deferred.back().is_some_and(|(t, _)| *t == self.ticket);
+        if self.open.is_empty() && !has_deferred {
+            return;
+        }
+        let ops = std::mem::take(&mut self.open);
+        let ticket = self.ticket;
+        self.ticket += 1;
+        if !link.send(Batch {
+            shard: self.shard,
+            ticket,
+            ops,
+        }) {
+            self.results.push((ticket, false));
+        }
+    }
+
+    /// Whether the open batch has anything to send.
+    pub fn flush_due(&self) -> bool {
+        !self.open.is_empty() || self.deferred.back().is_some_and(|(t, _)| *t == self.ticket)
+    }
+
+    /// Whether the store has answered.
+    pub fn answered(&self) -> bool {
+        !self.results.is_empty() || self.link.as_ref().is_some_and(StoreLink::ready)
+    }
+
+    /// Takes the store's answers and what they release.
+    pub fn take_done(&mut self, out: &mut Vec<Done>) {
+        if let Some(link) = &self.link {
+            link.take(&mut self.results);
+        }
+        let results = std::mem::take(&mut self.results);
+        for (ticket, stored) in results {
+            while let Some((t, _)) = self.deferred.front() {
+                if *t > ticket {
+                    break;
+                }
+                let Some((_, d)) = self.deferred.pop_front() else {
+                    break;
+                };
+                match d {
+                    Deferred::Ack(ack) => decide(ack, stored, out),
+                    Deferred::Reply { shard, token } => {
+                        out.push(Done::Reply {
+                            shard,
+                            token,
+                            stored,
+                        });
+                    }
+                    Deferred::Local(token) => self.settle(token, stored, out),
+                }
+            }
+        }
+    }
+
+    /// Stops journaling (at shutdown, once the last batch is sent): the storage thread ends
+    /// when every shard has let go.
+    pub fn close(&mut self) {
+        self.flush();
+        self.link = None;
+    }
+}
+
+/// Marks an acknowledgement decided and sends what its connection's queue now allows.
+fn decide(ack: AckRef, stored: bool, out: &mut Vec<Done>) {
+    let mut ready = Vec::new();
+    {
+        let mut extras = ack.link.extras();
+        if let Some(slot) = extras.acks.iter_mut().find(|s| s.id == ack.id) {
+            slot.stored = Some(stored);
+        }
+        while extras.acks.front().is_some_and(|s| s.stored.is_some()) {
+            ready.extend(extras.acks.pop_front());
+        }
+    }
+    for s in ready {
+        out.push(Done::Ack {
+            link: ack.link.clone(),
+            ack: s.ack,
+            stored: s.stored.unwrap_or(false),
+        });
+    }
+}
+
+fn has_waiting(link: &ConnLink) -> bool {
+    link.extras
+        .borrow()
+        .as_ref()
+        .is_some_and(|e| !e.acks.is_empty())
+}
+
+/// An acknowledgement with its reason; for what the store could not keep, 0x80 (v5) or, to a
+/// v3 client that has no way to hear of it, a disconnect. A PUBCOMP goes as it is.
+pub fn send_ack(link: &ConnLink, ack: Ack, stored: bool) {
+    if link.is_closing() {
+        return;
+    }
+    let refused = !stored && ack.kind != AckKind::Comp;
+    if refused && !link.protocol.get().is_v5() {
+        link.close(super::link::Close::new(
+            ReasonCode::UnspecifiedError,
+            "the store cannot keep the message",
+        ));
+        return;
+    }
+    let reason = if refused {
+        ReasonCode::UnspecifiedError
+    } else {
+        ack.reason
+    };
+    let resp = PubResp::new(ack.packet_id, reason);
+    link.send(&match ack.kind {
+        AckKind::Ack => Packet::PubAck(resp),
+        AckKind::Rec => Packet::PubRec(resp),
+        AckKind::Comp => Packet::PubComp(resp),
+    });
+}

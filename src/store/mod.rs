@@ -1,0 +1,338 @@
+//! The crash-safe store: persistent sessions, their queued and in-flight deliveries, inbound
+//! QoS 2 ids and retained messages, in `fjall` (a pure-Rust LSM tree with a journal and atomic
+//! cross-keyspace batches) under `broker.data_dir`. Chosen over a home-made segment log: it
+//! brings the journal, crash recovery of a torn tail, compaction and a lock on the directory,
+//! and one batch per shard tick keeps its cost per message small (see `bench/durable.sh`).
+//!
+//! Shards never call it: each sends its tick's changes as one [`Batch`] to the storage thread
+//! ([`writer`]), which commits whatever batches wait as one group, syncs as the mode says, and
+//! tells each shard which of its batches are safe, ringing its doorbell. At start [`Store::recover`]
+//! reads everything back before any listener opens.
+
+pub mod legacy;
+pub mod record;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use crate::config::DurabilityConfig;
+use crate::session::{DeliveryOp, Inflight, Message, OutState, Session};
+use record::{Flight, StoredDelivery, StoredMessage, StoredSession};
+
+pub use writer::{spawn, Batch, StoreLink, Writer};
+
+/// One change for the store, made by a shard.
+#[derive(Debug)]
+pub enum Op {
+    /// A session's own record, encoded by the shard that holds it.
+    Session {
+        client_id: ByteString,
+        value: Vec<u8>,
+    },
+    /// A change to one of a session's deliveries (encoded by the storage thread).
+    Delivery {
+        client_id: ByteString,
+        epoch: u64,
+        op: DeliveryOp,
+    },
+    /// The session's life `epoch` ended: its record and deliveries go.
+    EndSession { client_id: ByteString, epoch: u64 },
+    /// A retained message set.
+    Retain(Arc<Message>),
+    /// A retained message cleared.
+    Unretain(ByteString),
+}
+
+/// What the store holds, in counters for `/metrics` and `ctl status`.
+#[derive(Default)]
+pub struct StoreStats {
+    pub batches: AtomicU64,
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub failures: AtomicU64,
+    /// Batches sent by shards and not yet committed.
+    pub lag: AtomicU64,
+    pub last_sync_ms: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub restored_sessions: AtomicU64,
+    pub restored_messages: AtomicU64,
+    pub restored_retained: AtomicU64,
+    pub restore_ms: AtomicU64,
+}
+
+/// The open store.
+pub struct Store {
+    db: Database,
+    sessions: Keyspace,
+    queue: Keyspace,
+    flight: Keyspace,
+    retained: Keyspace,
+    meta: Keyspace,
+}
+
+/// What a restart brings back.
+#[derive(Default)]
+pub struct Recovered {
+    pub sessions: Vec<RestoredSession>,
+    pub retained: Vec<Arc<Message>>,
+    pub messages: usize,
+}
+
+/// A session read back, with its epoch, last sequence number and offline deadlines.
+pub struct RestoredSession {
+    pub session: Session,
+    pub epoch: u64,
+    pub last_seq: u64,
+    /// When it expires (None: never), counting the time the broker was down.
+    pub expires_at: Option<Instant>,
+    /// When its will is due, if it has one.
+    pub will_at: Option<Instant>,
+}
+
+const ALIVE: &[u8] = b"alive";
+
+fn io(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`; fails when another broker holds it.
+    pub fn open(dir: &Path, cfg: &DurabilityConfig) -> Result<Store, String> {
+        let path = dir.join("store");
+        let db = Database::builder(&path)
+            .max_journaling_size(cfg.max_journal_mb * 1024 * 1024)
+            .worker_threads(1)
+            .open()
+            .map_err(|e| match e {
+                fjall::Error::Locked => format!(
+                    "{} is in use by another broker (one data dir per broker)",
+                    path.display()
+                ),
+                e => format!("cannot open the store in {}: {e}", path.display()),
+            })?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(io)
+        };
+        Ok(Store {
+            sessions: ks("sessions")?,
+            queue: ks("queue")?,
+            flight: ks("flight")?,
+            retained: ks("retained")?,
+            meta: ks("meta")?,
+            db,
+        })
+    }
+
+    /// Reads every session, delivery and retained message back. Records of ended sessions and
+    /// expired messages are deleted on the way.
+    pub fn recover(&self, now: Instant) -> Result<Recovered, String> {
+        let wall = record::wall_now();
+        let alive = self
+            .meta
+            .get(ALIVE)
+            .map_err(io)?
+            .and_then(|v| record::decode::<u64>(&v))
+            .unwrap_or(wall);
+        let mut gone = self.db.batch();
+        let mut by_id: AHashMap<ByteString, (StoredSession, Session)> = AHashMap::new();
+        for kv in self.sessions.iter() {
+            let (k, v) = kv.into_inner().map_err(io)?;
+            let (Ok(id), Some(rec)) =
+                (std::str::from_utf8(&k), record::decode::<StoredSession>(&v))
+            else {
+                tracing::warn!("unreadable session record in the store: skipped");
+                gone.remove(&self.sessions, k);
+                continue;
+            };
+            let id = ByteString::from(id);
+            let session = rec.session(id.clone());
+            by_id.insert(id, (rec, session));
+        }
+        let mut flights: AHashMap<Vec<u8>, Flight> = AHashMap::new();
+        for kv in self.flight.iter() {
+            let (k, v) = kv.into_inner().map_err(io)?;
+            match record::decode::<Flight>(&v) {
+                Some(f) => {
+                    flights.insert(k.to_vec(), f);
+                }
+                None => gone.remove(&self.flight, k),
+            }
+        }
+        let mut messages = 0;
+        let mut last_seq: AHashMap<ByteString, u64> = AHashMap::new();
+        for kv in self.queue.iter() {
+            let (k, v) = kv.into_inner().map_err(io)?;
+            let owner = record::parse_delivery_key(&k).and_then(|(id, epoch, seq)| {
+                by_id
+                    .get_mut(id)
+                    .filter(|(rec, _)| rec.epoch == epoch)
+                    .map(|(_, s)| (s, seq))
+            });
+            let restored = owner.and_then(|(s, seq)| {
+                let d = record::decode::<StoredDelivery>(&v)?.delivery(seq, now, wall)?;
+                Some((s, seq, d))
+            });
+            let Some((s, seq, d)) = restored else {
+                gone.remove(&self.queue, k.clone());
+                gone.remove(&self.flight, k);
+                continue;
+            };
+            messages += 1;
+            match flights.get(&k[..]) {
+                Some(f) => {
+                    let state = if f.released {
+                        OutState::Released
+                    } else {
+                        OutState::Published
+                    };
+                    s.inflight.insert(f.pid, Inflight { delivery: d, state });
+                }
+                None => s.queue.push_back(d),
+            }
+            let id = s.client_id.clone();
+            last_seq.insert(id, seq);
+        }
+        let mut sessions = Vec::with_capacity(by_id.len());
+        for (id, (rec, mut session)) in by_id {
+            let offline_since = if rec.connected { alive } else { wall };
+            let expiry_wall = match rec.expires_at {
+                Some(t) => Some(t),
+                None if rec.expiry_interval == u32::MAX => None,
+                None => Some(offline_since + u64::from(rec.expiry_interval) * 1000),
+            };
+            if expiry_wall.is_some_and(|t| t <= wall) {
+                gone.remove(&self.sessions, id.as_bytes().to_vec());
+                for kv in self.queue.prefix(record::session_prefix(&id, rec.epoch)) {
+                    let k = kv.key().map_err(io)?;
+                    gone.remove(&self.flight, k.clone());
+                    gone.remove(&self.queue, k);
+                }
+                messages -= session.queue.len() + session.inflight.len();
+                continue;
+            }
+            let will_wall = match (rec.will_at, &rec.will, rec.connected) {
+                (Some(t), _, _) => Some(t),
+                (None, Some(w), true) => Some(offline_since + u64::from(will_delay(w)) * 1000),
+                _ => None,
+            };
+            session.after_restore();
+            sessions.push(RestoredSession {
+                last_seq: last_seq.get(&id).copied().unwrap_or(0),
+                session,
+                epoch: rec.epoch,
+                expires_at: expiry_wall.map(|t| record::from_wall(t, now, wall)),
+                will_at: will_wall.map(|t| record::from_wall(t, now, wall)),
+            });
+        }
+        let mut retained = Vec::new();
+        for kv in self.retained.iter() {
+            let (k, v) = kv.into_inner().map_err(io)?;
+            match record::decode::<StoredMessage>(&v).and_then(|m| m.message(now, wall)) {
+                Some(m) => retained.push(Arc::new(m)),
+                None => gone.remove(&self.retained, k),
+            }
+        }
+        gone.commit().map_err(io)?;
+        Ok(Recovered {
+            sessions,
+            retained,
+            messages,
+        })
+    }
+
+    /// Removes everything (`durability.mode = "off"` after reading it back: what a crash would
+    /// bring back later is stale).
+    pub fn clear(&self) -> Result<(), String> {
+        let mut b = self.db.batch();
+        for ks in [
+            &self.sessions,
+            &self.queue,
+            &self.flight,
+            &self.retained,
+            &self.meta,
+        ] {
+            for kv in ks.iter() {
+                b.remove(ks, kv.key().map_err(io)?);
+            }
+        }
+        b.commit().map_err(io)?;
+        self.db.persist(fjall::PersistMode::SyncAll).map_err(io)
+    }
+
+    /// Writes what an older version's files held, synced, so they can be removed.
+    pub fn import(&self, old: legacy::Legacy) -> Result<(), String> {
+        let mut ops = Vec::new();
+        let mut epoch = record::wall_now() << 8;
+        for mut s in old.sessions {
+            if s.expiry_interval == 0 {
+                continue;
+            }
+            epoch += 1 << 8;
+            s.keep_stored(epoch);
+            session_ops(&mut s, false, (None, None), &mut ops);
+        }
+        ops.extend(old.retained.into_iter().map(Op::Retain));
+        let mut folded = writer::Folded::default();
+        for op in &ops {
+            writer::fold(self, &mut folded, op);
+        }
+        writer::commit(self, folded).map_err(io)?;
+        self.db.persist(fjall::PersistMode::SyncAll).map_err(io)
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+/// The changes a session's log holds, as store changes: its record when it changed (with
+/// whether it is connected and its offline deadlines: expiry, will), then its deliveries'.
+pub fn session_ops(
+    session: &mut Session,
+    connected: bool,
+    deadlines: (Option<Instant>, Option<Instant>),
+    out: &mut Vec<Op>,
+) {
+    let Some(log) = session.stored.as_mut() else {
+        return;
+    };
+    let epoch = log.epoch;
+    let (meta, ops) = log.take();
+    if meta {
+        let now = Instant::now();
+        let wall = record::wall_now();
+        let rec = StoredSession::of(session, epoch, connected, deadlines, now, wall);
+        out.push(Op::Session {
+            client_id: session.client_id.clone(),
+            value: record::encode(&rec),
+        });
+    }
+    out.extend(ops.into_iter().map(|op| Op::Delivery {
+        client_id: session.client_id.clone(),
+        epoch,
+        op,
+    }));
+}
+
+fn will_delay(w: &crate::codec::Will) -> u32 {
+    w.properties
+        .as_ref()
+        .and_then(|p| p.will_delay_interval)
+        .unwrap_or(0)
+}
+
+impl StoreStats {
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,271 @@
+//! The store's keys and values. Values are postcard (serde, compact, no schema on disk beyond
+//! the field order); deadlines are wall-clock milliseconds since the Unix epoch, since an
+//! `Instant` means nothing after a restart and the time the broker was down must count.
+//!
+//! Keyspaces: `sessions` (client id -> the session's record), `queue` (client id, epoch, seq
+//! -> one delivery with its message), `flight` (the same key -> the packet id it was sent
+//! with, and whether PUBREC came), `retained` (topic -> message), `meta` (the last time the
+//! broker was known alive).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Props, Protocol, QoS, Will};
+use crate::session::{Delivery, Message, Session, SubIds, Subscription};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn wall_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The wall-clock time of `at`, seen from `now` (which is `wall` on the wall clock).
+pub fn to_wall(at: Instant, now: Instant, wall: u64) -> u64 {
+    match at.checked_duration_since(now) {
+        Some(ahead) => wall.saturating_add(ahead.as_millis() as u64),
+        None => wall.saturating_sub(now.duration_since(at).as_millis() as u64),
+    }
+}
+
+/// The `Instant` of a wall-clock time, seen from `now` (which is `wall` on the wall clock).
+pub fn from_wall(at: u64, now: Instant, wall: u64) -> Instant {
+    if at >= wall {
+        now + Duration::from_millis(at - wall)
+    } else {
+        now.checked_sub(Duration::from_millis(wall - at))
+            .unwrap_or(now)
+    }
+}
+
+/// A session's own record: everything but its deliveries.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredSession {
+    pub protocol: Protocol,
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<(ByteString, Subscription)>,
+    pub will: Option<Will>,
+    pub inbound_qos2: Vec<u16>,
+    pub epoch: u64,
+    pub dropped: u64,
+    /// When an offline session expires; None while connected (or when it never expires).
+    pub expires_at: Option<u64>,
+    /// When an offline session's delayed will is due.
+    pub will_at: Option<u64>,
+    /// Connected when written: after a crash the session went offline when the broker died.
+    pub connected: bool,
+}
+
+impl StoredSession {
+    /// The record of `s` (whose log says its epoch) with its offline deadlines.
+    pub fn of(
+        s: &Session,
+        epoch: u64,
+        connected: bool,
+        deadlines: (Option<Instant>, Option<Instant>),
+        now: Instant,
+        wall: u64,
+    ) -> StoredSession {
+        StoredSession {
+            protocol: s.protocol,
+            expiry_interval: s.expiry_interval,
+            subscriptions: s
+                .subscriptions
+                .iter()
+                .map(|(f, sub)| (f.clone(), *sub))
+                .collect(),
+            will: s.will.as_deref().cloned(),
+            inbound_qos2: s.inbound_qos2.clone(),
+            epoch,
+            dropped: s.dropped,
+            expires_at: deadlines.0.map(|t| to_wall(t, now, wall)),
+            will_at: deadlines.1.map(|t| to_wall(t, now, wall)),
+            connected,
+        }
+    }
+
+    /// The session it describes, without its deliveries.
+    pub fn session(&self, client_id: ByteString) -> Session {
+        let mut s = Session::new(client_id, self.protocol);
+        s.expiry_interval = self.expiry_interval;
+        s.subscriptions = self.subscriptions.iter().cloned().collect();
+        s.will = self.will.clone().map(Box::new);
+        s.inbound_qos2 = self.inbound_qos2.clone();
+        s.dropped = self.dropped;
+        s
+    }
+}
+
+/// A message as kept: the routed message's fields with a wall-clock expiry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub props: Props,
+    pub expires_at: Option<u64>,
+    pub origin: ByteString,
+}
+
+impl StoredMessage {
+    pub fn of(m: &Message, now: Instant, wall: u64) -> StoredMessage {
+        StoredMessage {
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            qos: m.qos,
+            retain: m.retain,
+            props: m.props.clone(),
+            expires_at: m.expires_at.map(|t| to_wall(t, now, wall)),
+            origin: m.origin.clone(),
+        }
+    }
+
+    /// The message, or None when it expired while it was kept.
+    pub fn message(self, now: Instant, wall: u64) -> Option<Message> {
+        if self.expires_at.is_some_and(|t| t <= wall) {
+            return None;
+        }
+        Some(Message {
+            topic: self.topic,
+            payload: self.payload,
+            qos: self.qos,
+            retain: self.retain,
+            props: self.props,
+            expires_at: self.expires_at.map(|t| from_wall(t, now, wall)),
+            origin: self.origin,
+        })
+    }
+}
+
+/// One delivery of a session's queue (or window).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredDelivery {
+    pub msg: StoredMessage,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: SubIds,
+    pub group: Option<ByteString>,
+}
+
+impl StoredDelivery {
+    pub fn of(d: &Delivery, now: Instant, wall: u64) -> StoredDelivery {
+        StoredDelivery {
+            msg: StoredMessage::of(&d.msg, now, wall),
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids.clone(),
+            group: d.group.clone(),
+        }
+    }
+
+    pub fn delivery(self, seq: u64, now: Instant, wall: u64) -> Option<Delivery> {
+        Some(Delivery {
+            msg: Arc::new(self.msg.message(now, wall)?),
+            qos: self.qos,
+            retain: self.retain,
+            sub_ids: self.sub_ids,
+            group: self.group,
+            seq,
+        })
+    }
+}
+
+/// Where a sent delivery stands: its packet id, and whether PUBREC came (QoS 2).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Flight {
+    pub pid: u16,
+    pub released: bool,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these types to a Vec cannot fail: no maps with non-string keys, no
+    // unsupported types; an empty value would be refused at decode and the record skipped.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Option<T> {
+    postcard::from_bytes(b).ok()
+}
+
+/// The key of a session's records: its client id, length first so that one id is never a
+/// prefix of another's keys.
+pub fn session_prefix(client_id: &str, epoch: u64) -> Vec<u8> {
+    let id = client_id.as_bytes();
+    let mut k = Vec::with_capacity(2 + id.len() + 16);
+    k.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    k.extend_from_slice(id);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+/// The key of one delivery: the session prefix and its sequence number (big-endian, so keys
+/// sort in queue order).
+pub fn delivery_key(client_id: &str, epoch: u64, seq: u64) -> Vec<u8> {
+    let mut k = session_prefix(client_id, epoch);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Reads a delivery key back: (client id, epoch, seq).
+pub fn parse_delivery_key(k: &[u8]) -> Option<(&str, u64, u64)> {
+    let len = usize::from(u16::from_be_bytes(k.get(..2)?.try_into().ok()?));
+    let id = std::str::from_utf8(k.get(2..2 + len)?).ok()?;
+    let rest = k.get(2 + len..)?;
+    if rest.len() != 16 {
+        return None;
+    }
+    let epoch = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let seq = u64::from_be_bytes(rest[8..].try_into().ok()?);
+    Some((id, epoch, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_in_queue_order_and_read_back() {
+        let a = delivery_key("c", 7, 2);
+        let b = delivery_key("c", 7, 10);
+        let other = delivery_key("cc", 1, 1);
+        assert!(a < b);
+        assert!(!other.starts_with(&session_prefix("c", 7)));
+        assert_eq!(parse_delivery_key(&b), Some(("c", 7, 10)));
+        assert_eq!(parse_delivery_key(&b[..b.len() - 1]), None);
+    }
+
+    #[test]
+    fn wall_clock_round_trips_and_expired_messages_stay_gone() {
+        let now = Instant::now();
+        let wall = 1_000_000;
+        let later = now + Duration::from_secs(5);
+        assert_eq!(to_wall(later, now, wall), 1_005_000);
+        assert_eq!(from_wall(1_005_000, now, wall), later);
+        let m = Message::new(
+            "t".into(),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            Some(&crate::codec::Properties {
+                message_expiry_interval: Some(1),
+                ..Default::default()
+            }),
+            "o".into(),
+            now,
+        );
+        let kept = StoredMessage::of(&m, now, wall);
+        let bytes = encode(&kept);
+        let back: StoredMessage = decode(&bytes).expect("decodes");
+        assert!(
+            back.message(now, wall + 2000).is_none(),
+            "expired meanwhile"
+        );
+        let back: StoredMessage = decode(&bytes).expect("decodes");
+        assert_eq!(&back.message(now, wall).expect("alive").payload[..], b"x");
+    }
+}
