@@ -336,3 +336,6 @@ impl StoreStats {
         v.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests;
