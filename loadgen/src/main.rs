@@ -9,6 +9,7 @@ mod conn;
 mod procs;
 mod pubsub;
 mod report;
+mod session;
 mod target;
 mod workers;
 
@@ -70,6 +71,15 @@ pub fn run_scenario(
     if let Scenario::Conn(a) = scenario {
         a.check()?;
     }
+    // Children get what their parent fixed for the run.
+    let fixed;
+    let scenario = match scenario {
+        Scenario::Pubsub(a) if target.child.is_none() => {
+            fixed = Scenario::Pubsub(a.for_this_run());
+            &fixed
+        }
+        _ => scenario,
+    };
     if target.procs > 1 && target.child.is_none() {
         return procs::run_children(target, scenario, progress);
     }
