@@ -2,6 +2,7 @@
 //! broker's own `sock` helpers) and the project's codec, so a client costs a socket and a few
 //! small buffers.
 
+use std::collections::VecDeque;
 use std::io::{self, ErrorKind, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -13,13 +14,19 @@ use ringmq::codec::{
 };
 use ringmq::sock;
 
+use crate::session::Session;
 use crate::target::TargetArgs;
 
 pub struct Client {
     stream: TcpStream,
     inbuf: BytesMut,
+    /// Packets that came before the SUBACK `subscribe` waited for (a resumed session's queued
+    /// messages), handed out first by `try_next`.
+    early: VecDeque<Packet>,
     out: BytesMut,
     pub proto: Protocol,
+    /// The CONNACK's: the broker resumed a session it kept for this client id.
+    pub session_present: bool,
 }
 
 /// Why a client could not get connected.
@@ -54,13 +61,13 @@ impl Client {
     pub async fn open(
         target: &TargetArgs,
         client_id: String,
-        clean: bool,
+        session: Session,
         keep_alive: u16,
         source: Option<IpAddr>,
     ) -> Result<Client, ConnectFailure> {
         // Every scenario validates --mqtt before it starts a client.
         let protocol = target.protocol().unwrap_or(Protocol::V311);
-        let connect = Connect::new(protocol, &client_id, clean, keep_alive);
+        let connect = session.connect(protocol, &client_id, keep_alive);
         Client::connect(target.addr, source, connect, target.connect_timeout()).await
     }
 
@@ -78,14 +85,19 @@ impl Client {
             let mut c = Client {
                 stream,
                 inbuf: BytesMut::new(),
+                early: VecDeque::new(),
                 out: BytesMut::new(),
                 proto: connect.protocol,
+                session_present: false,
             };
             c.send(&Packet::Connect(Box::new(connect)))
                 .await
                 .map_err(ConnectFailure::Io)?;
             match c.next().await.map_err(ConnectFailure::Io)? {
-                Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => Ok(c),
+                Some(Packet::ConnAck(a)) if a.reason == ReasonCode::Success => {
+                    c.session_present = a.session_present;
+                    Ok(c)
+                }
                 Some(Packet::ConnAck(a)) => Err(ConnectFailure::Refused(a.reason)),
                 _ => Err(ConnectFailure::Closed),
             }
@@ -110,7 +122,8 @@ impl Client {
         self.flush().await
     }
 
-    /// Subscribes to one filter and waits for the SUBACK; false when none came.
+    /// Subscribes to one filter and waits for the SUBACK; false when none came or it refused.
+    /// What came before it is kept for `try_next`.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<bool> {
         let sub = Subscribe {
             packet_id: 1,
@@ -118,7 +131,18 @@ impl Client {
             properties: None,
         };
         self.send(&Packet::Subscribe(sub)).await?;
-        Ok(matches!(self.next().await?, Some(Packet::SubAck(_))))
+        loop {
+            match self.decode()? {
+                Some(Packet::SubAck(a)) => return Ok(!a.reasons.iter().any(|r| r.is_error())),
+                Some(p) => self.early.push_back(p),
+                None => {
+                    self.readable().await?;
+                    if !self.fill()? {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
     }
 
     /// A normal DISCONNECT; errors are moot, the connection is ending either way.
@@ -148,6 +172,14 @@ impl Client {
 
     /// A packet already received, without waiting.
     pub fn try_next(&mut self) -> io::Result<Option<Packet>> {
+        match self.early.pop_front() {
+            Some(p) => Ok(Some(p)),
+            None => self.decode(),
+        }
+    }
+
+    /// The next packet in the input buffer, if a whole one is there.
+    fn decode(&mut self) -> io::Result<Option<Packet>> {
         decode(&mut self.inbuf, self.proto, usize::MAX)
             .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
     }

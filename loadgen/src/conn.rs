@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::{Sample, Usage};
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
+use crate::session::Session;
 use crate::target::{Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -236,7 +237,11 @@ async fn worker(
             let result = Client::open(
                 &target,
                 format!("lg-c-{i}"),
-                !args.persistent,
+                if args.persistent {
+                    Session::Kept { expiry_secs: 0 }
+                } else {
+                    Session::Clean
+                },
                 args.keepalive,
                 source,
             )

@@ -8,7 +8,9 @@ mod compare;
 mod conn;
 mod procs;
 mod pubsub;
+mod queue;
 mod report;
+mod session;
 mod target;
 mod workers;
 
@@ -43,6 +45,8 @@ enum Command {
     Conn(conn::ConnArgs),
     /// Publishers and subscribers: pairs, fan-out, fan-in, shared groups.
     Pubsub(pubsub::PubSubArgs),
+    /// Fill persistent sessions' offline queues with QoS 1 messages; drain and count them.
+    Queue(queue::QueueArgs),
     /// Run a scenario against several brokers, interleaved, and print ratios of medians.
     Compare {
         #[command(flatten)]
@@ -70,6 +74,15 @@ pub fn run_scenario(
     if let Scenario::Conn(a) = scenario {
         a.check()?;
     }
+    // Children get what their parent fixed for the run.
+    let fixed;
+    let scenario = match scenario {
+        Scenario::Pubsub(a) if target.child.is_none() => {
+            fixed = Scenario::Pubsub(a.for_this_run());
+            &fixed
+        }
+        _ => scenario,
+    };
     if target.procs > 1 && target.child.is_none() {
         return procs::run_children(target, scenario, progress);
     }
@@ -94,6 +107,14 @@ fn main() -> std::process::ExitCode {
             .map(|r| output(&cli.target, &r)),
         Command::Pubsub(a) => run_scenario(&cli.target, &Scenario::Pubsub(a.clone()), &progress)
             .map(|r| output(&cli.target, &r)),
+        Command::Queue(a) => queue::run(&cli.target, a, &progress).map(|r| {
+            if cli.target.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                r.print();
+            }
+            r.shortfall()
+        }),
         Command::Compare { compare, scenario } => {
             compare::run(&cli.target, compare, scenario, &progress).map(|rows| {
                 if cli.target.json {

@@ -3,7 +3,9 @@
 //! a sequence number and the intended send time, so latency is measured end to end against the
 //! intended time (open loop: corrected for coordinated omission) and lost or duplicated
 //! messages are counted. Closed loop keeps at most W messages in flight end to end per
-//! publisher: the sustainable capacity.
+//! publisher: the sustainable capacity. `--persistent` clients keep their sessions; a resumed
+//! session may first be sent messages from before the run, which are acknowledged and counted
+//! apart (stale), by their timestamp.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::Usage;
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
+use crate::session::{Session, SessionArgs};
 use crate::target::{Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -56,9 +59,63 @@ pub struct PubSubArgs {
     pub duration: f64,
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
+    /// Persistent sessions: clean session (v3) / clean start (v5) off.
+    #[arg(long)]
+    pub persistent: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
-const HEADER: usize = 20;
+impl PubSubArgs {
+    /// What this run's clients connect with.
+    fn session(&self) -> Session {
+        if self.persistent {
+            Session::Kept {
+                expiry_secs: self.session.session_expiry,
+            }
+        } else {
+            Session::Clean
+        }
+    }
+
+    /// The arguments with what must be the same in every process of a run fixed: persistent
+    /// sessions' client prefix.
+    pub fn for_this_run(&self) -> PubSubArgs {
+        PubSubArgs {
+            session: if self.persistent {
+                self.session.for_this_run()
+            } else {
+                self.session.clone()
+            },
+            ..self.clone()
+        }
+    }
+}
+
+/// Payload bytes before the padding: publisher (or session) id, sequence, timestamp.
+pub const HEADER: usize = 20;
+
+/// A payload's header: who sent it, its sequence number and its send time (Unix ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub id: u32,
+    pub seq: u64,
+    pub stamp_ns: u64,
+}
+
+impl Header {
+    /// The header of a received payload; `None` when it is too short to hold one.
+    pub fn read(payload: &[u8]) -> Option<Header> {
+        let head = payload.get(..HEADER)?;
+        let (id, rest) = head.split_at(4);
+        let (seq, stamp) = rest.split_at(8);
+        Some(Header {
+            id: u32::from_be_bytes(id.try_into().ok()?),
+            seq: u64::from_be_bytes(seq.try_into().ok()?),
+            stamp_ns: u64::from_be_bytes(stamp.try_into().ok()?),
+        })
+    }
+}
 
 /// How many deliveries one message of publisher `i` should make to the subscribers `subs`:
 /// the matching ones, a shared group counting once.
@@ -83,6 +140,8 @@ fn fanout(args: &PubSubArgs, i: usize, subs: impl Iterator<Item = usize>) -> u64
 
 /// State shared by every worker thread of this process.
 struct Shared {
+    /// When this process began the run: a message stamped before it is from an earlier run.
+    run_ns: u64,
     delivered: Vec<AtomicU64>,
     wakers: Vec<atomic_waker::AtomicWaker>,
     subs_ready: AtomicUsize,
@@ -97,6 +156,7 @@ struct WorkerOut {
     expected: u64,
     delivered: u64,
     duplicated: u64,
+    stale: u64,
     measured: u64,
     failures: Vec<String>,
     latency: Latency,
@@ -140,6 +200,7 @@ pub fn run(
         }
     }
     let shared = Arc::new(Shared {
+        run_ns: unix_ns(),
         delivered: (0..args.publishers).map(|_| AtomicU64::new(0)).collect(),
         wakers: (0..args.publishers)
             .map(|_| atomic_waker::AtomicWaker::new())
@@ -189,7 +250,7 @@ pub fn run(
         .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
     let mut r = Report {
         scenario: format!(
-            "pubsub P={} S={} pub={} sub={} qos={} size={} {}",
+            "pubsub P={} S={} pub={} sub={} qos={} size={} {}{}",
             args.publishers,
             args.subscribers,
             args.pub_topic,
@@ -200,6 +261,11 @@ pub fn run(
                 format!("rate={}/s", args.rate)
             } else {
                 format!("closed-loop w={}", args.inflight)
+            },
+            if args.persistent {
+                format!(" persistent ids={}-*", args.session.prefix())
+            } else {
+                String::new()
             }
         ),
         target: target.addr.to_string(),
@@ -212,6 +278,7 @@ pub fn run(
         r.expected += o.expected;
         r.delivered += o.delivered;
         r.duplicated += o.duplicated;
+        r.stale += o.stale;
         r.measured_delivered += o.measured;
         r.latency.merge(&o.latency);
         for f in o.failures {
@@ -318,7 +385,8 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         out,
         hist,
     } = ctx;
-    let mut c = Client::open(target, format!("lg-s-{j}"), true, 60, source)
+    let id = format!("{}-s-{j}", args.session.prefix());
+    let mut c = Client::open(target, id, args.session(), 60, source)
         .await
         .map_err(|e| anyhow::anyhow!(e.label()))?;
     let filter = args.sub_topic.replace("{i}", &j.to_string());
@@ -348,14 +416,19 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
                 }
                 _ => {}
             }
-            if p.payload.len() < HEADER {
+            let Some(Header {
+                id: pub_id,
+                seq,
+                stamp_ns: stamp,
+            }) = Header::read(&p.payload)
+            else {
+                continue;
+            };
+            let mut o = out.borrow_mut();
+            if stamp < shared.run_ns {
+                o.stale += 1;
                 continue;
             }
-            let pl = &p.payload;
-            let pub_id = u32::from_be_bytes([pl[0], pl[1], pl[2], pl[3]]);
-            let seq = u64::from_be_bytes(pl[4..12].try_into().unwrap_or_default());
-            let stamp = u64::from_be_bytes(pl[12..20].try_into().unwrap_or_default());
-            let mut o = out.borrow_mut();
             o.delivered += 1;
             let next = next_seq.entry(pub_id).or_insert(0);
             if seq < *next {
@@ -405,7 +478,7 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
     Ok(())
 }
 
-fn payload(pub_id: u32, seq: u64, stamp_ns: u64, size: usize) -> Bytes {
+pub fn payload(pub_id: u32, seq: u64, stamp_ns: u64, size: usize) -> Bytes {
     let mut b = BytesMut::with_capacity(size);
     b.put_u32(pub_id);
     b.put_u64(seq);
@@ -428,7 +501,8 @@ async fn publisher(
         shared,
         ..
     } = ctx;
-    let mut c = Client::open(target, format!("lg-p-{i}"), true, 60, source)
+    let id = format!("{}-p-{i}", args.session.prefix());
+    let mut c = Client::open(target, id, args.session(), 60, source)
         .await
         .map_err(|e| anyhow::anyhow!(e.label()))?;
     progress.up.fetch_add(1, Ordering::Relaxed);
@@ -544,4 +618,24 @@ async fn publisher(
     c.disconnect().await;
     progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_header_reads_back_and_a_short_one_is_none() {
+        let p = payload(7, 1 << 40, 123_456_789, 64);
+        assert_eq!(p.len(), 64);
+        assert_eq!(
+            Header::read(&p),
+            Some(Header {
+                id: 7,
+                seq: 1 << 40,
+                stamp_ns: 123_456_789
+            })
+        );
+        assert_eq!(Header::read(&p[..HEADER - 1]), None);
+    }
 }

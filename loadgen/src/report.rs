@@ -106,6 +106,9 @@ pub struct Report {
     pub expected: u64,
     pub delivered: u64,
     pub duplicated: u64,
+    /// Sent to resumed persistent sessions from before the run: acknowledged, not counted.
+    #[serde(default)]
+    pub stale: u64,
     pub measured_secs: f64,
     pub measured_delivered: u64,
     pub latency: Latency,
@@ -134,6 +137,7 @@ impl Report {
         self.expected += o.expected;
         self.delivered += o.delivered;
         self.duplicated += o.duplicated;
+        self.stale += o.stale;
         self.measured_secs = self.measured_secs.max(o.measured_secs);
         self.measured_delivered += o.measured_delivered;
         self.latency.merge(&o.latency);
@@ -246,6 +250,12 @@ impl Report {
                 self.lost(),
                 self.duplicated
             );
+            if self.stale > 0 {
+                println!(
+                    "stale         {} from before this run to resumed sessions (not counted)",
+                    self.stale
+                );
+            }
             println!(
                 "throughput    {:.0} msg/s delivered over {:.1} s measured",
                 self.msgs_per_sec(),

@@ -1,0 +1,663 @@
+//! `queue`: offline queues, filled and drained. S persistent subscribers connect, subscribe to
+//! a topic each and go; M QoS 1 messages are published over their topics (message k to
+//! session k mod S), each PUBACKed, so the broker holds all of them for offline sessions.
+//! `--drain` brings the subscribers back and counts every message once: lost, duplicated,
+//! stray. `--no-fill` only drains, what an earlier run with the same `--client-prefix` filled
+//! (across a broker restart, say). Each phase is timed, and the broker's CPU over it sampled.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use clap::Args;
+use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::pubsub::{payload, Header, HEADER};
+use crate::report::unix_ns;
+use crate::session::{Session, SessionArgs};
+use crate::target::{Progress, TargetArgs};
+
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Persistent sessions, one subscriber and one topic each.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// QoS 1 messages in all, spread evenly over the sessions.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// PUBACKs each publisher waits for at once.
+    #[arg(long, default_value_t = 100)]
+    pub inflight: u64,
+    /// Payload bytes (at least 20).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Topic of session {i}; {p} is the client prefix, so that runs do not share topics.
+    #[arg(long, default_value = "queue/{p}/{i}")]
+    pub topic: String,
+    /// Sessions being set up or drained at once, per worker thread.
+    #[arg(long, default_value_t = 500)]
+    pub concurrency: usize,
+    /// Then reconnect the subscribers and count what they are sent.
+    #[arg(long)]
+    pub drain: bool,
+    /// Only drain: the sessions an earlier run with this --client-prefix filled.
+    #[arg(long, requires = "drain", requires = "client_prefix")]
+    pub no_fill: bool,
+    /// Seconds a draining subscriber waits for its next message before it gives up.
+    #[arg(long, default_value_t = 2.0)]
+    pub quiet: f64,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+/// What a run measured; rates are per second of the phase and per broker CPU-second over it.
+#[derive(Debug, Default, Serialize)]
+pub struct QueueReport {
+    pub target: String,
+    pub client_prefix: String,
+    pub sessions: u64,
+    pub messages: u64,
+    /// Sessions connected, subscribed and disconnected, and the seconds that took.
+    pub set_up: u64,
+    pub setup_secs: f64,
+    pub published: u64,
+    pub acked: u64,
+    /// PUBACKs with an error reason (v5).
+    pub refused: u64,
+    /// From the first publish to the last PUBACK.
+    pub fill_secs: f64,
+    pub fill_rate: Option<f64>,
+    pub fill_per_cpu_sec: Option<f64>,
+    pub drained_phase: bool,
+    /// Sessions the broker still had when their subscribers came back (CONNACK session present).
+    pub resumed: u64,
+    /// Distinct messages received; `lost` is the rest of `messages`.
+    pub drained: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Messages that were not this run's for that session.
+    pub stray: u64,
+    /// From the first reconnect to the last message received.
+    pub drain_secs: f64,
+    pub drain_rate: Option<f64>,
+    pub drain_per_cpu_sec: Option<f64>,
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl QueueReport {
+    /// Why the run fell short of what was asked, if it did.
+    pub fn shortfall(&self) -> Option<String> {
+        if let Some((why, n)) = self.failures.iter().next() {
+            Some(format!("{n} failed: {why}"))
+        } else if self.published > 0 && self.acked < self.messages {
+            Some(format!(
+                "{} of {} messages acknowledged",
+                self.acked, self.messages
+            ))
+        } else if self.drained_phase && (self.lost > 0 || self.stray > 0) {
+            Some(format!(
+                "lost {} of {} messages ({} stray)",
+                self.lost, self.messages, self.stray
+            ))
+        } else {
+            None
+        }
+    }
+
+    pub fn print(&self) {
+        let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.0}"));
+        println!(
+            "queue         {} sessions, {} QoS 1 messages, ids {}-s-*  ->  {}",
+            self.sessions, self.messages, self.client_prefix, self.target
+        );
+        if self.published > 0 {
+            println!(
+                "set up        {} sessions in {:.2} s",
+                self.set_up, self.setup_secs
+            );
+            println!(
+                "filled        {} acknowledged ({} refused) in {:.2} s: {} msg/s, {} per broker CPU-s",
+                self.acked,
+                self.refused,
+                self.fill_secs,
+                rate(self.fill_rate),
+                rate(self.fill_per_cpu_sec)
+            );
+        }
+        if self.drained_phase {
+            println!(
+                "drained       {} of {} (lost {}, duplicated {}, stray {}) from {} resumed sessions",
+                self.drained, self.messages, self.lost, self.duplicated, self.stray, self.resumed
+            );
+            println!(
+                "drain rate    {:.2} s: {} msg/s, {} per broker CPU-s",
+                self.drain_secs,
+                rate(self.drain_rate),
+                rate(self.drain_per_cpu_sec)
+            );
+        }
+        for (why, n) in &self.failures {
+            println!("failed        {n:>8}  {why}");
+        }
+    }
+}
+
+/// How many of `messages` go to session `j` of `sessions` (message k to session k mod S).
+fn expected(j: usize, sessions: usize, messages: u64) -> u64 {
+    let s = sessions as u64;
+    messages / s + u64::from((j as u64) < messages % s)
+}
+
+/// Which of a session's messages (numbered 0..expected) have come, each counted once.
+struct Tally {
+    seen: Vec<u64>,
+    expected: u64,
+    distinct: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    New,
+    Again,
+    Stray,
+}
+
+impl Tally {
+    fn new(expected: u64) -> Tally {
+        Tally {
+            seen: vec![0; expected.div_ceil(64) as usize],
+            expected,
+            distinct: 0,
+        }
+    }
+
+    fn record(&mut self, n: u64) -> Seen {
+        if n >= self.expected {
+            return Seen::Stray;
+        }
+        let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
+        if self.seen[word] & bit != 0 {
+            return Seen::Again;
+        }
+        self.seen[word] |= bit;
+        self.distinct += 1;
+        Seen::New
+    }
+
+    fn complete(&self) -> bool {
+        self.distinct == self.expected
+    }
+}
+
+/// What every worker thread of a phase shares.
+struct Job {
+    target: TargetArgs,
+    args: QueueArgs,
+    prefix: String,
+    sources: Vec<IpAddr>,
+    topics: Vec<ByteString>,
+    /// The next message a publisher claims.
+    next: AtomicU64,
+    progress: Arc<Progress>,
+}
+
+impl Job {
+    fn source(&self, i: usize) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
+
+    fn session(&self) -> Session {
+        Session::Kept {
+            expiry_secs: self.args.session.session_expiry,
+        }
+    }
+
+    async fn open(&self, id: String, session: Session, i: usize) -> anyhow::Result<Client> {
+        Client::open(&self.target, id, session, 60, self.source(i))
+            .await
+            .map_err(|e| anyhow::anyhow!(e.label()))
+    }
+
+    fn subscriber_id(&self, j: usize) -> String {
+        format!("{}-s-{j}", self.prefix)
+    }
+}
+
+/// One worker thread's share of a phase.
+#[derive(Default)]
+struct Out {
+    set_up: u64,
+    published: u64,
+    acked: u64,
+    refused: u64,
+    resumed: u64,
+    drained: u64,
+    duplicated: u64,
+    stray: u64,
+    last_rx_ns: u64,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Out {
+    fn fail(&mut self, phase: &str, e: anyhow::Error) {
+        *self.failures.entry(format!("{phase}: {e}")).or_default() += 1;
+    }
+
+    fn add(&mut self, o: Out) {
+        self.set_up += o.set_up;
+        self.published += o.published;
+        self.acked += o.acked;
+        self.refused += o.refused;
+        self.resumed += o.resumed;
+        self.drained += o.drained;
+        self.duplicated += o.duplicated;
+        self.stray += o.stray;
+        self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
+        for (k, v) in o.failures {
+            *self.failures.entry(k).or_default() += v;
+        }
+    }
+}
+
+pub fn run(
+    target: &TargetArgs,
+    args: &QueueArgs,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<QueueReport> {
+    anyhow::ensure!(args.sessions > 0, "--sessions must be at least 1");
+    anyhow::ensure!(args.publishers > 0, "--publishers must be at least 1");
+    anyhow::ensure!(
+        args.size >= HEADER,
+        "--size must be at least {HEADER} bytes"
+    );
+    anyhow::ensure!(
+        u32::try_from(args.sessions).is_ok(),
+        "--sessions: at most {}",
+        u32::MAX
+    );
+    anyhow::ensure!(target.procs == 1, "queue runs in one process (no --procs)");
+    target.protocol()?;
+    let session = args.session.for_this_run();
+    let prefix = session.prefix().to_string();
+    let job = Arc::new(Job {
+        target: target.clone(),
+        topics: (0..args.sessions)
+            .map(|j| {
+                args.topic
+                    .replace("{p}", &prefix)
+                    .replace("{i}", &j.to_string())
+                    .into()
+            })
+            .collect(),
+        args: QueueArgs {
+            session,
+            ..args.clone()
+        },
+        prefix,
+        sources: target.sources()?,
+        next: AtomicU64::new(0),
+        progress: progress.clone(),
+    });
+    let mut r = QueueReport {
+        target: target.addr.to_string(),
+        client_prefix: job.prefix.clone(),
+        sessions: args.sessions as u64,
+        messages: args.messages,
+        drained_phase: args.drain,
+        ..QueueReport::default()
+    };
+    let mut total = Out::default();
+    let cpu = || target.broker_pid.and_then(crate::broker::sample);
+    let per_cpu = |n: u64, before: Option<crate::broker::Sample>| {
+        let used = cpu()?.cpu_secs - before?.cpu_secs;
+        (used > 0.0).then(|| n as f64 / used)
+    };
+    if !args.no_fill {
+        eprintln!("setting up {} sessions", args.sessions);
+        let t0 = Instant::now();
+        let o = phase(&job, setup);
+        r.setup_secs = t0.elapsed().as_secs_f64();
+        r.set_up = o.set_up;
+        total.add(o);
+        eprintln!("publishing {} messages", args.messages);
+        let (t0, before) = (Instant::now(), cpu());
+        let o = phase(&job, fill);
+        r.fill_secs = t0.elapsed().as_secs_f64();
+        r.fill_per_cpu_sec = per_cpu(o.acked, before);
+        r.fill_rate = (r.fill_secs > 0.0).then(|| o.acked as f64 / r.fill_secs);
+        (r.published, r.acked, r.refused) = (o.published, o.acked, o.refused);
+        total.add(o);
+    }
+    if args.drain {
+        eprintln!("draining {} sessions", args.sessions);
+        let (start_ns, before) = (unix_ns(), cpu());
+        let o = phase(&job, drain);
+        r.drain_per_cpu_sec = per_cpu(o.drained, before);
+        r.drain_secs = o.last_rx_ns.saturating_sub(start_ns) as f64 / 1e9;
+        r.drain_rate = (r.drain_secs > 0.0).then(|| o.drained as f64 / r.drain_secs);
+        (r.resumed, r.drained, r.duplicated, r.stray) =
+            (o.resumed, o.drained, o.duplicated, o.stray);
+        r.lost = args.messages.saturating_sub(o.drained);
+        total.add(o);
+    }
+    r.failures = total.failures;
+    Ok(r)
+}
+
+/// Runs `work` on every worker thread and merges what they measured.
+fn phase<Fut>(job: &Arc<Job>, work: fn(usize, Arc<Job>) -> Fut) -> Out
+where
+    Fut: Future<Output = Out> + 'static,
+{
+    let job = job.clone();
+    let mut merged = Out::default();
+    for o in crate::workers::run(job.target.threads(), move |t| work(t, job.clone())) {
+        merged.add(o);
+    }
+    merged
+}
+
+/// Runs `each(j)` for the sessions of worker thread `t`, `--concurrency` at a time, and
+/// returns what they added up to.
+async fn per_session<F, Fut>(t: usize, job: &Job, each: F) -> Out
+where
+    F: Fn(usize, Rc<RefCell<Out>>) -> Fut + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let queue = Rc::new(RefCell::new(
+        job.target.slice().clients(t, job.args.sessions),
+    ));
+    let out = Rc::new(RefCell::new(Out::default()));
+    let lanes: Vec<_> = (0..job.args.concurrency.max(1))
+        .map(|_| {
+            let (queue, out, each) = (queue.clone(), out.clone(), each.clone());
+            monoio::spawn(async move {
+                loop {
+                    let next = queue.borrow_mut().next();
+                    let Some(j) = next else { break };
+                    each(j, out.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for lane in lanes {
+        lane.await;
+    }
+    let merged = std::mem::take(&mut *out.borrow_mut());
+    merged
+}
+
+async fn setup(t: usize, job: Arc<Job>) -> Out {
+    let j2 = job.clone();
+    per_session(t, &j2, move |j, out| {
+        let job = job.clone();
+        async move {
+            match set_up(j, &job).await {
+                Ok(()) => out.borrow_mut().set_up += 1,
+                Err(e) => out.borrow_mut().fail("setup", e),
+            }
+        }
+    })
+    .await
+}
+
+/// Leaves session `j` subscribed to its topic, empty and offline.
+async fn set_up(j: usize, job: &Job) -> anyhow::Result<()> {
+    let id = job.subscriber_id(j);
+    let mut c = job.open(id.clone(), job.session(), j).await?;
+    if c.session_present {
+        // Left by an earlier run with this prefix, maybe with messages queued: a clean
+        // connect discards it, and the session starts anew.
+        leave(c).await;
+        leave(job.open(id.clone(), Session::Clean, j).await?).await;
+        c = job.open(id, job.session(), j).await?;
+    }
+    anyhow::ensure!(
+        c.subscribe(&job.topics[j], QoS::AtLeastOnce).await?,
+        "SUBACK refused or missing"
+    );
+    leave(c).await;
+    Ok(())
+}
+
+/// Disconnects and waits (2 s at most) for the broker to close: it has then ended the
+/// connection, and a persistent session is offline.
+async fn leave(mut c: Client) {
+    c.disconnect().await;
+    let _ = monoio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = c.next().await {}
+    })
+    .await;
+}
+
+async fn fill(t: usize, job: Arc<Job>) -> Out {
+    let handles: Vec<_> = job
+        .target
+        .slice()
+        .clients(t, job.args.publishers)
+        .map(|p| {
+            let job = job.clone();
+            monoio::spawn(async move {
+                let mut out = Out::default();
+                if let Err(e) = publisher(p, &job, &mut out).await {
+                    out.fail("publisher", e);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut merged = Out::default();
+    for h in handles {
+        merged.add(h.await);
+    }
+    merged
+}
+
+/// Publishes messages claimed from the shared count until there are none left, at most
+/// `--inflight` awaiting their PUBACK.
+async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
+    let args = &job.args;
+    let id = format!("{}-p-{p}", job.prefix);
+    let mut c = job.open(id, Session::Clean, args.sessions + p).await?;
+    job.progress.up.fetch_add(1, Ordering::Relaxed);
+    let (sessions, window) = (args.sessions as u64, args.inflight.clamp(1, 65_000));
+    let (mut pid, mut exhausted, mut last_ack) = (0u16, false, Instant::now());
+    loop {
+        while let Some(packet) = c.try_next()? {
+            if let Packet::PubAck(a) = packet {
+                if a.reason.is_error() {
+                    out.refused += 1;
+                } else {
+                    out.acked += 1;
+                }
+                last_ack = Instant::now();
+            }
+        }
+        while !exhausted && out.published - out.acked - out.refused < window {
+            let k = job.next.fetch_add(1, Ordering::Relaxed);
+            if k >= args.messages {
+                exhausted = true;
+                break;
+            }
+            let j = k % sessions;
+            pid = pid.wrapping_add(1).max(1);
+            c.queue(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: job.topics[j as usize].clone(),
+                packet_id: Some(pid),
+                properties: None,
+                payload: payload(j as u32, k / sessions, unix_ns(), args.size),
+            }));
+            out.published += 1;
+            job.progress.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        c.flush().await?;
+        if exhausted && out.published == out.acked + out.refused {
+            break;
+        }
+        anyhow::ensure!(
+            last_ack.elapsed() < Duration::from_secs(10),
+            "no PUBACK for 10 s"
+        );
+        let tick = monoio::time::sleep(Duration::from_millis(100));
+        monoio::select! {
+            _ = tick => {}
+            r = c.readable() => {
+                r?;
+                anyhow::ensure!(c.fill()?, "closed by broker");
+            }
+        }
+    }
+    leave(c).await;
+    job.progress.up.fetch_sub(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn drain(t: usize, job: Arc<Job>) -> Out {
+    let j2 = job.clone();
+    per_session(t, &j2, move |j, out| {
+        let job = job.clone();
+        async move {
+            if let Err(e) = drain_one(j, &job, &out).await {
+                out.borrow_mut().fail("drain", e);
+            }
+        }
+    })
+    .await
+}
+
+/// Reconnects session `j` and takes its messages until it has them all or none comes for
+/// `--quiet` seconds.
+async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()> {
+    let mut c = job.open(job.subscriber_id(j), job.session(), j).await?;
+    if !c.session_present {
+        // The broker kept nothing for this session: its messages are lost.
+        leave(c).await;
+        return Ok(());
+    }
+    out.borrow_mut().resumed += 1;
+    job.progress.up.fetch_add(1, Ordering::Relaxed);
+    let mut tally = Tally::new(expected(j, job.args.sessions, job.args.messages));
+    let quiet = Duration::from_secs_f64(job.args.quiet);
+    while !tally.complete() {
+        while let Some(p) = c.try_next()? {
+            let p = match p {
+                Packet::Publish(p) => p,
+                Packet::PubRel(r) => {
+                    c.queue(&Packet::PubComp(PubResp::new(
+                        r.packet_id,
+                        ReasonCode::Success,
+                    )));
+                    continue;
+                }
+                _ => continue,
+            };
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    c.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    c.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
+                }
+                _ => {}
+            }
+            let seen = match Header::read(&p.payload) {
+                Some(h) if h.id as usize == j => tally.record(h.seq),
+                _ => Seen::Stray,
+            };
+            let mut o = out.borrow_mut();
+            match seen {
+                Seen::New => {
+                    o.drained += 1;
+                    o.last_rx_ns = unix_ns();
+                    job.progress.received.fetch_add(1, Ordering::Relaxed);
+                }
+                Seen::Again => o.duplicated += 1,
+                Seen::Stray => o.stray += 1,
+            }
+        }
+        c.flush().await?;
+        if tally.complete() {
+            break;
+        }
+        match monoio::time::timeout(quiet, c.readable()).await {
+            Err(_) => break,
+            Ok(r) => {
+                r?;
+                anyhow::ensure!(c.fill()?, "closed by broker");
+            }
+        }
+    }
+    job.progress.up.fetch_sub(1, Ordering::Relaxed);
+    leave(c).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_goes_to_exactly_one_session() {
+        for (sessions, messages) in [(1, 0), (1, 5), (3, 10), (7, 3), (10, 100)] {
+            let mut counts = vec![0u64; sessions];
+            for k in 0..messages {
+                counts[(k % sessions as u64) as usize] += 1;
+            }
+            let want: Vec<u64> = (0..sessions)
+                .map(|j| expected(j, sessions, messages))
+                .collect();
+            assert_eq!(counts, want, "{sessions} sessions, {messages} messages");
+        }
+    }
+
+    #[test]
+    fn a_tally_counts_each_message_once_and_knows_strays() {
+        let mut t = Tally::new(130);
+        assert!(!t.complete());
+        assert_eq!(t.record(0), Seen::New);
+        assert_eq!(t.record(0), Seen::Again);
+        assert_eq!(t.record(129), Seen::New);
+        assert_eq!(t.record(130), Seen::Stray);
+        for n in 1..129 {
+            assert_eq!(t.record(n), Seen::New);
+        }
+        assert!(t.complete());
+        assert_eq!(t.distinct, 130);
+        assert!(Tally::new(0).complete());
+    }
+
+    #[test]
+    fn shortfalls_name_what_is_missing() {
+        let full = QueueReport {
+            messages: 10,
+            published: 10,
+            acked: 10,
+            drained_phase: true,
+            drained: 10,
+            ..QueueReport::default()
+        };
+        assert_eq!(full.shortfall(), None);
+        let unacked = QueueReport { acked: 9, ..full };
+        assert!(unacked.shortfall().is_some_and(|s| s.contains("9 of 10")));
+        let lost = QueueReport {
+            acked: 10,
+            drained: 7,
+            lost: 3,
+            ..unacked
+        };
+        assert!(lost.shortfall().is_some_and(|s| s.contains("lost 3")));
+    }
+}

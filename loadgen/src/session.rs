@@ -1,0 +1,117 @@
+//! Persistent sessions: the client ids a run's sessions go by and how long they outlive their
+//! connections. A session the broker keeps is found again by its client id, so ids carry a
+//! prefix: a new random one per run (a run never resumes another's sessions, nor reads their
+//! messages), or the user's, so that a rerun resumes the sessions the last one left.
+
+use std::hash::{BuildHasher, Hasher};
+
+use clap::Args;
+use ringmq::codec::{Connect, Properties, Protocol};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct SessionArgs {
+    /// Session expiry v5 clients with persistent sessions ask for, in seconds (v3 clients
+    /// get the broker's own).
+    #[arg(long, default_value_t = 3600)]
+    pub session_expiry: u32,
+    /// Client ids are PREFIX-s-N (subscribers), PREFIX-p-N (publishers). Default with
+    /// persistent sessions: lg-RANDOM, new each run, whose sessions stay behind on the broker
+    /// until they expire; pass one to resume the same sessions on a rerun instead.
+    #[arg(long)]
+    pub client_prefix: Option<String>,
+}
+
+impl SessionArgs {
+    /// The prefix of this run's client ids: the user's or the one `for_this_run` fixed, else
+    /// `lg` (clean sessions, which nothing resumes).
+    pub fn prefix(&self) -> &str {
+        self.client_prefix.as_deref().unwrap_or("lg")
+    }
+
+    /// Fixes a new random prefix for this run, unless the user gave one. Called once per run
+    /// before its clients are spread over processes, which must all use the same.
+    pub fn for_this_run(&self) -> SessionArgs {
+        SessionArgs {
+            client_prefix: Some(
+                self.client_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("lg-{:08x}", random_u32())),
+            ),
+            ..self.clone()
+        }
+    }
+}
+
+/// 32 random bits from the standard library's per-process random hash keys.
+fn random_u32() -> u32 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::report::unix_ns());
+    h.finish() as u32
+}
+
+/// Whether a client's session outlives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// Clean session (v3) / clean start (v5): a new session that ends with the connection.
+    Clean,
+    /// Resumes the session of its client id if the broker has one; v5 clients ask for
+    /// `expiry_secs` (none when 0: the session then ends with the connection).
+    Kept { expiry_secs: u32 },
+}
+
+impl Session {
+    /// The CONNECT a client opening this session sends.
+    pub fn connect(self, protocol: Protocol, client_id: &str, keep_alive: u16) -> Connect {
+        let mut c = Connect::new(protocol, client_id, self == Session::Clean, keep_alive);
+        if let (Session::Kept { expiry_secs }, Protocol::V5) = (self, protocol) {
+            if expiry_secs > 0 {
+                c.properties = Some(Box::new(Properties {
+                    session_expiry_interval: Some(expiry_secs),
+                    ..Properties::default()
+                }));
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_without_a_prefix_gets_its_own_and_a_given_one_is_kept() {
+        let none = SessionArgs {
+            session_expiry: 60,
+            client_prefix: None,
+        };
+        assert_eq!(none.prefix(), "lg");
+        let (a, b) = (none.for_this_run(), none.for_this_run());
+        assert!(a.prefix().starts_with("lg-") && a.prefix().len() == 11);
+        assert_ne!(a.prefix(), b.prefix(), "each run its own sessions");
+        assert_eq!(a.for_this_run().prefix(), a.prefix(), "fixed once per run");
+        let given = SessionArgs {
+            client_prefix: Some("dur".into()),
+            ..none
+        };
+        assert_eq!(given.for_this_run().prefix(), "dur");
+    }
+
+    #[test]
+    fn kept_sessions_clear_clean_start_and_v5_asks_for_the_expiry() {
+        let kept = Session::Kept { expiry_secs: 3600 };
+        let v5 = kept.connect(Protocol::V5, "c", 60);
+        assert!(!v5.clean_start);
+        assert_eq!(
+            v5.properties.and_then(|p| p.session_expiry_interval),
+            Some(3600)
+        );
+        let v3 = kept.connect(Protocol::V311, "c", 60);
+        assert!(!v3.clean_start && v3.properties.is_none());
+        let clean = Session::Clean.connect(Protocol::V5, "c", 60);
+        assert!(clean.clean_start && clean.properties.is_none());
+        let no_expiry = Session::Kept { expiry_secs: 0 }.connect(Protocol::V5, "c", 60);
+        assert!(!no_expiry.clean_start && no_expiry.properties.is_none());
+    }
+}
