@@ -135,13 +135,35 @@ enum Ks {
     Meta,
 }
 
-/// A group of batches folded: the last value (or removal) of each key.
+/// A group of batches folded: the last value (or removal) of each key. A delivery put and
+/// deleted within the group (sent, acknowledged) never reaches the disk: its key is new (a
+/// session's sequence numbers only grow), so there is nothing older to delete.
 #[derive(Default)]
-pub(super) struct Folded(BTreeMap<(Ks, Vec<u8>), Option<Vec<u8>>>);
+pub(super) struct Folded(
+    BTreeMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    ahash::AHashSet<Vec<u8>>,
+);
 
 impl Folded {
     fn set(&mut self, ks: Ks, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.0.insert((ks, key), value);
+    }
+
+    /// A delivery created in this group.
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.1.insert(key.clone());
+        self.set(Ks::Queue, key, Some(value));
+    }
+
+    /// A delivery done with: forgotten if created in this group, else removed.
+    fn del(&mut self, key: Vec<u8>) {
+        if self.1.remove(&key) {
+            self.0.remove(&(Ks::Flight, key.clone()));
+            self.0.remove(&(Ks::Queue, key));
+        } else {
+            self.set(Ks::Flight, key.clone(), None);
+            self.set(Ks::Queue, key, None);
+        }
     }
 }
 
@@ -284,8 +306,7 @@ pub(super) fn fold(store: &Store, f: &mut Folded, op: &Op) {
                         .map(|k| k.to_vec()),
                 );
                 for k in keys {
-                    f.set(Ks::Flight, k.clone(), None);
-                    f.set(Ks::Queue, k, None);
+                    f.del(k);
                 }
             }
             Op::Retain(m) => {
@@ -306,7 +327,7 @@ fn fold_delivery(f: &mut Folded, client_id: &str, epoch: u64, op: &DeliveryOp) {
             DeliveryOp::Put { seq, delivery, pid } => {
                 let now = Instant::now();
                 let v = StoredDelivery::of(delivery, now, record::wall_now());
-                f.set(Ks::Queue, key(*seq), Some(record::encode(&v)));
+                f.put(key(*seq), record::encode(&v));
                 if let Some(pid) = pid {
                     f.set(Ks::Flight, key(*seq), flight(*pid, false));
                 }
@@ -315,10 +336,7 @@ fn fold_delivery(f: &mut Folded, client_id: &str, epoch: u64, op: &DeliveryOp) {
             DeliveryOp::Released { seq, pid } => {
                 f.set(Ks::Flight, key(*seq), flight(*pid, true));
             }
-            DeliveryOp::Del { seq } => {
-                f.set(Ks::Queue, key(*seq), None);
-                f.set(Ks::Flight, key(*seq), None);
-            }
+            DeliveryOp::Del { seq } => f.del(key(*seq)),
         }
     }
 }
