@@ -1,0 +1,182 @@
+"""Turns bench/durable.sh's raw results into bench/report/durable.{json,md} and prints the tables.
+
+Messages per broker CPU-second are compared (crash/off, ringmq crash/Mosquitto): the machine is
+shared and noisy, and an interleaved run gives every broker the same noise. A figure a broker
+does not give (the store's metrics before the store exists, a run that failed) is None in the
+JSON and "n/a" in the tables. Exits 1 when ringmq lost an acknowledged message: in any part
+while online, and across kill -9 once it knows [durability]; or when a part gave no result."""
+import json
+import pathlib
+import sys
+
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+mode, durability, reps = sys.argv[3], sys.argv[4], int(sys.argv[5])
+queue_sessions, queue_msgs, rec_sessions, rec_msgs = map(int, sys.argv[6:10])
+missing = []
+
+
+def load(name):
+    """A loadgen JSON result, or None when its run gave none: noted, with the end of what it
+    said on stderr (the work dir goes when the script ends)."""
+    try:
+        return json.loads((work / name).read_text())
+    except (OSError, ValueError):
+        try:
+            said = (work / name).with_suffix(".err").read_text().strip().splitlines()[-3:]
+        except OSError:
+            said = []
+        missing.append(" / ".join([name] + said))
+        return None
+
+
+def prom(name):
+    """The unlabelled samples of a Prometheus text file (empty when the broker has none)."""
+    found = {}
+    try:
+        text = (work / name).read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
+            try:
+                found[parts[0]] = float(parts[1])
+            except ValueError:
+                pass
+    return found
+
+
+def number(name):
+    try:
+        return float((work / name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def pairs():
+    rows = {r["broker"]: r for r in (load("pairs.json") or [])}
+    got = {
+        name: {k: rows[name][k] for k in ["rate", "efficiency", "p99_us", "lost", "duplicated"]}
+        for name in ["off", "crash", "mosquitto"] if name in rows
+    }
+    eff = lambda n: got.get(n, {}).get("efficiency")
+    return {
+        "brokers": got,
+        "crash_over_off": ratio(eff("crash"), eff("off")),
+        "crash_over_mosquitto": ratio(eff("crash"), eff("mosquitto")),
+    }
+
+
+def queue(name):
+    r = load(f"queue-{name}.json")
+    if r is None:
+        return None
+    keys = ["acked", "fill_rate", "fill_per_cpu_sec", "drained", "lost", "duplicated",
+            "drain_rate", "drain_per_cpu_sec", "failures"]
+    return {k: r[k] for k in keys}
+
+
+def restart(name):
+    fill, drain = load(f"rec-{name}-fill.json"), load(f"rec-{name}-drain.json")
+    before, after = prom(f"rec-{name}-before.prom"), prom(f"rec-{name}-after.prom")
+    du = number(f"rec-{name}-du")
+    acked = fill["acked"] if fill else None
+    return {
+        "acked": acked,
+        "fill_rate": fill["fill_rate"] if fill else None,
+        "data_dir_bytes": du,
+        "bytes_per_message": ratio(du, acked),
+        "store_disk_bytes": before.get("ringmq_store_disk_bytes"),
+        "launch_to_connack_secs": number(f"rec-{name}-up"),
+        "restore_seconds": after.get("ringmq_store_restore_seconds"),
+        "restored_sessions": after.get("ringmq_store_restored_sessions"),
+        "restored_messages": after.get("ringmq_store_restored_messages"),
+        "sessions_after": after.get("ringmq_sessions"),
+        "resumed": drain["resumed"] if drain else None,
+        "recovered": drain["drained"] if drain else None,
+        "lost": drain["lost"] if drain else None,
+        "duplicated": drain["duplicated"] if drain else None,
+    }
+
+
+report = {
+    "mode": mode,
+    "durability": durability,
+    "reps": reps,
+    "pairs": pairs(),
+    "queue": {"sessions": queue_sessions, "messages": queue_msgs,
+              "brokers": {n: queue(n) for n in ["off", "crash", "mosquitto"]}},
+    "restart": {"sessions": rec_sessions, "messages": rec_msgs,
+                "brokers": {n: restart(n) for n in ["ringmq", "mosquitto"]}},
+}
+out.mkdir(parents=True, exist_ok=True)
+(out / "durable.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def f(v, fmt="{:,.0f}"):
+    return "n/a" if v is None else fmt.format(v)
+
+
+names = {"off": "ringmq off", "crash": "ringmq crash", "mosquitto": "Mosquitto persistent",
+         "ringmq": "ringmq crash"}
+note = ("" if durability == "known" else
+        " (ringmq does not know [durability] yet: its rows ran the broker as it is)")
+p = report["pairs"]
+lines = [
+    "# Durable state: ringmq off / crash, Mosquitto persistence true", "",
+    f"mode: {mode}; medians of {reps} interleaved runs{note}", "",
+    "## 20 QoS 1 pairs, persistent sessions, 16 in flight", "",
+    "| broker | msg/s | msg per broker CPU-s | p99 ms | lost | duplicated |",
+    "|---|---|---|---|---|---|",
+]
+for n, r in p["brokers"].items():
+    lines.append(f"| {names[n]} | {f(r['rate'])} | {f(r['efficiency'])} | "
+                 f"{r['p99_us'] / 1000:.2f} | {r['lost']} | {r['duplicated']} |")
+lines += ["", f"crash/off: {f(p['crash_over_off'], '{:.2f}x')}; "
+              f"ringmq crash/Mosquitto: {f(p['crash_over_mosquitto'], '{:.2f}x')} "
+              "(messages per broker CPU-second)", "",
+          f"## Offline queues: {queue_msgs:,} QoS 1 messages into {queue_sessions:,} sessions, "
+          "then drained", "",
+          "| broker | fill msg/s | fill msg/CPU-s | drain msg/s | drain msg/CPU-s | drained | lost | duplicated |",
+          "|---|---|---|---|---|---|---|---|"]
+for n, r in report["queue"]["brokers"].items():
+    if r is None:
+        lines.append(f"| {names[n]} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+        continue
+    lines.append(f"| {names[n]} | {f(r['fill_rate'])} | {f(r['fill_per_cpu_sec'])} | "
+                 f"{f(r['drain_rate'])} | {f(r['drain_per_cpu_sec'])} | {f(r['drained'])} | "
+                 f"{f(r['lost'])} | {f(r['duplicated'])} |")
+lines += ["", f"## kill -9 with {rec_msgs:,} messages queued for {rec_sessions:,} sessions, "
+              "restart on the same data dir", "",
+          "| broker | acked | data dir B/msg | store disk bytes | launch to CONNACK s | "
+          "restore s | restored sessions | restored messages | sessions resumed | "
+          "messages recovered | lost |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+for n, r in report["restart"]["brokers"].items():
+    lines.append(
+        f"| {names[n]} | {f(r['acked'])} | {f(r['bytes_per_message'], '{:.1f}')} | "
+        f"{f(r['store_disk_bytes'])} | {f(r['launch_to_connack_secs'], '{:.2f}')} | "
+        f"{f(r['restore_seconds'], '{:.3f}')} | {f(r['restored_sessions'])} | "
+        f"{f(r['restored_messages'])} | {f(r['resumed'])} | {f(r['recovered'])} | "
+        f"{f(r['lost'])} |")
+(out / "durable.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+failed = [f"no result: {m}" for m in missing]
+for n in ["off", "crash"]:
+    r = p["brokers"].get(n)
+    if r and r["lost"]:
+        failed.append(f"pairs, ringmq {n}: lost {r['lost']}")
+    q = report["queue"]["brokers"][n]
+    if q and q["lost"]:
+        failed.append(f"offline queue, ringmq {n}: lost {q['lost']} of {queue_msgs}")
+rec = report["restart"]["brokers"]["ringmq"]
+if durability == "known" and rec["lost"]:
+    failed.append(f"kill -9, ringmq crash: lost {rec['lost']} of {rec['acked']} acknowledged")
+if failed:
+    print("FAILED:\n  " + "\n  ".join(failed))
+    sys.exit(1)
