@@ -73,9 +73,9 @@ fn payloads(prefix: &str, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn acknowledged_messages_survive_kill_9(shards: usize) {
+fn acknowledged_messages_survive_kill_9(shards: usize, toml: &str) {
     const N: usize = 300;
-    let b = Broker::with_toml(shards, BASE);
+    let b = Broker::with_toml(shards, toml);
     let (mut q1, _) = Raw::connect(b.port, Protocol::V311, "q1-sub", false);
     q1.subscribe("d/q1/#", QoS::AtLeastOnce);
     q1.disconnect();
@@ -129,12 +129,33 @@ fn acknowledged_messages_survive_kill_9(shards: usize) {
 
 #[test]
 fn acknowledged_messages_survive_kill_9_on_one_shard() {
-    acknowledged_messages_survive_kill_9(1);
+    acknowledged_messages_survive_kill_9(1, BASE);
 }
 
 #[test]
 fn acknowledged_messages_survive_kill_9_on_four_shards() {
-    acknowledged_messages_survive_kill_9(4);
+    acknowledged_messages_survive_kill_9(4, BASE);
+}
+
+/// `power` mode: each acknowledgement waits for the journal's fsync.
+#[test]
+fn acknowledged_messages_survive_kill_9_in_power_mode() {
+    let toml = format!("{BASE}[durability]\nmode = \"power\"\n");
+    acknowledged_messages_survive_kill_9(2, &toml);
+    let b = Broker::with_toml(1, &toml);
+    let (mut s, _) = Raw::connect(b.port, Protocol::V311, "p-sub", false);
+    s.subscribe("p/#", QoS::AtLeastOnce);
+    s.disconnect();
+    let (mut p, _) = Raw::connect(b.port, Protocol::V311, "p-pub", true);
+    let before = b.metric("ringmq_store_syncs_total").unwrap_or(0.0);
+    for i in 0..20u16 {
+        p.publish_acked("p/x", b"synced", QoS::AtLeastOnce, i + 1);
+    }
+    let after = b.metric("ringmq_store_syncs_total").unwrap_or(0.0);
+    assert!(
+        after - before >= 20.0,
+        "one fsync per acknowledged batch: {before} -> {after}"
+    );
 }
 
 /// A subscriber that acknowledged everything gets nothing again after a crash, and a cleared
