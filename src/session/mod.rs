@@ -185,6 +185,11 @@ impl Session {
     /// every id in flight, the queue's bytes and QoS 0 messages.
     pub fn after_restore(&mut self) {
         self.next_pid = self.inflight.keys().next_back().copied().unwrap_or(0);
+        self.recount_queue();
+    }
+
+    /// Recounts the queue's payload bytes and QoS 0 messages after it changed in bulk.
+    fn recount_queue(&mut self) {
         self.queued_bytes = self.queue.iter().map(|d| d.msg.payload.len()).sum();
         self.queued_qos0 = self
             .queue
@@ -417,12 +422,7 @@ impl Session {
             }
             true
         });
-        self.queued_bytes = self.queue.iter().map(|d| d.msg.payload.len()).sum();
-        self.queued_qos0 = self
-            .queue
-            .iter()
-            .filter(|d| d.qos == QoS::AtMostOnce)
-            .count();
+        self.recount_queue();
         for d in &out {
             self.log_del(d.seq);
         }
