@@ -165,9 +165,9 @@ impl Durable {
             publishing: None,
             next_token: 0,
             next_ack: 0,
-            // Epochs differ between runs too: a session that ends and starts again after a
-            // restart must not meet its old records.
-            next_epoch: crate::store::record::wall_now() << 8 | shard as u64,
+            // Epochs differ between runs and between shards: a session that ends and starts
+            // again (after a restart, on another shard) must not meet its old records.
+            next_epoch: crate::store::record::wall_now() << 16 | (shard as u64 & 0xffff),
         }
     }
 
@@ -178,7 +178,7 @@ impl Durable {
 
     /// A new epoch for a session that starts being stored.
     pub fn epoch(&mut self) -> u64 {
-        self.next_epoch += 1 << 8;
+        self.next_epoch += 1 << 16;
         self.next_epoch
     }
 
@@ -303,12 +303,9 @@ impl Durable {
         })
     }
 
-    /// Another shard confirmed (or failed) its part of a publish.
-    pub fn confirmed(&mut self, token: u64, stored: bool, out: &mut Vec<Done>) {
-        self.settle(token, stored, out);
-    }
-
-    fn settle(&mut self, token: u64, stored: bool, out: &mut Vec<Done>) {
+    /// One part of a publish waiting for other shards is decided: another shard's answer, or
+    /// this shard's own ticket.
+    pub fn settle(&mut self, token: u64, stored: bool, out: &mut Vec<Done>) {
         let Some(p) = self.pending.get_mut(&token) else {
             return;
         };
@@ -324,13 +321,12 @@ impl Durable {
     /// Sends the open batch to the storage thread (at the end of a tick, and before a session
     /// moves to another shard, so the store hears its changes in order).
     pub fn flush(&mut self) {
+        if !self.flush_due() {
+            return;
+        }
         let Some(link) = &self.link else {
             return;
         };
-        let has_deferred = self.deferred.back().is_some_and(|(t, _)| *t == self.ticket);
-        if self.open.is_empty() && !has_deferred {
-            return;
-        }
         let ops = std::mem::take(&mut self.open);
         let ticket = self.ticket;
         self.ticket += 1;
@@ -343,7 +339,8 @@ impl Durable {
         }
     }
 
-    /// Whether the open batch has anything to send.
+    /// Whether the open batch has anything to send: changes, or acknowledgements waiting for
+    /// its ticket.
     pub fn flush_due(&self) -> bool {
         !self.open.is_empty() || self.deferred.back().is_some_and(|(t, _)| *t == self.ticket)
     }
@@ -358,8 +355,8 @@ impl Durable {
         if let Some(link) = &self.link {
             link.take(&mut self.results);
         }
-        let results = std::mem::take(&mut self.results);
-        for (ticket, stored) in results {
+        let mut results = std::mem::take(&mut self.results);
+        for &(ticket, stored) in &results {
             while let Some((t, _)) = self.deferred.front() {
                 if *t > ticket {
                     break;
@@ -380,6 +377,8 @@ impl Durable {
                 }
             }
         }
+        results.clear();
+        self.results = results;
     }
 
     /// Stops journaling (at shutdown, once the last batch is sent): the storage thread ends
@@ -392,22 +391,18 @@ impl Durable {
 
 /// Marks an acknowledgement decided and sends what its connection's queue now allows.
 fn decide(ack: AckRef, stored: bool, out: &mut Vec<Done>) {
-    let mut ready = Vec::new();
-    {
-        let mut extras = ack.link.extras();
-        if let Some(slot) = extras.acks.iter_mut().find(|s| s.id == ack.id) {
-            slot.stored = Some(stored);
-        }
-        while extras.acks.front().is_some_and(|s| s.stored.is_some()) {
-            ready.extend(extras.acks.pop_front());
-        }
+    let mut extras = ack.link.extras();
+    if let Some(slot) = extras.acks.iter_mut().find(|s| s.id == ack.id) {
+        slot.stored = Some(stored);
     }
-    for s in ready {
-        out.push(Done::Ack {
-            link: ack.link.clone(),
-            ack: s.ack,
-            stored: s.stored.unwrap_or(false),
-        });
+    while let Some(stored) = extras.acks.front().and_then(|s| s.stored) {
+        if let Some(s) = extras.acks.pop_front() {
+            out.push(Done::Ack {
+                link: ack.link.clone(),
+                ack: s.ack,
+                stored,
+            });
+        }
     }
 }
 

@@ -227,12 +227,12 @@ impl Shard {
         key: usize,
         f: impl FnOnce(&mut crate::session::Session) -> R,
     ) -> Option<R> {
-        let r = self
-            .sessions
-            .get_mut(key)
-            .map(|slot: &mut SessionSlot| f(&mut slot.session));
-        self.touch(key);
-        r
+        let slot: &mut SessionSlot = self.sessions.get_mut(key)?;
+        let r = f(&mut slot.session);
+        if slot.session.stored.is_some() {
+            self.touch(key);
+        }
+        Some(r)
     }
 
     fn on_publish(
@@ -327,16 +327,25 @@ impl Shard {
             return Ok(());
         };
         let session = &mut slot.session;
+        let a = ack(ReasonCode::Success);
+        if a.is_some() {
+            self.durable.begin();
+        }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             if session.inbound_qos2.len() >= usize::from(receive_max) {
+                self.durable.end();
                 return Err(Close::new(
                     ReasonCode::ReceiveMaximumExceeded,
                     "too many unreleased QoS 2 messages",
                 ));
             }
             session.inbound_qos2.push(id);
-            session.meta_changed();
-            self.touch(key);
+            if session.stored.is_some() {
+                // The id is part of what the PUBREC promises.
+                session.meta_changed();
+                self.durable.produced();
+                self.touch(key);
+            }
         }
         let msg = Message::new(
             topic,
@@ -348,18 +357,11 @@ impl Shard {
             now,
         );
         self.stats.msgs_in[p.qos as usize].inc();
-        let Some(a) = ack(ReasonCode::Success) else {
-            self.publish_message(Arc::new(msg));
-            return Ok(());
-        };
-        self.durable.begin();
         self.publish_message(Arc::new(msg));
-        // A QoS 2 id recorded above makes this session's record part of what must be stored.
-        let wait = match self.durable.end() {
-            Wait::Now if a.kind == AckKind::Rec && self.is_stored(key) => Wait::Ticket,
-            w => w,
-        };
-        self.durable.enqueue_ack(link, a, wait);
+        if let Some(a) = a {
+            let wait = self.durable.end();
+            self.durable.enqueue_ack(link, a, wait);
+        }
         Ok(())
     }
 

@@ -239,11 +239,7 @@ impl Shard {
                 self.deliver_shared_local(&group, msg);
                 self.confirm_stored(confirm, before);
             }
-            XMsg::Stored { token, stored } => {
-                let mut done = Vec::new();
-                self.durable.confirmed(token, stored, &mut done);
-                self.carry_out(done);
-            }
+            XMsg::Stored { token, stored } => self.stored_elsewhere(token, stored),
             XMsg::Retain(m) => {
                 self.retained.set(m);
                 self.stats.retained.set(self.retained.len() as i64);

@@ -39,13 +39,16 @@ impl Shard {
             let token = slot.token;
             if let Some(at) = r.expires_at {
                 slot.set_expires_at(at);
-                self.sessions.schedule(at, TimerKind::Expiry, key, token);
             }
-            if let Some(at) = r.will_at {
-                if let Some(slot) = self.sessions.get_mut(key) {
-                    slot.set_will_at(Some(at));
+            slot.set_will_at(r.will_at);
+            let timers = [
+                (r.expires_at, TimerKind::Expiry),
+                (r.will_at, TimerKind::Will),
+            ];
+            for (at, kind) in timers {
+                if let Some(at) = at {
+                    self.sessions.schedule(at, kind, key, token);
                 }
-                self.sessions.schedule(at, TimerKind::Will, key, token);
             }
             self.touch(key);
         }
@@ -70,13 +73,6 @@ impl Shard {
         if self.sessions.touch(key) {
             self.mesh.wake_pump();
         }
-    }
-
-    /// Whether the session in `key` is kept in the store.
-    pub(super) fn is_stored(&self, key: usize) -> bool {
-        self.sessions
-            .get(key)
-            .is_some_and(|s| s.session.stored.is_some())
     }
 
     /// A session that starts being kept in the store (persistent, journaled store).
@@ -120,12 +116,10 @@ impl Shard {
 
     /// Collects every touched session's changes and sends the batch to the storage thread.
     pub(super) fn flush_store(&mut self) {
-        for key in self.sessions.take_dirty() {
-            if let Some(slot) = self.sessions.get_mut(key) {
-                let (connected, deadlines) = (slot.link.is_some(), slot.deadlines());
-                self.durable
-                    .collect(&mut slot.session, connected, deadlines);
-            }
+        while let Some(slot) = self.sessions.pop_dirty() {
+            let (connected, deadlines) = (slot.link.is_some(), slot.deadlines());
+            self.durable
+                .collect(&mut slot.session, connected, deadlines);
         }
         self.durable.flush();
     }
@@ -144,23 +138,32 @@ impl Shard {
         let created = self.durable.produced_count() > produced_before;
         let (shard, from) = ((token >> 48) as usize, self.id);
         debug_assert_ne!(shard, from, "a shard confirms only others' publishes");
-        if let Some(done) = self.durable.reply_when_stored(shard, token, created) {
-            self.carry_out(vec![done]);
-        } else {
-            self.mesh.wake_pump();
+        match self.durable.reply_when_stored(shard, token, created) {
+            Some(done) => self.carry_out(done),
+            None => self.mesh.wake_pump(),
         }
+    }
+
+    /// Another shard confirmed (or failed) its part of a publish of this shard's.
+    pub(super) fn stored_elsewhere(&mut self, token: u64, stored: bool) {
+        let mut done = Vec::new();
+        self.durable.settle(token, stored, &mut done);
+        done.into_iter().for_each(|d| self.carry_out(d));
     }
 
     /// Carries out what the store's answers release: acknowledgements (refusals for what it
     /// could not keep) and answers to other shards.
     pub(super) fn store_answered(&mut self) {
+        if !self.durable.answered() {
+            return;
+        }
         let mut done = Vec::new();
         self.durable.take_done(&mut done);
-        self.carry_out(done);
+        done.into_iter().for_each(|d| self.carry_out(d));
     }
 
-    pub(super) fn carry_out(&mut self, done: Vec<Done>) {
-        for d in done {
+    fn carry_out(&mut self, d: Done) {
+        {
             match d {
                 Done::Ack { link, ack, stored } => {
                     if !stored && ack.kind == AckKind::Rec {

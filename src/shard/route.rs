@@ -112,7 +112,7 @@ impl Shard {
         let (shards, groups) = self.router.targets(&msg.topic);
         for shard in shards.iter() {
             if shard != self.id {
-                let confirm = self.confirm_for(&msg);
+                let confirm = self.durable.confirm();
                 self.send(
                     shard,
                     XMsg::Publish {
@@ -137,7 +137,7 @@ impl Shard {
         if shard == self.id {
             self.deliver_shared_local(&group, msg);
         } else {
-            let confirm = self.confirm_for(&msg);
+            let confirm = self.durable.confirm();
             self.send(
                 shard,
                 XMsg::Shared {
@@ -217,15 +217,6 @@ impl Shard {
         self.router.recycle(hits);
     }
 
-    /// A confirmation token for a copy of `msg` going to another shard, when its publisher
-    /// waits to acknowledge it (QoS 1/2, journaled store).
-    fn confirm_for(&mut self, msg: &Message) -> Option<u64> {
-        if msg.qos == QoS::AtMostOnce {
-            return None;
-        }
-        self.durable.confirm()
-    }
-
     /// Hands one delivery to a session: written now, queued, or dropped (and counted).
     pub(super) fn deliver_to(&mut self, key: usize, d: Delivery, now: Instant) {
         let limit = self.cfg.mqtt.max_outbound_bytes;
@@ -259,7 +250,9 @@ impl Shard {
             }
             Admit::Dropped => self.stats.dropped(DropReason::QueueFull),
         }
-        self.touch(key);
+        if stored {
+            self.touch(key);
+        }
     }
 
     /// Moves queued messages into the window while the connection has room.
@@ -278,7 +271,9 @@ impl Shard {
             let written = write_publish(&mut slot.session, &link, pid, &d, false);
             self.stats.count_sent(written, d.qos);
         }
-        self.touch(key);
+        if slot.session.stored.is_some() {
+            self.touch(key);
+        }
     }
 
     /// Gives a leaving session's unacknowledged shared-subscription messages to other members.

@@ -114,16 +114,17 @@ impl SessionTable {
         !self.dirty.is_empty()
     }
 
-    /// Takes the dirty list; each slot is unlisted (a key whose slot was reused meanwhile
-    /// yields whatever that slot's log holds, which is collected just the same).
-    pub fn take_dirty(&mut self) -> Vec<usize> {
-        let keys = std::mem::take(&mut self.dirty);
-        for k in &keys {
-            if let Some(slot) = self.slots.get_mut(*k) {
+    /// The next listed slot, unlisted (a key whose slot was reused meanwhile yields that
+    /// slot, whose log is collected just the same; one whose slot is gone is skipped).
+    pub fn pop_dirty(&mut self) -> Option<&mut SessionSlot> {
+        while let Some(key) = self.dirty.pop() {
+            if self.slots.get(key).is_some_and(|s| s.listed) {
+                let slot = self.slots.get_mut(key)?;
                 slot.listed = false;
+                return Some(slot);
             }
         }
-        keys
+        None
     }
 
     pub fn iter(&self) -> slab::Iter<'_, SessionSlot> {

@@ -167,8 +167,6 @@ impl Store {
                 None => gone.remove(&self.flight, k),
             }
         }
-        let mut messages = 0;
-        let mut last_seq: AHashMap<ByteString, u64> = AHashMap::new();
         for kv in self.queue.iter() {
             let (k, v) = kv.into_inner().map_err(io)?;
             let owner = record::parse_delivery_key(&k).and_then(|(id, epoch, seq)| {
@@ -179,14 +177,13 @@ impl Store {
             });
             let restored = owner.and_then(|(s, seq)| {
                 let d = record::decode::<StoredDelivery>(&v)?.delivery(seq, now, wall)?;
-                Some((s, seq, d))
+                Some((s, d))
             });
-            let Some((s, seq, d)) = restored else {
+            let Some((s, d)) = restored else {
                 gone.remove(&self.queue, k.clone());
                 gone.remove(&self.flight, k);
                 continue;
             };
-            messages += 1;
             match flights.get(&k[..]) {
                 Some(f) => {
                     let state = if f.released {
@@ -198,10 +195,9 @@ impl Store {
                 }
                 None => s.queue.push_back(d),
             }
-            let id = s.client_id.clone();
-            last_seq.insert(id, seq);
         }
         let mut sessions = Vec::with_capacity(by_id.len());
+        let mut messages = 0;
         for (id, (rec, mut session)) in by_id {
             let offline_since = if rec.connected { alive } else { wall };
             let expiry_wall = match rec.expires_at {
@@ -216,7 +212,6 @@ impl Store {
                     gone.remove(&self.flight, k.clone());
                     gone.remove(&self.queue, k);
                 }
-                messages -= session.queue.len() + session.inflight.len();
                 continue;
             }
             let will_wall = match (rec.will_at, &rec.will, rec.connected) {
@@ -225,8 +220,14 @@ impl Store {
                 _ => None,
             };
             session.after_restore();
+            messages += session.queue.len() + session.inflight.len();
+            let seqs = session.queue.iter().map(|d| d.seq);
+            let last_seq = seqs
+                .chain(session.inflight.values().map(|f| f.delivery.seq))
+                .max()
+                .unwrap_or(0);
             sessions.push(RestoredSession {
-                last_seq: last_seq.get(&id).copied().unwrap_or(0),
+                last_seq,
                 session,
                 epoch: rec.epoch,
                 expires_at: expiry_wall.map(|t| record::from_wall(t, now, wall)),
