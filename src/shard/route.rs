@@ -123,14 +123,15 @@ impl Shard {
             }
         }
         self.deliver_local(&msg);
-        for group in groups {
-            self.dispatch_shared(group, msg.clone());
+        for (group, shard) in groups {
+            self.dispatch_shared(group, shard, msg.clone());
         }
     }
 
-    /// Sends a message to the shared group's next shard (round robin over shards with members).
-    fn dispatch_shared(&mut self, group: ByteString, msg: Arc<Message>) {
-        let Some(shard) = self.router.next_group_shard(&group) else {
+    /// Sends a message to the shared group's shard whose turn it is (round robin over shards
+    /// with members; `None`: it has none).
+    fn dispatch_shared(&mut self, group: ByteString, shard: Option<usize>, msg: Arc<Message>) {
+        let Some(shard) = shard else {
             self.stats.dropped(DropReason::NoMember);
             return;
         };
@@ -151,18 +152,16 @@ impl Shard {
 
     /// Delivers to one member of a local shared group, preferring one that can take it now.
     pub(super) fn deliver_shared_local(&mut self, group: &ByteString, msg: Arc<Message>) {
-        let Some(candidates) = self.router.group_members(group) else {
-            self.stats.dropped(DropReason::NoMember);
-            return;
-        };
         let limit = self.cfg.mqtt.max_outbound_bytes;
-        let ready = candidates.iter().find(|e| {
-            self.sessions
+        let sessions = &self.sessions;
+        let ready = |e: &SubEntry| {
+            sessions
                 .get(e.session)
                 .and_then(|s| s.link.as_ref())
                 .is_some_and(|l| l.out.borrow().len() < limit)
-        });
-        let Some(member) = ready.or(candidates.first()).copied() else {
+        };
+        let Some(member) = self.router.pick_member(group, ready) else {
+            self.stats.dropped(DropReason::NoMember);
             return;
         };
         let d = Delivery {
@@ -258,7 +257,11 @@ impl Shard {
     /// Moves queued messages into the window while the connection has room.
     pub(super) fn pump_session(&mut self, key: usize, now: Instant) {
         let limit = self.cfg.mqtt.max_outbound_bytes;
-        let Some(slot) = self.sessions.get_mut(key) else {
+        let Some(slot) = self
+            .sessions
+            .get_mut(key)
+            .filter(|s| !s.session.queue.is_empty())
+        else {
             return;
         };
         let Some(link) = slot.link.clone() else {
@@ -280,7 +283,8 @@ impl Shard {
     pub(super) fn redispatch_shared(&mut self, session: &mut Session) {
         for d in session.take_shared() {
             if let Some(group) = d.group {
-                self.dispatch_shared(group, d.msg);
+                let shard = self.router.next_group_shard(&group);
+                self.dispatch_shared(group, shard, d.msg);
             }
         }
     }

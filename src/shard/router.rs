@@ -18,6 +18,9 @@ struct SharedGroup {
     next: usize,
 }
 
+/// The shared groups a publish matches, each with the shard whose turn it is.
+pub(super) type GroupTargets = SmallVec<[(ByteString, Option<usize>); 2]>;
+
 /// What indexing a subscription changed.
 pub(super) struct Indexed {
     /// The session had no entry for the filter before.
@@ -37,16 +40,20 @@ pub(super) struct Router {
 
 impl Router {
     /// The shards with plain subscribers matching `topic` (this one included), and the shared
-    /// groups (full `$share/...` filters) matching it anywhere.
-    pub fn targets(&self, topic: &str) -> (ShardSet, SmallVec<[ByteString; 2]>) {
+    /// groups (full `$share/...` filters) matching it anywhere, each with the shard whose turn
+    /// it is (taken in the same walk).
+    pub fn targets(&self, topic: &str) -> (ShardSet, GroupTargets) {
         let mut shards = ShardSet::default();
         self.interest
             .plain
             .for_each_match(topic, |s| shards.union(s));
-        let mut groups: SmallVec<[ByteString; 2]> = SmallVec::new();
-        self.interest
-            .shared
-            .for_each_match(topic, |g| groups.extend(g.keys().cloned()));
+        let mut groups = GroupTargets::new();
+        self.interest.shared.for_each_match(topic, |g| {
+            groups.extend(
+                g.iter()
+                    .map(|(name, route)| (name.clone(), route.next_shard())),
+            );
+        });
         (shards, groups)
     }
 
@@ -58,13 +65,22 @@ impl Router {
         self.interest.shared.get(inner)?.get(group)?.next_shard()
     }
 
-    /// The local members of `group`, starting with the one whose turn it is.
-    pub fn group_members(&mut self, group: &ByteString) -> Option<SmallVec<[SubEntry; 4]>> {
+    /// The local member of `group` to deliver to: from the one whose turn it is, the first
+    /// that is `ready`, else the one whose turn it is; `None` when it has none here.
+    pub fn pick_member(
+        &mut self,
+        group: &ByteString,
+        ready: impl Fn(&SubEntry) -> bool,
+    ) -> Option<SubEntry> {
         let g = self.shared.get_mut(group)?;
         let n = g.members.len();
         let start = g.next;
         g.next = g.next.wrapping_add(1);
-        Some((0..n).map(|i| g.members[(start + i) % n]).collect())
+        let turn = |i: usize| g.members[(start + i) % n];
+        (0..n)
+            .map(turn)
+            .find(|e| ready(e))
+            .or_else(|| (n > 0).then(|| turn(0)))
     }
 
     /// This shard's subscriptions matching `topic`, grouped by session. Hand the vector back
