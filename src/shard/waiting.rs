@@ -82,8 +82,13 @@ impl Waiting {
         true
     }
 
-    /// The verdicts that came back, each with its connection if it still waits.
+    /// The verdicts that came back, each with its connection if it still waits. With no check
+    /// outstanding the checkers' list is not even locked (the pump asks at every wake); a
+    /// verdict for a connection that closed meanwhile is taken with the next one's.
     pub fn verdicts(&mut self) -> Vec<(Verdict, Rc<ConnLink>)> {
+        if self.passwords.is_empty() {
+            return Vec::new();
+        }
         self.checks
             .take()
             .into_iter()
@@ -93,7 +98,7 @@ impl Waiting {
 
     /// Verdicts wait to be taken (for the pump's sleep check).
     pub fn verdicts_ready(&self) -> bool {
-        self.checks.ready()
+        !self.passwords.is_empty() && self.checks.ready()
     }
 
     /// A connection in `state` closed: it waits no more.
