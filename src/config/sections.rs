@@ -16,7 +16,7 @@ pub struct BrokerConfig {
     pub shards: usize,
     /// Messages each shard-to-shard ring holds.
     pub ring_capacity: usize,
-    /// Messages a shard keeps for another whose ring is full; past it, publishes are refused.
+    /// Messages a shard keeps for others whose rings are full; past it, publishes are refused.
     pub max_ring_backlog: usize,
     /// Pin each shard to a core.
     pub pin_cores: bool,

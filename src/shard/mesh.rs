@@ -17,6 +17,8 @@ pub(super) struct Mesh {
     outbox: Outbox,
     /// Messages for a shard whose ring was full, in order; while any wait, reading stops.
     backlog: Vec<VecDeque<XMsg>>,
+    /// Messages in all of `backlog` (asked on every read and publish: kept, not summed).
+    backlogged: usize,
     /// Connections waiting for the backlog to drain, each listed once (its `ring_waiting`).
     blocked_readers: Vec<Rc<ConnLink>>,
     /// Messages this shard sends itself.
@@ -32,6 +34,7 @@ impl Mesh {
             id,
             outbox,
             backlog: (0..shards).map(|_| VecDeque::new()).collect(),
+            backlogged: 0,
             blocked_readers: Vec::new(),
             self_queue: VecDeque::new(),
             pump_waker: None,
@@ -53,6 +56,7 @@ impl Mesh {
         }
         if !self.backlog[to].is_empty() {
             self.backlog[to].push_back(msg);
+            self.backlogged += 1;
             return;
         }
         if let Err(msg) = self.outbox.send(to, msg) {
@@ -63,6 +67,7 @@ impl Mesh {
                 "ring full: pausing reads until it drains"
             );
             self.backlog[to].push_back(msg);
+            self.backlogged += 1;
             self.wake_pump();
         }
     }
@@ -85,12 +90,12 @@ impl Mesh {
 
     /// Messages wait for a full ring: connections stop reading.
     pub fn blocked(&self) -> bool {
-        self.backlog.iter().any(|b| !b.is_empty())
+        self.backlogged > 0
     }
 
-    /// A backlog has reached `max` messages: new publishes are refused.
+    /// The backlogs hold `max` messages: new publishes are refused.
     pub fn backlog_full(&self, max: usize) -> bool {
-        self.backlog.iter().any(|b| b.len() >= max)
+        self.backlogged >= max
     }
 
     /// Messages waiting for shard `to`'s ring.
@@ -108,6 +113,7 @@ impl Mesh {
                     self.backlog[to].push_front(msg);
                     break;
                 }
+                self.backlogged -= 1;
             }
         }
         if !self.blocked() {
