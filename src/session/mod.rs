@@ -106,11 +106,11 @@ pub struct Session {
     pub aliases: Option<Box<Aliases>>,
     pub inflight: BTreeMap<u16, Inflight>,
     pub queue: VecDeque<Delivery>,
-    /// Payload bytes in `queue`.
-    #[serde(default)]
+    /// Payload bytes in `queue` (derived: recounted after a restore).
+    #[serde(skip)]
     queued_bytes: usize,
     /// QoS 0 messages in `queue`: a new one waits behind them (in order), not behind QoS 1/2.
-    #[serde(default)]
+    #[serde(skip)]
     queued_qos0: usize,
     next_pid: u16,
     /// Messages dropped for this client (queue full, too large, expired).
@@ -320,7 +320,7 @@ impl Session {
     fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes = self.queued_bytes.saturating_sub(d.msg.payload.len());
-        self.queued_qos0 -= usize::from(d.qos == QoS::AtMostOnce && self.queued_qos0 > 0);
+        self.queued_qos0 -= usize::from(d.qos == QoS::AtMostOnce);
         Some(d)
     }
 

@@ -417,3 +417,74 @@ fn dir_size(p: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// The `sessions.json` and `retained.json` an older version wrote at shutdown are imported
+/// once: the session comes back with its subscription and queued message, the retained
+/// message too, and the files are gone (they can never bring stale state back).
+#[test]
+fn an_older_versions_files_are_imported_once_and_removed() {
+    use ringmq::session::{Admit, Delivery, Message, Session, SessionLimits, Subscription};
+    let dir = tempdir::Dir::new();
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let now = std::time::Instant::now();
+    let msg = |topic: &str, payload: &'static [u8], retain| {
+        let p = bytes::Bytes::from_static(payload);
+        let m = Message::new(
+            topic.into(),
+            p,
+            QoS::AtLeastOnce,
+            retain,
+            None,
+            "old".into(),
+            now,
+        );
+        std::sync::Arc::new(m)
+    };
+    let mut s = Session::new("old-client".into(), Protocol::V311);
+    s.expiry_interval = 3600;
+    let sub = Subscription {
+        options: SubOptions::qos(QoS::AtLeastOnce),
+        id: None,
+    };
+    s.subscriptions.insert("old/#".into(), sub);
+    let limits = SessionLimits {
+        max_queued: 10,
+        max_queued_bytes: 0,
+        queue_qos0: false,
+    };
+    let d = Delivery {
+        msg: msg("old/x", b"queued before the upgrade", false),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        sub_ids: Default::default(),
+        group: None,
+        seq: 0,
+    };
+    assert!(matches!(s.admit(d, false, &limits), Admit::Queued));
+    let sessions = serde_json::to_vec(&vec![s]).expect("json");
+    std::fs::write(data.join("sessions.json"), sessions).expect("sessions.json");
+    let retained = serde_json::to_vec(&vec![msg("old/retained", b"kept", true)]).expect("json");
+    std::fs::write(data.join("retained.json"), retained).expect("retained.json");
+
+    let b = Broker::launch(2, BASE, dir, &[]);
+    assert!(!data.join("sessions.json").exists() && !data.join("retained.json").exists());
+    assert!(b
+        .log_text()
+        .contains("imported sessions.json and retained.json"));
+    let (mut c, ack) = Raw::connect(b.port, Protocol::V311, "old-client", false);
+    assert!(ack.session_present);
+    let (got, dups) = receive(&mut c, 1);
+    assert_eq!(
+        (got, dups),
+        (vec![b"queued before the upgrade".to_vec()], 0)
+    );
+    let (mut fresh, _) = Raw::connect(b.port, Protocol::V311, "fresh", true);
+    fresh.subscribe("old/retained", QoS::AtMostOnce);
+    let kept = fresh.recv_publish();
+    assert!(kept.retain && &kept.payload[..] == b"kept");
+    let dir = b.kill9();
+    let b = Broker::launch(2, BASE, dir, &[]);
+    let imports = b.log_text().matches("imported sessions.json").count();
+    assert_eq!(imports, 1, "imported once (the log holds both runs)");
+}
