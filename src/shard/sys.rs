@@ -13,7 +13,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::Shard;
-use crate::codec::{Connect, QoS, MAX_FIELD};
+use crate::codec::{Connect, QoS};
 use crate::session::Message;
 
 fn unix_ms(t: SystemTime) -> u128 {
@@ -23,11 +23,12 @@ fn unix_ms(t: SystemTime) -> u128 {
 impl Shard {
     fn sys_publish(&mut self, suffix: &str, payload: String, retain: bool, now: Instant) {
         let topic = format!("$SYS/brokers/{}/{suffix}", self.cfg.broker.node_name);
-        if topic.len() > self.cfg.mqtt.max_topic_length.min(MAX_FIELD) {
-            // A long client id can make an event topic no packet can carry.
+        if !self.topic_within_limits(&topic) {
+            // A long client id (or one with many `/`) can make an event topic over the limits
+            // (max_topic_length is at most what a packet can carry: check-config says so).
             tracing::debug!(
                 len = topic.len(),
-                "$SYS topic over max_topic_length: not published"
+                "$SYS topic over max_topic_length or max_topic_levels: not published"
             );
             self.stats.refused(crate::stats::Refusal::SysTopic);
             return;
