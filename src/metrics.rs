@@ -207,7 +207,7 @@ pub fn render(b: &Broker) -> String {
         "What clients asked the broker to hold past a bound, refused, by bound.",
     );
     for what in crate::stats::Refusal::ALL {
-        let v: i64 = g.stats.iter().map(|s| s.refused[what as usize].get()).sum();
+        let v: i64 = g.stats.iter().map(|s| s.refusals(what)).sum();
         o.value(
             "limit_refusals_total",
             &format!("what=\"{}\"", what.label()),

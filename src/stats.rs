@@ -50,7 +50,8 @@ pub enum Refusal {
     SysTopic,
     /// WebSocket pings beyond the pongs a connection may have waiting.
     WsPing,
-    /// A connection cut because the messages it made for a full ring piled up past the bound.
+    /// A publish refused (v5: a 0x97 acknowledgement; v3 QoS 1/2: a disconnect; QoS 0: dropped)
+    /// because the messages waiting for full rings reached `broker.max_ring_backlog`.
     Backlog,
     /// A CONNECT refused because the password-check queue was full.
     PasswordQueue,
@@ -78,7 +79,7 @@ impl Refusal {
 #[derive(Debug, Default)]
 pub struct Stats {
     /// What was refused past a bound, indexed by `Refusal as usize`.
-    pub refused: [Counter; 4],
+    refused: [Counter; Refusal::ALL.len()],
     pub connections: Counter,
     /// Connections hibernating (no task, socket in the shard's epoll set).
     pub hibernating: Counter,
@@ -135,7 +136,16 @@ impl Stats {
     }
 
     pub fn refused(&self, what: Refusal) {
-        self.refused[what as usize].inc();
+        self.refused_n(what, 1);
+    }
+
+    pub fn refused_n(&self, what: Refusal, n: i64) {
+        self.refused[what as usize].add(n);
+    }
+
+    /// How many were refused past this bound.
+    pub fn refusals(&self, what: Refusal) -> i64 {
+        self.refused[what as usize].get()
     }
 
     pub fn dropped_total(&self) -> i64 {

@@ -176,10 +176,7 @@ fn drive<'a>(
             let (want_read, ring_blocked) = {
                 let sh = shard.borrow();
                 let out_full = link.out.borrow().len() > sh.cfg.mqtt.max_outbound_bytes;
-                let claiming = matches!(
-                    link.state.get(),
-                    LinkState::Claiming(_) | LinkState::Authenticating(_)
-                );
+                let claiming = link.state.get().awaits_connect();
                 let ring_blocked = sh.mesh.blocked();
                 (!out_full && !claiming && !ring_blocked, ring_blocked)
             };
@@ -263,8 +260,8 @@ fn read(
                 let got = t.recv(stream, &mut buf, link, READ_CHUNK);
                 let skipped = t.take_skipped_pongs();
                 if skipped > 0 {
-                    sh.stats.refused[crate::stats::Refusal::WsPing as usize]
-                        .add(i64::from(skipped));
+                    let what = crate::stats::Refusal::WsPing;
+                    sh.stats.refused_n(what, i64::from(skipped));
                 }
                 got
             }
@@ -332,18 +329,12 @@ fn keep_partial(mut buf: BytesMut) -> (BytesMut, Option<BytesMut>) {
     (kept, Some(buf))
 }
 
-/// Decodes and handles every whole packet in `buf`; false when reading must pause (closing, or
-/// waiting for the grant of a CONNECT).
+/// Decodes and handles every whole packet in `buf`; false when reading must pause (closing, a
+/// CONNECT waiting for its password verdict or grant, or a throttled publisher).
 fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut) -> bool {
     let max = sh.cfg.mqtt.max_packet_size as usize;
     loop {
-        if link.is_closing()
-            || matches!(
-                link.state.get(),
-                LinkState::Claiming(_) | LinkState::Authenticating(_)
-            )
-            || link.throttled()
-        {
+        if link.is_closing() || link.state.get().awaits_connect() || link.throttled() {
             return false;
         }
         match decode(buf, link.protocol.get(), max) {

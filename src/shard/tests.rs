@@ -134,7 +134,7 @@ fn a_full_ring_backlog_refuses_publishes_instead_of_growing() {
     assert_eq!(acks.len(), total, "every publish answered");
     assert_eq!(refused, 100, "refused past the bound");
     assert!(sim.shards[0].mesh.backlog_len(1) <= 16);
-    let counted = sim.shards[0].stats.refused[crate::stats::Refusal::Backlog as usize].get();
+    let counted = sim.shards[0].stats.refusals(crate::stats::Refusal::Backlog);
     assert_eq!(counted, 100);
     // A QoS 2 message taken before is answered again as taken, backlog or not: a 0x97 would
     // end the client's flow while the broker keeps the id (and drops its next use of it).
