@@ -78,12 +78,7 @@ impl Machine {
 
     fn mem_available(&self) -> Option<u64> {
         let text = self.read("proc/meminfo")?;
-        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-        line.split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb * 1024)
+        crate::config::meminfo_bytes(&text, "MemAvailable:")
     }
 
     /// The bracketed choice in a /sys setting such as `always [madvise] never`.

@@ -351,10 +351,18 @@ impl OverloadConfig {
     }
 }
 
-/// `MemTotal` from /proc/meminfo, in bytes.
+/// `MemTotal` from /proc/meminfo, in bytes: read once (the stats thread asks every second).
 fn physical_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        meminfo_bytes(&info, "MemTotal:")
+    })
+}
+
+/// One `key` line of /proc/meminfo's text (`MemTotal:`, `MemAvailable:`), in bytes.
+pub fn meminfo_bytes(meminfo: &str, key: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
