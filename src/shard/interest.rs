@@ -76,7 +76,8 @@ impl SharedRoute {
     }
 }
 
-/// Shared groups matching a filter: full `$share/group/filter` -> shards with members.
+/// Shared groups matching a filter: full `$share/group/filter` -> where it has members and
+/// whose turn it is.
 pub type Groups = AHashMap<ByteString, SharedRoute>;
 
 #[derive(Default)]

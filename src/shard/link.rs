@@ -32,6 +32,13 @@ pub enum LinkState {
     Closed,
 }
 
+impl LinkState {
+    /// Its CONNECT waits for a password verdict or a grant: nothing more is read meanwhile.
+    pub fn awaits_connect(self) -> bool {
+        matches!(self, LinkState::Claiming(_) | LinkState::Authenticating(_))
+    }
+}
+
 /// Bytes queued for the socket: encoded headers in `head`, payloads by reference in `chunks`.
 #[derive(Default)]
 pub struct OutBuf {
@@ -163,7 +170,7 @@ pub struct ConnLink {
     pub protocol: Cell<Protocol>,
     /// A successful CONNACK went out: a v5 client is told why it is closed.
     pub connacked: Cell<bool>,
-    /// Listed in the shard's `blocked_readers`, waiting for a full ring to drain.
+    /// Listed among the mesh's blocked readers, waiting for a full ring to drain.
     pub ring_waiting: Cell<bool>,
     pub keep_alive: Cell<u16>,
     /// Set at accept when a limit or overload means the CONNECT will be refused with this.

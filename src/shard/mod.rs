@@ -313,10 +313,8 @@ impl Shard {
                 link.wake();
             }
             match link.state.get() {
-                link::LinkState::New
-                | link::LinkState::Authenticating(_)
-                | link::LinkState::Claiming(_)
-                    if link.silent_for(now) > connect_timeout =>
+                s if (s == link::LinkState::New || s.awaits_connect())
+                    && link.silent_for(now) > connect_timeout =>
                 {
                     link.close(link::Close::new(
                         crate::codec::ReasonCode::MaximumConnectTime,
