@@ -57,6 +57,19 @@ impl LogControl {
     }
 }
 
+/// A standard stream behind a writer thread, with colours when it is a terminal.
+fn terminal<S: std::io::Write + IsTerminal + Send + 'static>(
+    stream: S,
+) -> (
+    fmt::writer::BoxMakeWriter,
+    bool,
+    Option<tracing_appender::non_blocking::WorkerGuard>,
+) {
+    let ansi = stream.is_terminal();
+    let (nb, guard) = tracing_appender::non_blocking(stream);
+    (fmt::writer::BoxMakeWriter::new(nb), ansi, Some(guard))
+}
+
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(cfg: &LogConfig) -> Result<LogControl, String> {
     let level = std::env::var("RINGMQ_LOG").unwrap_or_else(|_| cfg.level.clone());
@@ -65,16 +78,8 @@ pub fn init(cfg: &LogConfig) -> Result<LogControl, String> {
     // Every output goes through a writer thread: a shard never waits on a slow terminal, pipe
     // or disk to log a line.
     let (writer, ansi, guard) = match cfg.output {
-        LogOutput::Stderr => {
-            let (nb, guard) = tracing_appender::non_blocking(std::io::stderr());
-            let ansi = std::io::stderr().is_terminal();
-            (fmt::writer::BoxMakeWriter::new(nb), ansi, Some(guard))
-        }
-        LogOutput::Stdout => {
-            let (nb, guard) = tracing_appender::non_blocking(std::io::stdout());
-            let ansi = std::io::stdout().is_terminal();
-            (fmt::writer::BoxMakeWriter::new(nb), ansi, Some(guard))
-        }
+        LogOutput::Stderr => terminal(std::io::stderr()),
+        LogOutput::Stdout => terminal(std::io::stdout()),
         LogOutput::File => {
             let rotation = match cfg.rotation {
                 LogRotation::Hourly => tracing_appender::rolling::Rotation::HOURLY,
