@@ -120,6 +120,9 @@ impl Config {
         if self.durability.max_journal_mb < 64 {
             return bad("durability.max_journal_mb", "at least 64");
         }
+        if self.durability.commit_window_us > 1_000_000 {
+            return bad("durability.commit_window_us", "at most 1000000 (a second)");
+        }
         if self.durability.sync_interval_ms == 0 {
             return bad("durability.sync_interval_ms", "at least 1");
         }

@@ -295,6 +295,8 @@ pub struct DurabilityConfig {
     /// MiB of journal kept before the store flushes memory tables and drops old journal files
     /// (at least 64).
     pub max_journal_mb: u64,
+    /// Microseconds the storage thread gathers shard batches before committing them as one.
+    pub commit_window_us: u64,
 }
 
 impl Default for DurabilityConfig {
@@ -303,6 +305,7 @@ impl Default for DurabilityConfig {
             mode: DurabilityMode::Crash,
             sync_interval_ms: 10,
             max_journal_mb: 128,
+            commit_window_us: 1000,
         }
     }
 }

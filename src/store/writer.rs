@@ -7,6 +7,9 @@
 //! order is the order of its changes.
 
 use std::collections::BTreeMap;
+
+use ahash::AHashMap;
+use fjall::Keyspace;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -100,6 +103,7 @@ pub fn spawn(
         .collect();
     let mode = cfg.mode;
     let interval = Duration::from_millis(cfg.sync_interval_ms);
+    let window = Duration::from_micros(cfg.commit_window_us);
     let handle = std::thread::Builder::new()
         .name("ringmq-store".into())
         .spawn(move || {
@@ -107,6 +111,7 @@ pub fn spawn(
                 store,
                 mode,
                 interval,
+                window,
                 stats,
                 results,
                 bells,
@@ -120,49 +125,73 @@ struct Thread {
     store: Store,
     mode: DurabilityMode,
     interval: Duration,
+    /// How long a group gathers shard batches once the first came.
+    window: Duration,
     stats: Arc<StoreStats>,
     results: Vec<Arc<Results>>,
     bells: Arc<[Doorbell]>,
 }
 
-/// Which keyspace a folded change goes to.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Which keyspace a folded record change goes to (deliveries are folded apart).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Ks {
     Sessions,
-    Queue,
-    Flight,
     Retained,
     Meta,
 }
 
-/// A group of batches folded: the last value (or removal) of each key. A delivery put and
-/// deleted within the group (sent, acknowledged) never reaches the disk: its key is new (a
-/// session's sequence numbers only grow), so there is nothing older to delete.
+/// What a group does to one delivery's two records (queue, flight): for each, None leaves it,
+/// `Some(None)` removes it, `Some(Some(v))` writes `v`.
 #[derive(Default)]
-pub(super) struct Folded(
-    BTreeMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
-    ahash::AHashSet<Vec<u8>>,
-);
+struct DeliveryChange {
+    /// Made in this group: nothing of it exists on disk yet.
+    new: bool,
+    queue: Option<Option<Vec<u8>>>,
+    flight: Option<Option<Vec<u8>>>,
+}
+
+/// A group of batches folded: the last change to each key. A delivery made and acknowledged
+/// within the group never reaches the disk.
+#[derive(Default)]
+pub(super) struct Folded {
+    records: AHashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    deliveries: AHashMap<Vec<u8>, DeliveryChange>,
+}
 
 impl Folded {
     fn set(&mut self, ks: Ks, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.0.insert((ks, key), value);
+        self.records.insert((ks, key), value);
     }
 
-    /// A delivery created in this group.
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.1.insert(key.clone());
-        self.set(Ks::Queue, key, Some(value));
+    /// A delivery made: its record, and its flight record when it was sent at once.
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>, flight: Option<Vec<u8>>) {
+        let change = DeliveryChange {
+            new: true,
+            queue: Some(Some(value)),
+            flight: flight.map(Some),
+        };
+        self.deliveries.insert(key, change);
     }
 
-    /// A delivery done with: forgotten if created in this group, else removed.
+    /// A delivery sent (or released): its flight record.
+    fn flight(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.deliveries.entry(key).or_default().flight = Some(Some(value));
+    }
+
+    /// A delivery done with: forgotten when made in this group, else both records removed.
     fn del(&mut self, key: Vec<u8>) {
-        if self.1.remove(&key) {
-            self.0.remove(&(Ks::Flight, key.clone()));
-            self.0.remove(&(Ks::Queue, key));
-        } else {
-            self.set(Ks::Flight, key.clone(), None);
-            self.set(Ks::Queue, key, None);
+        match self.deliveries.get(&key) {
+            Some(d) if d.new => {
+                self.deliveries.remove(&key);
+            }
+            _ => {
+                let gone = DeliveryChange {
+                    new: false,
+                    queue: Some(None),
+                    flight: Some(None),
+                };
+                self.deliveries.insert(key, gone);
+            }
         }
     }
 }
@@ -178,15 +207,24 @@ impl Thread {
                 None => Duration::from_secs(1),
             };
             let mut group = Vec::new();
+            let mut closed = false;
             match rx.recv_timeout(wait) {
                 Ok(b) => group.push(b),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while group.len() < 1024 {
-                match rx.try_recv() {
+            // Gathers for the commit window once a batch came: a delivery acknowledged within
+            // it never reaches the disk, and one commit (and fsync) serves all.
+            let until = Instant::now() + self.window;
+            while !group.is_empty() && group.len() < 1024 {
+                let left = until.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
                     Ok(b) => group.push(b),
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
             let alive_due = last_alive.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
@@ -242,6 +280,9 @@ impl Thread {
                 }
             }
             self.answer(&group, ok);
+            if closed {
+                break;
+            }
         }
         if self.store.db.persist(fjall::PersistMode::SyncAll).is_ok() {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -275,96 +316,89 @@ impl Thread {
 
 /// Folds one change into a group: the last change to a key wins.
 pub(super) fn fold(store: &Store, f: &mut Folded, op: &Op) {
-    {
-        match op {
-            Op::Session { client_id, value } => {
-                f.set(
-                    Ks::Sessions,
-                    client_id.as_bytes().to_vec(),
-                    Some(value.clone()),
-                );
-            }
-            Op::Delivery {
-                client_id,
-                epoch,
-                op,
-            } => fold_delivery(f, client_id, *epoch, op),
-            Op::EndSession { client_id, epoch } => {
-                f.set(Ks::Sessions, client_id.as_bytes().to_vec(), None);
-                let prefix = record::session_prefix(client_id, *epoch);
-                let mut keys: Vec<Vec<u8>> =
-                    f.0.range((Ks::Queue, prefix.clone())..)
-                        .map(|((_, k), _)| k)
-                        .take_while(|k| k.starts_with(&prefix))
-                        .cloned()
-                        .collect();
-                keys.extend(
-                    store
-                        .queue
-                        .prefix(&prefix)
-                        .filter_map(|kv| kv.key().ok())
-                        .map(|k| k.to_vec()),
-                );
-                for k in keys {
-                    f.del(k);
-                }
-            }
-            Op::Retain(m) => {
-                let now = Instant::now();
-                let v = record::encode(&StoredMessage::of(m, now, record::wall_now()));
-                f.set(Ks::Retained, m.topic.as_bytes().to_vec(), Some(v));
-            }
-            Op::Unretain(topic) => f.set(Ks::Retained, topic.as_bytes().to_vec(), None),
+    match op {
+        Op::Session { client_id, value } => {
+            let key = client_id.as_bytes().to_vec();
+            f.set(Ks::Sessions, key, Some(value.clone()));
         }
+        Op::Delivery {
+            client_id,
+            epoch,
+            op,
+        } => fold_delivery(f, client_id, *epoch, op),
+        Op::EndSession { client_id, epoch } => {
+            f.set(Ks::Sessions, client_id.as_bytes().to_vec(), None);
+            let prefix = record::session_prefix(client_id, *epoch);
+            let mut keys: Vec<Vec<u8>> = f
+                .deliveries
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            keys.extend(
+                store
+                    .queue
+                    .prefix(&prefix)
+                    .filter_map(|kv| kv.key().ok())
+                    .map(|k| k.to_vec()),
+            );
+            for k in keys {
+                f.del(k);
+            }
+        }
+        Op::Retain(m) => {
+            let v = record::encode(&StoredMessage::of(m, Instant::now(), record::wall_now()));
+            f.set(Ks::Retained, m.topic.as_bytes().to_vec(), Some(v));
+        }
+        Op::Unretain(topic) => f.set(Ks::Retained, topic.as_bytes().to_vec(), None),
     }
 }
 
 fn fold_delivery(f: &mut Folded, client_id: &str, epoch: u64, op: &DeliveryOp) {
-    {
-        let key = |seq| record::delivery_key(client_id, epoch, seq);
-        let flight = |pid, released| Some(record::encode(&Flight { pid, released }));
-        match op {
-            DeliveryOp::Put { seq, delivery, pid } => {
-                let now = Instant::now();
-                let v = StoredDelivery::of(delivery, now, record::wall_now());
-                f.put(key(*seq), record::encode(&v));
-                if let Some(pid) = pid {
-                    f.set(Ks::Flight, key(*seq), flight(*pid, false));
-                }
-            }
-            DeliveryOp::Sent { seq, pid } => f.set(Ks::Flight, key(*seq), flight(*pid, false)),
-            DeliveryOp::Released { seq, pid } => {
-                f.set(Ks::Flight, key(*seq), flight(*pid, true));
-            }
-            DeliveryOp::Del { seq } => f.del(key(*seq)),
+    let key = |seq| record::delivery_key(client_id, epoch, seq);
+    let flight = |pid, released| record::encode(&Flight { pid, released });
+    match op {
+        DeliveryOp::Put { seq, delivery, pid } => {
+            let v = StoredDelivery::of(delivery, Instant::now(), record::wall_now());
+            f.put(key(*seq), record::encode(&v), pid.map(|p| flight(p, false)));
         }
+        DeliveryOp::Sent { seq, pid } => f.flight(key(*seq), flight(*pid, false)),
+        DeliveryOp::Released { seq, pid } => f.flight(key(*seq), flight(*pid, true)),
+        DeliveryOp::Del { seq } => f.del(key(*seq)),
     }
 }
 
 /// Writes a folded group as one atomic batch; its bytes.
 pub(super) fn commit(s: &Store, folded: Folded) -> fjall::Result<u64> {
-    {
-        let mut batch = s.db.batch();
-        let mut bytes = 0u64;
-        for ((ks, key), value) in folded.0 {
-            let ks = match ks {
-                Ks::Sessions => &s.sessions,
-                Ks::Queue => &s.queue,
-                Ks::Flight => &s.flight,
-                Ks::Retained => &s.retained,
-                Ks::Meta => &s.meta,
-            };
-            bytes += key.len() as u64;
-            match value {
-                Some(v) => {
-                    bytes += v.len() as u64;
-                    batch.insert(ks, key, v);
-                }
-                None => batch.remove(ks, key),
+    let mut batch = s.db.batch();
+    let mut bytes = 0u64;
+    let mut write = |ks: &Keyspace, key: Vec<u8>, value: Option<Vec<u8>>| {
+        bytes += key.len() as u64;
+        match value {
+            Some(v) => {
+                bytes += v.len() as u64;
+                batch.insert(ks, key, v);
             }
+            None => batch.remove(ks, key),
         }
-        batch.commit().map(|()| bytes)
+    };
+    for ((ks, key), value) in folded.records {
+        let ks = match ks {
+            Ks::Sessions => &s.sessions,
+            Ks::Retained => &s.retained,
+            Ks::Meta => &s.meta,
+        };
+        write(ks, key, value);
     }
+    for (key, d) in folded.deliveries {
+        if let Some(v) = d.flight {
+            write(&s.flight, key.clone(), v);
+        }
+        if let Some(v) = d.queue {
+            write(&s.queue, key, v);
+        }
+    }
+    batch.commit().map(|()| bytes)
 }
 
 impl Thread {
