@@ -71,6 +71,7 @@ pub struct StoreStats {
 /// The open store.
 pub struct Store {
     db: Database,
+    path: std::path::PathBuf,
     sessions: Keyspace,
     queue: Keyspace,
     flight: Keyspace,
@@ -129,6 +130,7 @@ impl Store {
             retained: ks("retained")?,
             meta: ks("meta")?,
             db,
+            path,
         })
     }
 
@@ -291,8 +293,24 @@ impl Store {
     }
 
     /// Bytes the store takes on disk.
+    /// Counted in blocks, as `du` does: the journal is preallocated (sparse), and its length
+    /// says nothing of what it holds.
     pub fn disk_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        fn blocks(dir: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => blocks(&e.path()),
+                    Ok(m) => m.blocks() * 512,
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        blocks(&self.path)
     }
 }
 
