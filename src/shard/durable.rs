@@ -83,6 +83,8 @@ enum Deferred {
     },
     /// The local part of a publish that also waits for other shards.
     Local(u64),
+    /// A SUBACK waiting (among others) for the store.
+    SubAck(u64),
 }
 
 /// A publish waiting for other shards (and maybe this shard's ticket).
@@ -105,6 +107,8 @@ pub enum Done {
         token: u64,
         stored: bool,
     },
+    /// The store answered for the SUBACK with this token.
+    SubAck { token: u64, stored: bool },
 }
 
 /// The publish being routed now: how many other shards must confirm it.
@@ -288,6 +292,12 @@ impl Durable {
         }
     }
 
+    /// The SUBACK with `token` waits for this tick's batch.
+    pub fn when_stored(&mut self, token: u64) {
+        self.deferred
+            .push_back((self.ticket, Deferred::SubAck(token)));
+    }
+
     /// Another shard's publish came with a confirmation token: answer once what it created
     /// here is stored (now, when nothing was).
     pub fn reply_when_stored(&mut self, shard: usize, token: u64, created: bool) -> Option<Done> {
@@ -374,6 +384,7 @@ impl Durable {
                         });
                     }
                     Deferred::Local(token) => self.settle(token, stored, out),
+                    Deferred::SubAck(token) => out.push(Done::SubAck { token, stored }),
                 }
             }
         }

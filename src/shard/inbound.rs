@@ -26,7 +26,11 @@ pub(super) struct PendingSubAck {
     suback: SubAck,
     retained: Vec<(ByteString, SubOptions)>,
     sub_id: Option<u32>,
+    /// The other shards' interest acknowledgements it waits for, and the store's (one, for a
+    /// stored session: a SUBACK promises the subscription survives a crash).
     waiting: usize,
+    /// The store could not keep the subscriptions: every filter is refused (0x80).
+    refused: bool,
 }
 
 fn within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
@@ -134,12 +138,14 @@ impl Shard {
         }
     }
 
-    /// One shard applied new interest; the SUBACK goes out once all have.
-    pub(super) fn interest_acked(&mut self, token: u64) {
+    /// One shard applied new interest (or the store kept the subscriptions, `stored`); the
+    /// SUBACK goes out once all have.
+    pub(super) fn interest_acked(&mut self, token: u64, stored: bool) {
         let Some(p) = self.pending_subacks.get_mut(&token) else {
             return;
         };
         p.waiting -= 1;
+        p.refused |= !stored;
         if p.waiting == 0 {
             if let Some(p) = self.pending_subacks.remove(&token) {
                 self.complete_subscribe(p, Instant::now());
@@ -148,7 +154,7 @@ impl Shard {
     }
 
     /// Sends the SUBACK, then the retained messages the subscription asked for.
-    fn complete_subscribe(&mut self, p: PendingSubAck, now: Instant) {
+    fn complete_subscribe(&mut self, mut p: PendingSubAck, now: Instant) {
         let Some(link) = self
             .sessions
             .get(p.key)
@@ -157,6 +163,10 @@ impl Shard {
         else {
             return;
         };
+        if p.refused {
+            p.suback.reasons.fill(ReasonCode::UnspecifiedError);
+            p.retained.clear();
+        }
         link.send(&Packet::SubAck(p.suback));
         for (filter, options) in p.retained {
             let mut found = Vec::new();
@@ -476,13 +486,19 @@ impl Shard {
             reasons,
             properties: None,
         };
+        let slot = self.sessions.get(key);
+        let stored = slot.is_some_and(|s| s.session.stored.is_some());
+        if stored {
+            self.durable.when_stored(token);
+        }
         let pending = PendingSubAck {
             key,
-            slot_token: self.sessions.get(key).map_or(0, |s| s.token),
+            slot_token: slot.map_or(0, |s| s.token),
             suback,
             retained,
             sub_id,
-            waiting: new_interest * (self.shards - 1),
+            waiting: new_interest * (self.shards - 1) + usize::from(stored),
+            refused: false,
         };
         if pending.waiting == 0 {
             self.complete_subscribe(pending, now);

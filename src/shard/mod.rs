@@ -256,7 +256,7 @@ impl Shard {
                     self.send(shard, XMsg::InterestAck(token));
                 }
             }
-            XMsg::InterestAck(token) => self.interest_acked(token),
+            XMsg::InterestAck(token) => self.interest_acked(token, true),
             XMsg::Claim {
                 client_id,
                 shard,

@@ -180,6 +180,7 @@ impl Shard {
                     token,
                     stored,
                 } => self.send(shard, XMsg::Stored { token, stored }),
+                Done::SubAck { token, stored } => self.interest_acked(token, stored),
             }
         }
     }

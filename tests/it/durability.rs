@@ -158,6 +158,26 @@ fn acknowledged_messages_survive_kill_9_in_power_mode() {
     );
 }
 
+/// A SUBACK to a persistent session is a promise too: killed right after it, the broker comes
+/// back with the subscription, and a message published then is queued for it.
+#[test]
+fn a_suback_means_the_subscription_survives_kill_9() {
+    // A long commit window: a SUBACK sent before its subscription is stored would be
+    // followed by the kill well before the store writes it.
+    let toml = format!("{BASE}[durability]\ncommit_window_us = 500000\n");
+    let b = Broker::with_toml(2, &toml);
+    let (mut s, _) = Raw::connect(b.port, Protocol::V311, "quick", false);
+    let granted = s.subscribe("quick/#", QoS::AtLeastOnce);
+    assert_eq!(granted.reasons, [ReasonCode::GrantedQos1]);
+    let dir = b.kill9();
+    let b = Broker::launch(2, &toml, dir, &[]);
+    let (mut p, _) = Raw::connect(b.port, Protocol::V311, "later", true);
+    p.publish_acked("quick/x", b"after the crash", QoS::AtLeastOnce, 1);
+    let (mut s, ack) = Raw::connect(b.port, Protocol::V311, "quick", false);
+    assert!(ack.session_present);
+    assert_eq!(receive(&mut s, 1).0, [b"after the crash".to_vec()]);
+}
+
 /// A subscriber that acknowledged everything gets nothing again after a crash, and a cleared
 /// retained message stays cleared (the stale-state bug of the JSON files).
 #[test]
@@ -327,6 +347,16 @@ fn a_failing_store_acknowledges_nothing_it_did_not_keep() {
     assert!(v3.until_closed().is_empty(), "v3: disconnected, no PUBACK");
     assert!(b.metric("ringmq_store_failures_total").unwrap_or(0.0) >= 2.0);
     assert!(b.log_text().contains("the store cannot write"));
+
+    let mut c = connect_packet(Protocol::V5, "v5-kept", false);
+    c.properties = props(|p| p.session_expiry_interval = Some(600));
+    let (mut kept, _) = Raw::connect_with(b.port, c);
+    let refused = kept.subscribe("f/other", QoS::AtLeastOnce);
+    assert_eq!(
+        refused.reasons,
+        [ReasonCode::UnspecifiedError],
+        "SUBACK 0x80"
+    );
 
     std::fs::remove_file(&trigger).expect("repair");
     let a = v5.publish_acked("f/kept", b"z", QoS::AtLeastOnce, 3);
