@@ -426,7 +426,7 @@ fn sigterm_delivers_wills_tells_v5_clients_and_keeps_state() {
     );
 
     let b = Broker::launch(3, BASE, dir, &[]);
-    assert!(b.log_text().contains("restored from the store"));
+    b.wait_log("restored from the store");
     let (mut k, ack) = Raw::connect_with(b.port, keep);
     assert!(ack.session_present, "the persistent session came back");
     let (mut p, _) = Raw::connect(b.port, Protocol::V311, "after", true);
