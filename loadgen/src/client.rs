@@ -38,20 +38,29 @@ pub enum ConnectFailure {
     Closed,
 }
 
-impl ConnectFailure {
-    /// A short label for the failure table.
-    pub fn label(&self) -> String {
+/// A short label, as the failure table shows it.
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectFailure::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                "connection refused".into()
+                f.write_str("connection refused")
             }
             ConnectFailure::Io(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-                "no free source port (add --source addresses)".into()
+                f.write_str("no free source port (add --source addresses)")
             }
-            ConnectFailure::Io(e) => format!("io: {}", e.kind()),
-            ConnectFailure::Refused(rc) => format!("CONNACK {:?} (0x{:02x})", rc, *rc as u8),
-            ConnectFailure::Timeout => "timeout".into(),
-            ConnectFailure::Closed => "closed by broker".into(),
+            ConnectFailure::Io(e) => write!(f, "io: {}", e.kind()),
+            ConnectFailure::Refused(rc) => write!(f, "CONNACK {:?} (0x{:02x})", rc, *rc as u8),
+            ConnectFailure::Timeout => f.write_str("timeout"),
+            ConnectFailure::Closed => f.write_str("closed by broker"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectFailure::Io(e) => Some(e),
+            _ => None,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::broker::{Sample, Usage};
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
 use crate::session::Session;
-use crate::target::{Progress, TargetArgs};
+use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct ConnArgs {
@@ -223,7 +223,7 @@ async fn worker(
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
         pending.set(pending.get() + 1);
-        let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let source = source_for(&sources, i);
         let ctx = (
             target.clone(),
             args.clone(),
@@ -250,7 +250,7 @@ async fn worker(
             let mut client = match result {
                 Ok(c) => c,
                 Err(e) => {
-                    *out.borrow_mut().failures.entry(e.label()).or_default() += 1;
+                    *out.borrow_mut().failures.entry(e.to_string()).or_default() += 1;
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                     progress.settled.fetch_add(1, Ordering::Relaxed);
                     return;

@@ -26,7 +26,7 @@ use crate::broker::Usage;
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
 use crate::session::{Session, SessionArgs};
-use crate::target::{Progress, TargetArgs};
+use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct PubSubArgs {
@@ -70,9 +70,7 @@ impl PubSubArgs {
     /// What this run's clients connect with.
     fn session(&self) -> Session {
         if self.persistent {
-            Session::Kept {
-                expiry_secs: self.session.session_expiry,
-            }
+            self.session.kept()
         } else {
             Session::Clean
         }
@@ -318,7 +316,6 @@ async fn worker(
     shared: Arc<Shared>,
 ) -> WorkerOut {
     let slice = target.slice();
-    let source = |i: usize| (!sources.is_empty()).then(|| sources[i % sources.len()]);
     let local_subs = slice.local_clients(args.subscribers);
     let ctx = Rc::new(Ctx {
         target,
@@ -331,7 +328,7 @@ async fn worker(
     let args = &ctx.args;
     let mut handles = Vec::new();
     for j in slice.clients(t, args.subscribers) {
-        let (ctx, source) = (ctx.clone(), source(j));
+        let (ctx, source) = (ctx.clone(), source_for(&sources, j));
         handles.push(monoio::spawn(async move {
             if let Err(e) = subscriber(j, &ctx, source).await {
                 ctx.out
@@ -346,7 +343,7 @@ async fn worker(
     for i in slice.clients(t, args.publishers) {
         let local_fan = fanout(args, i, local_subs.iter().copied());
         let global_fan = fanout(args, i, 0..args.subscribers);
-        let (ctx, source) = (ctx.clone(), source(args.subscribers + i));
+        let (ctx, source) = (ctx.clone(), source_for(&sources, args.subscribers + i));
         handles.push(monoio::spawn(async move {
             match publisher(i, local_fan, &ctx, source).await {
                 Ok(n) => {
@@ -385,10 +382,8 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         out,
         hist,
     } = ctx;
-    let id = format!("{}-s-{j}", args.session.prefix());
-    let mut c = Client::open(target, id, args.session(), 60, source)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.label()))?;
+    let id = args.session.subscriber_id(j);
+    let mut c = Client::open(target, id, args.session(), 60, source).await?;
     let filter = args.sub_topic.replace("{i}", &j.to_string());
     anyhow::ensure!(c.subscribe(&filter, qos(args.qos)).await?, "no SUBACK");
     progress.up.fetch_add(1, Ordering::Relaxed);
@@ -501,10 +496,8 @@ async fn publisher(
         shared,
         ..
     } = ctx;
-    let id = format!("{}-p-{i}", args.session.prefix());
-    let mut c = Client::open(target, id, args.session(), 60, source)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.label()))?;
+    let id = args.session.publisher_id(i);
+    let mut c = Client::open(target, id, args.session(), 60, source).await?;
     progress.up.fetch_add(1, Ordering::Relaxed);
     while !shared.go.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(1)).await;

@@ -23,7 +23,7 @@ use crate::client::Client;
 use crate::pubsub::{payload, Header, HEADER};
 use crate::report::unix_ns;
 use crate::session::{Session, SessionArgs};
-use crate::target::{Progress, TargetArgs};
+use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
@@ -203,7 +203,6 @@ impl Tally {
 struct Job {
     target: TargetArgs,
     args: QueueArgs,
-    prefix: String,
     sources: Vec<IpAddr>,
     topics: Vec<ByteString>,
     /// The next message a publisher claims.
@@ -212,24 +211,10 @@ struct Job {
 }
 
 impl Job {
-    fn source(&self, i: usize) -> Option<IpAddr> {
-        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
-    }
-
-    fn session(&self) -> Session {
-        Session::Kept {
-            expiry_secs: self.args.session.session_expiry,
-        }
-    }
-
+    /// Connects client `i` (subscribers first, then publishers) with `id`.
     async fn open(&self, id: String, session: Session, i: usize) -> anyhow::Result<Client> {
-        Client::open(&self.target, id, session, 60, self.source(i))
-            .await
-            .map_err(|e| anyhow::anyhow!(e.label()))
-    }
-
-    fn subscriber_id(&self, j: usize) -> String {
-        format!("{}-s-{j}", self.prefix)
+        let source = source_for(&self.sources, i);
+        Ok(Client::open(&self.target, id, session, 60, source).await?)
     }
 }
 
@@ -288,29 +273,28 @@ pub fn run(
     anyhow::ensure!(target.procs == 1, "queue runs in one process (no --procs)");
     target.protocol()?;
     let session = args.session.for_this_run();
-    let prefix = session.prefix().to_string();
+    let prefix = session.prefix();
     let job = Arc::new(Job {
         target: target.clone(),
         topics: (0..args.sessions)
             .map(|j| {
                 args.topic
-                    .replace("{p}", &prefix)
+                    .replace("{p}", prefix)
                     .replace("{i}", &j.to_string())
                     .into()
             })
             .collect(),
         args: QueueArgs {
-            session,
+            session: session.clone(),
             ..args.clone()
         },
-        prefix,
         sources: target.sources()?,
         next: AtomicU64::new(0),
         progress: progress.clone(),
     });
     let mut r = QueueReport {
         target: target.addr.to_string(),
-        client_prefix: job.prefix.clone(),
+        client_prefix: prefix.to_string(),
         sessions: args.sessions as u64,
         messages: args.messages,
         drained_phase: args.drain,
@@ -413,14 +397,14 @@ async fn setup(t: usize, job: Arc<Job>) -> Out {
 
 /// Leaves session `j` subscribed to its topic, empty and offline.
 async fn set_up(j: usize, job: &Job) -> anyhow::Result<()> {
-    let id = job.subscriber_id(j);
-    let mut c = job.open(id.clone(), job.session(), j).await?;
+    let (id, kept) = (job.args.session.subscriber_id(j), job.args.session.kept());
+    let mut c = job.open(id.clone(), kept, j).await?;
     if c.session_present {
         // Left by an earlier run with this prefix, maybe with messages queued: a clean
         // connect discards it, and the session starts anew.
         leave(c).await;
         leave(job.open(id.clone(), Session::Clean, j).await?).await;
-        c = job.open(id, job.session(), j).await?;
+        c = job.open(id, kept, j).await?;
     }
     anyhow::ensure!(
         c.subscribe(&job.topics[j], QoS::AtLeastOnce).await?,
@@ -467,7 +451,7 @@ async fn fill(t: usize, job: Arc<Job>) -> Out {
 /// `--inflight` awaiting their PUBACK.
 async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
     let args = &job.args;
-    let id = format!("{}-p-{p}", job.prefix);
+    let id = args.session.publisher_id(p);
     let mut c = job.open(id, Session::Clean, args.sessions + p).await?;
     job.progress.up.fetch_add(1, Ordering::Relaxed);
     let (sessions, window) = (args.sessions as u64, args.inflight.clamp(1, 65_000));
@@ -541,7 +525,10 @@ async fn drain(t: usize, job: Arc<Job>) -> Out {
 /// Reconnects session `j` and takes its messages until it has them all or none comes for
 /// `--quiet` seconds.
 async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()> {
-    let mut c = job.open(job.subscriber_id(j), job.session(), j).await?;
+    let session = &job.args.session;
+    let mut c = job
+        .open(session.subscriber_id(j), session.kept(), j)
+        .await?;
     if !c.session_present {
         // The broker kept nothing for this session: its messages are lost.
         leave(c).await;

@@ -29,6 +29,23 @@ impl SessionArgs {
         self.client_prefix.as_deref().unwrap_or("lg")
     }
 
+    /// The session a persistent client keeps.
+    pub fn kept(&self) -> Session {
+        Session::Kept {
+            expiry_secs: self.session_expiry,
+        }
+    }
+
+    /// The client id of subscriber `j`.
+    pub fn subscriber_id(&self, j: usize) -> String {
+        format!("{}-s-{j}", self.prefix())
+    }
+
+    /// The client id of publisher `i`.
+    pub fn publisher_id(&self, i: usize) -> String {
+        format!("{}-p-{i}", self.prefix())
+    }
+
     /// Fixes a new random prefix for this run, unless the user gave one. Called once per run
     /// before its clients are spread over processes, which must all use the same.
     pub fn for_this_run(&self) -> SessionArgs {

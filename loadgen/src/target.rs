@@ -88,6 +88,12 @@ impl TargetArgs {
     }
 }
 
+/// The source address of client `i`: the sources taken in turn; none (the system's choice)
+/// when there are none.
+pub fn source_for(sources: &[IpAddr], i: usize) -> Option<IpAddr> {
+    (!sources.is_empty()).then(|| sources[i % sources.len()])
+}
+
 /// Live counters read by the progress line.
 #[derive(Default)]
 pub struct Progress {
