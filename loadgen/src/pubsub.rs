@@ -1,11 +1,12 @@
-//! `pubsub`: P publishers and S subscribers on topic patterns ({i} is the client's index), for
-//! 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each payload carries the publisher,
+//! `pubsub`: P publishers and S subscribers on topic patterns ({i} is the client's index, {p}
+//! the client prefix), for 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each payload carries the publisher,
 //! a sequence number and the intended send time, so latency is measured end to end against the
 //! intended time (open loop: corrected for coordinated omission) and lost or duplicated
 //! messages are counted. Closed loop keeps at most W messages in flight end to end per
 //! publisher: the sustainable capacity. `--persistent` clients keep their sessions; a resumed
 //! session may first be sent messages from before the run, which are acknowledged and counted
-//! apart (stale), by their timestamp.
+//! apart (stale), by their timestamp. Their default topics hold the run's client prefix, so
+//! that the sessions earlier runs left behind are sent none of this run's messages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::broker::Usage;
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
-use crate::session::{Session, SessionArgs};
+use crate::session::{topic, Session, SessionArgs};
 use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -34,12 +35,14 @@ pub struct PubSubArgs {
     pub publishers: usize,
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
-    /// Topic each publisher publishes to ({i}: the publisher's index).
-    #[arg(long, default_value = "bench/{i}")]
-    pub pub_topic: String,
-    /// Filter each subscriber subscribes to ({i}: the subscriber's index); `$share/g/...` works.
-    #[arg(long, default_value = "bench/{i}")]
-    pub sub_topic: String,
+    /// Topic each publisher publishes to ({i}: the publisher's index, {p}: the client prefix).
+    /// Default: bench/{i}; with --persistent, bench/{p}/{i}.
+    #[arg(long)]
+    pub pub_topic: Option<String>,
+    /// Filter each subscriber subscribes to ({i}: the subscriber's index, {p}: the client
+    /// prefix); `$share/g/...` works. Default: as --pub-topic's.
+    #[arg(long)]
+    pub sub_topic: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub qos: u8,
     /// Payload bytes (at least 20: publisher id, sequence, timestamp).
@@ -74,6 +77,26 @@ impl PubSubArgs {
         } else {
             Session::Clean
         }
+    }
+
+    /// A topic pattern: the one given, else `bench/{i}`; with persistent sessions
+    /// `bench/{p}/{i}`, which no earlier run's sessions match.
+    fn pattern<'a>(&self, given: &'a Option<String>) -> &'a str {
+        match given {
+            Some(p) => p,
+            None if self.persistent => "bench/{p}/{i}",
+            None => "bench/{i}",
+        }
+    }
+
+    /// The topic publisher `i` publishes to.
+    fn topic_of(&self, i: usize) -> String {
+        topic(self.pattern(&self.pub_topic), self.session.prefix(), i)
+    }
+
+    /// The filter subscriber `j` subscribes to.
+    fn filter_of(&self, j: usize) -> String {
+        topic(self.pattern(&self.sub_topic), self.session.prefix(), j)
     }
 
     /// The arguments with what must be the same in every process of a run fixed: persistent
@@ -118,11 +141,11 @@ impl Header {
 /// How many deliveries one message of publisher `i` should make to the subscribers `subs`:
 /// the matching ones, a shared group counting once.
 fn fanout(args: &PubSubArgs, i: usize, subs: impl Iterator<Item = usize>) -> u64 {
-    let topic = args.pub_topic.replace("{i}", &i.to_string());
+    let topic = args.topic_of(i);
     let mut groups = std::collections::HashSet::new();
     let mut n = 0;
     for j in subs {
-        let filter = args.sub_topic.replace("{i}", &j.to_string());
+        let filter = args.filter_of(j);
         match parse_shared(&filter) {
             Some(Ok((group, inner)))
                 if matches(inner, &topic) && groups.insert(group.to_string()) =>
@@ -251,8 +274,8 @@ pub fn run(
             "pubsub P={} S={} pub={} sub={} qos={} size={} {}{}",
             args.publishers,
             args.subscribers,
-            args.pub_topic,
-            args.sub_topic,
+            args.pattern(&args.pub_topic),
+            args.pattern(&args.sub_topic),
             args.qos,
             args.size,
             if args.rate > 0.0 {
@@ -384,7 +407,7 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
     } = ctx;
     let id = args.session.subscriber_id(j);
     let mut c = Client::open(target, id, args.session(), 60, source).await?;
-    let filter = args.sub_topic.replace("{i}", &j.to_string());
+    let filter = args.filter_of(j);
     anyhow::ensure!(c.subscribe(&filter, qos(args.qos)).await?, "no SUBACK");
     progress.up.fetch_add(1, Ordering::Relaxed);
     shared.subs_ready.fetch_add(1, Ordering::Relaxed);
@@ -502,7 +525,7 @@ async fn publisher(
     while !shared.go.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
-    let topic: bytestring::ByteString = args.pub_topic.replace("{i}", &i.to_string()).into();
+    let topic: bytestring::ByteString = args.topic_of(i).into();
     let q = qos(args.qos);
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let start = Instant::now();
@@ -616,6 +639,47 @@ async fn publisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PubSubArgs,
+    }
+
+    /// The arguments of one run of `pubsub ARGS`.
+    fn run_of(args: &[&str]) -> PubSubArgs {
+        let argv = std::iter::once("pubsub").chain(args.iter().copied());
+        Cli::parse_from(argv).args.for_this_run()
+    }
+
+    #[test]
+    fn persistent_runs_publish_on_topics_no_earlier_run_subscribed_to() {
+        let plain = run_of(&[]);
+        assert_eq!(plain.topic_of(3), "bench/3");
+        assert_eq!(plain.filter_of(3), "bench/3");
+        let (a, b) = (run_of(&["--persistent"]), run_of(&["--persistent"]));
+        assert_eq!(a.topic_of(3), format!("bench/{}/3", a.session.prefix()));
+        assert_eq!(a.filter_of(3), a.topic_of(3));
+        assert!(
+            !matches(&a.filter_of(3), &b.topic_of(3)),
+            "an earlier run's sessions are sent none of this run's messages"
+        );
+        let given = run_of(&[
+            "--persistent",
+            "--client-prefix",
+            "dur",
+            "--subscribers",
+            "3",
+            "--pub-topic",
+            "t/{p}/{i}",
+            "--sub-topic",
+            "t/{p}/+",
+        ]);
+        assert_eq!(given.topic_of(2), "t/dur/2");
+        assert_eq!(given.filter_of(2), "t/dur/+");
+        assert_eq!(fanout(&given, 0, 0..3), 3);
+    }
 
     #[test]
     fn a_payload_header_reads_back_and_a_short_one_is_none() {

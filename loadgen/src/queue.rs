@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::client::Client;
 use crate::pubsub::{payload, Header, HEADER};
 use crate::report::unix_ns;
-use crate::session::{Session, SessionArgs};
+use crate::session::{topic, Session, SessionArgs};
 use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args)]
@@ -277,12 +277,7 @@ pub fn run(
     let job = Arc::new(Job {
         target: target.clone(),
         topics: (0..args.sessions)
-            .map(|j| {
-                args.topic
-                    .replace("{p}", prefix)
-                    .replace("{i}", &j.to_string())
-                    .into()
-            })
+            .map(|j| topic(&args.topic, prefix, j).into())
             .collect(),
         args: QueueArgs {
             session: session.clone(),
