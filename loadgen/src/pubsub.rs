@@ -1,12 +1,13 @@
 //! `pubsub`: P publishers and S subscribers on topic patterns ({i} is the client's index, {p}
-//! the client prefix), for 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each payload carries the publisher,
-//! a sequence number and the intended send time, so latency is measured end to end against the
-//! intended time (open loop: corrected for coordinated omission) and lost or duplicated
-//! messages are counted. Closed loop keeps at most W messages in flight end to end per
-//! publisher: the sustainable capacity. `--persistent` clients keep their sessions; a resumed
-//! session may first be sent messages from before the run, which are acknowledged and counted
-//! apart (stale), by their timestamp. Their default topics hold the run's client prefix, so
-//! that the sessions earlier runs left behind are sent none of this run's messages.
+//! the client prefix), for 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each
+//! payload carries the publisher, a sequence number and the intended send time, so latency is
+//! measured end to end against the intended time (open loop: corrected for coordinated
+//! omission) and lost or duplicated messages are counted. Closed loop keeps at most W messages
+//! in flight end to end per publisher: the sustainable capacity. `--persistent` subscribers
+//! keep their sessions (publishers are always clean: a kept one would only add store work); a
+//! resumed session may first be sent messages from before the run, which are acknowledged and
+//! counted apart (stale), by their timestamp. Their default topics hold the run's client
+//! prefix, so that the sessions earlier runs left behind are sent none of this run's messages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ pub struct PubSubArgs {
     pub duration: f64,
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Persistent sessions: clean session (v3) / clean start (v5) off.
+    /// Subscribers keep their sessions: clean session (v3) / clean start (v5) off.
     #[arg(long)]
     pub persistent: bool,
     #[command(flatten)]
@@ -70,7 +71,7 @@ pub struct PubSubArgs {
 }
 
 impl PubSubArgs {
-    /// What this run's clients connect with.
+    /// What this run's subscribers connect with (publishers: always a clean session).
     fn session(&self) -> Session {
         if self.persistent {
             self.session.kept()
@@ -519,8 +520,9 @@ async fn publisher(
         shared,
         ..
     } = ctx;
+    // A kept session would only add store work, and could leave QoS 2 ids awaiting release.
     let id = args.session.publisher_id(i);
-    let mut c = Client::open(target, id, args.session(), 60, source).await?;
+    let mut c = Client::open(target, id, Session::Clean, 60, source).await?;
     progress.up.fetch_add(1, Ordering::Relaxed);
     while !shared.go.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(1)).await;
