@@ -416,25 +416,7 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
     let (warm_ns, dur_ns) = ((args.warmup * 1e9) as u64, (args.duration * 1e9) as u64);
     let mut quiet_since: Option<Instant> = None;
     loop {
-        while let Some(p) = c.try_next()? {
-            let Packet::Publish(p) = p else {
-                if let Packet::PubRel(r) = p {
-                    c.queue(&Packet::PubComp(PubResp::new(
-                        r.packet_id,
-                        ReasonCode::Success,
-                    )));
-                }
-                continue;
-            };
-            match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => {
-                    c.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
-                }
-                (QoS::ExactlyOnce, Some(id)) => {
-                    c.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
-                }
-                _ => {}
-            }
+        while let Some(p) = c.try_next_publish()? {
             let Some(Header {
                 id: pub_id,
                 seq,
@@ -481,11 +463,8 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         let tick = monoio::time::sleep(Duration::from_millis(200));
         monoio::select! {
             _ = tick => {}
-            r = c.readable() => {
+            r = c.read_more() => {
                 r?;
-                if !c.fill()? {
-                    anyhow::bail!("closed by broker");
-                }
                 if shared.stop.load(Ordering::Relaxed) {
                     quiet_since = Some(Instant::now());
                 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use clap::Args;
-use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
+use ringmq::codec::{Packet, Publish, QoS};
 use serde::Serialize;
 
 use crate::client::Client;
@@ -493,10 +493,7 @@ async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
         let tick = monoio::time::sleep(Duration::from_millis(100));
         monoio::select! {
             _ = tick => {}
-            r = c.readable() => {
-                r?;
-                anyhow::ensure!(c.fill()?, "closed by broker");
-            }
+            r = c.read_more() => r?,
         }
     }
     leave(c).await;
@@ -534,27 +531,7 @@ async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()
     let mut tally = Tally::new(expected(j, job.args.sessions, job.args.messages));
     let quiet = Duration::from_secs_f64(job.args.quiet);
     while !tally.complete() {
-        while let Some(p) = c.try_next()? {
-            let p = match p {
-                Packet::Publish(p) => p,
-                Packet::PubRel(r) => {
-                    c.queue(&Packet::PubComp(PubResp::new(
-                        r.packet_id,
-                        ReasonCode::Success,
-                    )));
-                    continue;
-                }
-                _ => continue,
-            };
-            match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => {
-                    c.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
-                }
-                (QoS::ExactlyOnce, Some(id)) => {
-                    c.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
-                }
-                _ => {}
-            }
+        while let Some(p) = c.try_next_publish()? {
             let seen = match Header::read(&p.payload) {
                 Some(h) if h.id as usize == j => tally.record(h.seq),
                 _ => Seen::Stray,
@@ -574,12 +551,9 @@ async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()
         if tally.complete() {
             break;
         }
-        match monoio::time::timeout(quiet, c.readable()).await {
+        match monoio::time::timeout(quiet, c.read_more()).await {
             Err(_) => break,
-            Ok(r) => {
-                r?;
-                anyhow::ensure!(c.fill()?, "closed by broker");
-            }
+            Ok(r) => r?,
         }
     }
     job.progress.up.fetch_sub(1, Ordering::Relaxed);
