@@ -280,10 +280,10 @@ async fn worker(
                     o.held_from_ns = unix_ns();
                 }
             }
-            progress.up.fetch_add(1, Ordering::Relaxed);
+            let up = progress.connection_up();
             progress.settled.fetch_add(1, Ordering::Relaxed);
             let open = keep(&mut client, &args, &release).await;
-            progress.up.fetch_sub(1, Ordering::Relaxed);
+            drop(up);
             let mut o = out.borrow_mut();
             o.held_until_ns = o.held_until_ns.max(unix_ns());
             if open {

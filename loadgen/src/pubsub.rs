@@ -410,7 +410,7 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
     let mut c = Client::open(target, id, args.session(), 60, source).await?;
     let filter = args.filter_of(j);
     anyhow::ensure!(c.subscribe(&filter, qos(args.qos)).await?, "no SUBACK");
-    progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = progress.connection_up();
     shared.subs_ready.fetch_add(1, Ordering::Relaxed);
     let mut next_seq: HashMap<u32, u64> = HashMap::new();
     let (warm_ns, dur_ns) = ((args.warmup * 1e9) as u64, (args.duration * 1e9) as u64);
@@ -472,7 +472,6 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         }
     }
     c.disconnect().await;
-    progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -502,7 +501,7 @@ async fn publisher(
     // A kept session would only add store work, and could leave QoS 2 ids awaiting release.
     let id = args.session.publisher_id(i);
     let mut c = Client::open(target, id, Session::Clean, 60, source).await?;
-    progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = progress.connection_up();
     while !shared.go.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -613,7 +612,6 @@ async fn publisher(
         }
     }
     c.disconnect().await;
-    progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(seq)
 }
 

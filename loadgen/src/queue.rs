@@ -448,7 +448,7 @@ async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
     let args = &job.args;
     let id = args.session.publisher_id(p);
     let mut c = job.open(id, Session::Clean, args.sessions + p).await?;
-    job.progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = job.progress.connection_up();
     let (sessions, window) = (args.sessions as u64, args.inflight.clamp(1, 65_000));
     let (mut pid, mut exhausted, mut last_ack) = (0u16, false, Instant::now());
     loop {
@@ -497,7 +497,6 @@ async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
         }
     }
     leave(c).await;
-    job.progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -527,7 +526,7 @@ async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()
         return Ok(());
     }
     out.borrow_mut().resumed += 1;
-    job.progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = job.progress.connection_up();
     let mut tally = Tally::new(expected(j, job.args.sessions, job.args.messages));
     let quiet = Duration::from_secs_f64(job.args.quiet);
     while !tally.complete() {
@@ -556,7 +555,6 @@ async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()
             Ok(r) => r?,
         }
     }
-    job.progress.up.fetch_sub(1, Ordering::Relaxed);
     leave(c).await;
     Ok(())
 }

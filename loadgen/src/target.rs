@@ -111,6 +111,13 @@ impl Progress {
         [&self.up, &self.sent, &self.received, &self.errors]
     }
 
+    /// Counts a connection up (`up`) until the guard is dropped, whichever way its client
+    /// ends.
+    pub fn connection_up(&self) -> Up<'_> {
+        self.up.fetch_add(1, Ordering::Relaxed);
+        Up(self)
+    }
+
     /// Prints one line a second on stderr until `done`.
     pub fn spawn_printer(self: &std::sync::Arc<Self>) {
         let p = self.clone();
@@ -134,5 +141,14 @@ impl Progress {
                 (sent, recv) = (s, r);
             }
         });
+    }
+}
+
+/// A connection counted up in `Progress::up`: counted down when dropped.
+pub struct Up<'a>(&'a Progress);
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.0.up.fetch_sub(1, Ordering::Relaxed);
     }
 }
