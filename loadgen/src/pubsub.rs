@@ -315,10 +315,8 @@ pub fn run(
 /// broker used over the measured window alone, as deliveries are counted.
 pub fn measured_window(target: &TargetArgs, args: &PubSubArgs) -> Option<Usage> {
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    let before = target.broker_pid.and_then(crate::broker::sample);
-    std::thread::sleep(Duration::from_secs_f64(args.duration));
-    let after = target.broker_pid.and_then(crate::broker::sample);
-    Some(crate::broker::usage(before?, after?))
+    let measured = || std::thread::sleep(Duration::from_secs_f64(args.duration));
+    crate::broker::over(target.broker_pid, measured).1
 }
 
 /// What every client task of a worker thread shares.

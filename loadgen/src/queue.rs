@@ -19,6 +19,7 @@ use clap::Args;
 use ringmq::codec::{Packet, Publish, QoS};
 use serde::Serialize;
 
+use crate::broker;
 use crate::client::Client;
 use crate::pubsub::{payload, Header, HEADER};
 use crate::report::unix_ns;
@@ -296,11 +297,7 @@ pub fn run(
         ..QueueReport::default()
     };
     let mut total = Out::default();
-    let cpu = || target.broker_pid.and_then(crate::broker::sample);
-    let per_cpu = |n: u64, before: Option<crate::broker::Sample>| {
-        let used = cpu()?.cpu_secs - before?.cpu_secs;
-        (used > 0.0).then(|| n as f64 / used)
-    };
+    let pid = target.broker_pid;
     if !args.no_fill {
         eprintln!("setting up {} sessions", args.sessions);
         let t0 = Instant::now();
@@ -309,19 +306,19 @@ pub fn run(
         r.set_up = o.set_up;
         total.add(o);
         eprintln!("publishing {} messages", args.messages);
-        let (t0, before) = (Instant::now(), cpu());
-        let o = phase(&job, fill);
+        let t0 = Instant::now();
+        let (o, used) = broker::over(pid, || phase(&job, fill));
         r.fill_secs = t0.elapsed().as_secs_f64();
-        r.fill_per_cpu_sec = per_cpu(o.acked, before);
+        r.fill_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.acked));
         r.fill_rate = (r.fill_secs > 0.0).then(|| o.acked as f64 / r.fill_secs);
         (r.published, r.acked, r.refused) = (o.published, o.acked, o.refused);
         total.add(o);
     }
     if args.drain {
         eprintln!("draining {} sessions", args.sessions);
-        let (start_ns, before) = (unix_ns(), cpu());
-        let o = phase(&job, drain);
-        r.drain_per_cpu_sec = per_cpu(o.drained, before);
+        let start_ns = unix_ns();
+        let (o, used) = broker::over(pid, || phase(&job, drain));
+        r.drain_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.drained));
         r.drain_secs = o.last_rx_ns.saturating_sub(start_ns) as f64 / 1e9;
         r.drain_rate = (r.drain_secs > 0.0).then(|| o.drained as f64 / r.drain_secs);
         (r.resumed, r.drained, r.duplicated, r.stray) =

@@ -211,8 +211,7 @@ impl Report {
 
     /// Deliveries per broker CPU-second, when the broker was sampled.
     pub fn per_cpu_sec(&self) -> Option<f64> {
-        let cpu = self.broker?.cpu_secs;
-        (cpu > 0.0 && self.measured_delivered > 0).then(|| self.measured_delivered as f64 / cpu)
+        self.broker?.per_cpu_sec(self.measured_delivered)
     }
 
     pub fn print(&self) {
