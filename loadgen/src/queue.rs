@@ -296,99 +296,92 @@ pub fn run(
         drained_phase: args.drain,
         ..QueueReport::default()
     };
-    let mut total = Out::default();
-    let pid = target.broker_pid;
+    let (pid, lanes) = (target.broker_pid, args.concurrency);
     if !args.no_fill {
         eprintln!("setting up {} sessions", args.sessions);
         let t0 = Instant::now();
-        let o = phase(&job, setup);
+        let o = per_session(&job, args.sessions, lanes, "setup", set_up);
         r.setup_secs = t0.elapsed().as_secs_f64();
         r.set_up = o.set_up;
-        total.add(o);
+        r.failures.extend(o.failures);
         eprintln!("publishing {} messages", args.messages);
         let t0 = Instant::now();
-        let (o, used) = broker::over(pid, || phase(&job, fill));
+        let (o, used) = broker::over(pid, || {
+            let p = args.publishers;
+            per_session(&job, p, p, "publisher", publisher)
+        });
         r.fill_secs = t0.elapsed().as_secs_f64();
         r.fill_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.acked));
         r.fill_rate = (r.fill_secs > 0.0).then(|| o.acked as f64 / r.fill_secs);
         (r.published, r.acked, r.refused) = (o.published, o.acked, o.refused);
-        total.add(o);
+        r.failures.extend(o.failures);
     }
     if args.drain {
         eprintln!("draining {} sessions", args.sessions);
         let start_ns = unix_ns();
-        let (o, used) = broker::over(pid, || phase(&job, drain));
+        let (o, used) = broker::over(pid, || {
+            per_session(&job, args.sessions, lanes, "drain", drain)
+        });
         r.drain_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.drained));
         r.drain_secs = o.last_rx_ns.saturating_sub(start_ns) as f64 / 1e9;
         r.drain_rate = (r.drain_secs > 0.0).then(|| o.drained as f64 / r.drain_secs);
         (r.resumed, r.drained, r.duplicated, r.stray) =
             (o.resumed, o.drained, o.duplicated, o.stray);
         r.lost = args.messages.saturating_sub(o.drained);
-        total.add(o);
+        r.failures.extend(o.failures);
     }
-    r.failures = total.failures;
     Ok(r)
 }
 
-/// Runs `work` on every worker thread and merges what they measured.
-fn phase<Fut>(job: &Arc<Job>, work: fn(usize, Arc<Job>) -> Fut) -> Out
+/// Runs `each(k, ..)` for every `k < count` (a session, a publisher) on the worker threads,
+/// each thread for the ks its slice gives it, `lanes` at a time; returns what they counted,
+/// merged, and their failures under `phase`.
+fn per_session<Fut>(
+    job: &Arc<Job>,
+    count: usize,
+    lanes: usize,
+    phase: &'static str,
+    each: fn(usize, Arc<Job>, Rc<RefCell<Out>>) -> Fut,
+) -> Out
 where
-    Fut: Future<Output = Out> + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     let job = job.clone();
+    let outs = crate::workers::run(job.target.threads(), move |t| {
+        let job = job.clone();
+        async move {
+            let queue = Rc::new(RefCell::new(job.target.slice().clients(t, count)));
+            let out = Rc::new(RefCell::new(Out::default()));
+            let lanes: Vec<_> = (0..lanes.max(1))
+                .map(|_| {
+                    let (queue, out, job) = (queue.clone(), out.clone(), job.clone());
+                    monoio::spawn(async move {
+                        loop {
+                            let next = queue.borrow_mut().next();
+                            let Some(k) = next else { break };
+                            if let Err(e) = each(k, job.clone(), out.clone()).await {
+                                out.borrow_mut().fail(phase, e);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for lane in lanes {
+                lane.await;
+            }
+            let merged = std::mem::take(&mut *out.borrow_mut());
+            merged
+        }
+    });
     let mut merged = Out::default();
-    for o in crate::workers::run(job.target.threads(), move |t| work(t, job.clone())) {
+    for o in outs {
         merged.add(o);
     }
     merged
 }
 
-/// Runs `each(j)` for the sessions of worker thread `t`, `--concurrency` at a time, and
-/// returns what they added up to.
-async fn per_session<F, Fut>(t: usize, job: &Job, each: F) -> Out
-where
-    F: Fn(usize, Rc<RefCell<Out>>) -> Fut + Clone + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let queue = Rc::new(RefCell::new(
-        job.target.slice().clients(t, job.args.sessions),
-    ));
-    let out = Rc::new(RefCell::new(Out::default()));
-    let lanes: Vec<_> = (0..job.args.concurrency.max(1))
-        .map(|_| {
-            let (queue, out, each) = (queue.clone(), out.clone(), each.clone());
-            monoio::spawn(async move {
-                loop {
-                    let next = queue.borrow_mut().next();
-                    let Some(j) = next else { break };
-                    each(j, out.clone()).await;
-                }
-            })
-        })
-        .collect();
-    for lane in lanes {
-        lane.await;
-    }
-    let merged = std::mem::take(&mut *out.borrow_mut());
-    merged
-}
-
-async fn setup(t: usize, job: Arc<Job>) -> Out {
-    let j2 = job.clone();
-    per_session(t, &j2, move |j, out| {
-        let job = job.clone();
-        async move {
-            match set_up(j, &job).await {
-                Ok(()) => out.borrow_mut().set_up += 1,
-                Err(e) => out.borrow_mut().fail("setup", e),
-            }
-        }
-    })
-    .await
-}
-
 /// Leaves session `j` subscribed to its topic, empty and offline.
-async fn set_up(j: usize, job: &Job) -> anyhow::Result<()> {
+async fn set_up(j: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
     let (id, kept) = (job.args.session.subscriber_id(j), job.args.session.kept());
     let mut c = job.open(id.clone(), kept, j).await?;
     if c.session_present {
@@ -403,6 +396,7 @@ async fn set_up(j: usize, job: &Job) -> anyhow::Result<()> {
         "SUBACK refused or missing"
     );
     leave(c).await;
+    out.borrow_mut().set_up += 1;
     Ok(())
 }
 
@@ -416,50 +410,36 @@ async fn leave(mut c: Client) {
     .await;
 }
 
-async fn fill(t: usize, job: Arc<Job>) -> Out {
-    let handles: Vec<_> = job
-        .target
-        .slice()
-        .clients(t, job.args.publishers)
-        .map(|p| {
-            let job = job.clone();
-            monoio::spawn(async move {
-                let mut out = Out::default();
-                if let Err(e) = publisher(p, &job, &mut out).await {
-                    out.fail("publisher", e);
-                }
-                out
-            })
-        })
-        .collect();
-    let mut merged = Out::default();
-    for h in handles {
-        merged.add(h.await);
-    }
-    merged
-}
-
 /// Publishes messages claimed from the shared count until there are none left, at most
 /// `--inflight` awaiting their PUBACK.
-async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
+async fn publisher(p: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
     let args = &job.args;
     let id = args.session.publisher_id(p);
     let mut c = job.open(id, Session::Clean, args.sessions + p).await?;
     let _up = job.progress.connection_up();
     let (sessions, window) = (args.sessions as u64, args.inflight.clamp(1, 65_000));
     let (mut pid, mut exhausted, mut last_ack) = (0u16, false, Instant::now());
+    let mut inflight = 0u64;
     loop {
+        let (mut acked, mut refused) = (0, 0);
         while let Some(packet) = c.try_next()? {
             if let Packet::PubAck(a) = packet {
                 if a.reason.is_error() {
-                    out.refused += 1;
+                    refused += 1;
                 } else {
-                    out.acked += 1;
+                    acked += 1;
                 }
-                last_ack = Instant::now();
             }
         }
-        while !exhausted && out.published - out.acked - out.refused < window {
+        if acked + refused > 0 {
+            inflight -= acked + refused;
+            last_ack = Instant::now();
+            let mut o = out.borrow_mut();
+            o.acked += acked;
+            o.refused += refused;
+        }
+        let mut published = 0;
+        while !exhausted && inflight < window {
             let k = job.next.fetch_add(1, Ordering::Relaxed);
             if k >= args.messages {
                 exhausted = true;
@@ -476,11 +456,13 @@ async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
                 properties: None,
                 payload: payload(j as u32, k / sessions, unix_ns(), args.size),
             }));
-            out.published += 1;
+            inflight += 1;
+            published += 1;
             job.progress.sent.fetch_add(1, Ordering::Relaxed);
         }
+        out.borrow_mut().published += published;
         c.flush().await?;
-        if exhausted && out.published == out.acked + out.refused {
+        if exhausted && inflight == 0 {
             break;
         }
         anyhow::ensure!(
@@ -497,22 +479,9 @@ async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain(t: usize, job: Arc<Job>) -> Out {
-    let j2 = job.clone();
-    per_session(t, &j2, move |j, out| {
-        let job = job.clone();
-        async move {
-            if let Err(e) = drain_one(j, &job, &out).await {
-                out.borrow_mut().fail("drain", e);
-            }
-        }
-    })
-    .await
-}
-
 /// Reconnects session `j` and takes its messages until it has them all or none comes for
 /// `--quiet` seconds.
-async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()> {
+async fn drain(j: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
     let session = &job.args.session;
     let mut c = job
         .open(session.subscriber_id(j), session.kept(), j)
