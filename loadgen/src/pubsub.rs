@@ -473,13 +473,30 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
     Ok(())
 }
 
-pub fn payload(pub_id: u32, seq: u64, stamp_ns: u64, size: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(size);
-    b.put_u32(pub_id);
-    b.put_u64(seq);
-    b.put_u64(stamp_ns);
-    b.resize(size, b'x');
-    b.freeze()
+/// Payloads of one size, written one after another into one buffer: each is a view of it,
+/// whose space the next takes back once the codec has copied the message out and dropped it.
+pub struct Payloads {
+    buf: BytesMut,
+    size: usize,
+}
+
+impl Payloads {
+    pub fn new(size: usize) -> Payloads {
+        Payloads {
+            buf: BytesMut::new(),
+            size,
+        }
+    }
+
+    /// The next payload: its header (`Header`), then padding up to the size.
+    pub fn next(&mut self, id: u32, seq: u64, stamp_ns: u64) -> Bytes {
+        self.buf.reserve(self.size);
+        self.buf.put_u32(id);
+        self.buf.put_u64(seq);
+        self.buf.put_u64(stamp_ns);
+        self.buf.resize(self.size, b'x');
+        self.buf.split().freeze()
+    }
 }
 
 /// Publishes until told to stop; returns how many messages it published.
@@ -513,6 +530,7 @@ async fn publisher(
     let mut forgiven = 0u64;
     let mut last_progress = (Instant::now(), 0u64);
     let window = args.inflight.max(1);
+    let mut payloads = Payloads::new(args.size);
     while Instant::now() < end && !shared.stop.load(Ordering::Relaxed) {
         c.fill()?;
         while let Some(p) = c.try_next()? {
@@ -567,7 +585,7 @@ async fn publisher(
                 topic: topic.clone(),
                 packet_id,
                 properties: None,
-                payload: payload(i as u32, seq, stamp, args.size),
+                payload: payloads.next(i as u32, seq, stamp),
             }));
             seq += 1;
             progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -660,7 +678,7 @@ mod tests {
 
     #[test]
     fn a_payload_header_reads_back_and_a_short_one_is_none() {
-        let p = payload(7, 1 << 40, 123_456_789, 64);
+        let p = Payloads::new(64).next(7, 1 << 40, 123_456_789);
         assert_eq!(p.len(), 64);
         assert_eq!(
             Header::read(&p),
@@ -671,5 +689,23 @@ mod tests {
             })
         );
         assert_eq!(Header::read(&p[..HEADER - 1]), None);
+    }
+
+    #[test]
+    fn payloads_reuse_their_buffer_once_the_last_one_is_dropped() {
+        let mut payloads = Payloads::new(64);
+        let first = payloads.next(1, 0, 0);
+        let at = first.as_ptr();
+        drop(first);
+        let second = payloads.next(1, 1, 0);
+        assert_eq!(second.as_ptr(), at, "the same space again");
+        let third = payloads.next(1, 2, 0);
+        assert_ne!(
+            third.as_ptr(),
+            second.as_ptr(),
+            "not while the last one is held"
+        );
+        assert_eq!(Header::read(&second).map(|h| h.seq), Some(1));
+        assert_eq!(Header::read(&third).map(|h| h.seq), Some(2));
     }
 }

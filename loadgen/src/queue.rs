@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::broker;
 use crate::client::Client;
-use crate::pubsub::{payload, Header, HEADER};
-use crate::report::unix_ns;
+use crate::pubsub::{Header, Payloads, HEADER};
+use crate::report::{earliest_ns, unix_ns};
 use crate::session::{topic, Session, SessionArgs};
 use crate::target::{source_for, Progress, TargetArgs};
 
@@ -75,7 +75,7 @@ pub struct QueueReport {
     pub acked: u64,
     /// PUBACKs with an error reason (v5).
     pub refused: u64,
-    /// From the first publish to the last PUBACK.
+    /// From the first publish to the last PUBACK (0 when none came).
     pub fill_secs: f64,
     pub fill_rate: Option<f64>,
     pub fill_per_cpu_sec: Option<f64>,
@@ -230,6 +230,9 @@ struct Out {
     drained: u64,
     duplicated: u64,
     stray: u64,
+    /// Unix ns: the first message published, the last PUBACK and the last message drained.
+    first_tx_ns: u64,
+    last_ack_ns: u64,
     last_rx_ns: u64,
     failures: BTreeMap<String, u64>,
 }
@@ -248,6 +251,8 @@ impl Out {
         self.drained += o.drained;
         self.duplicated += o.duplicated;
         self.stray += o.stray;
+        self.first_tx_ns = earliest_ns(self.first_tx_ns, o.first_tx_ns);
+        self.last_ack_ns = self.last_ack_ns.max(o.last_ack_ns);
         self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
         for (k, v) in o.failures {
             *self.failures.entry(k).or_default() += v;
@@ -305,12 +310,15 @@ pub fn run(
         r.set_up = o.set_up;
         r.failures.extend(o.failures);
         eprintln!("publishing {} messages", args.messages);
-        let t0 = Instant::now();
         let (o, used) = broker::over(pid, || {
             let p = args.publishers;
             per_session(&job, p, p, "publisher", publisher)
         });
-        r.fill_secs = t0.elapsed().as_secs_f64();
+        r.fill_secs = if o.first_tx_ns > 0 {
+            o.last_ack_ns.saturating_sub(o.first_tx_ns) as f64 / 1e9
+        } else {
+            0.0
+        };
         r.fill_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.acked));
         r.fill_rate = (r.fill_secs > 0.0).then(|| o.acked as f64 / r.fill_secs);
         (r.published, r.acked, r.refused) = (o.published, o.acked, o.refused);
@@ -411,7 +419,8 @@ async fn leave(mut c: Client) {
 }
 
 /// Publishes messages claimed from the shared count until there are none left, at most
-/// `--inflight` awaiting their PUBACK.
+/// `--inflight` awaiting their PUBACK: as many as the window has room for are claimed at once.
+/// Queue's payloads carry no send time (0): nothing reads it.
 async fn publisher(p: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
     let args = &job.args;
     let id = args.session.publisher_id(p);
@@ -419,7 +428,7 @@ async fn publisher(p: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Re
     let _up = job.progress.connection_up();
     let (sessions, window) = (args.sessions as u64, args.inflight.clamp(1, 65_000));
     let (mut pid, mut exhausted, mut last_ack) = (0u16, false, Instant::now());
-    let mut inflight = 0u64;
+    let (mut inflight, mut payloads) = (0u64, Payloads::new(args.size));
     loop {
         let (mut acked, mut refused) = (0, 0);
         while let Some(packet) = c.try_next()? {
@@ -437,30 +446,35 @@ async fn publisher(p: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Re
             let mut o = out.borrow_mut();
             o.acked += acked;
             o.refused += refused;
+            o.last_ack_ns = unix_ns();
         }
-        let mut published = 0;
-        while !exhausted && inflight < window {
-            let k = job.next.fetch_add(1, Ordering::Relaxed);
-            if k >= args.messages {
-                exhausted = true;
-                break;
+        if !exhausted && inflight < window {
+            let room = window - inflight;
+            let first = job.next.fetch_add(room, Ordering::Relaxed);
+            let end = (first + room).min(args.messages);
+            exhausted = end == args.messages;
+            for k in first..end {
+                let j = k % sessions;
+                pid = pid.wrapping_add(1).max(1);
+                c.queue(&Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: job.topics[j as usize].clone(),
+                    packet_id: Some(pid),
+                    properties: None,
+                    payload: payloads.next(j as u32, k / sessions, 0),
+                }));
             }
-            let j = k % sessions;
-            pid = pid.wrapping_add(1).max(1);
-            c.queue(&Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: job.topics[j as usize].clone(),
-                packet_id: Some(pid),
-                properties: None,
-                payload: payload(j as u32, k / sessions, unix_ns(), args.size),
-            }));
-            inflight += 1;
-            published += 1;
-            job.progress.sent.fetch_add(1, Ordering::Relaxed);
+            let published = end.saturating_sub(first);
+            if published > 0 {
+                inflight += published;
+                job.progress.sent.fetch_add(published, Ordering::Relaxed);
+                let mut o = out.borrow_mut();
+                o.first_tx_ns = earliest_ns(o.first_tx_ns, unix_ns());
+                o.published += published;
+            }
         }
-        out.borrow_mut().published += published;
         c.flush().await?;
         if exhausted && inflight == 0 {
             break;
@@ -496,20 +510,26 @@ async fn drain(j: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result
     let mut tally = Tally::new(expected(j, job.args.sessions, job.args.messages));
     let quiet = Duration::from_secs_f64(job.args.quiet);
     while !tally.complete() {
+        let (mut new, mut again, mut stray) = (0, 0, 0);
         while let Some(p) = c.try_next_publish()? {
             let seen = match Header::read(&p.payload) {
                 Some(h) if h.id as usize == j => tally.record(h.seq),
                 _ => Seen::Stray,
             };
-            let mut o = out.borrow_mut();
             match seen {
-                Seen::New => {
-                    o.drained += 1;
-                    o.last_rx_ns = unix_ns();
-                    job.progress.received.fetch_add(1, Ordering::Relaxed);
-                }
-                Seen::Again => o.duplicated += 1,
-                Seen::Stray => o.stray += 1,
+                Seen::New => new += 1,
+                Seen::Again => again += 1,
+                Seen::Stray => stray += 1,
+            }
+        }
+        if new + again + stray > 0 {
+            let mut o = out.borrow_mut();
+            o.duplicated += again;
+            o.stray += stray;
+            if new > 0 {
+                o.drained += new;
+                o.last_rx_ns = unix_ns();
+                job.progress.received.fetch_add(new, Ordering::Relaxed);
             }
         }
         c.flush().await?;

@@ -22,6 +22,15 @@ pub fn unix_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The earlier of two Unix-ns times, 0 standing for none.
+pub fn earliest_ns(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
+    }
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
@@ -123,11 +132,7 @@ impl Report {
         self.connected += o.connected;
         self.still_open += o.still_open;
         self.connect_secs = self.connect_secs.max(o.connect_secs);
-        self.held_from_ns = match (self.held_from_ns, o.held_from_ns) {
-            (0, b) => b,
-            (a, 0) => a,
-            (a, b) => a.min(b),
-        };
+        self.held_from_ns = earliest_ns(self.held_from_ns, o.held_from_ns);
         self.held_until_ns = self.held_until_ns.max(o.held_until_ns);
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
