@@ -1,9 +1,10 @@
 //! `queue`: offline queues, filled and drained. S persistent subscribers connect, subscribe to
 //! a topic each and go; M QoS 1 messages are published over their topics (message k to
 //! session k mod S), each PUBACKed, so the broker holds all of them for offline sessions.
-//! `--drain` brings the subscribers back and counts every message once: lost, duplicated,
-//! stray. `--no-fill` only drains, what an earlier run with the same `--client-prefix` filled
-//! (across a broker restart, say). Each phase is timed, and the broker's CPU over it sampled.
+//! `--drain` brings the subscribers back and counts every message once: lost (of those
+//! acknowledged, judged only when nothing in the fill failed), duplicated, stray. `--no-fill`
+//! only drains, what an earlier run with the same `--client-prefix` filled (across a broker
+//! restart, say). Each phase is timed, and the broker's CPU over it sampled.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -68,6 +69,8 @@ pub struct QueueReport {
     pub client_prefix: String,
     pub sessions: u64,
     pub messages: u64,
+    /// This run set up the sessions and filled them (not `--no-fill`).
+    pub filled_phase: bool,
     /// Sessions connected, subscribed and disconnected, and the seconds that took.
     pub set_up: u64,
     pub setup_secs: f64,
@@ -75,6 +78,9 @@ pub struct QueueReport {
     pub acked: u64,
     /// PUBACKs with an error reason (v5).
     pub refused: u64,
+    /// Sessions not set up and publishers that failed: the fill is incomplete, what the broker
+    /// holds unknown, and losses are not judged.
+    pub fill_failed: u64,
     /// From the first publish to the last PUBACK (0 when none came).
     pub fill_secs: f64,
     pub fill_rate: Option<f64>,
@@ -82,9 +88,10 @@ pub struct QueueReport {
     pub drained_phase: bool,
     /// Sessions the broker still had when their subscribers came back (CONNACK session present).
     pub resumed: u64,
-    /// Distinct messages received; `lost` is the rest of `messages`.
+    /// Distinct messages received.
     pub drained: u64,
-    pub lost: u64,
+    /// What `owed` has that was not drained; none without a drain or after an incomplete fill.
+    pub lost: Option<u64>,
     pub duplicated: u64,
     /// Messages that were not this run's for that session.
     pub stray: u64,
@@ -96,6 +103,23 @@ pub struct QueueReport {
 }
 
 impl QueueReport {
+    /// The messages a drain should bring back: the ones this run's fill had acknowledged when
+    /// nothing in it failed (refused ones are not owed), `--messages` after `--no-fill` (an
+    /// earlier run filled them); none after an incomplete fill.
+    fn owed(&self) -> Option<u64> {
+        match (self.filled_phase, self.fill_failed) {
+            (false, _) => Some(self.messages),
+            (true, 0) => Some(self.acked),
+            (true, _) => None,
+        }
+    }
+
+    /// The owed messages the drain did not bring back, once it has run.
+    fn judge_loss(&self) -> Option<u64> {
+        let owed = self.owed().filter(|_| self.drained_phase)?;
+        Some(owed.saturating_sub(self.drained))
+    }
+
     /// Why the run fell short of what was asked, if it did.
     pub fn shortfall(&self) -> Option<String> {
         if let Some((why, n)) = self.failures.iter().next() {
@@ -105,10 +129,12 @@ impl QueueReport {
                 "{} of {} messages acknowledged",
                 self.acked, self.messages
             ))
-        } else if self.drained_phase && (self.lost > 0 || self.stray > 0) {
+        } else if self.drained_phase && (self.lost.unwrap_or(0) > 0 || self.stray > 0) {
             Some(format!(
-                "lost {} of {} messages ({} stray)",
-                self.lost, self.messages, self.stray
+                "lost {} of {} acknowledged messages ({} stray)",
+                self.lost.unwrap_or(0),
+                self.owed().unwrap_or(0),
+                self.stray
             ))
         } else {
             None
@@ -121,7 +147,7 @@ impl QueueReport {
             "queue         {} sessions, {} QoS 1 messages, ids {}-s-*  ->  {}",
             self.sessions, self.messages, self.client_prefix, self.target
         );
-        if self.published > 0 {
+        if self.filled_phase {
             println!(
                 "set up        {} sessions in {:.2} s",
                 self.set_up, self.setup_secs
@@ -136,9 +162,13 @@ impl QueueReport {
             );
         }
         if self.drained_phase {
+            let lost = match (self.owed(), self.lost) {
+                (Some(owed), Some(lost)) => format!("of {owed} acknowledged (lost {lost}"),
+                _ => "(fill incomplete: losses not judged".into(),
+            };
             println!(
-                "drained       {} of {} (lost {}, duplicated {}, stray {}) from {} resumed sessions",
-                self.drained, self.messages, self.lost, self.duplicated, self.stray, self.resumed
+                "drained       {} {lost}, duplicated {}, stray {}) from {} resumed sessions",
+                self.drained, self.duplicated, self.stray, self.resumed
             );
             println!(
                 "drain rate    {:.2} s: {} msg/s, {} per broker CPU-s",
@@ -298,6 +328,7 @@ pub fn run(
         client_prefix: prefix.to_string(),
         sessions: args.sessions as u64,
         messages: args.messages,
+        filled_phase: !args.no_fill,
         drained_phase: args.drain,
         ..QueueReport::default()
     };
@@ -308,6 +339,7 @@ pub fn run(
         let o = per_session(&job, args.sessions, lanes, "setup", set_up);
         r.setup_secs = t0.elapsed().as_secs_f64();
         r.set_up = o.set_up;
+        r.fill_failed += o.failures.values().sum::<u64>();
         r.failures.extend(o.failures);
         eprintln!("publishing {} messages", args.messages);
         let (o, used) = broker::over(pid, || {
@@ -322,6 +354,7 @@ pub fn run(
         r.fill_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.acked));
         r.fill_rate = (r.fill_secs > 0.0).then(|| o.acked as f64 / r.fill_secs);
         (r.published, r.acked, r.refused) = (o.published, o.acked, o.refused);
+        r.fill_failed += o.failures.values().sum::<u64>();
         r.failures.extend(o.failures);
     }
     if args.drain {
@@ -335,9 +368,9 @@ pub fn run(
         r.drain_rate = (r.drain_secs > 0.0).then(|| o.drained as f64 / r.drain_secs);
         (r.resumed, r.drained, r.duplicated, r.stray) =
             (o.resumed, o.drained, o.duplicated, o.stray);
-        r.lost = args.messages.saturating_sub(o.drained);
         r.failures.extend(o.failures);
     }
+    r.lost = r.judge_loss();
     Ok(r)
 }
 
@@ -595,9 +628,46 @@ mod tests {
         let lost = QueueReport {
             acked: 10,
             drained: 7,
-            lost: 3,
+            lost: Some(3),
             ..unacked
         };
         assert!(lost.shortfall().is_some_and(|s| s.contains("lost 3")));
+        let stray = QueueReport {
+            drained: 10,
+            lost: Some(0),
+            stray: 2,
+            ..lost
+        };
+        assert!(stray.shortfall().is_some_and(|s| s.contains("2 stray")));
+    }
+
+    #[test]
+    fn losses_are_judged_against_what_a_complete_fill_had_acknowledged() {
+        let run = |acked, refused, fill_failed, drained| QueueReport {
+            messages: 10,
+            filled_phase: true,
+            published: acked + refused,
+            acked,
+            refused,
+            fill_failed,
+            drained_phase: true,
+            drained,
+            ..QueueReport::default()
+        };
+        assert_eq!(run(10, 0, 0, 10).judge_loss(), Some(0));
+        assert_eq!(run(10, 0, 0, 7).judge_loss(), Some(3));
+        assert_eq!(run(8, 2, 0, 8).judge_loss(), Some(0), "refused: not owed");
+        assert_eq!(run(8, 2, 0, 6).judge_loss(), Some(2));
+        assert_eq!(run(6, 0, 1, 6).judge_loss(), None, "fill incomplete");
+        let no_drain = QueueReport {
+            drained_phase: false,
+            ..run(10, 0, 0, 0)
+        };
+        assert_eq!(no_drain.judge_loss(), None);
+        let earlier_fill = QueueReport {
+            filled_phase: false,
+            ..run(0, 0, 0, 9)
+        };
+        assert_eq!(earlier_fill.judge_loss(), Some(1), "against --messages");
     }
 }
