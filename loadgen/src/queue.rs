@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::broker;
 use crate::client::Client;
 use crate::pubsub::{Header, Payloads, HEADER};
-use crate::report::{earliest_ns, unix_ns};
+use crate::report::{earliest_ns, unix_ns, Outcome};
 use crate::session::{topic, Session, SessionArgs};
 use crate::target::{source_for, Progress, TargetArgs};
 
@@ -119,9 +119,10 @@ impl QueueReport {
         let owed = self.owed().filter(|_| self.drained_phase)?;
         Some(owed.saturating_sub(self.drained))
     }
+}
 
-    /// Why the run fell short of what was asked, if it did.
-    pub fn shortfall(&self) -> Option<String> {
+impl Outcome for QueueReport {
+    fn shortfall(&self) -> Option<String> {
         if let Some((why, n)) = self.failures.iter().next() {
             Some(format!("{n} failed: {why}"))
         } else if self.published > 0 && self.acked < self.messages {
@@ -141,7 +142,7 @@ impl QueueReport {
         }
     }
 
-    pub fn print(&self) {
+    fn print(&self) {
         let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.0}"));
         println!(
             "queue         {} sessions, {} QoS 1 messages, ids {}-s-*  ->  {}",

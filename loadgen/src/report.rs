@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Usage;
 
+/// A run's result as `main` gives it: a table, or JSON with `--json`; and whether it fell short.
+pub trait Outcome: Serialize {
+    fn print(&self);
+    /// Why the run fell short of what was asked, if it did.
+    fn shortfall(&self) -> Option<String>;
+}
+
 /// A latency histogram in microseconds, carried between processes as (value, count) pairs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
@@ -195,9 +202,16 @@ impl Report {
         })
     }
 
+    /// Deliveries per broker CPU-second, when the broker was sampled.
+    pub fn per_cpu_sec(&self) -> Option<f64> {
+        self.broker?.per_cpu_sec(self.measured_delivered)
+    }
+}
+
+impl Outcome for Report {
     /// Why this run fell short of what was asked: connections not held to the end of the hold,
     /// or messages lost.
-    pub fn shortfall(&self) -> Option<String> {
+    fn shortfall(&self) -> Option<String> {
         if self.still_open < self.connections_wanted {
             Some(format!(
                 "held {} of {} connections to the end of the hold",
@@ -214,12 +228,7 @@ impl Report {
         }
     }
 
-    /// Deliveries per broker CPU-second, when the broker was sampled.
-    pub fn per_cpu_sec(&self) -> Option<f64> {
-        self.broker?.per_cpu_sec(self.measured_delivered)
-    }
-
-    pub fn print(&self) {
+    fn print(&self) {
         println!("scenario      {}  ->  {}", self.scenario, self.target);
         if self.connections_wanted > 0 {
             let l = self.connect_latency.percentiles();
