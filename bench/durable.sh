@@ -35,7 +35,8 @@ esac
 out=bench/report
 mkdir -p "$out"
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# The brokers are waited for before their data dirs go: one still writing would fail the rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 if [ "$mode" = smoke ]; then
   dur=(--duration 1 --warmup 0.5)
