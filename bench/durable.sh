@@ -6,13 +6,15 @@
 #     with persistence true (autosave settings default), interleaved, medians: messages per
 #     broker CPU-second, and the ratios crash/off and ringmq crash/Mosquitto.
 #  2. Offline queues: QUEUE_MSGS QoS 1 messages into offline persistent sessions, PUBACKed,
-#     then drained, every message counted once: fill and drain rates, same three brokers.
+#     then drained, every message counted once: fill and drain rates, same three brokers,
+#     interleaved, medians of REPS runs (losses summed over them).
 #  3. Restart: REC_SESSIONS sessions holding REC_MSGS queued messages in all, kill -9, restart
 #     on the same data dir: restore time and counts from /metrics (ringmq_store_*), data dir
 #     bytes (its files' sizes) per queued message, and a drain counting what survived;
 #     Mosquitto the same way.
 # Writes bench/report/durable.{json,md} and prints the tables. Fails when ringmq loses an
-# acknowledged message (across kill -9 only once it knows [durability]).
+# acknowledged message (across kill -9 only once it knows [durability]), or when one of its
+# fills was incomplete, which leaves its losses unjudged.
 #
 #   bench/durable.sh           full run, a few minutes
 #   bench/durable.sh --smoke   small and quick: every step works, a report is written
@@ -35,7 +37,8 @@ esac
 out=bench/report
 mkdir -p "$out"
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# The brokers are waited for before their data dirs go: one still writing would fail the rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 if [ "$mode" = smoke ]; then
   dur=(--duration 1 --warmup 0.5)
@@ -148,12 +151,15 @@ lg --json compare --reps "$reps" --baseline off \
   pubsub --persistent --client-prefix dur --publishers 20 --subscribers 20 --qos 1 \
   --inflight 16 "${dur[@]}" > "$work/pairs.json" 2>"$work/pairs.err" || true
 
-echo "== 2. offline queues: $QUEUE_MSGS messages into $QUEUE_SESSIONS sessions, then drained"
-for b in off:$off_port:$off_pid crash:$crash_port:$crash_pid mosquitto:$mq_port:$mq_pid; do
-  IFS=: read -r name port bpid <<< "$b"
-  lg --json --addr "127.0.0.1:$port" --broker-pid "$bpid" queue --sessions "$QUEUE_SESSIONS" \
-    --messages "$QUEUE_MSGS" --publishers 8 --inflight 1000 --drain \
-    > "$work/queue-$name.json" 2>"$work/queue-$name.err" || true
+echo "== 2. offline queues: $QUEUE_MSGS messages into $QUEUE_SESSIONS sessions, then drained (REPS=$reps)"
+# Each run its own client prefix (and topics): none drains what another filled.
+for rep in $(seq "$reps"); do
+  for b in off:$off_port:$off_pid crash:$crash_port:$crash_pid mosquitto:$mq_port:$mq_pid; do
+    IFS=: read -r name port bpid <<< "$b"
+    lg --json --addr "127.0.0.1:$port" --broker-pid "$bpid" queue --sessions "$QUEUE_SESSIONS" \
+      --messages "$QUEUE_MSGS" --publishers 8 --inflight 1000 --drain \
+      > "$work/queue-$name-$rep.json" 2>"$work/queue-$name-$rep.err" || true
+  done
 done
 stop "$off_pid" "$crash_pid" "$mq_pid"
 

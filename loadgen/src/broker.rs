@@ -104,9 +104,36 @@ pub fn usage(start: Sample, end: Sample) -> Usage {
     }
 }
 
+/// Runs `work`, and returns what it gave and what broker `pid` used over it (none without a
+/// PID, or when /proc could not tell).
+pub fn over<R>(pid: Option<u32>, work: impl FnOnce() -> R) -> (R, Option<Usage>) {
+    let before = pid.and_then(sample);
+    let r = work();
+    let after = pid.and_then(sample);
+    (r, before.zip(after).map(|(b, a)| usage(b, a)))
+}
+
+impl Usage {
+    /// `n` (messages, say) per CPU-second the broker used; none when it used none.
+    pub fn per_cpu_sec(&self, n: u64) -> Option<f64> {
+        (self.cpu_secs > 0.0 && n > 0).then(|| n as f64 / self.cpu_secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_cpu_second_needs_cpu_used_and_something_done() {
+        let used = |cpu_secs| Usage {
+            cpu_secs,
+            ..Usage::default()
+        };
+        assert_eq!(used(2.0).per_cpu_sec(10), Some(5.0));
+        assert_eq!(used(0.0).per_cpu_sec(10), None);
+        assert_eq!(used(2.0).per_cpu_sec(0), None);
+    }
 
     #[test]
     fn only_established_sockets_of_the_broker_on_its_port_count() {

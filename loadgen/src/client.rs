@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use monoio::net::TcpStream;
 use ringmq::codec::{
-    decode, encode, Connect, Disconnect, Packet, Protocol, QoS, ReasonCode, SubOptions, Subscribe,
+    decode, encode, Connect, Disconnect, Packet, Protocol, PubResp, Publish, QoS, ReasonCode,
+    SubOptions, Subscribe,
 };
 use ringmq::sock;
 
@@ -38,20 +39,29 @@ pub enum ConnectFailure {
     Closed,
 }
 
-impl ConnectFailure {
-    /// A short label for the failure table.
-    pub fn label(&self) -> String {
+/// A short label, as the failure table shows it.
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectFailure::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                "connection refused".into()
+                f.write_str("connection refused")
             }
             ConnectFailure::Io(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-                "no free source port (add --source addresses)".into()
+                f.write_str("no free source port (add --source addresses)")
             }
-            ConnectFailure::Io(e) => format!("io: {}", e.kind()),
-            ConnectFailure::Refused(rc) => format!("CONNACK {:?} (0x{:02x})", rc, *rc as u8),
-            ConnectFailure::Timeout => "timeout".into(),
-            ConnectFailure::Closed => "closed by broker".into(),
+            ConnectFailure::Io(e) => write!(f, "io: {}", e.kind()),
+            ConnectFailure::Refused(rc) => write!(f, "CONNACK {:?} (0x{:02x})", rc, *rc as u8),
+            ConnectFailure::Timeout => f.write_str("timeout"),
+            ConnectFailure::Closed => f.write_str("closed by broker"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectFailure::Io(e) => Some(e),
+            _ => None,
         }
     }
 }
@@ -122,8 +132,8 @@ impl Client {
         self.flush().await
     }
 
-    /// Subscribes to one filter and waits for the SUBACK; false when none came or it refused.
-    /// What came before it is kept for `try_next`.
+    /// Subscribes to one filter and waits for the SUBACK; false when it refused, an error when
+    /// the broker closed first. What came before it is kept for `try_next`.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<bool> {
         let sub = Subscribe {
             packet_id: 1,
@@ -135,12 +145,7 @@ impl Client {
             match self.decode()? {
                 Some(Packet::SubAck(a)) => return Ok(!a.reasons.iter().any(|r| r.is_error())),
                 Some(p) => self.early.push_back(p),
-                None => {
-                    self.readable().await?;
-                    if !self.fill()? {
-                        return Ok(false);
-                    }
-                }
+                None => self.read_more().await?,
             }
         }
     }
@@ -178,6 +183,34 @@ impl Client {
         }
     }
 
+    /// The next PUBLISH already received, without waiting: it is acknowledged (PUBACK, PUBREC)
+    /// and a PUBREL answered with its PUBCOMP on the way, in the output buffer (sent by
+    /// `flush`); other packets are passed over.
+    pub fn try_next_publish(&mut self) -> io::Result<Option<Publish>> {
+        while let Some(p) = self.try_next()? {
+            match p {
+                Packet::Publish(p) => {
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => {
+                            self.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
+                        }
+                        (QoS::ExactlyOnce, Some(id)) => {
+                            self.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
+                        }
+                        _ => {}
+                    }
+                    return Ok(Some(p));
+                }
+                Packet::PubRel(r) => self.queue(&Packet::PubComp(PubResp::new(
+                    r.packet_id,
+                    ReasonCode::Success,
+                ))),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// The next packet in the input buffer, if a whole one is there.
     fn decode(&mut self) -> io::Result<Option<Packet>> {
         decode(&mut self.inbuf, self.proto, usize::MAX)
@@ -200,6 +233,17 @@ impl Client {
     /// Waits until the socket is readable (cancel-safe: nothing is lost if dropped).
     pub async fn readable(&self) -> io::Result<()> {
         self.stream.readable(false).await
+    }
+
+    /// Waits until the socket is readable and reads what it holds; an error once the broker
+    /// closed the connection. Cancel-safe, as `readable`.
+    pub async fn read_more(&mut self) -> io::Result<()> {
+        self.readable().await?;
+        if self.fill()? {
+            Ok(())
+        } else {
+            Err(io::Error::new(ErrorKind::UnexpectedEof, "closed by broker"))
+        }
     }
 
     /// The next packet; `None` once the broker closed the connection.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Serialize;
 
-use crate::report::Report;
+use crate::report::{Outcome, Report};
 use crate::target::{Progress, TargetArgs};
 use crate::Scenario;
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::broker::{Sample, Usage};
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
-use crate::session::Session;
-use crate::target::{Progress, TargetArgs};
+use crate::session::{topic, Session};
+use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct ConnArgs {
@@ -34,7 +34,8 @@ pub struct ConnArgs {
     /// Persistent sessions (clean session off).
     #[arg(long)]
     pub persistent: bool,
-    /// Subscribe each client to this filter ({i} becomes the client index).
+    /// Subscribe each client to this filter ({i} becomes the client index, {p} the client id
+    /// prefix, lg).
     #[arg(long)]
     pub subscribe: Option<String>,
     /// Seconds to hold every connection once all are up.
@@ -61,6 +62,9 @@ impl ConnArgs {
         Ok(())
     }
 }
+
+/// The prefix of conn's client ids, `lg-c-N`.
+const CONN_PREFIX: &str = "lg";
 
 /// What the broker held during the hold.
 pub struct Held {
@@ -223,7 +227,7 @@ async fn worker(
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
         pending.set(pending.get() + 1);
-        let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let source = source_for(&sources, i);
         let ctx = (
             target.clone(),
             args.clone(),
@@ -236,7 +240,7 @@ async fn worker(
             let t0 = Instant::now();
             let result = Client::open(
                 &target,
-                format!("lg-c-{i}"),
+                format!("{CONN_PREFIX}-c-{i}"),
                 if args.persistent {
                     Session::Kept { expiry_secs: 0 }
                 } else {
@@ -250,7 +254,7 @@ async fn worker(
             let mut client = match result {
                 Ok(c) => c,
                 Err(e) => {
-                    *out.borrow_mut().failures.entry(e.label()).or_default() += 1;
+                    *out.borrow_mut().failures.entry(e.to_string()).or_default() += 1;
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                     progress.settled.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -260,7 +264,7 @@ async fn worker(
                 .borrow_mut()
                 .record(t0.elapsed().as_micros().max(1) as u64);
             if let Some(pattern) = &args.subscribe {
-                let filter = pattern.replace("{i}", &i.to_string());
+                let filter = topic(pattern, CONN_PREFIX, i);
                 let ok = client.subscribe(&filter, QoS::AtMostOnce).await;
                 if !matches!(ok, Ok(true)) {
                     *out.borrow_mut()
@@ -276,10 +280,10 @@ async fn worker(
                     o.held_from_ns = unix_ns();
                 }
             }
-            progress.up.fetch_add(1, Ordering::Relaxed);
+            let up = progress.connection_up();
             progress.settled.fetch_add(1, Ordering::Relaxed);
             let open = keep(&mut client, &args, &release).await;
-            progress.up.fetch_sub(1, Ordering::Relaxed);
+            drop(up);
             let mut o = out.borrow_mut();
             o.held_until_ns = o.held_until_ns.max(unix_ns());
             if open {

@@ -1,6 +1,6 @@
-//! ringmq-loadgen: connections and pub/sub load against any MQTT broker, with honest latency,
-//! loss counting and side-by-side comparison. One pinned monoio runtime per worker thread;
-//! `--procs` spreads clients over processes whose results the parent merges.
+//! ringmq-loadgen: connections, pub/sub and offline-queue load against any MQTT broker, with
+//! honest latency, loss counting and side-by-side comparison. One pinned monoio runtime per
+//! worker thread; `--procs` spreads clients over processes whose results the parent merges.
 
 mod broker;
 mod client;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use report::Report;
+use report::{Outcome, Report};
 use target::{Progress, TargetArgs};
 
 #[global_allocator]
@@ -65,6 +65,16 @@ pub enum Scenario {
     Pubsub(pubsub::PubSubArgs),
 }
 
+impl Scenario {
+    /// The scenario with what every process of a run must share fixed: pubsub's client prefix.
+    fn for_this_run(&self) -> Scenario {
+        match self {
+            Scenario::Conn(a) => Scenario::Conn(a.clone()),
+            Scenario::Pubsub(a) => Scenario::Pubsub(a.for_this_run()),
+        }
+    }
+}
+
 /// Runs a scenario: in this process, or spread over `--procs` child processes.
 pub fn run_scenario(
     target: &TargetArgs,
@@ -76,12 +86,11 @@ pub fn run_scenario(
     }
     // Children get what their parent fixed for the run.
     let fixed;
-    let scenario = match scenario {
-        Scenario::Pubsub(a) if target.child.is_none() => {
-            fixed = Scenario::Pubsub(a.for_this_run());
-            &fixed
-        }
-        _ => scenario,
+    let scenario = if target.child.is_none() {
+        fixed = scenario.for_this_run();
+        &fixed
+    } else {
+        scenario
     };
     if target.procs > 1 && target.child.is_none() {
         return procs::run_children(target, scenario, progress);
@@ -107,14 +116,7 @@ fn main() -> std::process::ExitCode {
             .map(|r| output(&cli.target, &r)),
         Command::Pubsub(a) => run_scenario(&cli.target, &Scenario::Pubsub(a.clone()), &progress)
             .map(|r| output(&cli.target, &r)),
-        Command::Queue(a) => queue::run(&cli.target, a, &progress).map(|r| {
-            if cli.target.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                r.print();
-            }
-            r.shortfall()
-        }),
+        Command::Queue(a) => queue::run(&cli.target, a, &progress).map(|r| output(&cli.target, &r)),
         Command::Compare { compare, scenario } => {
             compare::run(&cli.target, compare, scenario, &progress).map(|rows| {
                 if cli.target.json {
@@ -145,7 +147,7 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Prints the report; returns why the run fell short, if it did.
-fn output(target: &TargetArgs, r: &Report) -> Option<String> {
+fn output(target: &TargetArgs, r: &impl Outcome) -> Option<String> {
     if target.json {
         println!("{}", serde_json::to_string(r).unwrap_or_default());
     } else {

@@ -1,11 +1,13 @@
-//! `pubsub`: P publishers and S subscribers on topic patterns ({i} is the client's index), for
-//! 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each payload carries the publisher,
-//! a sequence number and the intended send time, so latency is measured end to end against the
-//! intended time (open loop: corrected for coordinated omission) and lost or duplicated
-//! messages are counted. Closed loop keeps at most W messages in flight end to end per
-//! publisher: the sustainable capacity. `--persistent` clients keep their sessions; a resumed
-//! session may first be sent messages from before the run, which are acknowledged and counted
-//! apart (stale), by their timestamp.
+//! `pubsub`: P publishers and S subscribers on topic patterns ({i} is the client's index, {p}
+//! the client prefix), for 1:1 pairs, fan-out, fan-in, wildcards and shared groups. Each
+//! payload carries the publisher, a sequence number and the intended send time, so latency is
+//! measured end to end against the intended time (open loop: corrected for coordinated
+//! omission) and lost or duplicated messages are counted. Closed loop keeps at most W messages
+//! in flight end to end per publisher: the sustainable capacity. `--persistent` subscribers
+//! keep their sessions (publishers are always clean: a kept one would only add store work); a
+//! resumed session may first be sent messages from before the run, which are acknowledged and
+//! counted apart (stale), by their timestamp. Their default topics hold the run's client
+//! prefix, so that the sessions earlier runs left behind are sent none of this run's messages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::broker::Usage;
 use crate::client::Client;
 use crate::report::{histogram, unix_ns, Latency, Report};
-use crate::session::{Session, SessionArgs};
-use crate::target::{Progress, TargetArgs};
+use crate::session::{topic, Session, SessionArgs};
+use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct PubSubArgs {
@@ -34,12 +36,14 @@ pub struct PubSubArgs {
     pub publishers: usize,
     #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
-    /// Topic each publisher publishes to ({i}: the publisher's index).
-    #[arg(long, default_value = "bench/{i}")]
-    pub pub_topic: String,
-    /// Filter each subscriber subscribes to ({i}: the subscriber's index); `$share/g/...` works.
-    #[arg(long, default_value = "bench/{i}")]
-    pub sub_topic: String,
+    /// Topic each publisher publishes to ({i}: the publisher's index, {p}: the client prefix).
+    /// Default: bench/{i}; with --persistent, bench/{p}/{i}.
+    #[arg(long)]
+    pub pub_topic: Option<String>,
+    /// Filter each subscriber subscribes to ({i}: the subscriber's index, {p}: the client
+    /// prefix); `$share/g/...` works. Default: as --pub-topic's.
+    #[arg(long)]
+    pub sub_topic: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub qos: u8,
     /// Payload bytes (at least 20: publisher id, sequence, timestamp).
@@ -59,7 +63,7 @@ pub struct PubSubArgs {
     pub duration: f64,
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Persistent sessions: clean session (v3) / clean start (v5) off.
+    /// Subscribers keep their sessions: clean session (v3) / clean start (v5) off.
     #[arg(long)]
     pub persistent: bool,
     #[command(flatten)]
@@ -67,15 +71,33 @@ pub struct PubSubArgs {
 }
 
 impl PubSubArgs {
-    /// What this run's clients connect with.
+    /// What this run's subscribers connect with (publishers: always a clean session).
     fn session(&self) -> Session {
         if self.persistent {
-            Session::Kept {
-                expiry_secs: self.session.session_expiry,
-            }
+            self.session.kept()
         } else {
             Session::Clean
         }
+    }
+
+    /// A topic pattern: the one given, else `bench/{i}`; with persistent sessions
+    /// `bench/{p}/{i}`, which no earlier run's sessions match.
+    fn pattern<'a>(&self, given: &'a Option<String>) -> &'a str {
+        match given {
+            Some(p) => p,
+            None if self.persistent => "bench/{p}/{i}",
+            None => "bench/{i}",
+        }
+    }
+
+    /// The topic publisher `i` publishes to.
+    fn topic_of(&self, i: usize) -> String {
+        topic(self.pattern(&self.pub_topic), self.session.prefix(), i)
+    }
+
+    /// The filter subscriber `j` subscribes to.
+    fn filter_of(&self, j: usize) -> String {
+        topic(self.pattern(&self.sub_topic), self.session.prefix(), j)
     }
 
     /// The arguments with what must be the same in every process of a run fixed: persistent
@@ -120,11 +142,11 @@ impl Header {
 /// How many deliveries one message of publisher `i` should make to the subscribers `subs`:
 /// the matching ones, a shared group counting once.
 fn fanout(args: &PubSubArgs, i: usize, subs: impl Iterator<Item = usize>) -> u64 {
-    let topic = args.pub_topic.replace("{i}", &i.to_string());
+    let topic = args.topic_of(i);
     let mut groups = std::collections::HashSet::new();
     let mut n = 0;
     for j in subs {
-        let filter = args.sub_topic.replace("{i}", &j.to_string());
+        let filter = args.filter_of(j);
         match parse_shared(&filter) {
             Some(Ok((group, inner)))
                 if matches(inner, &topic) && groups.insert(group.to_string()) =>
@@ -253,8 +275,8 @@ pub fn run(
             "pubsub P={} S={} pub={} sub={} qos={} size={} {}{}",
             args.publishers,
             args.subscribers,
-            args.pub_topic,
-            args.sub_topic,
+            args.pattern(&args.pub_topic),
+            args.pattern(&args.sub_topic),
             args.qos,
             args.size,
             if args.rate > 0.0 {
@@ -293,10 +315,8 @@ pub fn run(
 /// broker used over the measured window alone, as deliveries are counted.
 pub fn measured_window(target: &TargetArgs, args: &PubSubArgs) -> Option<Usage> {
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    let before = target.broker_pid.and_then(crate::broker::sample);
-    std::thread::sleep(Duration::from_secs_f64(args.duration));
-    let after = target.broker_pid.and_then(crate::broker::sample);
-    Some(crate::broker::usage(before?, after?))
+    let measured = || std::thread::sleep(Duration::from_secs_f64(args.duration));
+    crate::broker::over(target.broker_pid, measured).1
 }
 
 /// What every client task of a worker thread shares.
@@ -318,7 +338,6 @@ async fn worker(
     shared: Arc<Shared>,
 ) -> WorkerOut {
     let slice = target.slice();
-    let source = |i: usize| (!sources.is_empty()).then(|| sources[i % sources.len()]);
     let local_subs = slice.local_clients(args.subscribers);
     let ctx = Rc::new(Ctx {
         target,
@@ -331,7 +350,7 @@ async fn worker(
     let args = &ctx.args;
     let mut handles = Vec::new();
     for j in slice.clients(t, args.subscribers) {
-        let (ctx, source) = (ctx.clone(), source(j));
+        let (ctx, source) = (ctx.clone(), source_for(&sources, j));
         handles.push(monoio::spawn(async move {
             if let Err(e) = subscriber(j, &ctx, source).await {
                 ctx.out
@@ -346,7 +365,7 @@ async fn worker(
     for i in slice.clients(t, args.publishers) {
         let local_fan = fanout(args, i, local_subs.iter().copied());
         let global_fan = fanout(args, i, 0..args.subscribers);
-        let (ctx, source) = (ctx.clone(), source(args.subscribers + i));
+        let (ctx, source) = (ctx.clone(), source_for(&sources, args.subscribers + i));
         handles.push(monoio::spawn(async move {
             match publisher(i, local_fan, &ctx, source).await {
                 Ok(n) => {
@@ -385,37 +404,17 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         out,
         hist,
     } = ctx;
-    let id = format!("{}-s-{j}", args.session.prefix());
-    let mut c = Client::open(target, id, args.session(), 60, source)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.label()))?;
-    let filter = args.sub_topic.replace("{i}", &j.to_string());
+    let id = args.session.subscriber_id(j);
+    let mut c = Client::open(target, id, args.session(), 60, source).await?;
+    let filter = args.filter_of(j);
     anyhow::ensure!(c.subscribe(&filter, qos(args.qos)).await?, "no SUBACK");
-    progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = progress.connection_up();
     shared.subs_ready.fetch_add(1, Ordering::Relaxed);
     let mut next_seq: HashMap<u32, u64> = HashMap::new();
     let (warm_ns, dur_ns) = ((args.warmup * 1e9) as u64, (args.duration * 1e9) as u64);
     let mut quiet_since: Option<Instant> = None;
     loop {
-        while let Some(p) = c.try_next()? {
-            let Packet::Publish(p) = p else {
-                if let Packet::PubRel(r) = p {
-                    c.queue(&Packet::PubComp(PubResp::new(
-                        r.packet_id,
-                        ReasonCode::Success,
-                    )));
-                }
-                continue;
-            };
-            match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => {
-                    c.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
-                }
-                (QoS::ExactlyOnce, Some(id)) => {
-                    c.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
-                }
-                _ => {}
-            }
+        while let Some(p) = c.try_next_publish()? {
             let Some(Header {
                 id: pub_id,
                 seq,
@@ -462,11 +461,8 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         let tick = monoio::time::sleep(Duration::from_millis(200));
         monoio::select! {
             _ = tick => {}
-            r = c.readable() => {
+            r = c.read_more() => {
                 r?;
-                if !c.fill()? {
-                    anyhow::bail!("closed by broker");
-                }
                 if shared.stop.load(Ordering::Relaxed) {
                     quiet_since = Some(Instant::now());
                 }
@@ -474,17 +470,33 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         }
     }
     c.disconnect().await;
-    progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(())
 }
 
-pub fn payload(pub_id: u32, seq: u64, stamp_ns: u64, size: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(size);
-    b.put_u32(pub_id);
-    b.put_u64(seq);
-    b.put_u64(stamp_ns);
-    b.resize(size, b'x');
-    b.freeze()
+/// Payloads of one size, written one after another into one buffer: each is a view of it,
+/// whose space the next takes back once the codec has copied the message out and dropped it.
+pub struct Payloads {
+    buf: BytesMut,
+    size: usize,
+}
+
+impl Payloads {
+    pub fn new(size: usize) -> Payloads {
+        Payloads {
+            buf: BytesMut::new(),
+            size,
+        }
+    }
+
+    /// The next payload: its header (`Header`), then padding up to the size.
+    pub fn next(&mut self, id: u32, seq: u64, stamp_ns: u64) -> Bytes {
+        self.buf.reserve(self.size);
+        self.buf.put_u32(id);
+        self.buf.put_u64(seq);
+        self.buf.put_u64(stamp_ns);
+        self.buf.resize(self.size, b'x');
+        self.buf.split().freeze()
+    }
 }
 
 /// Publishes until told to stop; returns how many messages it published.
@@ -501,15 +513,14 @@ async fn publisher(
         shared,
         ..
     } = ctx;
-    let id = format!("{}-p-{i}", args.session.prefix());
-    let mut c = Client::open(target, id, args.session(), 60, source)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.label()))?;
-    progress.up.fetch_add(1, Ordering::Relaxed);
+    // A kept session would only add store work, and could leave QoS 2 ids awaiting release.
+    let id = args.session.publisher_id(i);
+    let mut c = Client::open(target, id, Session::Clean, 60, source).await?;
+    let _up = progress.connection_up();
     while !shared.go.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
-    let topic: bytestring::ByteString = args.pub_topic.replace("{i}", &i.to_string()).into();
+    let topic: bytestring::ByteString = args.topic_of(i).into();
     let q = qos(args.qos);
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let start = Instant::now();
@@ -519,6 +530,7 @@ async fn publisher(
     let mut forgiven = 0u64;
     let mut last_progress = (Instant::now(), 0u64);
     let window = args.inflight.max(1);
+    let mut payloads = Payloads::new(args.size);
     while Instant::now() < end && !shared.stop.load(Ordering::Relaxed) {
         c.fill()?;
         while let Some(p) = c.try_next()? {
@@ -573,7 +585,7 @@ async fn publisher(
                 topic: topic.clone(),
                 packet_id,
                 properties: None,
-                payload: payload(i as u32, seq, stamp, args.size),
+                payload: payloads.next(i as u32, seq, stamp),
             }));
             seq += 1;
             progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -616,17 +628,57 @@ async fn publisher(
         }
     }
     c.disconnect().await;
-    progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(seq)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: PubSubArgs,
+    }
+
+    /// The arguments of one run of `pubsub ARGS`.
+    fn run_of(args: &[&str]) -> PubSubArgs {
+        let argv = std::iter::once("pubsub").chain(args.iter().copied());
+        Cli::parse_from(argv).args.for_this_run()
+    }
+
+    #[test]
+    fn persistent_runs_publish_on_topics_no_earlier_run_subscribed_to() {
+        let plain = run_of(&[]);
+        assert_eq!(plain.topic_of(3), "bench/3");
+        assert_eq!(plain.filter_of(3), "bench/3");
+        let (a, b) = (run_of(&["--persistent"]), run_of(&["--persistent"]));
+        assert_eq!(a.topic_of(3), format!("bench/{}/3", a.session.prefix()));
+        assert_eq!(a.filter_of(3), a.topic_of(3));
+        assert!(
+            !matches(&a.filter_of(3), &b.topic_of(3)),
+            "an earlier run's sessions are sent none of this run's messages"
+        );
+        let given = run_of(&[
+            "--persistent",
+            "--client-prefix",
+            "dur",
+            "--subscribers",
+            "3",
+            "--pub-topic",
+            "t/{p}/{i}",
+            "--sub-topic",
+            "t/{p}/+",
+        ]);
+        assert_eq!(given.topic_of(2), "t/dur/2");
+        assert_eq!(given.filter_of(2), "t/dur/+");
+        assert_eq!(fanout(&given, 0, 0..3), 3);
+    }
 
     #[test]
     fn a_payload_header_reads_back_and_a_short_one_is_none() {
-        let p = payload(7, 1 << 40, 123_456_789, 64);
+        let p = Payloads::new(64).next(7, 1 << 40, 123_456_789);
         assert_eq!(p.len(), 64);
         assert_eq!(
             Header::read(&p),
@@ -637,5 +689,23 @@ mod tests {
             })
         );
         assert_eq!(Header::read(&p[..HEADER - 1]), None);
+    }
+
+    #[test]
+    fn payloads_reuse_their_buffer_once_the_last_one_is_dropped() {
+        let mut payloads = Payloads::new(64);
+        let first = payloads.next(1, 0, 0);
+        let at = first.as_ptr();
+        drop(first);
+        let second = payloads.next(1, 1, 0);
+        assert_eq!(second.as_ptr(), at, "the same space again");
+        let third = payloads.next(1, 2, 0);
+        assert_ne!(
+            third.as_ptr(),
+            second.as_ptr(),
+            "not while the last one is held"
+        );
+        assert_eq!(Header::read(&second).map(|h| h.seq), Some(1));
+        assert_eq!(Header::read(&third).map(|h| h.seq), Some(2));
     }
 }

@@ -1,9 +1,10 @@
 //! `queue`: offline queues, filled and drained. S persistent subscribers connect, subscribe to
 //! a topic each and go; M QoS 1 messages are published over their topics (message k to
 //! session k mod S), each PUBACKed, so the broker holds all of them for offline sessions.
-//! `--drain` brings the subscribers back and counts every message once: lost, duplicated,
-//! stray. `--no-fill` only drains, what an earlier run with the same `--client-prefix` filled
-//! (across a broker restart, say). Each phase is timed, and the broker's CPU over it sampled.
+//! `--drain` brings the subscribers back and counts every message once: lost (of those
+//! acknowledged, judged only when nothing in the fill failed), duplicated, stray. `--no-fill`
+//! only drains, what an earlier run with the same `--client-prefix` filled (across a broker
+//! restart, say). Each phase is timed, and the broker's CPU over it sampled.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -16,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use clap::Args;
-use ringmq::codec::{Packet, PubResp, Publish, QoS, ReasonCode};
+use ringmq::codec::{Packet, Publish, QoS};
 use serde::Serialize;
 
+use crate::broker;
 use crate::client::Client;
-use crate::pubsub::{payload, Header, HEADER};
-use crate::report::unix_ns;
-use crate::session::{Session, SessionArgs};
-use crate::target::{Progress, TargetArgs};
+use crate::pubsub::{Header, Payloads, HEADER};
+use crate::report::{earliest_ns, unix_ns, Outcome};
+use crate::session::{topic, Session, SessionArgs};
+use crate::target::{source_for, Progress, TargetArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
@@ -67,6 +69,8 @@ pub struct QueueReport {
     pub client_prefix: String,
     pub sessions: u64,
     pub messages: u64,
+    /// This run set up the sessions and filled them (not `--no-fill`).
+    pub filled_phase: bool,
     /// Sessions connected, subscribed and disconnected, and the seconds that took.
     pub set_up: u64,
     pub setup_secs: f64,
@@ -74,16 +78,20 @@ pub struct QueueReport {
     pub acked: u64,
     /// PUBACKs with an error reason (v5).
     pub refused: u64,
-    /// From the first publish to the last PUBACK.
+    /// Sessions not set up and publishers that failed: the fill is incomplete, what the broker
+    /// holds unknown, and losses are not judged.
+    pub fill_failed: u64,
+    /// From the first publish to the last PUBACK (0 when none came).
     pub fill_secs: f64,
     pub fill_rate: Option<f64>,
     pub fill_per_cpu_sec: Option<f64>,
     pub drained_phase: bool,
     /// Sessions the broker still had when their subscribers came back (CONNACK session present).
     pub resumed: u64,
-    /// Distinct messages received; `lost` is the rest of `messages`.
+    /// Distinct messages received.
     pub drained: u64,
-    pub lost: u64,
+    /// What `owed` has that was not drained; none without a drain or after an incomplete fill.
+    pub lost: Option<u64>,
     pub duplicated: u64,
     /// Messages that were not this run's for that session.
     pub stray: u64,
@@ -95,8 +103,26 @@ pub struct QueueReport {
 }
 
 impl QueueReport {
-    /// Why the run fell short of what was asked, if it did.
-    pub fn shortfall(&self) -> Option<String> {
+    /// The messages a drain should bring back: the ones this run's fill had acknowledged when
+    /// nothing in it failed (refused ones are not owed), `--messages` after `--no-fill` (an
+    /// earlier run filled them); none after an incomplete fill.
+    fn owed(&self) -> Option<u64> {
+        match (self.filled_phase, self.fill_failed) {
+            (false, _) => Some(self.messages),
+            (true, 0) => Some(self.acked),
+            (true, _) => None,
+        }
+    }
+
+    /// The owed messages the drain did not bring back, once it has run.
+    fn judge_loss(&self) -> Option<u64> {
+        let owed = self.owed().filter(|_| self.drained_phase)?;
+        Some(owed.saturating_sub(self.drained))
+    }
+}
+
+impl Outcome for QueueReport {
+    fn shortfall(&self) -> Option<String> {
         if let Some((why, n)) = self.failures.iter().next() {
             Some(format!("{n} failed: {why}"))
         } else if self.published > 0 && self.acked < self.messages {
@@ -104,23 +130,25 @@ impl QueueReport {
                 "{} of {} messages acknowledged",
                 self.acked, self.messages
             ))
-        } else if self.drained_phase && (self.lost > 0 || self.stray > 0) {
+        } else if self.drained_phase && (self.lost.unwrap_or(0) > 0 || self.stray > 0) {
             Some(format!(
-                "lost {} of {} messages ({} stray)",
-                self.lost, self.messages, self.stray
+                "lost {} of {} acknowledged messages ({} stray)",
+                self.lost.unwrap_or(0),
+                self.owed().unwrap_or(0),
+                self.stray
             ))
         } else {
             None
         }
     }
 
-    pub fn print(&self) {
+    fn print(&self) {
         let rate = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.0}"));
         println!(
             "queue         {} sessions, {} QoS 1 messages, ids {}-s-*  ->  {}",
             self.sessions, self.messages, self.client_prefix, self.target
         );
-        if self.published > 0 {
+        if self.filled_phase {
             println!(
                 "set up        {} sessions in {:.2} s",
                 self.set_up, self.setup_secs
@@ -135,9 +163,13 @@ impl QueueReport {
             );
         }
         if self.drained_phase {
+            let lost = match (self.owed(), self.lost) {
+                (Some(owed), Some(lost)) => format!("of {owed} acknowledged (lost {lost}"),
+                _ => "(fill incomplete: losses not judged".into(),
+            };
             println!(
-                "drained       {} of {} (lost {}, duplicated {}, stray {}) from {} resumed sessions",
-                self.drained, self.messages, self.lost, self.duplicated, self.stray, self.resumed
+                "drained       {} {lost}, duplicated {}, stray {}) from {} resumed sessions",
+                self.drained, self.duplicated, self.stray, self.resumed
             );
             println!(
                 "drain rate    {:.2} s: {} msg/s, {} per broker CPU-s",
@@ -203,7 +235,6 @@ impl Tally {
 struct Job {
     target: TargetArgs,
     args: QueueArgs,
-    prefix: String,
     sources: Vec<IpAddr>,
     topics: Vec<ByteString>,
     /// The next message a publisher claims.
@@ -212,24 +243,10 @@ struct Job {
 }
 
 impl Job {
-    fn source(&self, i: usize) -> Option<IpAddr> {
-        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
-    }
-
-    fn session(&self) -> Session {
-        Session::Kept {
-            expiry_secs: self.args.session.session_expiry,
-        }
-    }
-
+    /// Connects client `i` (subscribers first, then publishers) with `id`.
     async fn open(&self, id: String, session: Session, i: usize) -> anyhow::Result<Client> {
-        Client::open(&self.target, id, session, 60, self.source(i))
-            .await
-            .map_err(|e| anyhow::anyhow!(e.label()))
-    }
-
-    fn subscriber_id(&self, j: usize) -> String {
-        format!("{}-s-{j}", self.prefix)
+        let source = source_for(&self.sources, i);
+        Ok(Client::open(&self.target, id, session, 60, source).await?)
     }
 }
 
@@ -244,6 +261,9 @@ struct Out {
     drained: u64,
     duplicated: u64,
     stray: u64,
+    /// Unix ns: the first message published, the last PUBACK and the last message drained.
+    first_tx_ns: u64,
+    last_ack_ns: u64,
     last_rx_ns: u64,
     failures: BTreeMap<String, u64>,
 }
@@ -262,6 +282,8 @@ impl Out {
         self.drained += o.drained;
         self.duplicated += o.duplicated;
         self.stray += o.stray;
+        self.first_tx_ns = earliest_ns(self.first_tx_ns, o.first_tx_ns);
+        self.last_ack_ns = self.last_ack_ns.max(o.last_ack_ns);
         self.last_rx_ns = self.last_rx_ns.max(o.last_rx_ns);
         for (k, v) in o.failures {
             *self.failures.entry(k).or_default() += v;
@@ -288,145 +310,135 @@ pub fn run(
     anyhow::ensure!(target.procs == 1, "queue runs in one process (no --procs)");
     target.protocol()?;
     let session = args.session.for_this_run();
-    let prefix = session.prefix().to_string();
+    let prefix = session.prefix();
     let job = Arc::new(Job {
         target: target.clone(),
         topics: (0..args.sessions)
-            .map(|j| {
-                args.topic
-                    .replace("{p}", &prefix)
-                    .replace("{i}", &j.to_string())
-                    .into()
-            })
+            .map(|j| topic(&args.topic, prefix, j).into())
             .collect(),
         args: QueueArgs {
-            session,
+            session: session.clone(),
             ..args.clone()
         },
-        prefix,
         sources: target.sources()?,
         next: AtomicU64::new(0),
         progress: progress.clone(),
     });
     let mut r = QueueReport {
         target: target.addr.to_string(),
-        client_prefix: job.prefix.clone(),
+        client_prefix: prefix.to_string(),
         sessions: args.sessions as u64,
         messages: args.messages,
+        filled_phase: !args.no_fill,
         drained_phase: args.drain,
         ..QueueReport::default()
     };
-    let mut total = Out::default();
-    let cpu = || target.broker_pid.and_then(crate::broker::sample);
-    let per_cpu = |n: u64, before: Option<crate::broker::Sample>| {
-        let used = cpu()?.cpu_secs - before?.cpu_secs;
-        (used > 0.0).then(|| n as f64 / used)
-    };
+    let (pid, lanes) = (target.broker_pid, args.concurrency);
     if !args.no_fill {
         eprintln!("setting up {} sessions", args.sessions);
         let t0 = Instant::now();
-        let o = phase(&job, setup);
+        let o = per_session(&job, args.sessions, lanes, "setup", set_up);
         r.setup_secs = t0.elapsed().as_secs_f64();
         r.set_up = o.set_up;
-        total.add(o);
+        r.fill_failed += o.failures.values().sum::<u64>();
+        r.failures.extend(o.failures);
         eprintln!("publishing {} messages", args.messages);
-        let (t0, before) = (Instant::now(), cpu());
-        let o = phase(&job, fill);
-        r.fill_secs = t0.elapsed().as_secs_f64();
-        r.fill_per_cpu_sec = per_cpu(o.acked, before);
+        let (o, used) = broker::over(pid, || {
+            let p = args.publishers;
+            per_session(&job, p, p, "publisher", publisher)
+        });
+        r.fill_secs = if o.first_tx_ns > 0 {
+            o.last_ack_ns.saturating_sub(o.first_tx_ns) as f64 / 1e9
+        } else {
+            0.0
+        };
+        r.fill_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.acked));
         r.fill_rate = (r.fill_secs > 0.0).then(|| o.acked as f64 / r.fill_secs);
         (r.published, r.acked, r.refused) = (o.published, o.acked, o.refused);
-        total.add(o);
+        r.fill_failed += o.failures.values().sum::<u64>();
+        r.failures.extend(o.failures);
     }
     if args.drain {
         eprintln!("draining {} sessions", args.sessions);
-        let (start_ns, before) = (unix_ns(), cpu());
-        let o = phase(&job, drain);
-        r.drain_per_cpu_sec = per_cpu(o.drained, before);
+        let start_ns = unix_ns();
+        let (o, used) = broker::over(pid, || {
+            per_session(&job, args.sessions, lanes, "drain", drain)
+        });
+        r.drain_per_cpu_sec = used.and_then(|u| u.per_cpu_sec(o.drained));
         r.drain_secs = o.last_rx_ns.saturating_sub(start_ns) as f64 / 1e9;
         r.drain_rate = (r.drain_secs > 0.0).then(|| o.drained as f64 / r.drain_secs);
         (r.resumed, r.drained, r.duplicated, r.stray) =
             (o.resumed, o.drained, o.duplicated, o.stray);
-        r.lost = args.messages.saturating_sub(o.drained);
-        total.add(o);
+        r.failures.extend(o.failures);
     }
-    r.failures = total.failures;
+    r.lost = r.judge_loss();
     Ok(r)
 }
 
-/// Runs `work` on every worker thread and merges what they measured.
-fn phase<Fut>(job: &Arc<Job>, work: fn(usize, Arc<Job>) -> Fut) -> Out
+/// Runs `each(k, ..)` for every `k < count` (a session, a publisher) on the worker threads,
+/// each thread for the ks its slice gives it, `lanes` at a time; returns what they counted,
+/// merged, and their failures under `phase`.
+fn per_session<Fut>(
+    job: &Arc<Job>,
+    count: usize,
+    lanes: usize,
+    phase: &'static str,
+    each: fn(usize, Arc<Job>, Rc<RefCell<Out>>) -> Fut,
+) -> Out
 where
-    Fut: Future<Output = Out> + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     let job = job.clone();
+    let outs = crate::workers::run(job.target.threads(), move |t| {
+        let job = job.clone();
+        async move {
+            let queue = Rc::new(RefCell::new(job.target.slice().clients(t, count)));
+            let out = Rc::new(RefCell::new(Out::default()));
+            let lanes: Vec<_> = (0..lanes.max(1))
+                .map(|_| {
+                    let (queue, out, job) = (queue.clone(), out.clone(), job.clone());
+                    monoio::spawn(async move {
+                        loop {
+                            let next = queue.borrow_mut().next();
+                            let Some(k) = next else { break };
+                            if let Err(e) = each(k, job.clone(), out.clone()).await {
+                                out.borrow_mut().fail(phase, e);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for lane in lanes {
+                lane.await;
+            }
+            let merged = std::mem::take(&mut *out.borrow_mut());
+            merged
+        }
+    });
     let mut merged = Out::default();
-    for o in crate::workers::run(job.target.threads(), move |t| work(t, job.clone())) {
+    for o in outs {
         merged.add(o);
     }
     merged
 }
 
-/// Runs `each(j)` for the sessions of worker thread `t`, `--concurrency` at a time, and
-/// returns what they added up to.
-async fn per_session<F, Fut>(t: usize, job: &Job, each: F) -> Out
-where
-    F: Fn(usize, Rc<RefCell<Out>>) -> Fut + Clone + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let queue = Rc::new(RefCell::new(
-        job.target.slice().clients(t, job.args.sessions),
-    ));
-    let out = Rc::new(RefCell::new(Out::default()));
-    let lanes: Vec<_> = (0..job.args.concurrency.max(1))
-        .map(|_| {
-            let (queue, out, each) = (queue.clone(), out.clone(), each.clone());
-            monoio::spawn(async move {
-                loop {
-                    let next = queue.borrow_mut().next();
-                    let Some(j) = next else { break };
-                    each(j, out.clone()).await;
-                }
-            })
-        })
-        .collect();
-    for lane in lanes {
-        lane.await;
-    }
-    let merged = std::mem::take(&mut *out.borrow_mut());
-    merged
-}
-
-async fn setup(t: usize, job: Arc<Job>) -> Out {
-    let j2 = job.clone();
-    per_session(t, &j2, move |j, out| {
-        let job = job.clone();
-        async move {
-            match set_up(j, &job).await {
-                Ok(()) => out.borrow_mut().set_up += 1,
-                Err(e) => out.borrow_mut().fail("setup", e),
-            }
-        }
-    })
-    .await
-}
-
 /// Leaves session `j` subscribed to its topic, empty and offline.
-async fn set_up(j: usize, job: &Job) -> anyhow::Result<()> {
-    let id = job.subscriber_id(j);
-    let mut c = job.open(id.clone(), job.session(), j).await?;
+async fn set_up(j: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
+    let (id, kept) = (job.args.session.subscriber_id(j), job.args.session.kept());
+    let mut c = job.open(id.clone(), kept, j).await?;
     if c.session_present {
         // Left by an earlier run with this prefix, maybe with messages queued: a clean
         // connect discards it, and the session starts anew.
         leave(c).await;
         leave(job.open(id.clone(), Session::Clean, j).await?).await;
-        c = job.open(id, job.session(), j).await?;
+        c = job.open(id, kept, j).await?;
     }
     anyhow::ensure!(
         c.subscribe(&job.topics[j], QoS::AtLeastOnce).await?,
         "SUBACK refused or missing"
     );
     leave(c).await;
+    out.borrow_mut().set_up += 1;
     Ok(())
 }
 
@@ -440,71 +452,65 @@ async fn leave(mut c: Client) {
     .await;
 }
 
-async fn fill(t: usize, job: Arc<Job>) -> Out {
-    let handles: Vec<_> = job
-        .target
-        .slice()
-        .clients(t, job.args.publishers)
-        .map(|p| {
-            let job = job.clone();
-            monoio::spawn(async move {
-                let mut out = Out::default();
-                if let Err(e) = publisher(p, &job, &mut out).await {
-                    out.fail("publisher", e);
-                }
-                out
-            })
-        })
-        .collect();
-    let mut merged = Out::default();
-    for h in handles {
-        merged.add(h.await);
-    }
-    merged
-}
-
 /// Publishes messages claimed from the shared count until there are none left, at most
-/// `--inflight` awaiting their PUBACK.
-async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
+/// `--inflight` awaiting their PUBACK: as many as the window has room for are claimed at once.
+/// Queue's payloads carry no send time (0): nothing reads it.
+async fn publisher(p: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
     let args = &job.args;
-    let id = format!("{}-p-{p}", job.prefix);
+    let id = args.session.publisher_id(p);
     let mut c = job.open(id, Session::Clean, args.sessions + p).await?;
-    job.progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = job.progress.connection_up();
     let (sessions, window) = (args.sessions as u64, args.inflight.clamp(1, 65_000));
     let (mut pid, mut exhausted, mut last_ack) = (0u16, false, Instant::now());
+    let (mut inflight, mut payloads) = (0u64, Payloads::new(args.size));
     loop {
+        let (mut acked, mut refused) = (0, 0);
         while let Some(packet) = c.try_next()? {
             if let Packet::PubAck(a) = packet {
                 if a.reason.is_error() {
-                    out.refused += 1;
+                    refused += 1;
                 } else {
-                    out.acked += 1;
+                    acked += 1;
                 }
-                last_ack = Instant::now();
             }
         }
-        while !exhausted && out.published - out.acked - out.refused < window {
-            let k = job.next.fetch_add(1, Ordering::Relaxed);
-            if k >= args.messages {
-                exhausted = true;
-                break;
+        if acked + refused > 0 {
+            inflight -= acked + refused;
+            last_ack = Instant::now();
+            let mut o = out.borrow_mut();
+            o.acked += acked;
+            o.refused += refused;
+            o.last_ack_ns = unix_ns();
+        }
+        if !exhausted && inflight < window {
+            let room = window - inflight;
+            let first = job.next.fetch_add(room, Ordering::Relaxed);
+            let end = (first + room).min(args.messages);
+            exhausted = end == args.messages;
+            for k in first..end {
+                let j = k % sessions;
+                pid = pid.wrapping_add(1).max(1);
+                c.queue(&Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: job.topics[j as usize].clone(),
+                    packet_id: Some(pid),
+                    properties: None,
+                    payload: payloads.next(j as u32, k / sessions, 0),
+                }));
             }
-            let j = k % sessions;
-            pid = pid.wrapping_add(1).max(1);
-            c.queue(&Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: job.topics[j as usize].clone(),
-                packet_id: Some(pid),
-                properties: None,
-                payload: payload(j as u32, k / sessions, unix_ns(), args.size),
-            }));
-            out.published += 1;
-            job.progress.sent.fetch_add(1, Ordering::Relaxed);
+            let published = end.saturating_sub(first);
+            if published > 0 {
+                inflight += published;
+                job.progress.sent.fetch_add(published, Ordering::Relaxed);
+                let mut o = out.borrow_mut();
+                o.first_tx_ns = earliest_ns(o.first_tx_ns, unix_ns());
+                o.published += published;
+            }
         }
         c.flush().await?;
-        if exhausted && out.published == out.acked + out.refused {
+        if exhausted && inflight == 0 {
             break;
         }
         anyhow::ensure!(
@@ -514,93 +520,61 @@ async fn publisher(p: usize, job: &Job, out: &mut Out) -> anyhow::Result<()> {
         let tick = monoio::time::sleep(Duration::from_millis(100));
         monoio::select! {
             _ = tick => {}
-            r = c.readable() => {
-                r?;
-                anyhow::ensure!(c.fill()?, "closed by broker");
-            }
+            r = c.read_more() => r?,
         }
     }
     leave(c).await;
-    job.progress.up.fetch_sub(1, Ordering::Relaxed);
     Ok(())
-}
-
-async fn drain(t: usize, job: Arc<Job>) -> Out {
-    let j2 = job.clone();
-    per_session(t, &j2, move |j, out| {
-        let job = job.clone();
-        async move {
-            if let Err(e) = drain_one(j, &job, &out).await {
-                out.borrow_mut().fail("drain", e);
-            }
-        }
-    })
-    .await
 }
 
 /// Reconnects session `j` and takes its messages until it has them all or none comes for
 /// `--quiet` seconds.
-async fn drain_one(j: usize, job: &Job, out: &RefCell<Out>) -> anyhow::Result<()> {
-    let mut c = job.open(job.subscriber_id(j), job.session(), j).await?;
+async fn drain(j: usize, job: Arc<Job>, out: Rc<RefCell<Out>>) -> anyhow::Result<()> {
+    let session = &job.args.session;
+    let mut c = job
+        .open(session.subscriber_id(j), session.kept(), j)
+        .await?;
     if !c.session_present {
         // The broker kept nothing for this session: its messages are lost.
         leave(c).await;
         return Ok(());
     }
     out.borrow_mut().resumed += 1;
-    job.progress.up.fetch_add(1, Ordering::Relaxed);
+    let _up = job.progress.connection_up();
     let mut tally = Tally::new(expected(j, job.args.sessions, job.args.messages));
     let quiet = Duration::from_secs_f64(job.args.quiet);
     while !tally.complete() {
-        while let Some(p) = c.try_next()? {
-            let p = match p {
-                Packet::Publish(p) => p,
-                Packet::PubRel(r) => {
-                    c.queue(&Packet::PubComp(PubResp::new(
-                        r.packet_id,
-                        ReasonCode::Success,
-                    )));
-                    continue;
-                }
-                _ => continue,
-            };
-            match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => {
-                    c.queue(&Packet::PubAck(PubResp::new(id, ReasonCode::Success)))
-                }
-                (QoS::ExactlyOnce, Some(id)) => {
-                    c.queue(&Packet::PubRec(PubResp::new(id, ReasonCode::Success)))
-                }
-                _ => {}
-            }
+        let (mut new, mut again, mut stray) = (0, 0, 0);
+        while let Some(p) = c.try_next_publish()? {
             let seen = match Header::read(&p.payload) {
                 Some(h) if h.id as usize == j => tally.record(h.seq),
                 _ => Seen::Stray,
             };
-            let mut o = out.borrow_mut();
             match seen {
-                Seen::New => {
-                    o.drained += 1;
-                    o.last_rx_ns = unix_ns();
-                    job.progress.received.fetch_add(1, Ordering::Relaxed);
-                }
-                Seen::Again => o.duplicated += 1,
-                Seen::Stray => o.stray += 1,
+                Seen::New => new += 1,
+                Seen::Again => again += 1,
+                Seen::Stray => stray += 1,
+            }
+        }
+        if new + again + stray > 0 {
+            let mut o = out.borrow_mut();
+            o.duplicated += again;
+            o.stray += stray;
+            if new > 0 {
+                o.drained += new;
+                o.last_rx_ns = unix_ns();
+                job.progress.received.fetch_add(new, Ordering::Relaxed);
             }
         }
         c.flush().await?;
         if tally.complete() {
             break;
         }
-        match monoio::time::timeout(quiet, c.readable()).await {
+        match monoio::time::timeout(quiet, c.read_more()).await {
             Err(_) => break,
-            Ok(r) => {
-                r?;
-                anyhow::ensure!(c.fill()?, "closed by broker");
-            }
+            Ok(r) => r?,
         }
     }
-    job.progress.up.fetch_sub(1, Ordering::Relaxed);
     leave(c).await;
     Ok(())
 }
@@ -655,9 +629,46 @@ mod tests {
         let lost = QueueReport {
             acked: 10,
             drained: 7,
-            lost: 3,
+            lost: Some(3),
             ..unacked
         };
         assert!(lost.shortfall().is_some_and(|s| s.contains("lost 3")));
+        let stray = QueueReport {
+            drained: 10,
+            lost: Some(0),
+            stray: 2,
+            ..lost
+        };
+        assert!(stray.shortfall().is_some_and(|s| s.contains("2 stray")));
+    }
+
+    #[test]
+    fn losses_are_judged_against_what_a_complete_fill_had_acknowledged() {
+        let run = |acked, refused, fill_failed, drained| QueueReport {
+            messages: 10,
+            filled_phase: true,
+            published: acked + refused,
+            acked,
+            refused,
+            fill_failed,
+            drained_phase: true,
+            drained,
+            ..QueueReport::default()
+        };
+        assert_eq!(run(10, 0, 0, 10).judge_loss(), Some(0));
+        assert_eq!(run(10, 0, 0, 7).judge_loss(), Some(3));
+        assert_eq!(run(8, 2, 0, 8).judge_loss(), Some(0), "refused: not owed");
+        assert_eq!(run(8, 2, 0, 6).judge_loss(), Some(2));
+        assert_eq!(run(6, 0, 1, 6).judge_loss(), None, "fill incomplete");
+        let no_drain = QueueReport {
+            drained_phase: false,
+            ..run(10, 0, 0, 0)
+        };
+        assert_eq!(no_drain.judge_loss(), None);
+        let earlier_fill = QueueReport {
+            filled_phase: false,
+            ..run(0, 0, 0, 9)
+        };
+        assert_eq!(earlier_fill.judge_loss(), Some(1), "against --messages");
     }
 }

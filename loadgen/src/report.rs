@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Usage;
 
+/// A run's result as `main` gives it: a table, or JSON with `--json`; and whether it fell short.
+pub trait Outcome: Serialize {
+    fn print(&self);
+    /// Why the run fell short of what was asked, if it did.
+    fn shortfall(&self) -> Option<String>;
+}
+
 /// A latency histogram in microseconds, carried between processes as (value, count) pairs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
@@ -20,6 +27,15 @@ pub fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The earlier of two Unix-ns times, 0 standing for none.
+pub fn earliest_ns(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
+    }
 }
 
 pub fn histogram() -> Histogram<u64> {
@@ -123,11 +139,7 @@ impl Report {
         self.connected += o.connected;
         self.still_open += o.still_open;
         self.connect_secs = self.connect_secs.max(o.connect_secs);
-        self.held_from_ns = match (self.held_from_ns, o.held_from_ns) {
-            (0, b) => b,
-            (a, 0) => a,
-            (a, b) => a.min(b),
-        };
+        self.held_from_ns = earliest_ns(self.held_from_ns, o.held_from_ns);
         self.held_until_ns = self.held_until_ns.max(o.held_until_ns);
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
@@ -190,9 +202,16 @@ impl Report {
         })
     }
 
+    /// Deliveries per broker CPU-second, when the broker was sampled.
+    pub fn per_cpu_sec(&self) -> Option<f64> {
+        self.broker?.per_cpu_sec(self.measured_delivered)
+    }
+}
+
+impl Outcome for Report {
     /// Why this run fell short of what was asked: connections not held to the end of the hold,
     /// or messages lost.
-    pub fn shortfall(&self) -> Option<String> {
+    fn shortfall(&self) -> Option<String> {
         if self.still_open < self.connections_wanted {
             Some(format!(
                 "held {} of {} connections to the end of the hold",
@@ -209,13 +228,7 @@ impl Report {
         }
     }
 
-    /// Deliveries per broker CPU-second, when the broker was sampled.
-    pub fn per_cpu_sec(&self) -> Option<f64> {
-        let cpu = self.broker?.cpu_secs;
-        (cpu > 0.0 && self.measured_delivered > 0).then(|| self.measured_delivered as f64 / cpu)
-    }
-
-    pub fn print(&self) {
+    fn print(&self) {
         println!("scenario      {}  ->  {}", self.scenario, self.target);
         if self.connections_wanted > 0 {
             let l = self.connect_latency.percentiles();

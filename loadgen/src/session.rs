@@ -1,7 +1,8 @@
-//! Persistent sessions: the client ids a run's sessions go by and how long they outlive their
-//! connections. A session the broker keeps is found again by its client id, so ids carry a
-//! prefix: a new random one per run (a run never resumes another's sessions, nor reads their
-//! messages), or the user's, so that a rerun resumes the sessions the last one left.
+//! Persistent sessions: the client ids a run's sessions go by, the topics they use and how long
+//! they outlive their connections. A session the broker keeps is found again by its client id,
+//! so ids carry a prefix: a new random one per run (a run never resumes another's sessions),
+//! or the user's, so that a rerun resumes the sessions the last one left. Topic patterns take
+//! the prefix too (`{p}`), so that a run's messages match no other run's offline sessions.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -29,6 +30,23 @@ impl SessionArgs {
         self.client_prefix.as_deref().unwrap_or("lg")
     }
 
+    /// The session a persistent client keeps.
+    pub fn kept(&self) -> Session {
+        Session::Kept {
+            expiry_secs: self.session_expiry,
+        }
+    }
+
+    /// The client id of subscriber `j`.
+    pub fn subscriber_id(&self, j: usize) -> String {
+        format!("{}-s-{j}", self.prefix())
+    }
+
+    /// The client id of publisher `i`.
+    pub fn publisher_id(&self, i: usize) -> String {
+        format!("{}-p-{i}", self.prefix())
+    }
+
     /// Fixes a new random prefix for this run, unless the user gave one. Called once per run
     /// before its clients are spread over processes, which must all use the same.
     pub fn for_this_run(&self) -> SessionArgs {
@@ -41,6 +59,29 @@ impl SessionArgs {
             ..self.clone()
         }
     }
+}
+
+/// Topic (or filter) `pattern` for client `i`: `{p}` becomes `prefix`, `{i}` becomes `i`; the
+/// rest, and whatever `prefix` holds, is kept as it is.
+pub fn topic(pattern: &str, prefix: &str, i: usize) -> String {
+    let mut out = String::with_capacity(pattern.len() + prefix.len());
+    let mut rest = pattern;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("{p}") {
+            out.push_str(prefix);
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("{i}") {
+            out.push_str(&i.to_string());
+            rest = after;
+        } else {
+            out.push('{');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// 32 random bits from the standard library's per-process random hash keys.
@@ -96,6 +137,16 @@ mod tests {
             ..none
         };
         assert_eq!(given.for_this_run().prefix(), "dur");
+    }
+
+    #[test]
+    fn topics_fill_in_the_prefix_and_the_index_once_each() {
+        assert_eq!(topic("queue/{p}/{i}", "lg-1", 7), "queue/lg-1/7");
+        assert_eq!(topic("bench/{i}/{i}", "x", 3), "bench/3/3");
+        assert_eq!(topic("fan/out", "x", 3), "fan/out", "nothing to fill");
+        assert_eq!(topic("{p}", "a{i}", 5), "a{i}", "a prefix is not a pattern");
+        assert_eq!(topic("{x}/{p", "x", 1), "{x}/{p", "not placeholders");
+        assert_eq!(topic("$share/g/{p}/+", "dur", 0), "$share/g/dur/+");
     }
 
     #[test]

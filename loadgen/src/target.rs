@@ -88,6 +88,12 @@ impl TargetArgs {
     }
 }
 
+/// The source address of client `i`: the sources taken in turn; none (the system's choice)
+/// when there are none.
+pub fn source_for(sources: &[IpAddr], i: usize) -> Option<IpAddr> {
+    (!sources.is_empty()).then(|| sources[i % sources.len()])
+}
+
 /// Live counters read by the progress line.
 #[derive(Default)]
 pub struct Progress {
@@ -103,6 +109,13 @@ impl Progress {
     /// The counters a child process passes on to its parent's progress line, in a fixed order.
     pub fn shown(&self) -> [&AtomicU64; 4] {
         [&self.up, &self.sent, &self.received, &self.errors]
+    }
+
+    /// Counts a connection up (`up`) until the guard is dropped, whichever way its client
+    /// ends.
+    pub fn connection_up(&self) -> Up<'_> {
+        self.up.fetch_add(1, Ordering::Relaxed);
+        Up(self)
     }
 
     /// Prints one line a second on stderr until `done`.
@@ -128,5 +141,14 @@ impl Progress {
                 (sent, recv) = (s, r);
             }
         });
+    }
+}
+
+/// A connection counted up in `Progress::up`: counted down when dropped.
+pub struct Up<'a>(&'a Progress);
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.0.up.fetch_sub(1, Ordering::Relaxed);
     }
 }
