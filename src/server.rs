@@ -269,6 +269,7 @@ fn open_store(
         .map(|_| Restore {
             sessions: Vec::new(),
             retained: retained.clone(),
+            max_epoch: got.max_epoch,
         })
         .collect();
     for s in got.sessions {

@@ -169,8 +169,8 @@ impl Durable {
             publishing: None,
             next_token: 0,
             next_ack: 0,
-            // Epochs differ between runs and between shards: a session that ends and starts
-            // again (after a restart, on another shard) must not meet its old records.
+            // Epochs differ between shards (the low 16 bits) and between runs (the wall clock,
+            // and `number_above` where it went back).
             next_epoch: crate::store::record::wall_now() << 16 | (shard as u64 & 0xffff),
         }
     }
@@ -180,7 +180,16 @@ impl Durable {
         self.journaled && self.link.is_some()
     }
 
-    /// A new epoch for a session that starts being stored.
+    /// Numbers new session lives above `floor`, the largest epoch already in the store.
+    pub fn number_above(&mut self, floor: u64) {
+        let shard = self.next_epoch & 0xffff;
+        if self.next_epoch >> 16 <= floor >> 16 {
+            self.next_epoch = ((floor >> 16) + 1) << 16 | shard;
+        }
+    }
+
+    /// A new epoch for a session that starts being stored: unique among every session life
+    /// in the store (its deliveries' keys carry nothing else).
     pub fn epoch(&mut self) -> u64 {
         self.next_epoch += 1 << 16;
         self.next_epoch

@@ -17,11 +17,14 @@ use crate::store::{Op, RestoredSession};
 pub struct Restore {
     pub sessions: Vec<RestoredSession>,
     pub retained: Arc<[Arc<Message>]>,
+    /// The largest epoch in the store.
+    pub max_epoch: u64,
 }
 
 impl Shard {
     /// Loads the kept retained messages and this shard's share of the kept sessions.
     pub(super) fn restore(&mut self, saved: Restore) {
+        self.durable.number_above(saved.max_epoch);
         for m in saved.retained.iter() {
             self.retained.set(m.clone());
         }

@@ -36,12 +36,9 @@ pub enum Op {
         client_id: ByteString,
         value: Vec<u8>,
     },
-    /// A change to one of a session's deliveries (encoded by the storage thread).
-    Delivery {
-        client_id: ByteString,
-        epoch: u64,
-        op: DeliveryOp,
-    },
+    /// A change to one of the deliveries of the session life `epoch` (encoded by the storage
+    /// thread).
+    Delivery { epoch: u64, op: DeliveryOp },
     /// The session's life `epoch` ended: its record and deliveries go.
     EndSession { client_id: ByteString, epoch: u64 },
     /// A retained message set.
@@ -85,6 +82,9 @@ pub struct Recovered {
     pub sessions: Vec<RestoredSession>,
     pub retained: Vec<Arc<Message>>,
     pub messages: usize,
+    /// The largest epoch in the store: new session lives are numbered above it (the wall clock
+    /// they start from may have gone back).
+    pub max_epoch: u64,
 }
 
 /// A session read back, with its epoch, last sequence number and offline deadlines.
@@ -169,13 +169,16 @@ impl Store {
                 None => gone.remove(&self.flight, k),
             }
         }
+        let lives: AHashMap<u64, ByteString> = by_id
+            .iter()
+            .map(|(id, (rec, _))| (rec.epoch, id.clone()))
+            .collect();
+        let max_epoch = lives.keys().copied().max().unwrap_or(0);
         for kv in self.queue.iter() {
             let (k, v) = kv.into_inner().map_err(io)?;
-            let owner = record::parse_delivery_key(&k).and_then(|(id, epoch, seq)| {
-                by_id
-                    .get_mut(id)
-                    .filter(|(rec, _)| rec.epoch == epoch)
-                    .map(|(_, s)| (s, seq))
+            let owner = record::parse_delivery_key(&k).and_then(|(epoch, seq)| {
+                let id = lives.get(&epoch)?;
+                by_id.get_mut(id).map(|(_, s)| (s, seq))
             });
             let restored = owner.and_then(|(s, seq)| {
                 let d = record::decode::<StoredDelivery>(&v)?.delivery(seq, now, wall)?;
@@ -209,7 +212,7 @@ impl Store {
             };
             if expiry_wall.is_some_and(|t| t <= wall) {
                 gone.remove(&self.sessions, id.as_bytes().to_vec());
-                for kv in self.queue.prefix(record::session_prefix(&id, rec.epoch)) {
+                for kv in self.queue.prefix(record::session_prefix(rec.epoch)) {
                     let k = kv.key().map_err(io)?;
                     gone.remove(&self.flight, k.clone());
                     gone.remove(&self.queue, k);
@@ -249,6 +252,7 @@ impl Store {
             sessions,
             retained,
             messages,
+            max_epoch,
         })
     }
 
@@ -274,12 +278,13 @@ impl Store {
     /// Writes what an older version's files held, synced, so they can be removed.
     pub fn import(&self, old: legacy::Legacy) -> Result<(), String> {
         let mut ops = Vec::new();
-        let mut epoch = record::wall_now() << 8;
+        // Numbered as shards number theirs (see `shard::durable`), in a slot no shard uses.
+        let mut epoch = record::wall_now() << 16 | 0xffff;
         for mut s in old.sessions {
             if s.expiry_interval == 0 {
                 continue;
             }
-            epoch += 1 << 8;
+            epoch += 1 << 16;
             s.keep_stored(epoch);
             session_ops(&mut s, false, (None, None), &mut ops);
         }
@@ -288,7 +293,7 @@ impl Store {
         for op in &ops {
             writer::fold(self, &mut folded, op);
         }
-        writer::commit(self, folded).map_err(io)?;
+        writer::commit(self, &mut folded).map_err(io)?;
         self.db.persist(fjall::PersistMode::SyncAll).map_err(io)
     }
 
@@ -336,11 +341,7 @@ pub fn session_ops(
             value: record::encode(&rec),
         });
     }
-    out.extend(ops.into_iter().map(|op| Op::Delivery {
-        client_id: session.client_id.clone(),
-        epoch,
-        op,
-    }));
+    out.extend(ops.into_iter().map(|op| Op::Delivery { epoch, op }));
 }
 
 fn will_delay(w: &crate::codec::Will) -> u32 {

@@ -192,36 +192,28 @@ pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Option<T> {
     postcard::from_bytes(b).ok()
 }
 
-/// The key of a session's records: its client id, length first so that one id is never a
-/// prefix of another's keys.
-pub fn session_prefix(client_id: &str, epoch: u64) -> Vec<u8> {
-    let id = client_id.as_bytes();
-    let mut k = Vec::with_capacity(2 + id.len() + 16);
-    k.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    k.extend_from_slice(id);
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k
+/// The key prefix of one session life's deliveries: its epoch, which no other session life
+/// shares (its session record names it), so the keys stay 16 bytes whatever the client id.
+pub fn session_prefix(epoch: u64) -> [u8; 8] {
+    epoch.to_be_bytes()
 }
 
-/// The key of one delivery: the session prefix and its sequence number (big-endian, so keys
-/// sort in queue order).
-pub fn delivery_key(client_id: &str, epoch: u64, seq: u64) -> Vec<u8> {
-    let mut k = session_prefix(client_id, epoch);
+/// The key of one delivery: its session life's epoch and its sequence number (big-endian, so
+/// keys sort in queue order).
+pub fn delivery_key(epoch: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&epoch.to_be_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-/// Reads a delivery key back: (client id, epoch, seq).
-pub fn parse_delivery_key(k: &[u8]) -> Option<(&str, u64, u64)> {
-    let len = usize::from(u16::from_be_bytes(k.get(..2)?.try_into().ok()?));
-    let id = std::str::from_utf8(k.get(2..2 + len)?).ok()?;
-    let rest = k.get(2 + len..)?;
-    if rest.len() != 16 {
-        return None;
-    }
-    let epoch = u64::from_be_bytes(rest[..8].try_into().ok()?);
-    let seq = u64::from_be_bytes(rest[8..].try_into().ok()?);
-    Some((id, epoch, seq))
+/// Reads a delivery key back: (epoch, seq).
+pub fn parse_delivery_key(k: &[u8]) -> Option<(u64, u64)> {
+    let (epoch, seq) = k.split_first_chunk::<8>()?;
+    Some((
+        u64::from_be_bytes(*epoch),
+        u64::from_be_bytes(seq.try_into().ok()?),
+    ))
 }
 
 #[cfg(test)]
@@ -230,12 +222,12 @@ mod tests {
 
     #[test]
     fn keys_sort_in_queue_order_and_read_back() {
-        let a = delivery_key("c", 7, 2);
-        let b = delivery_key("c", 7, 10);
-        let other = delivery_key("cc", 1, 1);
-        assert!(a < b);
-        assert!(!other.starts_with(&session_prefix("c", 7)));
-        assert_eq!(parse_delivery_key(&b), Some(("c", 7, 10)));
+        let a = delivery_key(7, 2);
+        let b = delivery_key(7, 10);
+        let other = delivery_key(8, 1);
+        assert!(a < b && b < other);
+        assert!(!other.starts_with(&session_prefix(7)));
+        assert_eq!(parse_delivery_key(&b), Some((7, 10)));
         assert_eq!(parse_delivery_key(&b[..b.len() - 1]), None);
     }
 

@@ -147,11 +147,7 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                     DeliveryOp::Del { seq }
                 }
             };
-            ops.push(Op::Delivery {
-                client_id: IDS[*i].into(),
-                epoch: e,
-                op,
-            });
+            ops.push(Op::Delivery { epoch: e, op });
         }
         Step::End(i) => {
             if let Some(l) = live.remove(i) {
@@ -218,7 +214,7 @@ proptest! {
                         fold(&store, &mut folded, &op);
                     }
                 }
-                commit(&store, folded).expect("commit");
+                commit(&store, &mut folded).expect("commit");
                 states.push(model.clone());
             }
             prop_assert_eq!(recovered(&store), model.clone(), "before the crash: everything");

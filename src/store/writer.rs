@@ -199,6 +199,8 @@ impl Folded {
 impl Thread {
     fn run(&mut self, rx: &Receiver<Batch>) {
         let mut unsynced: Option<Instant> = None;
+        // Reused: a group's maps keep their capacity for the next one.
+        let mut folded = Folded::default();
         let mut last_alive: Option<Instant> = None;
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -232,7 +234,6 @@ impl Thread {
                 self.sync_if_due(&mut unsynced, true);
                 continue;
             }
-            let mut folded = Folded::default();
             let mut records = 0;
             for b in &group {
                 records += b.ops.len();
@@ -251,7 +252,7 @@ impl Thread {
                     .disk_bytes
                     .store(self.store.disk_bytes(), Ordering::Relaxed);
             }
-            let mut ok = self.commit(folded);
+            let mut ok = self.commit(&mut folded);
             if ok {
                 unsynced.get_or_insert_with(Instant::now);
                 let force = self.mode == DurabilityMode::Power && !group.is_empty();
@@ -321,14 +322,10 @@ pub(super) fn fold(store: &Store, f: &mut Folded, op: &Op) {
             let key = client_id.as_bytes().to_vec();
             f.set(Ks::Sessions, key, Some(value.clone()));
         }
-        Op::Delivery {
-            client_id,
-            epoch,
-            op,
-        } => fold_delivery(f, client_id, *epoch, op),
+        Op::Delivery { epoch, op } => fold_delivery(f, *epoch, op),
         Op::EndSession { client_id, epoch } => {
             f.set(Ks::Sessions, client_id.as_bytes().to_vec(), None);
-            let prefix = record::session_prefix(client_id, *epoch);
+            let prefix = record::session_prefix(*epoch);
             let mut keys: Vec<Vec<u8>> = f
                 .deliveries
                 .keys()
@@ -338,7 +335,7 @@ pub(super) fn fold(store: &Store, f: &mut Folded, op: &Op) {
             keys.extend(
                 store
                     .queue
-                    .prefix(&prefix)
+                    .prefix(prefix)
                     .filter_map(|kv| kv.key().ok())
                     .map(|k| k.to_vec()),
             );
@@ -354,8 +351,8 @@ pub(super) fn fold(store: &Store, f: &mut Folded, op: &Op) {
     }
 }
 
-fn fold_delivery(f: &mut Folded, client_id: &str, epoch: u64, op: &DeliveryOp) {
-    let key = |seq| record::delivery_key(client_id, epoch, seq);
+fn fold_delivery(f: &mut Folded, epoch: u64, op: &DeliveryOp) {
+    let key = |seq| record::delivery_key(epoch, seq);
     let flight = |pid, released| record::encode(&Flight { pid, released });
     match op {
         DeliveryOp::Put { seq, delivery, pid } => {
@@ -368,8 +365,9 @@ fn fold_delivery(f: &mut Folded, client_id: &str, epoch: u64, op: &DeliveryOp) {
     }
 }
 
-/// Writes a folded group as one atomic batch; its bytes.
-pub(super) fn commit(s: &Store, folded: Folded) -> fjall::Result<u64> {
+/// Writes a folded group as one atomic batch (emptying it, its capacity kept for the next);
+/// its bytes.
+pub(super) fn commit(s: &Store, folded: &mut Folded) -> fjall::Result<u64> {
     let mut batch = s.db.batch();
     let mut bytes = 0u64;
     let mut write = |ks: &Keyspace, key: Vec<u8>, value: Option<Vec<u8>>| {
@@ -382,7 +380,7 @@ pub(super) fn commit(s: &Store, folded: Folded) -> fjall::Result<u64> {
             None => batch.remove(ks, key),
         }
     };
-    for ((ks, key), value) in folded.records {
+    for ((ks, key), value) in folded.records.drain() {
         let ks = match ks {
             Ks::Sessions => &s.sessions,
             Ks::Retained => &s.retained,
@@ -390,7 +388,7 @@ pub(super) fn commit(s: &Store, folded: Folded) -> fjall::Result<u64> {
         };
         write(ks, key, value);
     }
-    for (key, d) in folded.deliveries {
+    for (key, d) in folded.deliveries.drain() {
         if let Some(v) = d.flight {
             write(&s.flight, key.clone(), v);
         }
@@ -403,9 +401,11 @@ pub(super) fn commit(s: &Store, folded: Folded) -> fjall::Result<u64> {
 
 impl Thread {
     /// Commits a folded group; false on failure (injected ones included, in debug builds).
-    fn commit(&self, folded: Folded) -> bool {
+    fn commit(&self, folded: &mut Folded) -> bool {
         #[cfg(debug_assertions)]
         if crate::fault::store_fails() {
+            folded.records.clear();
+            folded.deliveries.clear();
             return false;
         }
         match commit(&self.store, folded) {
