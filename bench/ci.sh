@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark CI: criterion benches plus a loadgen suite (1:1 pairs, fan-out, QoS 1, idle
-# connections) against ringmq and Mosquitto side by side, each broker pinned to one core and
+# Benchmark CI: criterion benches plus a loadgen suite (1:1 pairs, fan-out, QoS 1 with clean
+# and with persistent sessions, idle connections) against ringmq and Mosquitto side by side, each broker pinned to one core and
 # the load generator to another, interleaved. Writes bench/report/latest.{json,md} and compares
 # the ringmq/Mosquitto ratios with bench/baseline.json.
 #
@@ -72,6 +72,26 @@ lg compare $(brokers) pubsub --publishers 1 --subscribers 500 --pub-topic fan/ou
 echo "== 20 pairs, QoS 1, 16 in flight"
 lg compare $(brokers) pubsub --publishers 20 --subscribers 20 --qos 1 --inflight 16 "${dur[@]}" > "$work/qos1.json"
 stop_brokers
+
+echo "== 20 pairs, QoS 1, persistent sessions: ringmq crash (the default), ringmq off, Mosquitto persistence true"
+cport=$(free_port); oport=$(free_port); mport=$(free_port)
+taskset -c "$broker_cpu" target/release/ringmq --listen "127.0.0.1:$cport" --shards 1 --admin 127.0.0.1:0 --data-dir "$work/crash" > "$work/crash.log" 2>&1 &
+cpid=$!
+RINGMQ_DURABILITY__MODE=off taskset -c "$broker_cpu" target/release/ringmq --listen "127.0.0.1:$oport" --shards 1 --admin 127.0.0.1:0 --data-dir "$work/off" > "$work/off.log" 2>&1 &
+opid=$!
+mkdir -p "$work/mosquitto"
+printf '%s\n' "listener $mport 127.0.0.1" "allow_anonymous true" "persistence true" \
+  "persistence_location $work/mosquitto/" "user root" > "$work/mosquitto.conf"
+taskset -c "$broker_cpu" mosquitto -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+mpid=$!
+for p in $cport $oport $mport; do
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
+done
+lg compare --reps "$reps" --baseline mosquitto --broker "ringmq=127.0.0.1:$cport@$cpid" \
+  --broker "ringmq_off=127.0.0.1:$oport@$opid" --broker "mosquitto=127.0.0.1:$mport@$mpid" \
+  pubsub --persistent --client-prefix ci --publishers 20 --subscribers 20 --qos 1 --inflight 16 \
+  "${dur[@]}" > "$work/qos1_persistent.json"
+kill "$cpid" "$opid" "$mpid" 2>/dev/null || true; wait "$cpid" "$opid" "$mpid" 2>/dev/null || true
 
 python3 bench/report.py "$work" "$out" "$mode" "$margin"
 if [ "$mode" = update ]; then

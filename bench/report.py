@@ -2,12 +2,16 @@
 
 Each scenario's gated figure is ringmq's ratio to Mosquitto: deliveries per broker CPU-second
 for message scenarios (throughput ratio when CPU is unknown), and Mosquitto's RSS per idle
-connection over ringmq's for the idle scenario (higher is better everywhere)."""
+connection over ringmq's for the idle scenario (higher is better everywhere). The persistent
+QoS 1 scenario also runs ringmq with `[durability] mode = "off"`: what the store costs,
+crash_over_off (ringmq's deliveries per CPU-second in its default mode over mode off), is gated
+too."""
 import json
 import pathlib
 import re
 import sys
 
+SCENARIOS = ["pairs", "fanout", "qos1", "qos1_persistent", "idle"]
 work, out, mode, margin = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 
 
@@ -15,7 +19,12 @@ def scenario(name):
     rows = {r["broker"]: r for r in json.loads((work / f"{name}.json").read_text())}
     r, m = rows["ringmq"], rows["mosquitto"]
     ratio = r.get("efficiency_ratio") or r["rate_ratio"]
-    return {
+    extra = {}
+    if "ringmq_off" in rows:
+        off = rows["ringmq_off"]
+        extra = {"ringmq_off_efficiency": off["efficiency"],
+                 "crash_over_off": (r["efficiency"] or 0) / off["efficiency"] if off["efficiency"] else 0.0}
+    return extra | {
         "ringmq_rate": r["rate"], "mosquitto_rate": m["rate"], "rate_ratio": r["rate_ratio"],
         "ringmq_efficiency": r["efficiency"], "mosquitto_efficiency": m["efficiency"],
         "ratio": ratio, "ringmq_p99_us": r["p99_us"], "mosquitto_p99_us": m["p99_us"],
@@ -41,7 +50,7 @@ def criterion():
 
 report = {
     "mode": mode,
-    "scenarios": {n: scenario(n) for n in ["pairs", "fanout", "qos1", "idle"]},
+    "scenarios": {n: scenario(n) for n in SCENARIOS},
     "criterion_ns": criterion(),
 }
 out.mkdir(parents=True, exist_ok=True)
@@ -55,10 +64,13 @@ for n, s in report["scenarios"].items():
                  f"{s['ratio']:.2f}x | {s['ringmq_p99_us']} | {s['ringmq_lost']} |")
 lines += ["", "| criterion bench | ns |", "|---|---|"]
 lines += [f"| {k} | {v:.1f} |" for k, v in sorted(report["criterion_ns"].items())]
+if "crash_over_off" in report["scenarios"]["qos1_persistent"]:
+    lines.append(f"| qos1_persistent: crash over off | | | | "
+                 f"{report['scenarios']['qos1_persistent']['crash_over_off']:.2f}x | | |")
 (out / "latest.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 
-missing = [n for n in ["pairs", "fanout", "qos1", "idle"] if n not in report["scenarios"]]
+missing = [n for n in SCENARIOS if n not in report["scenarios"]]
 assert not missing, f"scenarios missing from the report: {missing}"
 assert report["criterion_ns"], "no criterion result parsed"
 if mode != "full":
@@ -73,6 +85,9 @@ for n, s in report["scenarios"].items():
     b = base.get(n)
     if b and s["ratio"] < b["ratio"] * (1 - margin):
         failed.append(f"{n}: {s['ratio']:.2f}x vs baseline {b['ratio']:.2f}x (margin {margin:.0%})")
+    if b and "crash_over_off" in b and s.get("crash_over_off", 0) < b["crash_over_off"] * (1 - margin):
+        failed.append(f"{n} crash over off: {s.get('crash_over_off', 0):.2f}x vs baseline "
+                      f"{b['crash_over_off']:.2f}x (margin {margin:.0%})")
 if failed:
     print("REGRESSION:\n  " + "\n  ".join(failed))
     sys.exit(1)

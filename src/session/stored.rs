@@ -69,11 +69,13 @@ impl StoreLog {
         self.meta_dirty || !self.ops.is_empty()
     }
 
-    /// Takes what waits: whether the session record must be rewritten, and the delivery ops.
-    pub fn take(&mut self) -> (bool, Vec<DeliveryOp>) {
-        (
-            std::mem::take(&mut self.meta_dirty),
-            std::mem::take(&mut self.ops),
-        )
+    /// Whether the session record must be rewritten (once: the flag is cleared).
+    pub fn take_meta(&mut self) -> bool {
+        std::mem::take(&mut self.meta_dirty)
+    }
+
+    /// Takes the waiting delivery ops, keeping the log's capacity for the next ones.
+    pub fn drain_ops(&mut self) -> std::vec::Drain<'_, DeliveryOp> {
+        self.ops.drain(..)
     }
 }

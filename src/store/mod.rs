@@ -24,7 +24,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::config::DurabilityConfig;
 use crate::session::{DeliveryOp, Inflight, Message, OutState, Session};
-use record::{Flight, StoredDelivery, StoredMessage, StoredSession};
+use record::{Flight, StoredMessage, StoredSession};
 
 pub use writer::{spawn, Batch, StoreLink, Writer};
 
@@ -180,16 +180,17 @@ impl Store {
                 let id = lives.get(&epoch)?;
                 by_id.get_mut(id).map(|(_, s)| (s, seq))
             });
+            let separate = flights.remove(&k[..]);
             let restored = owner.and_then(|(s, seq)| {
-                let d = record::decode::<StoredDelivery>(&v)?.delivery(seq, now, wall)?;
-                Some((s, d))
+                let (d, embedded) = record::decode_delivery(&v)?;
+                Some((s, d.delivery(seq, now, wall)?, separate.or(embedded)))
             });
-            let Some((s, d)) = restored else {
+            let Some((s, d, flight)) = restored else {
                 gone.remove(&self.queue, k.clone());
                 gone.remove(&self.flight, k);
                 continue;
             };
-            match flights.get(&k[..]) {
+            match flight {
                 Some(f) => {
                     let state = if f.released {
                         OutState::Released
@@ -200,6 +201,10 @@ impl Store {
                 }
                 None => s.queue.push_back(d),
             }
+        }
+        // Flight records whose delivery is gone: nothing of them is read again.
+        for k in flights.into_keys() {
+            gone.remove(&self.flight, k);
         }
         let mut sessions = Vec::with_capacity(by_id.len());
         let mut messages = 0;
@@ -289,8 +294,8 @@ impl Store {
             session_ops(&mut s, false, (None, None), &mut ops);
         }
         ops.extend(old.retained.into_iter().map(Op::Retain));
-        let mut folded = writer::Folded::default();
-        for op in &ops {
+        let mut folded = writer::Folded::new(self);
+        for op in ops {
             writer::fold(self, &mut folded, op);
         }
         writer::commit(self, &mut folded).map_err(io)?;
@@ -331,8 +336,7 @@ pub fn session_ops(
         return;
     };
     let epoch = log.epoch;
-    let (meta, ops) = log.take();
-    if meta {
+    if log.take_meta() {
         let now = Instant::now();
         let wall = record::wall_now();
         let rec = StoredSession::of(session, epoch, connected, deadlines, now, wall);
@@ -341,7 +345,9 @@ pub fn session_ops(
             value: record::encode(&rec),
         });
     }
-    out.extend(ops.into_iter().map(|op| Op::Delivery { epoch, op }));
+    if let Some(log) = session.stored.as_mut() {
+        out.extend(log.drain_ops().map(|op| Op::Delivery { epoch, op }));
+    }
 }
 
 fn will_delay(w: &crate::codec::Will) -> u32 {

@@ -192,6 +192,31 @@ pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Option<T> {
     postcard::from_bytes(b).ok()
 }
 
+/// A delivery's queue record: the delivery, then the flight state it was stored with when it
+/// was sent at once (the `flight` keyspace holds any later state, which wins). A record
+/// without one (queued, or written by an earlier version) ends after the delivery.
+pub fn encode_delivery(d: &StoredDelivery, flight: Option<Flight>) -> Vec<u8> {
+    let mut v = encode(d);
+    if let Some(f) = flight {
+        v.extend_from_slice(&encode(&f));
+    }
+    v
+}
+
+/// Reads a queue record back: the delivery and the flight state stored inside it, if any.
+pub fn decode_delivery(b: &[u8]) -> Option<(StoredDelivery, Option<Flight>)> {
+    let (d, rest) = postcard::take_from_bytes::<StoredDelivery>(b).ok()?;
+    let flight = if rest.is_empty() {
+        None
+    } else {
+        Some(decode::<Flight>(rest)?)
+    };
+    Some((d, flight))
+}
+
+/// A delivery's key: see `delivery_key`.
+pub type DeliveryKey = [u8; 16];
+
 /// The key prefix of one session life's deliveries: its epoch, which no other session life
 /// shares (its session record names it), so the keys stay 16 bytes whatever the client id.
 pub fn session_prefix(epoch: u64) -> [u8; 8] {
@@ -200,10 +225,10 @@ pub fn session_prefix(epoch: u64) -> [u8; 8] {
 
 /// The key of one delivery: its session life's epoch and its sequence number (big-endian, so
 /// keys sort in queue order).
-pub fn delivery_key(epoch: u64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16);
-    k.extend_from_slice(&epoch.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
+pub fn delivery_key(epoch: u64, seq: u64) -> DeliveryKey {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&epoch.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 

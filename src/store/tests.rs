@@ -22,6 +22,9 @@ const IDS: [&str; 3] = ["a", "b", "c"];
 enum Step {
     Subscribe(usize, u8),
     Put(usize),
+    /// Made and sent at once (an online subscriber): its flight state inside its record.
+    PutSent(usize, u16),
+    /// Sent, or sent again with another packet id.
     Send(usize, u16),
     Ack(usize),
     End(usize),
@@ -33,6 +36,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (0..3usize, 0..4u8).prop_map(|(i, f)| Step::Subscribe(i, f)),
         (0..3usize).prop_map(Step::Put),
+        (0..3usize, 1..9u16).prop_map(|(i, p)| Step::PutSent(i, p)),
         (0..3usize, 1..9u16).prop_map(|(i, p)| Step::Send(i, p)),
         (0..3usize).prop_map(Step::Ack),
         (0..3usize).prop_map(Step::End),
@@ -104,7 +108,7 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                 .or_insert((e, Vec::new(), BTreeMap::new()));
             entry.1 = filters;
         }
-        Step::Put(i) | Step::Send(i, _) | Step::Ack(i) => {
+        Step::Put(i) | Step::PutSent(i, _) | Step::Send(i, _) | Step::Ack(i) => {
             let Some(l) = live.get_mut(i) else {
                 return ops;
             };
@@ -113,9 +117,13 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                 return ops;
             };
             let op = match s {
-                Step::Put(_) => {
+                Step::Put(_) | Step::PutSent(..) => {
+                    let pid = match s {
+                        Step::PutSent(_, pid) => Some(*pid),
+                        _ => None,
+                    };
                     l.next_seq += 1;
-                    entry.2.insert(l.next_seq, None);
+                    entry.2.insert(l.next_seq, pid);
                     DeliveryOp::Put {
                         seq: l.next_seq,
                         delivery: Delivery {
@@ -126,11 +134,12 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                             group: None,
                             seq: l.next_seq,
                         },
-                        pid: None,
+                        pid,
                     }
                 }
                 Step::Send(_, pid) => {
-                    let Some((seq, sent)) = entry.2.iter_mut().find(|(_, p)| p.is_none()) else {
+                    let Some((seq, sent)) = entry.2.iter_mut().find(|(_, p)| **p != Some(*pid))
+                    else {
                         return ops;
                     };
                     *sent = Some(*pid);
@@ -208,15 +217,22 @@ proptest! {
         {
             let store = Store::open(dir.path(), &cfg).expect("open");
             for b in &batches {
-                let mut folded = Folded::default();
+                let mut folded = Folded::new(&store);
                 for s in b {
                     for op in apply(s, &mut live, &mut model, &mut epoch) {
-                        fold(&store, &mut folded, &op);
+                        fold(&store, &mut folded, op);
                     }
                 }
                 commit(&store, &mut folded).expect("commit");
                 states.push(model.clone());
             }
+            let orphans = store
+                .flight
+                .iter()
+                .filter_map(|kv| kv.key().ok())
+                .filter(|k| !store.queue.contains_key(k).unwrap_or(false))
+                .count();
+            prop_assert_eq!(orphans, 0, "a flight record outlived its delivery");
             prop_assert_eq!(recovered(&store), model.clone(), "before the crash: everything");
         }
         let journal = std::fs::read_dir(dir.path().join("store"))

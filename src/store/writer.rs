@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 use fjall::Keyspace;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::record::{self, Flight, StoredDelivery, StoredMessage};
+use super::record::{self, DeliveryKey, Flight, StoredDelivery, StoredMessage};
 use super::{Op, Store, StoreStats, ALIVE};
 use crate::config::{DurabilityConfig, DurabilityMode};
 use crate::ring::Doorbell;
-use crate::session::DeliveryOp;
+use crate::session::{Delivery, DeliveryOp};
 
 /// One shard's changes of one loop tick.
 pub struct Batch {
@@ -140,46 +140,65 @@ enum Ks {
     Meta,
 }
 
-/// What a group does to one delivery's two records (queue, flight): for each, None leaves it,
-/// `Some(None)` removes it, `Some(Some(v))` writes `v`.
+/// What a group does to one delivery's records: for each, None leaves it, `Some(None)`
+/// removes it, `Some(Some(v))` writes `v`. Values are encoded only at the commit, so a delivery
+/// made and acknowledged within the group costs no encoding.
 #[derive(Default)]
 struct DeliveryChange {
-    /// Made in this group: nothing of it exists on disk yet.
+    /// Made in this group: nothing of it exists on disk yet, and its flight state goes inside
+    /// its queue record (one record per message sent at once, not two).
     new: bool,
-    queue: Option<Option<Vec<u8>>>,
-    flight: Option<Option<Vec<u8>>>,
+    queue: Option<Option<Delivery>>,
+    flight: Option<Option<Flight>>,
 }
 
 /// A group of batches folded: the last change to each key. A delivery made and acknowledged
 /// within the group never reaches the disk.
-#[derive(Default)]
 pub(super) struct Folded {
     records: AHashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
-    deliveries: AHashMap<Vec<u8>, DeliveryChange>,
+    deliveries: AHashMap<DeliveryKey, DeliveryChange>,
+    /// The deliveries with a flight record of their own on disk (sent after they were stored):
+    /// only their removal writes a flight tombstone.
+    flights: AHashSet<DeliveryKey>,
 }
 
 impl Folded {
+    /// An empty fold over `store`, knowing its flight records.
+    pub(super) fn new(store: &Store) -> Folded {
+        let flights = store
+            .flight
+            .iter()
+            .filter_map(|kv| kv.key().ok())
+            .filter_map(|k| DeliveryKey::try_from(&k[..]).ok())
+            .collect();
+        Folded {
+            records: AHashMap::new(),
+            deliveries: AHashMap::new(),
+            flights,
+        }
+    }
+
     fn set(&mut self, ks: Ks, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.records.insert((ks, key), value);
     }
 
-    /// A delivery made: its record, and its flight record when it was sent at once.
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>, flight: Option<Vec<u8>>) {
+    /// A delivery made, and its flight state when it was sent at once.
+    fn put(&mut self, key: DeliveryKey, delivery: Delivery, flight: Option<Flight>) {
         let change = DeliveryChange {
             new: true,
-            queue: Some(Some(value)),
+            queue: Some(Some(delivery)),
             flight: flight.map(Some),
         };
         self.deliveries.insert(key, change);
     }
 
-    /// A delivery sent (or released): its flight record.
-    fn flight(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.deliveries.entry(key).or_default().flight = Some(Some(value));
+    /// A delivery sent (or released): its flight state.
+    fn flight(&mut self, key: DeliveryKey, flight: Flight) {
+        self.deliveries.entry(key).or_default().flight = Some(Some(flight));
     }
 
-    /// A delivery done with: forgotten when made in this group, else both records removed.
-    fn del(&mut self, key: Vec<u8>) {
+    /// A delivery done with: forgotten when made in this group, else its records removed.
+    fn del(&mut self, key: DeliveryKey) {
         match self.deliveries.get(&key) {
             Some(d) if d.new => {
                 self.deliveries.remove(&key);
@@ -200,7 +219,7 @@ impl Thread {
     fn run(&mut self, rx: &Receiver<Batch>) {
         let mut unsynced: Option<Instant> = None;
         // Reused: a group's maps keep their capacity for the next one.
-        let mut folded = Folded::default();
+        let mut folded = Folded::new(&self.store);
         let mut last_alive: Option<Instant> = None;
         let mut failing_since: Option<Instant> = None;
         loop {
@@ -235,9 +254,9 @@ impl Thread {
                 continue;
             }
             let mut records = 0;
-            for b in &group {
+            for b in &mut group {
                 records += b.ops.len();
-                for op in &b.ops {
+                for op in b.ops.drain(..) {
                     fold(&self.store, &mut folded, op);
                 }
             }
@@ -316,52 +335,67 @@ impl Thread {
 }
 
 /// Folds one change into a group: the last change to a key wins.
-pub(super) fn fold(store: &Store, f: &mut Folded, op: &Op) {
+pub(super) fn fold(store: &Store, f: &mut Folded, op: Op) {
     match op {
         Op::Session { client_id, value } => {
             let key = client_id.as_bytes().to_vec();
-            f.set(Ks::Sessions, key, Some(value.clone()));
+            f.set(Ks::Sessions, key, Some(value));
         }
-        Op::Delivery { epoch, op } => fold_delivery(f, *epoch, op),
+        Op::Delivery { epoch, op } => fold_delivery(f, epoch, op),
         Op::EndSession { client_id, epoch } => {
             f.set(Ks::Sessions, client_id.as_bytes().to_vec(), None);
-            let prefix = record::session_prefix(*epoch);
-            let mut keys: Vec<Vec<u8>> = f
+            let prefix = record::session_prefix(epoch);
+            let mut keys: Vec<DeliveryKey> = f
                 .deliveries
                 .keys()
                 .filter(|k| k.starts_with(&prefix))
-                .cloned()
+                .copied()
                 .collect();
             keys.extend(
                 store
                     .queue
                     .prefix(prefix)
                     .filter_map(|kv| kv.key().ok())
-                    .map(|k| k.to_vec()),
+                    .filter_map(|k| DeliveryKey::try_from(&k[..]).ok()),
             );
             for k in keys {
                 f.del(k);
             }
         }
         Op::Retain(m) => {
-            let v = record::encode(&StoredMessage::of(m, Instant::now(), record::wall_now()));
+            let v = record::encode(&StoredMessage::of(&m, Instant::now(), record::wall_now()));
             f.set(Ks::Retained, m.topic.as_bytes().to_vec(), Some(v));
         }
         Op::Unretain(topic) => f.set(Ks::Retained, topic.as_bytes().to_vec(), None),
     }
 }
 
-fn fold_delivery(f: &mut Folded, epoch: u64, op: &DeliveryOp) {
+fn fold_delivery(f: &mut Folded, epoch: u64, op: DeliveryOp) {
     let key = |seq| record::delivery_key(epoch, seq);
-    let flight = |pid, released| record::encode(&Flight { pid, released });
     match op {
-        DeliveryOp::Put { seq, delivery, pid } => {
-            let v = StoredDelivery::of(delivery, Instant::now(), record::wall_now());
-            f.put(key(*seq), record::encode(&v), pid.map(|p| flight(p, false)));
-        }
-        DeliveryOp::Sent { seq, pid } => f.flight(key(*seq), flight(*pid, false)),
-        DeliveryOp::Released { seq, pid } => f.flight(key(*seq), flight(*pid, true)),
-        DeliveryOp::Del { seq } => f.del(key(*seq)),
+        DeliveryOp::Put { seq, delivery, pid } => f.put(
+            key(seq),
+            delivery,
+            pid.map(|pid| Flight {
+                pid,
+                released: false,
+            }),
+        ),
+        DeliveryOp::Sent { seq, pid } => f.flight(
+            key(seq),
+            Flight {
+                pid,
+                released: false,
+            },
+        ),
+        DeliveryOp::Released { seq, pid } => f.flight(
+            key(seq),
+            Flight {
+                pid,
+                released: true,
+            },
+        ),
+        DeliveryOp::Del { seq } => f.del(key(seq)),
     }
 }
 
@@ -370,7 +404,7 @@ fn fold_delivery(f: &mut Folded, epoch: u64, op: &DeliveryOp) {
 pub(super) fn commit(s: &Store, folded: &mut Folded) -> fjall::Result<u64> {
     let mut batch = s.db.batch();
     let mut bytes = 0u64;
-    let mut write = |ks: &Keyspace, key: Vec<u8>, value: Option<Vec<u8>>| {
+    let mut write = |ks: &Keyspace, key: &[u8], value: Option<Vec<u8>>| {
         bytes += key.len() as u64;
         match value {
             Some(v) => {
@@ -386,14 +420,25 @@ pub(super) fn commit(s: &Store, folded: &mut Folded) -> fjall::Result<u64> {
             Ks::Retained => &s.retained,
             Ks::Meta => &s.meta,
         };
-        write(ks, key, value);
+        write(ks, &key, value);
     }
+    let (now, wall) = (Instant::now(), record::wall_now());
     for (key, d) in folded.deliveries.drain() {
-        if let Some(v) = d.flight {
-            write(&s.flight, key.clone(), v);
+        let mut flight = d.flight;
+        if let Some(queue) = d.queue {
+            let value = queue.map(|delivery| {
+                let embedded = if d.new { flight.take().flatten() } else { None };
+                record::encode_delivery(&StoredDelivery::of(&delivery, now, wall), embedded)
+            });
+            write(&s.queue, &key, value);
         }
-        if let Some(v) = d.queue {
-            write(&s.queue, key, v);
+        match flight {
+            Some(Some(f)) => {
+                folded.flights.insert(key);
+                write(&s.flight, &key, Some(record::encode(&f)));
+            }
+            Some(None) if folded.flights.remove(&key) => write(&s.flight, &key, None),
+            _ => {}
         }
     }
     batch.commit().map(|()| bytes)
