@@ -146,6 +146,8 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Version, uptime, shards, driver, connections, sessions, subscriptions, retained, msg/s.
     Status,
+    /// Active alarms and the recently cleared ones.
+    Alarms,
     /// Connected clients and sessions.
     #[command(subcommand)]
     Clients(ClientsCmd),

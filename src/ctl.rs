@@ -25,6 +25,7 @@ fn call_for(cmd: &CtlCommand) -> Call {
     use Call::*;
     match cmd {
         CtlCommand::Status => Get("status".into()),
+        CtlCommand::Alarms => Get("alarms".into()),
         CtlCommand::Clients(ClientsCmd::List) => Get("clients".into()),
         CtlCommand::Clients(ClientsCmd::Show { client_id }) => {
             Get(format!("clients/{}", enc(client_id)))

@@ -26,6 +26,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod alarms;
 pub mod auth;
 pub mod broker;
 pub mod cli;

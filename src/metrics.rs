@@ -159,6 +159,8 @@ pub fn render(b: &Broker) -> String {
     for family in GAUGES {
         o.total(b, family);
     }
+    o.family("alarms_active", "gauge", "Alarms raised now.");
+    o.value("alarms_active", "", g.alarms.active_count());
     o.family("retained_messages", "gauge", "Retained messages.");
     o.value(
         "retained_messages",

@@ -320,7 +320,7 @@ fn wait_for_signals(broker: &Broker) -> Result<(), String> {
     Ok(())
 }
 
-/// Once a second: the memory budget check; once a minute: a summary line in the log.
+/// Once a second: the memory budget check and the alarms; once a minute: a summary line in the log.
 fn spawn_stats_thread(broker: Arc<Broker>) -> Result<(), String> {
     std::thread::Builder::new()
         .name("ringmq-stats".into())
@@ -348,6 +348,10 @@ fn spawn_stats_thread(broker: Arc<Broker>) -> Result<(), String> {
                         tracing::info!("memory back under budget: accepting new connections");
                     }
                 }
+                broker
+                    .shared
+                    .alarms
+                    .sweep(&broker.shared, &broker.config().overload);
                 if tick.is_multiple_of(60) {
                     tracing::info!("stats {}", broker.shared.summary());
                 }

@@ -169,6 +169,8 @@ pub struct Shared {
     pub rate_out: Counter,
     /// The store's counters, kept by the storage thread.
     pub store: Arc<crate::store::StoreStats>,
+    /// Raised and cleared by the stats thread.
+    pub alarms: crate::alarms::Alarms,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ impl Shared {
             rate_in: Counter::default(),
             rate_out: Counter::default(),
             store: Arc::default(),
+            alarms: crate::alarms::Alarms::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! | POST | /api/v1/reload | re-read config, passwords, ACL, certificates |
 //! | GET, PUT | /api/v1/log/level | `{"level": "debug"}` |
 //! | GET, POST | /api/v1/trace | `{"kind": "client"|"topic", "value", "on"}` |
+//! | GET | /api/v1/alarms | active alarms and the cleared ones (newest first) |
 //! | GET | /metrics | Prometheus text format |
 
 use percent_encoding::percent_decode_str;
@@ -85,6 +86,7 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
             body: crate::metrics::render(broker),
             json: false,
         }),
+        (Method::Get, "alarms") => ok(broker.shared.alarms.json()),
         (Method::Get, "health") => ok(json!({ "status": "ok" })),
         (Method::Get, "status") => ok(status(broker).map_err(fail)?),
         (Method::Get, "clients") => ok(merged(h.ask_all(|| Request::Clients(None))).map_err(fail)?),

@@ -1,6 +1,6 @@
 //! `$SYS/brokers/<node>/...`: broker statistics published (retained, as Mosquitto does) every
 //! `sys.interval` seconds by shard 0 from every shard's counters, and client connected and
-//! disconnected events published by the shard that saw them. Clients cannot publish to `$SYS`
+//! disconnected events published by the shard that saw them, and alarm events (shard 0). Clients cannot publish to `$SYS`
 //! (any `$` topic is refused on the inbound path).
 
 use std::cell::RefCell;
@@ -134,8 +134,11 @@ pub(super) async fn publisher(shard: Rc<RefCell<Shard>>) {
         if !sh.accepting {
             return;
         }
-        let interval = sh.cfg.sys.interval;
         let now = Instant::now();
+        for (suffix, payload) in sh.global.alarms.take_events() {
+            sh.sys_publish(suffix, payload, false, now);
+        }
+        let interval = sh.cfg.sys.interval;
         if interval > 0 && now.duration_since(last) >= Duration::from_secs(interval) {
             last = now;
             sh.publish_sys_stats(now);

@@ -3,6 +3,7 @@
 //! process's environment, so `RINGMQ_BROKER__DRIVER=epoll cargo test --test it` runs them all on
 //! epoll (tests that ask for a driver themselves excepted).
 
+mod alarms;
 mod clients;
 mod driver;
 mod durability;
