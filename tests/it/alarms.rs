@@ -1,6 +1,8 @@
 //! Alarms (#15): the memory alarm raised when a reload sets a budget below the broker's resident
 //! memory and cleared when a reload lifts it, seen as `$SYS/brokers/<node>/alarms/...` events by
-//! a subscriber, on `GET /api/v1/alarms`, `ctl alarms` and the `ringmq_alarms_active` gauge.
+//! a subscriber, on `GET /api/v1/alarms`, `ctl alarms` and the `ringmq_alarms_active` gauge; and
+//! the slow-subscriber alarm raised by a subscriber that stops acknowledging while messages
+//! arrive (its queue full, deliveries dropped) and cleared once the drops stop.
 
 use std::time::Duration;
 
@@ -78,4 +80,33 @@ fn memory_alarm_raised_and_cleared_with_events() {
     assert_eq!(history[0]["name"], NAME);
     assert_eq!(history[0]["until"], event["until"]);
     assert_eq!(b.metric("ringmq_alarms_active"), Some(0.0));
+}
+
+#[test]
+fn slow_subscriber_alarm_raised_by_drops_and_cleared_when_they_stop() {
+    const NAME: &str = "slow_subscriber";
+    let b = Broker::with_config(2, "max_inflight = 1\nmax_queued_messages = 1");
+    let (mut watcher, _) = Raw::connect(b.port, Protocol::V5, "watcher", true);
+    watcher.subscribe("$SYS/brokers/+/alarms/#", QoS::AtMostOnce);
+    // Subscribes and never acknowledges: one message in flight, one queued, the rest dropped.
+    let (mut slow, _) = Raw::connect(b.port, Protocol::V311, "slow", true);
+    slow.subscribe("flood", QoS::AtLeastOnce);
+    let (mut publisher, _) = Raw::connect(b.port, Protocol::V311, "pub", true);
+    for pid in 1..=5 {
+        publisher.publish_acked("flood", b"x", QoS::AtLeastOnce, pid);
+    }
+
+    let (topic, event) = next_event(&mut watcher);
+    assert!(topic.ends_with("/alarms/activate"), "{topic}");
+    assert_eq!(event["name"], NAME, "{event}");
+    let now = alarms(&b);
+    assert_eq!(now["active"][0]["name"], NAME, "{now}");
+
+    let (topic, event) = next_event(&mut watcher);
+    assert!(topic.ends_with("/alarms/deactivate"), "{topic}");
+    assert_eq!(event["name"], NAME, "{event}");
+    let after = alarms(&b);
+    assert_eq!(after["active"], serde_json::json!([]), "{after}");
+    assert_eq!(after["history"][0]["name"], NAME, "{after}");
+    assert_eq!(slow.recv_publish().payload.as_ref(), b"x");
 }
