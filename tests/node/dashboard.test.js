@@ -145,8 +145,8 @@ test("overview: live counts, charts receiving samples, per-shard load", async ()
   assert.equal(await page.textContent("#card-subscriptions"), "1");
   assert.equal(await page.textContent("#card-retained"), "1");
   const points = (id) => page.getAttribute(id, "data-points").then(Number);
-  await until("three samples on every chart", async () => {
-    for (const id of ["#chart-messages", "#chart-bytes", "#chart-connections", "#chart-lag"]) if ((await points(id)) < 3) return false;
+  await until("five samples on every chart", async () => {
+    for (const id of ["#chart-messages", "#chart-bytes", "#chart-connections", "#chart-lag"]) if ((await points(id)) < 5) return false;
     return true;
   });
   await until("a non-zero message rate", async () => Number((await page.getAttribute("#chart-messages", "data-last")).split(",")[0]) > 0);

@@ -7,6 +7,8 @@ const App = (() => {
   let csrf = "";
   let poll = null;
   let shown = 0;
+  // Confirm buttons waiting for their second click: the page is not redrawn under them.
+  let armedButtons = 0;
 
   function el(tag, props, ...kids) {
     const e = document.createElement(tag);
@@ -70,21 +72,26 @@ const App = (() => {
     return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
   }
 
-  // A button that asks to be clicked again before it acts.
+  // A button that asks to be clicked again (within 5 s) before it acts.
   function confirmButton(label, act) {
     let armed = null;
     const b = el("button", { type: "button", class: "danger", text: label });
+    const disarm = () => {
+      clearTimeout(armed);
+      armed = null;
+      armedButtons = Math.max(0, armedButtons - 1);
+    };
     b.addEventListener("click", async () => {
       if (!armed) {
         b.textContent = `Confirm ${label.toLowerCase()}`;
+        armedButtons++;
         armed = setTimeout(() => {
-          armed = null;
+          disarm();
           b.textContent = label;
         }, 5000);
         return;
       }
-      clearTimeout(armed);
-      armed = null;
+      disarm();
       b.disabled = true;
       try {
         await act();
@@ -113,6 +120,7 @@ const App = (() => {
     const page = pages[name] || pages.overview;
     const visit = ++shown;
     clearInterval(poll);
+    armedButtons = 0;
     for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("current", a.dataset.page === name);
     const body = el("div", { class: "page", id: `page-${name}` });
     document.getElementById("view").replaceChildren(el("h1", { text: page.title }), body);
@@ -120,7 +128,9 @@ const App = (() => {
     try {
       const refresh = await page.render(body);
       if (refresh && visit === shown) {
-        poll = setInterval(() => refresh().catch((e) => say(e.message, true)), page.every || 3000);
+        poll = setInterval(() => {
+          if (armedButtons === 0) refresh().catch((e) => say(e.message, true));
+        }, page.every || 3000);
       }
     } catch (e) {
       body.append(el("p", { class: "error", text: e.message }));
