@@ -1,6 +1,7 @@
 "use strict";
 // A small line chart on a canvas: a few series of numbers over time, redrawn on every new
-// sample; the canvas's data-points attribute counts the samples (tests read it).
+// sample (the last 120 kept, a 30-sample window at first); the canvas's data-points attribute
+// counts the samples (tests read it).
 class LineChart {
   constructor(canvas, series, format) {
     this.canvas = canvas;
@@ -57,7 +58,7 @@ class LineChart {
       g.textAlign = "right";
       g.fillText(this.format((ceil * i) / 4), left - 6, y);
     }
-    const n = this.max;
+    const n = Math.max(30, this.samples.length);
     this.series.forEach((s, k) => {
       g.strokeStyle = s.color;
       g.lineWidth = 2;
