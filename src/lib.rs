@@ -17,7 +17,8 @@
 //! - [`auth`]: password file, ACL file, anonymous policy.
 //! - [`tls`], [`ws`]: rustls configuration for TLS listeners, client-certificate names;
 //!   the WebSocket upgrade and framing.
-//! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API, Prometheus text, `ringmq ctl`.
+//! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API and web dashboard, Prometheus text,
+//!   `ringmq ctl`.
 //! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
 //! - `fault` (debug builds): fault injection for the integration tests.

@@ -4,6 +4,8 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | /api/v1/status | version, uptime, shards, driver, counts, msg/s |
+//! | GET | /api/v1/stats | every shard's counters, read without asking the shards |
+//! | GET | /api/v1/config | the configuration in effect, secrets hidden |
 //! | GET | /api/v1/clients[/ID] | sessions (connected or not), or one |
 //! | DELETE | /api/v1/clients/ID | disconnect (v5: 0x98) |
 //! | GET | /api/v1/subscriptions[/ID] | all subscriptions, or one client's |
@@ -80,13 +82,17 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
     let fail = |e: String| Answer::error(500, e);
     let rest = path.strip_prefix("/api/v1/").unwrap_or(path);
     match (method, rest) {
-        (Method::Get, "/metrics") => Ok(Answer {
-            status: 200,
-            body: crate::metrics::render(broker),
-            json: false,
-        }),
+        (Method::Get, "/metrics") => Ok(Answer::text(
+            200,
+            "text/plain; version=0.0.4",
+            crate::metrics::render(broker),
+        )),
         (Method::Get, "health") => ok(json!({ "status": "ok" })),
         (Method::Get, "status") => ok(status(broker).map_err(fail)?),
+        (Method::Get, "stats") => ok(super::counters::stats(broker)),
+        (Method::Get, "config") => ok(redacted(
+            serde_json::to_value(&*broker.config()).map_err(|e| fail(e.to_string()))?,
+        )),
         (Method::Get, "clients") => ok(merged(h.ask_all(|| Request::Clients(None))).map_err(fail)?),
         (Method::Get, p) if p.starts_with("clients/") => {
             let id = decode(&p["clients/".len()..]);
@@ -199,6 +205,33 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
     }
 }
 
+/// Whether a configuration key holds a secret (a password or token, not a file's path).
+fn secret_key(key: &str) -> bool {
+    ["password", "token", "secret"]
+        .iter()
+        .any(|s| key == *s || key.ends_with(&format!("_{s}")))
+}
+
+/// The configuration with every secret's value replaced, so the dashboard can show it.
+fn redacted(v: Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::Null => Value::Null,
+                        _ if secret_key(&k) => json!("(hidden)"),
+                        v => redacted(v),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(redacted).collect()),
+        v => v,
+    }
+}
+
 fn clean(broker: &Broker, topic: Option<String>) -> Result<Answer, Answer> {
     let replies = broker
         .handle
@@ -265,4 +298,23 @@ fn store_json(st: &crate::store::StoreStats, mode: &str, dir: &std::path::Path) 
             "seconds": S::get(&st.restore_ms) as f64 / 1000.0,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hidden_and_paths_kept() {
+        let mut cfg = crate::config::Config::default();
+        cfg.admin.password = Some("pw".into());
+        cfg.admin.token = Some("tok".into());
+        cfg.auth.password_file = Some("/etc/ringmq/passwd".into());
+        let v = redacted(serde_json::to_value(&cfg).expect("config as JSON"));
+        assert_eq!(v["admin"]["password"], "(hidden)");
+        assert_eq!(v["admin"]["token"], "(hidden)");
+        assert_eq!(v["admin"]["username"], Value::Null);
+        assert_eq!(v["auth"]["password_file"], "/etc/ringmq/passwd");
+        assert!(!v.to_string().contains("\"pw\"") && !v.to_string().contains("tok\""));
+    }
 }
