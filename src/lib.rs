@@ -15,6 +15,7 @@
 //! - [`broker`]: the running broker's handle for the admin API, metrics and signals.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
 //! - [`auth`]: password file, ACL file, anonymous policy.
+//! - [`proxy_protocol`]: the PROXY protocol v1/v2 header a load balancer sends first.
 //! - [`tls`], [`ws`]: rustls configuration for TLS listeners, client-certificate names;
 //!   the WebSocket upgrade and framing.
 //! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API and web dashboard, Prometheus text,
@@ -40,6 +41,7 @@ pub mod driver;
 pub mod fault;
 pub mod logging;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod retained;
 pub mod ring;
 pub mod server;

@@ -55,14 +55,18 @@ pub enum Refusal {
     Backlog,
     /// A CONNECT refused because the password-check queue was full.
     PasswordQueue,
+    /// A connection on a `proxy_protocol` listener closed for a missing, malformed or late
+    /// PROXY header.
+    ProxyHeader,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::SysTopic,
         Refusal::WsPing,
         Refusal::Backlog,
         Refusal::PasswordQueue,
+        Refusal::ProxyHeader,
     ];
 
     /// The metric label.
@@ -72,6 +76,7 @@ impl Refusal {
             Refusal::WsPing => "ws_ping",
             Refusal::Backlog => "ring_backlog",
             Refusal::PasswordQueue => "password_queue",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 }

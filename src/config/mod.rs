@@ -147,6 +147,9 @@ impl Config {
             if l.verify_peer && l.cafile.is_none() {
                 return bad(&key("cafile"), "verify_peer needs a CA file");
             }
+            if l.proxy_protocol && l.proxy_protocol_timeout == 0 {
+                return bad(&key("proxy_protocol_timeout"), "at least 1 second");
+            }
             if l.kind.is_ws() && !l.path.starts_with('/') {
                 return bad(&key("path"), "must start with /");
             }
@@ -162,6 +165,9 @@ impl Config {
                 "mqtt.max_inflight",
                 "max_inflight and receive_maximum must be at least 1",
             );
+        }
+        if self.mqtt.max_qos > 2 {
+            return bad("mqtt.max_qos", "must be 0, 1 or 2");
         }
         let mult = self.mqtt.keepalive_multiplier;
         if !mult.is_finite() || !(1.0..=100.0).contains(&mult) {

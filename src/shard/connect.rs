@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+use super::capabilities;
 use super::link::{Close, ConnLink, LinkState};
 use super::waiting::Successor;
 use super::{SessionSlot, Shard, TimerKind};
@@ -134,6 +135,7 @@ impl Shard {
     fn admit_connect(&mut self, link: &Rc<ConnLink>, mut c: Box<Connect>) -> Result<(), Close> {
         self.authorize_will(link, &c)?;
         if let Some(w) = &mut c.will {
+            capabilities::refuse_will(&self.cfg.mqtt, w)?;
             if !self.topic_within_limits(&w.topic) {
                 return Err(Close::new(
                     ReasonCode::TopicNameInvalid,
@@ -420,14 +422,11 @@ impl Shard {
             receive_maximum: Some(m.receive_maximum),
             maximum_packet_size: Some(m.max_packet_size),
             topic_alias_maximum: Some(m.topic_alias_maximum),
-            retain_available: Some(1),
-            wildcard_subscription_available: Some(1),
-            subscription_identifier_available: Some(1),
-            shared_subscription_available: Some(1),
             assigned_client_identifier: asked.and_then(|p| p.assigned_client_identifier.clone()),
             server_keep_alive: m.server_keep_alive,
             ..Properties::default()
         };
+        capabilities::announce(m, &mut p);
         let want = asked.and_then(|p| p.session_expiry_interval).unwrap_or(0);
         if want > m.max_session_expiry {
             p.session_expiry_interval = Some(m.max_session_expiry);

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
+use super::capabilities;
 use super::durable::{Ack, AckKind, Wait};
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
@@ -264,6 +265,7 @@ impl Shard {
                 "PUBLISH from a client with a subscription identifier",
             ));
         }
+        capabilities::refuse_publish(m, p.qos, p.retain)?;
         let max_topic_length = self.cfg.mqtt.max_topic_length;
         let max_topic_levels = self.cfg.mqtt.max_topic_levels;
         let Some(slot) = self.sessions.get_mut(key) else {
@@ -419,17 +421,23 @@ impl Shard {
             .properties
             .as_ref()
             .and_then(|p| p.subscription_identifiers.first().copied());
+        capabilities::refuse_subscription_id(&self.cfg.mqtt, sub_id)?;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(ByteString, SubOptions)> = Vec::new();
         let token = self.token();
         let mut new_interest = 0;
         let max_subs = self.cfg.mqtt.max_subscriptions;
-        for (filter, options) in s.filters {
+        for (filter, mut options) in s.filters {
             let filter = owned(&filter);
             if !self.topic_within_limits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
+            if let Some(refused) = capabilities::refuse_filter(&self.cfg.mqtt, &filter) {
+                reasons.push(refused);
+                continue;
+            }
+            options.qos = capabilities::granted(&self.cfg.mqtt, options.qos);
             let inner = parse_shared(&filter)
                 .and_then(Result::ok)
                 .map_or(&*filter, |(_, f)| f);

@@ -15,9 +15,11 @@
 //!
 //! The connection side: `conn` (the task: reads, decodes, writes), `link` (what the task and
 //! the shard share about one connection), `transport` (TLS, WebSocket), `hibernate` (idle
-//! sockets without a task), `limits` and `rate` (admission and publish rates). The handlers:
-//! `connect` (CONNECT, claims, takeovers, session ends), `inbound` (every other packet),
-//! `route` (publish, subscribe, deliver), `admin` (the control plane), `persist`, `sys`.
+//! sockets without a task), `limits` and `rate` (admission and publish rates), `proxied` (the
+//! PROXY header read before admission). The handlers: `connect` (CONNECT, claims, takeovers,
+//! session ends), `inbound` (every other packet), `route` (publish, subscribe, deliver),
+//! `admin` (the control plane), `persist`, `sys` and `sys_broker`, `capabilities` (what the
+//! `[mqtt]` switches let clients use).
 //!
 //! # How a PUBLISH crosses them
 //! `conn` decodes it and `inbound` checks it (aliases, limits, ACL, rate, the backlog bound)
@@ -29,6 +31,7 @@
 //! receiving shard the pump takes it off the ring and delivers it the same way, locally only.
 
 mod admin;
+mod capabilities;
 mod client_index;
 mod conn;
 mod connect;
@@ -42,6 +45,7 @@ mod link;
 mod listener;
 mod mesh;
 mod persist;
+mod proxied;
 mod rate;
 mod route;
 mod router;
@@ -49,6 +53,7 @@ mod sessions;
 #[cfg(test)]
 mod sim;
 mod sys;
+mod sys_broker;
 #[cfg(test)]
 mod tests;
 mod transport;

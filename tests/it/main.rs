@@ -13,6 +13,8 @@ mod hibernation;
 mod in_process;
 mod listeners;
 mod loadgen;
+mod mosquitto_parity;
 mod operations;
 mod protocol;
+mod proxy_protocol;
 mod security;
