@@ -158,6 +158,12 @@ pub enum CtlCommand {
     /// Retained messages.
     #[command(subcommand)]
     Retained(RetainedCmd),
+    /// Banned clients: by client id, username or peer address (IP or CIDR).
+    #[command(subcommand)]
+    Banned(BannedCmd),
+    /// Delayed publishes (`$delayed/{seconds}/{topic}`) held until their deadline.
+    #[command(subcommand)]
+    Delayed(DelayedCmd),
     /// Configuration: re-read the file, password file, ACL file and certificates.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -208,6 +214,35 @@ pub enum RetainedCmd {
     /// Remove one retained message, or all of them.
     Clean {
         topic: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BannedCmd {
+    List,
+    /// Ban (and kick) clients: KIND is clientid, username or peerhost.
+    Add {
+        kind: String,
+        value: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Seconds the ban lasts; without it, permanent.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Lift a ban.
+    Del {
+        kind: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DelayedCmd {
+    List,
+    /// Cancel one, by the id `list` shows.
+    Cancel {
+        id: String,
     },
 }
 

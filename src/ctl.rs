@@ -6,8 +6,8 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ClientsCmd, ConfigCmd, CtlArgs, CtlCommand, LogCmd, RetainedCmd, SubscriptionsCmd, TopicsCmd,
-    TraceCmd,
+    BannedCmd, ClientsCmd, ConfigCmd, CtlArgs, CtlCommand, DelayedCmd, LogCmd, RetainedCmd,
+    SubscriptionsCmd, TopicsCmd, TraceCmd,
 };
 
 enum Call {
@@ -57,6 +57,21 @@ fn call_for(cmd: &CtlCommand) -> Call {
         CtlCommand::Retained(RetainedCmd::Clean { topic: Some(t) }) => {
             Delete(format!("retained/{}", enc(t)))
         }
+        CtlCommand::Banned(BannedCmd::List) => Get("banned".into()),
+        CtlCommand::Banned(BannedCmd::Add {
+            kind,
+            value,
+            reason,
+            duration,
+        }) => Post(
+            "banned".into(),
+            json!({ "as": kind, "who": value, "reason": reason, "duration": duration }),
+        ),
+        CtlCommand::Banned(BannedCmd::Del { kind, value }) => {
+            Delete(format!("banned/{}/{}", enc(kind), enc(value)))
+        }
+        CtlCommand::Delayed(DelayedCmd::List) => Get("delayed".into()),
+        CtlCommand::Delayed(DelayedCmd::Cancel { id }) => Delete(format!("delayed/{}", enc(id))),
         CtlCommand::Config(ConfigCmd::Reload) => Post("reload".into(), Value::Null),
         CtlCommand::Log(LogCmd::Level { level: None }) => Get("log/level".into()),
         CtlCommand::Log(LogCmd::Level { level: Some(l) }) => {

@@ -5,6 +5,7 @@
 //! - [`topic`]: topic names and filters, shared-subscription parsing, the matching trie.
 //! - [`session`]: per-client MQTT state (QoS flows, queue, aliases, will); no I/O.
 //! - [`retained`]: the retained-message store.
+//! - [`banned`]: banned clients (client id, username, peer address), each shard's replica.
 //! - [`store`]: the crash-safe store (fjall) and its storage thread, fed by the shards.
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod banned;
 pub mod broker;
 pub mod cli;
 pub mod codec;

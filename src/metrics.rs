@@ -33,7 +33,25 @@ const GAUGES: [Summed; 4] = [
     }),
 ];
 
-const COUNTERS: [Summed; 11] = [
+const COUNTERS: [Summed; 14] = [
+    (
+        "banned_refused_total",
+        "counter",
+        "CONNECTs refused by a ban (client id, username, peer address, flapping).",
+        |s| &s.banned_refused,
+    ),
+    (
+        "delayed_published_total",
+        "counter",
+        "Delayed publishes released at their deadline.",
+        |s| &s.delayed_published,
+    ),
+    (
+        "retained_expired_total",
+        "counter",
+        "Retained messages removed by the expiry sweep.",
+        |s| &s.retained_expired,
+    ),
     (
         "bytes_received_total",
         "counter",
@@ -165,6 +183,12 @@ pub fn render(b: &Broker) -> String {
         "",
         g.stats.first().map_or(0, |s| s.retained.get()),
     );
+    o.family(
+        "delayed_messages",
+        "gauge",
+        "Delayed publishes held until their deadline.",
+    );
+    o.value("delayed_messages", "", g.delayed());
     let by_qos: [(&str, &str, ReadQos); 2] = [
         (
             "messages_received_total",

@@ -256,6 +256,7 @@ fn open_store(
         sessions = got.sessions.len(),
         messages = got.messages,
         retained = got.retained.len(),
+        delayed = got.delayed.len(),
         ms,
         mode = cfg.durability.mode.name(),
         "restored from the store"
@@ -265,13 +266,21 @@ fn open_store(
     }
     let shards = bells.len();
     let retained: Arc<[Arc<Message>]> = got.retained.into();
+    let banned: Arc<[crate::banned::Ban]> = got.banned.into();
+    let max_delayed_id = got.delayed.iter().map(|(id, _)| *id).max().unwrap_or(0);
     let mut parts: Vec<Restore> = (0..shards)
         .map(|_| Restore {
             sessions: Vec::new(),
             retained: retained.clone(),
             max_epoch: got.max_epoch,
+            delayed: Vec::new(),
+            max_delayed_id,
+            banned: banned.clone(),
         })
         .collect();
+    for (id, m) in got.delayed {
+        parts[(id % shards as u64) as usize].delayed.push((id, m));
+    }
     for s in got.sessions {
         parts[home_of(&s.session.client_id, shards)]
             .sessions

@@ -12,6 +12,10 @@
 //! | POST | /api/v1/subscribe, /api/v1/unsubscribe | `{"clientid","topic","qos"}` |
 //! | GET | /api/v1/topics | filters subscribed to |
 //! | GET, DELETE | /api/v1/retained[/TOPIC] | list, show, clean |
+//! | GET, POST | /api/v1/banned | list; add `{"as": "clientid"|"username"|"peerhost", "who", "reason", "duration"}` (seconds; none: permanent) |
+//! | DELETE | /api/v1/banned/KIND/VALUE | lift a ban |
+//! | GET | /api/v1/delayed | delayed publishes held, earliest first |
+//! | DELETE | /api/v1/delayed/ID | cancel one |
 //! | POST | /api/v1/reload | re-read config, passwords, ACL, certificates |
 //! | GET, PUT | /api/v1/log/level | `{"level": "debug"}` |
 //! | GET, POST | /api/v1/trace | `{"kind": "client"|"topic", "value", "on"}` |
@@ -22,6 +26,7 @@ use serde_json::{json, Value};
 use tiny_http::Method;
 
 use super::Answer;
+use crate::banned::{Ban, BanKind};
 use crate::broker::Broker;
 use crate::control::Request;
 
@@ -167,6 +172,34 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
         (Method::Delete, p) if p.starts_with("retained/") => {
             clean(broker, Some(decode(&p["retained/".len()..])))
         }
+        (Method::Get, "banned") => ok(h.ask(0, Request::Banned).map_err(fail)?),
+        (Method::Post, "banned") => ok(h.ask(0, Request::Ban(ban_of(body)?)).map_err(fail)?),
+        (Method::Delete, p) if p.starts_with("banned/") => {
+            let (kind, value) = p["banned/".len()..]
+                .split_once('/')
+                .ok_or_else(|| Answer::error(400, "banned/KIND/VALUE".to_string()))?;
+            let kind = BanKind::parse(kind)
+                .ok_or_else(|| Answer::error(400, format!("no ban kind {kind:?}")))?;
+            found(
+                h.ask(0, Request::Unban(kind, decode(value)))
+                    .map_err(fail)?,
+                "ban",
+            )
+        }
+        (Method::Get, "delayed") => {
+            let mut all = merged(h.ask_all(|| Request::Delayed)).map_err(fail)?;
+            if let Value::Array(rows) = &mut all {
+                rows.sort_by_key(|r| r["publish_at_ms"].as_u64());
+            }
+            ok(all)
+        }
+        (Method::Delete, p) if p.starts_with("delayed/") => {
+            let id = decode(&p["delayed/".len()..]);
+            found(
+                merged(h.ask_all(|| Request::CancelDelayed(id.clone()))).map_err(fail)?,
+                "delayed publish",
+            )
+        }
         (Method::Post, "reload") => match broker.reload() {
             Ok(summary) => ok(json!({ "reloaded": true, "auth": summary })),
             Err(e) => Err(Answer::error(400, e)),
@@ -230,6 +263,29 @@ fn redacted(v: Value) -> Value {
         Value::Array(a) => Value::Array(a.into_iter().map(redacted).collect()),
         v => v,
     }
+}
+
+/// A ban from the API's JSON body.
+fn ban_of(body: &Value) -> Result<Ban, Answer> {
+    let kind = field(body, "as")?;
+    let kind = BanKind::parse(kind).ok_or_else(|| {
+        Answer::error(
+            400,
+            format!("\"as\" is clientid, username or peerhost, not {kind:?}"),
+        )
+    })?;
+    let at = crate::store::record::wall_now();
+    let until = match &body["duration"] {
+        Value::Null => None,
+        d => {
+            let secs = d
+                .as_u64()
+                .ok_or_else(|| Answer::error(400, "\"duration\" is whole seconds".to_string()))?;
+            Some(at.saturating_add(secs.saturating_mul(1000)))
+        }
+    };
+    let reason = body["reason"].as_str().unwrap_or("");
+    Ban::new(kind, field(body, "who")?, reason, at, until).map_err(|e| Answer::error(400, e))
 }
 
 fn clean(broker: &Broker, topic: Option<String>) -> Result<Answer, Answer> {

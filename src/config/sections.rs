@@ -306,6 +306,29 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Delayed publishes (`[delayed]`): `$delayed/{seconds}/{topic}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedConfig {
+    /// Off: a publish to `$delayed/...` is refused like any other `$` topic.
+    pub enabled: bool,
+    /// Delayed publishes the broker holds at once (all shards together); past it a v5 publisher
+    /// gets 0x97, a v3 one's message is dropped (counted).
+    pub max_messages: usize,
+    /// The longest delay, in seconds (EMQX's: 4294967).
+    pub max_delay: u64,
+}
+
+impl Default for DelayedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_messages: 100_000,
+            max_delay: 4_294_967,
+        }
+    }
+}
+
 /// What a crash costs (`[durability]`): where acknowledged state lives and when it is synced.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

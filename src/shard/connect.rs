@@ -70,6 +70,9 @@ impl Shard {
         if let Some(u) = &cert_user {
             c.username = Some(u.clone());
         }
+        if let Some(close) = self.refuse_banned(link, &c.client_id, c.username.as_deref()) {
+            return Err(close);
+        }
         let quick = self.auth.authenticate(
             c.username.as_deref(),
             c.password.as_deref(),
@@ -221,7 +224,17 @@ impl Shard {
         clean_start: bool,
         now: Instant,
     ) {
+        let wall = crate::store::record::wall_now();
         if self.homes.flapping(&client_id, &self.cfg.limits, now) {
+            let until = wall.saturating_add(self.cfg.limits.flapping_ban.saturating_mul(1000));
+            let kind = crate::banned::BanKind::ClientId;
+            if let Ok(ban) =
+                crate::banned::Ban::new(kind, &client_id, "flapping", wall, Some(until))
+            {
+                self.ban(ban);
+            }
+        }
+        if self.bans.banned_id(&client_id, wall) {
             let refused = Some(ReasonCode::Banned);
             let g = Grant {
                 client_id,
@@ -351,7 +364,7 @@ impl Shard {
             return;
         };
         if let Some(reason) = g.refused {
-            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: client id banned for flapping");
+            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: client id banned");
             self.refuse_connect(&link, reason);
             link.state.set(LinkState::Closed);
             link.close(Close::new(reason, "banned"));

@@ -9,12 +9,14 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::capabilities;
+use super::delayed::{self, Target};
 use super::durable::{Ack, AckKind, Wait};
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
 use crate::auth::Action;
 use crate::codec::*;
 use crate::session::{owned, Delivery, Message, OutState, SubIds, Subscription};
+use crate::store::record::{wall_now, DelayedMessage};
 use crate::topic::parse_shared;
 
 /// A SUBACK waiting until every other shard has applied the interest its subscriptions added,
@@ -32,6 +34,16 @@ pub(super) struct PendingSubAck {
     waiting: usize,
     /// The store could not keep the subscriptions: every filter is refused (0x80).
     refused: bool,
+}
+
+/// The reason a refused publish's acknowledgement carries: `code` for v5; success for v3,
+/// which has no way to hear a refusal (the message is dropped).
+pub(super) fn refusal(link: &ConnLink, code: ReasonCode) -> ReasonCode {
+    if link.protocol.get().is_v5() {
+        code
+    } else {
+        ReasonCode::Success
+    }
 }
 
 fn within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
@@ -299,19 +311,31 @@ impl Shard {
         }
         let ack = |reason: ReasonCode| Ack::of(p.qos, p.packet_id, reason);
         let client_id = session.client_id.clone();
-        let allowed =
-            !topic.starts_with('$') && self.authorize(link, &client_id, Action::Publish, &topic);
+        let (allowed, delay) = match delayed::target(&topic, &self.cfg.delayed) {
+            Target::Plain => {
+                let ok = !topic.starts_with('$')
+                    && self.authorize(link, &client_id, Action::Publish, &topic);
+                (ok, None)
+            }
+            Target::Delayed { secs, topic: to } => {
+                let ok = self.authorize(link, &client_id, Action::Publish, &topic)
+                    && self.authorize(link, &client_id, Action::Publish, to);
+                (ok, Some((secs, ByteString::from(to))))
+            }
+            Target::Bad(why) => {
+                tracing::debug!(client = %client_id, peer = %link.peer, %topic, why, "delayed publish refused");
+                if let Some(a) = ack(refusal(link, ReasonCode::TopicNameInvalid)) {
+                    self.durable.enqueue_ack(link, a, Wait::Now);
+                }
+                return Ok(());
+            }
+        };
         if !allowed {
             self.stats.acl_denied.inc();
             // Debug, not info: a client can send these as fast as it can write, and the
             // counter (ringmq_acl_denied_total) says how many there were.
             tracing::debug!(client = %client_id, peer = %link.peer, %topic, "publish not authorized");
-            let reason = if link.protocol.get().is_v5() {
-                ReasonCode::NotAuthorized
-            } else {
-                ReasonCode::Success
-            };
-            if let Some(a) = ack(reason) {
+            if let Some(a) = ack(refusal(link, ReasonCode::NotAuthorized)) {
                 self.durable.enqueue_ack(link, a, Wait::Now);
             }
             return Ok(());
@@ -339,8 +363,7 @@ impl Shard {
             return Ok(());
         };
         let session = &mut slot.session;
-        let a = ack(ReasonCode::Success);
-        if a.is_some() {
+        if ack(ReasonCode::Success).is_some() {
             self.durable.begin();
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
@@ -359,18 +382,40 @@ impl Shard {
                 self.touch(key);
             }
         }
-        let msg = Message::new(
-            topic,
-            p.payload,
-            p.qos,
-            p.retain,
-            p.properties.as_deref(),
-            client_id,
-            now,
-        );
         self.stats.msgs_in[p.qos as usize].inc();
-        self.publish_message(Arc::new(msg));
-        if let Some(a) = a {
+        let reason = match delay {
+            Some((secs, to)) if secs > 0 => {
+                let held = DelayedMessage {
+                    publish_at: wall_now().saturating_add(secs * 1000),
+                    topic: to,
+                    payload: bytes::Bytes::copy_from_slice(&p.payload),
+                    qos: p.qos,
+                    retain: p.retain,
+                    props: p.properties,
+                    origin: client_id,
+                };
+                self.hold_delayed(link, held)
+            }
+            now_to => {
+                let msg = Message::new(
+                    now_to.map_or(topic, |(_, to)| to),
+                    p.payload,
+                    p.qos,
+                    p.retain,
+                    p.properties.as_deref(),
+                    client_id,
+                    now,
+                );
+                self.publish_message(Arc::new(msg));
+                ReasonCode::Success
+            }
+        };
+        if let (true, QoS::ExactlyOnce, Some(id)) = (reason.is_error(), p.qos, p.packet_id) {
+            if let Some(slot) = self.sessions.get_mut(key) {
+                slot.session.release_inbound(id);
+            }
+        }
+        if let Some(a) = ack(reason) {
             let wait = self.durable.end();
             self.durable.enqueue_ack(link, a, wait);
         }

@@ -32,9 +32,11 @@
 
 mod admin;
 mod capabilities;
+mod bans;
 mod client_index;
 mod conn;
 mod connect;
+mod delayed;
 mod durable;
 mod hibernate;
 mod homes;
@@ -154,6 +156,10 @@ pub(crate) struct Shard {
     pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
     /// The store batch of this tick and what waits for the store.
     durable: durable::Durable,
+    /// Delayed publishes this shard holds until their deadline.
+    delayed: delayed::DelayedSet,
+    /// This shard's replica of the bans.
+    bans: crate::banned::BanList,
 }
 
 impl Shard {
@@ -202,6 +208,8 @@ impl Shard {
             rbuf: BytesMut::new(),
             pending_subacks: AHashMap::new(),
             durable: durable::Durable::new(id, store, journaled),
+            delayed: delayed::DelayedSet::new(id),
+            bans: crate::banned::BanList::default(),
         }
     }
 
@@ -245,6 +253,8 @@ impl Shard {
                 self.confirm_stored(confirm, before);
             }
             XMsg::Stored { token, stored } => self.stored_elsewhere(token, stored),
+            XMsg::Ban(ban) => self.on_ban(ban),
+            XMsg::Unban(kind, value) => self.on_unban(kind, &value),
             XMsg::Retain(m) => {
                 self.retained.set(m);
                 self.stats.retained.set(self.retained.len() as i64);
@@ -301,9 +311,13 @@ impl Shard {
         self.connection_closed(link, Instant::now());
     }
 
-    /// Once a second: keep-alive and CONNECT deadlines, will delays and session expiry.
+    /// Once a second: keep-alive and CONNECT deadlines, will delays, session expiry, delayed
+    /// publishes, expired retained messages and bans.
     fn sweep(&mut self, now: Instant) {
         self.homes.prune_flapping(&self.cfg.limits, now);
+        self.release_delayed(now);
+        self.purge_retained(now);
+        self.bans.purge(crate::store::record::wall_now());
         self.stats.ring_occupancy.set(self.mesh.occupancy() as i64);
         let mult = self.cfg.mqtt.keepalive_multiplier;
         let connect_timeout = self.cfg.connect_timeout();

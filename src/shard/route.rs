@@ -14,6 +14,7 @@ use crate::codec::{publish_len, Publish, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
 use crate::stats::DropReason;
+use crate::store::Op;
 
 /// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
 /// ids; the payload is shared, not copied.
@@ -106,6 +107,26 @@ impl Shard {
             }
         }
         true
+    }
+
+    /// Purges this replica's expired retained messages (from the sweep); shard 0 counts them
+    /// and tells the store, which removes a kept one only if it expired too.
+    pub(super) fn purge_retained(&mut self, now: Instant) {
+        let gone = self.retained.purge_expired(now);
+        if gone.is_empty() {
+            return;
+        }
+        self.stats.retained.set(self.retained.len() as i64);
+        if self.id != 0 {
+            return;
+        }
+        self.stats.retained_expired.add(gone.len() as i64);
+        if self.durable.journaled() {
+            for topic in gone {
+                self.durable.push(Op::ExpireRetained(topic));
+            }
+            self.mesh.wake_pump();
+        }
     }
 
     fn route(&mut self, msg: Arc<Message>) {

@@ -3,8 +3,10 @@
 //! process's environment, so `RINGMQ_BROKER__DRIVER=epoll cargo test --test it` runs them all on
 //! epoll (tests that ask for a driver themselves excepted).
 
+mod banned;
 mod clients;
 mod dashboard;
+mod delayed;
 mod driver;
 mod durability;
 mod hardening;
