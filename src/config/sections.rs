@@ -186,6 +186,8 @@ pub struct MqttConfig {
     pub max_retained_messages: usize,
     /// Largest retained payload, in bytes (0: no limit besides the packet size).
     pub max_retained_payload: usize,
+    /// How a shared subscription group picks its member.
+    pub shared_subscription_strategy: super::SharedStrategy,
 }
 
 impl Default for MqttConfig {
@@ -211,6 +213,7 @@ impl Default for MqttConfig {
             max_outbound_bytes: 1024 * 1024,
             max_retained_messages: 100_000,
             max_retained_payload: 64 * 1024,
+            shared_subscription_strategy: super::SharedStrategy::default(),
         }
     }
 }

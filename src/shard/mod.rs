@@ -29,10 +29,12 @@
 //! receiving shard the pump takes it off the ring and delivers it the same way, locally only.
 
 mod admin;
+mod auto_subscribe;
 mod client_index;
 mod conn;
 mod connect;
 mod durable;
+mod exclusive;
 mod hibernate;
 mod homes;
 mod inbound;
@@ -48,6 +50,7 @@ mod router;
 mod sessions;
 #[cfg(test)]
 mod sim;
+mod strategy;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -140,6 +143,8 @@ pub(crate) struct Shard {
     homes: Homes,
     /// Local subscribers and the interest table replica.
     router: Router,
+    /// Draws for the random shared-subscription strategy.
+    rng: strategy::Rng,
     retained: RetainedStore,
     next_token: u64,
     next_assigned_id: u64,
@@ -147,6 +152,8 @@ pub(crate) struct Shard {
     rbuf: BytesMut,
     /// SUBACKs waiting for other shards to acknowledge new interest, by token.
     pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
+    /// The `$exclusive/` filters homed here and the client id holding each.
+    exclusive: AHashMap<bytestring::ByteString, bytestring::ByteString>,
     /// The store batch of this tick and what waits for the store.
     durable: durable::Durable,
 }
@@ -191,11 +198,13 @@ impl Shard {
             waiting: Waiting::new(checks),
             homes: Homes::default(),
             router: Router::default(),
+            rng: strategy::Rng::default(),
             retained: RetainedStore::default(),
             next_token: 0,
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
             pending_subacks: AHashMap::new(),
+            exclusive: AHashMap::new(),
             durable: durable::Durable::new(id, store, journaled),
         }
     }
@@ -272,6 +281,20 @@ impl Shard {
             XMsg::Grant(g) => self.on_grant(g),
             XMsg::Release { client_id, token } => {
                 self.homes.release(&client_id, token);
+            }
+            XMsg::ExclusiveClaim {
+                filter,
+                client_id,
+                shard,
+                token,
+            } => self.on_exclusive_claim(filter, client_id, shard, token),
+            XMsg::ExclusiveAnswer {
+                filter,
+                token,
+                granted,
+            } => self.exclusive_answered(token, filter, granted),
+            XMsg::ExclusiveRelease { filter, client_id } => {
+                self.on_exclusive_release(filter, client_id)
             }
         }
     }

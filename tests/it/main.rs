@@ -15,3 +15,4 @@ mod loadgen;
 mod operations;
 mod protocol;
 mod security;
+mod topics;
