@@ -17,7 +17,9 @@
 //! the shard share about one connection), `transport` (TLS, WebSocket), `hibernate` (idle
 //! sockets without a task), `limits` and `rate` (admission and publish rates). The handlers:
 //! `connect` (CONNECT, claims, takeovers, session ends), `inbound` (every other packet),
-//! `route` (publish, subscribe, deliver), `admin` (the control plane), `persist`, `sys`.
+//! `route` (publish, subscribe, deliver), `strategy` (how a shared group picks its member),
+//! `exclusive` (the arbiter of `$exclusive/` filters), `auto_subscribe` (subscriptions made at
+//! CONNECT), `admin` (the control plane), `persist`, `sys`.
 //!
 //! # How a PUBLISH crosses them
 //! `conn` decodes it and `inbound` checks it (aliases, limits, ACL, rate, the backlog bound)
