@@ -559,6 +559,11 @@ impl Shard {
                 Some(t) => with_inner(&filter, &t),
                 None => filter,
             };
+            // A rewritten filter is held to the same limits as the one sent.
+            if !self.topic_within_limits(&filter) {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let full = self.sessions.get(key).is_some_and(|s| {
                 max_subs > 0
                     && s.session.subscriptions.len() >= max_subs
