@@ -3,6 +3,7 @@
 
 mod env;
 mod sections;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::*;
+pub use topics::*;
 
 /// The commented default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("ringmq.default.toml");
@@ -32,6 +34,10 @@ pub struct Config {
     pub admin: AdminConfig,
     pub sys: SysConfig,
     pub log: LogConfig,
+    /// Topic rewrite rules, the first whose source matches applies (`[[rewrite]]`).
+    pub rewrite: Vec<crate::topic::RewriteRule>,
+    /// Subscriptions made for every client at CONNECT (`[[auto_subscribe]]`).
+    pub auto_subscribe: Vec<AutoSubscribe>,
 }
 
 impl Default for Config {
@@ -48,6 +54,8 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             log: LogConfig::default(),
+            rewrite: Vec::new(),
+            auto_subscribe: Vec::new(),
         }
     }
 }
@@ -205,6 +213,11 @@ impl Config {
                 "auth.allow_anonymous",
                 "false without a password_file would refuse every client",
             );
+        }
+        for (i, a) in self.auto_subscribe.iter().enumerate() {
+            if let Err(reason) = a.validate() {
+                return bad(&format!("auto_subscribe[{i}] ({:?})", a.topic), &reason);
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &e.to_string());

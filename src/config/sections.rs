@@ -203,6 +203,8 @@ pub struct MqttConfig {
     pub shared_subscription_available: bool,
     /// v5 subscription identifiers: when false a SUBSCRIBE carrying one is a protocol error.
     pub subscription_identifiers_available: bool,
+    /// How a shared subscription group picks its member.
+    pub shared_subscription_strategy: super::SharedStrategy,
 }
 
 impl Default for MqttConfig {
@@ -233,6 +235,7 @@ impl Default for MqttConfig {
             wildcard_subscription_available: true,
             shared_subscription_available: true,
             subscription_identifiers_available: true,
+            shared_subscription_strategy: super::SharedStrategy::default(),
         }
     }
 }

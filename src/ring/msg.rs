@@ -60,6 +60,25 @@ pub enum XMsg {
     Ban(Arc<crate::banned::Ban>),
     /// A ban lifted on the sending shard.
     Unban(crate::banned::BanKind, String),
+    /// To an `$exclusive/` filter's home shard: `client_id`, subscribing on `shard`, asks to
+    /// hold it; answered with `ExclusiveAnswer` carrying `token`.
+    ExclusiveClaim {
+        filter: ByteString,
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+    },
+    /// The home shard's answer to `ExclusiveClaim`.
+    ExclusiveAnswer {
+        filter: ByteString,
+        token: u64,
+        granted: bool,
+    },
+    /// To the filter's home shard: `client_id` no longer holds it.
+    ExclusiveRelease {
+        filter: ByteString,
+        client_id: ByteString,
+    },
 }
 
 pub struct Grant {

@@ -327,6 +327,7 @@ impl Shard {
         }
         if ends {
             self.redispatch_shared(&mut session);
+            self.release_exclusives(&session);
             self.journal_end(&session);
             return None;
         }
@@ -424,6 +425,7 @@ impl Shard {
         tracing::debug!(client = %c.client_id, peer = %link.peer, session_present, "connected");
         self.client_event(&c.client_id, link.peer, true, Some(&c), now);
         self.resend_inflight(key);
+        self.auto_subscribe(key, &link, &c.client_id, c.username.as_deref(), now);
         self.pump_session(key, now);
     }
 
@@ -458,7 +460,10 @@ impl Shard {
                 self.schedule_expiry(key, now);
                 self.touch(key);
             }
-            _ => {
+            other => {
+                if let Some(s) = other {
+                    self.release_exclusives(&s);
+                }
                 let home = self.home_of(&g.client_id);
                 self.send(
                     home,
@@ -576,6 +581,7 @@ impl Shard {
             self.publish_will(*will, session.client_id.clone(), now);
         }
         self.redispatch_shared(&mut session);
+        self.release_exclusives(&session);
         self.journal_end(&session);
         let home = self.home_of(&session.client_id);
         self.send(

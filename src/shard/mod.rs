@@ -18,8 +18,10 @@
 //! sockets without a task), `limits` and `rate` (admission and publish rates), `proxied` (the
 //! PROXY header read before admission). The handlers: `connect` (CONNECT, claims, takeovers,
 //! session ends), `inbound` (every other packet), `route` (publish, subscribe, deliver),
-//! `admin` (the control plane), `persist`, `sys` and `sys_broker`, `capabilities` (what the
-//! `[mqtt]` switches let clients use).
+//! `strategy` (how a shared group picks its member), `exclusive` (the arbiter of `$exclusive/`
+//! filters), `auto_subscribe` (subscriptions made at CONNECT), `delayed` (`$delayed/` messages
+//! held until due), `bans` (the banned-clients list), `admin` (the control plane), `persist`,
+//! `sys` and `sys_broker`, `capabilities` (what the `[mqtt]` switches let clients use).
 //!
 //! # How a PUBLISH crosses them
 //! `conn` decodes it and `inbound` checks it (aliases, limits, ACL, rate, the backlog bound)
@@ -31,13 +33,15 @@
 //! receiving shard the pump takes it off the ring and delivers it the same way, locally only.
 
 mod admin;
-mod capabilities;
+mod auto_subscribe;
 mod bans;
+mod capabilities;
 mod client_index;
 mod conn;
 mod connect;
 mod delayed;
 mod durable;
+mod exclusive;
 mod hibernate;
 mod homes;
 mod inbound;
@@ -54,6 +58,7 @@ mod router;
 mod sessions;
 #[cfg(test)]
 mod sim;
+mod strategy;
 mod sys;
 mod sys_broker;
 #[cfg(test)]
@@ -147,6 +152,8 @@ pub(crate) struct Shard {
     homes: Homes,
     /// Local subscribers and the interest table replica.
     router: Router,
+    /// Draws for the random shared-subscription strategy.
+    rng: strategy::Rng,
     retained: RetainedStore,
     next_token: u64,
     next_assigned_id: u64,
@@ -154,6 +161,8 @@ pub(crate) struct Shard {
     rbuf: BytesMut,
     /// SUBACKs waiting for other shards to acknowledge new interest, by token.
     pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
+    /// The `$exclusive/` filters homed here and the client id holding each.
+    exclusive: AHashMap<bytestring::ByteString, bytestring::ByteString>,
     /// The store batch of this tick and what waits for the store.
     durable: durable::Durable,
     /// Delayed publishes this shard holds until their deadline.
@@ -202,11 +211,13 @@ impl Shard {
             waiting: Waiting::new(checks),
             homes: Homes::default(),
             router: Router::default(),
+            rng: strategy::Rng::default(),
             retained: RetainedStore::default(),
             next_token: 0,
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
             pending_subacks: AHashMap::new(),
+            exclusive: AHashMap::new(),
             durable: durable::Durable::new(id, store, journaled),
             delayed: delayed::DelayedSet::new(id),
             bans: crate::banned::BanList::default(),
@@ -287,6 +298,20 @@ impl Shard {
             XMsg::Grant(g) => self.on_grant(g),
             XMsg::Release { client_id, token } => {
                 self.homes.release(&client_id, token);
+            }
+            XMsg::ExclusiveClaim {
+                filter,
+                client_id,
+                shard,
+                token,
+            } => self.on_exclusive_claim(filter, client_id, shard, token),
+            XMsg::ExclusiveAnswer {
+                filter,
+                token,
+                granted,
+            } => self.exclusive_answered(token, filter, granted),
+            XMsg::ExclusiveRelease { filter, client_id } => {
+                self.on_exclusive_release(filter, client_id)
             }
         }
     }

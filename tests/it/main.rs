@@ -20,3 +20,4 @@ mod operations;
 mod protocol;
 mod proxy_protocol;
 mod security;
+mod topics;
