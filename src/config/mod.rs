@@ -3,6 +3,7 @@
 
 mod env;
 mod sections;
+mod system;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::*;
+pub use system::{system_config, SYSTEM_CONFIG, SYSTEM_CONFIG_ENV};
 
 /// The commented default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("ringmq.default.toml");

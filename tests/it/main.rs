@@ -4,6 +4,7 @@
 //! epoll (tests that ask for a driver themselves excepted).
 
 mod clients;
+mod daemon;
 mod driver;
 mod durability;
 mod hardening;
