@@ -234,24 +234,26 @@ fn an_installed_binary_reads_the_system_config_a_checkout_build_does_not() {
     std::fs::write(&system, "[listeners.tcp]\nbind = \"127.0.0.1:18999\"\n").expect("config");
     let env = [("RINGMQ_SYSTEM_CONFIG", system.to_str().expect("utf8"))];
 
-    let out = std::process::Command::new(installed_binary(&root.0))
-        .args(["check-config"])
-        .envs(env)
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let installed = installed_binary(&root.0);
+    let run = |cmd: &str| {
+        let out = std::process::Command::new(&installed)
+            .arg(cmd)
+            .envs(env)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = run("check-config");
     assert!(
-        out.status.success() && text.contains(&format!("{}: ok", system.display())),
+        ok && text.contains(&format!("{}: ok", system.display())),
         "{text}"
     );
-    let out = std::process::Command::new(installed_binary(&root.0.join("again")))
-        .args(["print-config"])
-        .envs(env)
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text) = run("print-config");
     assert!(
-        text.contains("127.0.0.1:18999"),
+        ok && text.contains("127.0.0.1:18999"),
         "the installed binary read it: {text}"
     );
 
