@@ -23,6 +23,7 @@
 //!   `ringmq ctl`.
 //! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
+//! - [`daemon`]: `ringmq start | stop | restart | ping`, the broker's pidfile.
 //! - `fault` (debug builds): fault injection for the integration tests.
 
 #![deny(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod codec;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod daemon;
 pub mod doctor;
 pub mod driver;
 #[cfg(debug_assertions)]

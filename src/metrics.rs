@@ -177,6 +177,12 @@ pub fn render(b: &Broker) -> String {
     for family in GAUGES {
         o.total(b, family);
     }
+    o.family(
+        "connections_max",
+        "gauge",
+        "Connections the broker accepts (broker.max_connections; 0: no limit).",
+    );
+    o.value("connections_max", "", b.config().broker.max_connections);
     o.family("retained_messages", "gauge", "Retained messages.");
     o.value(
         "retained_messages",

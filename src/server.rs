@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::cli::RunArgs;
 use crate::config::{Config, Driver, DurabilityMode};
 use crate::control::{Handle, Queue, TraceSet};
+use crate::daemon::PidFile;
 use crate::logging::LogControl;
 use crate::session::Message;
 use crate::shard::{home_of, Boot, Listener, Restore};
@@ -59,9 +60,17 @@ pub enum Listeners {
     PerShard(Vec<Vec<TcpListener>>),
 }
 
-/// Starts the broker and blocks until a signal shuts it down.
+/// Starts the broker and blocks until a signal shuts it down. Once it listens it writes its
+/// pidfile in the data dir (what `ringmq start` waits for), removed after the shutdown.
 pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
-    serve(args, cfg, log, Listeners::Configured, wait_for_signals)
+    let pidfile = PidFile::of(&cfg.broker.data_dir);
+    let mut written = None;
+    let result = serve(args, cfg, log, Listeners::Configured, |broker| {
+        written = Some(pidfile.write_own()?);
+        wait_for_signals(broker)
+    });
+    drop(written);
+    result
 }
 
 /// Starts the broker on `listeners`, then calls `until` with it, which returns when the broker

@@ -3,6 +3,7 @@
 
 mod env;
 mod sections;
+mod system;
 mod topics;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::*;
+pub use system::{system_config, SYSTEM_CONFIG, SYSTEM_CONFIG_ENV};
 pub use topics::*;
 
 /// The commented default configuration, embedded in the binary.

@@ -422,7 +422,11 @@ impl Shard {
                 let may = |t: &str| {
                     !t.starts_with('$') && self.authorize(link, &client_id, Action::Publish, t)
                 };
-                (may(&topic) && target.as_deref().is_none_or(may), None, target)
+                (
+                    may(&topic) && target.as_deref().is_none_or(may),
+                    None,
+                    target,
+                )
             }
             Target::Delayed { secs, topic: to } => {
                 let ok = self.authorize(link, &client_id, Action::Publish, &topic)

@@ -255,8 +255,8 @@ proptest! {
     }
 }
 
-fn commit_ops(store: &Store, ops: &[Op]) {
-    let mut folded = Folded::default();
+fn commit_ops(store: &Store, ops: Vec<Op>) {
+    let mut folded = Folded::new(store);
     for op in ops {
         fold(store, &mut folded, op);
     }
@@ -288,12 +288,12 @@ fn expired_retained_messages_leave_the_store_and_newer_ones_stay() {
     };
     commit_ops(
         &store,
-        &[expiring("r/old"), Op::Retain(message("r/new", 1))],
+        vec![expiring("r/old"), Op::Retain(message("r/new", 1))],
     );
     assert_eq!(store.retained.len().expect("len"), 2);
     commit_ops(
         &store,
-        &[
+        vec![
             Op::ExpireRetained("r/old".into()),
             Op::ExpireRetained("r/new".into()),
         ],
@@ -306,9 +306,9 @@ fn expired_retained_messages_leave_the_store_and_newer_ones_stay() {
     // Within one group, the last word on a key is what the expiry looks at.
     commit_ops(
         &store,
-        &[expiring("r/grp"), Op::ExpireRetained("r/grp".into())],
+        vec![expiring("r/grp"), Op::ExpireRetained("r/grp".into())],
     );
-    commit_ops(&store, &[Op::ExpireRetained("r/missing".into())]);
+    commit_ops(&store, vec![Op::ExpireRetained("r/missing".into())]);
     assert_eq!(store.retained.len().expect("len"), 1);
 }
 
@@ -327,8 +327,11 @@ fn delayed_publishes_are_kept_until_released() {
             origin: "c".into(),
         })
     };
-    commit_ops(&store, &[Op::Delay(7, held(100)), Op::Delay(9, held(50))]);
-    commit_ops(&store, &[Op::Undelay(9)]);
+    commit_ops(
+        &store,
+        vec![Op::Delay(7, held(100)), Op::Delay(9, held(50))],
+    );
+    commit_ops(&store, vec![Op::Undelay(9)]);
     let got = store.recover(Instant::now()).expect("recover");
     assert_eq!(got.delayed.len(), 1);
     assert_eq!(got.delayed[0].0, 7);

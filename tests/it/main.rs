@@ -5,6 +5,7 @@
 
 mod banned;
 mod clients;
+mod daemon;
 mod dashboard;
 mod delayed;
 mod driver;
