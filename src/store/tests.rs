@@ -118,8 +118,11 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
             };
             let op = match s {
                 Step::Put(_) | Step::PutSent(..) => {
+                    // Packet ids in flight are unique in a session.
                     let pid = match s {
-                        Step::PutSent(_, pid) => Some(*pid),
+                        Step::PutSent(_, pid) if !entry.2.values().any(|p| *p == Some(*pid)) => {
+                            Some(*pid)
+                        }
                         _ => None,
                     };
                     l.next_seq += 1;
@@ -138,8 +141,10 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                     }
                 }
                 Step::Send(_, pid) => {
-                    let Some((seq, sent)) = entry.2.iter_mut().find(|(_, p)| **p != Some(*pid))
-                    else {
+                    if entry.2.values().any(|p| *p == Some(*pid)) {
+                        return ops;
+                    }
+                    let Some((seq, sent)) = entry.2.iter_mut().next() else {
                         return ops;
                     };
                     *sent = Some(*pid);
