@@ -1,5 +1,6 @@
 //! The command line. `ringmq` alone is `ringmq run`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -19,7 +20,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker in the foreground (the default; the systemd way).
+    #[command(visible_aliases = ["console", "foreground"])]
     Run(RunArgs),
+    /// Start the broker in the background (pidfile in the data dir); returns once it listens.
+    Start(RunArgs),
+    /// Stop the broker of this data dir gracefully (SIGTERM) and wait for it to exit.
+    Stop(RunArgs),
+    /// Stop the broker of this data dir if it runs, then start it again.
+    Restart(RunArgs),
+    /// Print `pong` and exit 0 when the broker answers (its admin API, else its first listener).
+    Ping(RunArgs),
     /// Check this machine's kernel settings and limits against a connection target.
     Doctor {
         /// The number of connections to be ready for.
@@ -68,11 +78,17 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The configuration file to read: `-c`, else the system one of an installed binary
+    /// ([`crate::config::system_config`]), else none (the embedded defaults).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(crate::config::system_config)
+    }
+
     /// Loads the file (or the defaults, with environment overrides) and applies the
     /// command-line overrides.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let mut cfg = match &self.config {
-            Some(path) => Config::load(path)?,
+        let mut cfg = match self.config_file() {
+            Some(path) => Config::load(&path)?,
             None => Config::parse("", "(defaults)")?,
         };
         if !self.listen.is_empty() {
@@ -105,6 +121,27 @@ impl RunArgs {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// These arguments as `ringmq run` takes them, the configuration file named explicitly.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut out = Vec::new();
+        if let Some(path) = self.config_file() {
+            out.extend(["--config".into(), path.into_os_string()]);
+        }
+        for a in &self.listen {
+            out.extend(["--listen".into(), a.to_string().into()]);
+        }
+        if let Some(n) = self.shards {
+            out.extend(["--shards".into(), n.to_string().into()]);
+        }
+        if let Some(a) = self.admin {
+            out.extend(["--admin".into(), a.to_string().into()]);
+        }
+        if let Some(d) = &self.data_dir {
+            out.extend(["--data-dir".into(), d.clone().into_os_string()]);
+        }
+        out
     }
 }
 
@@ -160,6 +197,12 @@ pub enum CtlCommand {
     /// Retained messages.
     #[command(subcommand)]
     Retained(RetainedCmd),
+    /// Banned clients: by client id, username or peer address (IP or CIDR).
+    #[command(subcommand)]
+    Banned(BannedCmd),
+    /// Delayed publishes (`$delayed/{seconds}/{topic}`) held until their deadline.
+    #[command(subcommand)]
+    Delayed(DelayedCmd),
     /// Configuration: re-read the file, password file, ACL file and certificates.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -210,6 +253,35 @@ pub enum RetainedCmd {
     /// Remove one retained message, or all of them.
     Clean {
         topic: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BannedCmd {
+    List,
+    /// Ban (and kick) clients: KIND is clientid, username or peerhost.
+    Add {
+        kind: String,
+        value: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Seconds the ban lasts; without it, permanent.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+    /// Lift a ban.
+    Del {
+        kind: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DelayedCmd {
+    List,
+    /// Cancel one, by the id `list` shows.
+    Cancel {
+        id: String,
     },
 }
 

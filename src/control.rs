@@ -51,6 +51,16 @@ pub enum Request {
     Retained(Option<String>),
     /// Removes one retained message, or all (asked of every shard).
     CleanRetained(Option<String>),
+    /// The bans (every shard holds them all, so one shard is asked).
+    Banned,
+    /// Adds a ban (asked of shard 0, which journals it and tells the others).
+    Ban(crate::banned::Ban),
+    /// Lifts a ban (likewise).
+    Unban(crate::banned::BanKind, String),
+    /// Delayed publishes the shard holds.
+    Delayed,
+    /// Cancels a delayed publish by id (hex; asked of every shard, one holds it).
+    CancelDelayed(String),
     /// New configuration, credentials and certificates, applied to new decisions from now on.
     Reload(Arc<Config>, Arc<Auth>, crate::tls::TlsConfigs),
     Trace(Arc<TraceSet>),

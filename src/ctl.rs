@@ -2,15 +2,18 @@
 //! answer prints as a table (lists), `key: value` lines (objects), or the JSON itself with
 //! `--json`. An error answer prints its message and exits non-zero.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ClientsCmd, ConfigCmd, CtlArgs, CtlCommand, LogCmd, RetainedCmd, SubscriptionsCmd, TopicsCmd,
-    TraceCmd,
+    BannedCmd, ClientsCmd, ConfigCmd, CtlArgs, CtlCommand, DelayedCmd, LogCmd, RetainedCmd,
+    SubscriptionsCmd, TopicsCmd, TraceCmd,
 };
 
-enum Call {
+/// One admin API request: the path under `/api/v1/`, and the JSON body.
+pub enum Call {
     Get(String),
     Delete(String),
     Post(String, Value),
@@ -58,6 +61,21 @@ fn call_for(cmd: &CtlCommand) -> Call {
         CtlCommand::Retained(RetainedCmd::Clean { topic: Some(t) }) => {
             Delete(format!("retained/{}", enc(t)))
         }
+        CtlCommand::Banned(BannedCmd::List) => Get("banned".into()),
+        CtlCommand::Banned(BannedCmd::Add {
+            kind,
+            value,
+            reason,
+            duration,
+        }) => Post(
+            "banned".into(),
+            json!({ "as": kind, "who": value, "reason": reason, "duration": duration }),
+        ),
+        CtlCommand::Banned(BannedCmd::Del { kind, value }) => {
+            Delete(format!("banned/{}/{}", enc(kind), enc(value)))
+        }
+        CtlCommand::Delayed(DelayedCmd::List) => Get("delayed".into()),
+        CtlCommand::Delayed(DelayedCmd::Cancel { id }) => Delete(format!("delayed/{}", enc(id))),
         CtlCommand::Config(ConfigCmd::Reload) => Post("reload".into(), Value::Null),
         CtlCommand::Log(LogCmd::Level { level: None }) => Get("log/level".into()),
         CtlCommand::Log(LogCmd::Level { level: Some(l) }) => {
@@ -75,32 +93,30 @@ fn call_for(cmd: &CtlCommand) -> Call {
     }
 }
 
-/// Runs one `ctl` command; the error is what to print.
-pub fn run(args: CtlArgs) -> Result<(), String> {
-    let cfg = match &args.config {
-        Some(p) => Some(crate::config::Config::load(p).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let base = args.url.clone().unwrap_or_else(|| {
-        let bind = cfg.as_ref().map_or_else(
-            || "127.0.0.1:18083".to_string(),
-            |c| {
-                let a = c.admin.bind;
-                if a.ip().is_unspecified() {
-                    format!("127.0.0.1:{}", a.port())
-                } else {
-                    a.to_string()
-                }
-            },
-        );
-        format!("http://{bind}")
-    });
-    let token = args
-        .token
-        .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.admin.token.clone()));
+/// Where to connect to reach a socket bound to `bind`: loopback for an unspecified address.
+pub fn dial_address(bind: SocketAddr) -> SocketAddr {
+    if bind.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, bind.port()))
+    } else {
+        bind
+    }
+}
+
+/// The admin API's base URL for a configuration's `admin.bind`, or the default one.
+pub fn base_url(cfg: Option<&crate::config::Config>) -> String {
+    let bind = cfg.map_or_else(
+        || SocketAddr::from((Ipv4Addr::LOCALHOST, 18083)),
+        |c| dial_address(c.admin.bind),
+    );
+    format!("http://{bind}")
+}
+
+/// Sends one request to the admin API at `base`; the answer's status and JSON (a body that is
+/// not JSON comes back as a string). The error says the API could not be reached.
+pub fn request(base: &str, token: Option<&str>, call: Call) -> Result<(u16, Value), String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
         .build()
         .into();
     let url = |p: &str| format!("{}/api/v1/{p}", base.trim_end_matches('/'));
@@ -117,7 +133,7 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
         .header("Content-Type", "application/json")
         .send(body.to_string())
     };
-    let result = match call_for(&args.command) {
+    let result = match call {
         Call::Get(p) => authed(agent.get(url(&p))).call(),
         Call::Delete(p) => authed(agent.delete(url(&p))).call(),
         Call::Post(p, body) => json_body(agent.post(url(&p)), body),
@@ -130,6 +146,22 @@ pub fn run(args: CtlArgs) -> Result<(), String> {
         .read_to_string()
         .map_err(|e| format!("bad answer from {base}: {e}"))?;
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, v))
+}
+
+/// Runs one `ctl` command; the error is what to print.
+pub fn run(args: CtlArgs) -> Result<(), String> {
+    let file = args.config.clone().or_else(crate::config::system_config);
+    let cfg = match file {
+        Some(p) => Some(crate::config::Config::load(&p).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let base = args.url.clone().unwrap_or_else(|| base_url(cfg.as_ref()));
+    let token = args
+        .token
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.admin.token.clone()));
+    let (status, v) = request(&base, token.as_deref(), call_for(&args.command))?;
     if status >= 400 {
         return Err(v["error"]
             .as_str()

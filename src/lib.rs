@@ -5,6 +5,7 @@
 //! - [`topic`]: topic names and filters, shared-subscription parsing, the matching trie.
 //! - [`session`]: per-client MQTT state (QoS flows, queue, aliases, will); no I/O.
 //! - [`retained`]: the retained-message store.
+//! - [`banned`]: banned clients (client id, username, peer address), each shard's replica.
 //! - [`store`]: the crash-safe store (fjall) and its storage thread, fed by the shards.
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
@@ -15,11 +16,14 @@
 //! - [`broker`]: the running broker's handle for the admin API, metrics and signals.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
 //! - [`auth`]: password file, ACL file, anonymous policy.
+//! - [`proxy_protocol`]: the PROXY protocol v1/v2 header a load balancer sends first.
 //! - [`tls`], [`ws`]: rustls configuration for TLS listeners, client-certificate names;
 //!   the WebSocket upgrade and framing.
-//! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API, Prometheus text, `ringmq ctl`.
+//! - [`admin`], [`metrics`], [`ctl`]: the admin HTTP API and web dashboard, Prometheus text,
+//!   `ringmq ctl`.
 //! - [`config`], [`cli`], [`stats`], [`logging`]: configuration, command line, counters, logs.
 //! - [`doctor`]: checks the machine's kernel settings against a connection target.
+//! - [`daemon`]: `ringmq start | stop | restart | ping`, the broker's pidfile.
 //! - `fault` (debug builds): fault injection for the integration tests.
 
 #![deny(unsafe_code)]
@@ -28,18 +32,21 @@
 pub mod admin;
 pub mod alarms;
 pub mod auth;
+pub mod banned;
 pub mod broker;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod daemon;
 pub mod doctor;
 pub mod driver;
 #[cfg(debug_assertions)]
 pub mod fault;
 pub mod logging;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod retained;
 pub mod ring;
 pub mod server;

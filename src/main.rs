@@ -48,6 +48,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         None => start(cli.run),
         Some(Command::Run(args)) => start(args),
+        Some(Command::Start(args)) => ringmq::daemon::start(&args),
+        Some(Command::Stop(args)) => ringmq::daemon::stop(&args),
+        Some(Command::Restart(args)) => ringmq::daemon::restart(&args),
+        Some(Command::Ping(args)) => ringmq::daemon::ping(&args),
         Some(Command::PrintConfig { default: true, .. }) => {
             print!("{}", ringmq::config::DEFAULT_TOML);
             Ok(())
@@ -59,8 +63,7 @@ fn main() -> std::process::ExitCode {
             .map(|t| print!("{t}")),
         Some(Command::CheckConfig { run }) => run.config().map_err(|e| e.to_string()).map(|_| {
             let what = run
-                .config
-                .as_ref()
+                .config_file()
                 .map_or("the defaults".to_string(), |p| p.display().to_string());
             println!("{what}: ok");
         }),

@@ -33,7 +33,25 @@ const GAUGES: [Summed; 4] = [
     }),
 ];
 
-const COUNTERS: [Summed; 11] = [
+const COUNTERS: [Summed; 14] = [
+    (
+        "banned_refused_total",
+        "counter",
+        "CONNECTs refused by a ban (client id, username, peer address, flapping).",
+        |s| &s.banned_refused,
+    ),
+    (
+        "delayed_published_total",
+        "counter",
+        "Delayed publishes released at their deadline.",
+        |s| &s.delayed_published,
+    ),
+    (
+        "retained_expired_total",
+        "counter",
+        "Retained messages removed by the expiry sweep.",
+        |s| &s.retained_expired,
+    ),
     (
         "bytes_received_total",
         "counter",
@@ -161,12 +179,24 @@ pub fn render(b: &Broker) -> String {
     }
     o.family("alarms_active", "gauge", "Alarms raised now.");
     o.value("alarms_active", "", g.alarms.active_count());
+    o.family(
+        "connections_max",
+        "gauge",
+        "Connections the broker accepts (broker.max_connections; 0: no limit).",
+    );
+    o.value("connections_max", "", b.config().broker.max_connections);
     o.family("retained_messages", "gauge", "Retained messages.");
     o.value(
         "retained_messages",
         "",
         g.stats.first().map_or(0, |s| s.retained.get()),
     );
+    o.family(
+        "delayed_messages",
+        "gauge",
+        "Delayed publishes held until their deadline.",
+    );
+    o.value("delayed_messages", "", g.delayed());
     let by_qos: [(&str, &str, ReadQos); 2] = [
         (
             "messages_received_total",

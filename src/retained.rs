@@ -1,10 +1,15 @@
 //! Retained messages: a tree of topic names (not filters) so that a new subscription's filter
 //! finds its retained messages by walking only the branches it matches. Every shard holds a
 //! replica whose messages are shared by `Arc` across shards, so a replica costs an index only.
+//! Messages with a message expiry interval are also indexed by deadline, so the shard's sweep
+//! purges the expired ones without walking the tree.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ahash::AHashMap;
+use bytestring::ByteString;
 
 use crate::session::Message;
 
@@ -18,6 +23,8 @@ struct Node {
 pub struct RetainedStore {
     root: Node,
     len: usize,
+    /// (deadline, topic) of every message that expires.
+    expiring: BTreeSet<(Instant, ByteString)>,
 }
 
 impl RetainedStore {
@@ -33,8 +40,9 @@ impl RetainedStore {
     pub fn set(&mut self, msg: Arc<Message>) {
         let levels: Vec<&str> = msg.topic.split('/').collect();
         if msg.payload.is_empty() {
-            if remove(&mut self.root, &levels) {
+            if let Some(old) = remove(&mut self.root, &levels) {
                 self.len -= 1;
+                self.unindex(&old);
             }
             return;
         }
@@ -42,9 +50,34 @@ impl RetainedStore {
         for l in &levels {
             node = node.children.entry((*l).into()).or_default();
         }
-        if node.msg.replace(msg).is_none() {
-            self.len += 1;
+        if let Some(at) = msg.expires_at {
+            self.expiring.insert((at, msg.topic.clone()));
         }
+        match node.msg.replace(msg) {
+            Some(old) => self.unindex(&old),
+            None => self.len += 1,
+        }
+    }
+
+    fn unindex(&mut self, old: &Message) {
+        if let Some(at) = old.expires_at {
+            self.expiring.remove(&(at, old.topic.clone()));
+        }
+    }
+
+    /// Removes every message whose expiry has come; their topics.
+    pub fn purge_expired(&mut self, now: Instant) -> Vec<ByteString> {
+        let mut gone = Vec::new();
+        while let Some(first) = self.expiring.first().filter(|(at, _)| *at <= now) {
+            let topic = first.1.clone();
+            self.expiring.pop_first();
+            let levels: Vec<&str> = topic.split('/').collect();
+            if remove(&mut self.root, &levels).is_some() {
+                self.len -= 1;
+            }
+            gone.push(topic);
+        }
+        gone
     }
 
     /// Calls `f` with every retained message whose topic matches `filter`.
@@ -54,13 +87,11 @@ impl RetainedStore {
     }
 }
 
-fn remove(node: &mut Node, levels: &[&str]) -> bool {
+fn remove(node: &mut Node, levels: &[&str]) -> Option<Arc<Message>> {
     let Some((first, rest)) = levels.split_first() else {
-        return node.msg.take().is_some();
+        return node.msg.take();
     };
-    let Some(child) = node.children.get_mut(*first) else {
-        return false;
-    };
+    let child = node.children.get_mut(*first)?;
     let removed = remove(child, rest);
     if child.msg.is_none() && child.children.is_empty() {
         node.children.remove(*first);
@@ -111,16 +142,48 @@ mod tests {
     use std::time::Instant;
 
     fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        expiring(topic, payload, None, Instant::now())
+    }
+
+    fn expiring(
+        topic: &str,
+        payload: &'static [u8],
+        secs: Option<u32>,
+        now: Instant,
+    ) -> Arc<Message> {
+        let props = crate::codec::Properties {
+            message_expiry_interval: secs,
+            ..Default::default()
+        };
         let m = Message::new(
             topic.into(),
             Bytes::from_static(payload),
             crate::codec::QoS::AtMostOnce,
             true,
-            None,
+            Some(&props),
             "c".into(),
-            Instant::now(),
+            now,
         );
         Arc::new(m)
+    }
+
+    #[test]
+    fn expired_messages_are_purged_and_replaced_ones_kept() {
+        let mut s = RetainedStore::default();
+        let now = Instant::now();
+        s.set(expiring("a/short", b"1", Some(1), now));
+        s.set(expiring("a/long", b"2", Some(100), now));
+        s.set(expiring("a/none", b"3", None, now));
+        s.set(expiring("a/replaced", b"4", Some(1), now));
+        s.set(expiring("a/replaced", b"5", None, now));
+        s.set(expiring("a/cleared", b"6", Some(1), now));
+        s.set(expiring("a/cleared", b"", None, now));
+        assert!(s.purge_expired(now).is_empty());
+        let later = now + std::time::Duration::from_secs(2);
+        assert_eq!(s.purge_expired(later), ["a/short"]);
+        assert_eq!(topics(&s, "a/#"), ["a/long", "a/none", "a/replaced"]);
+        assert_eq!(s.len(), 3);
+        assert!(s.purge_expired(later).is_empty());
     }
 
     fn topics(s: &RetainedStore, filter: &str) -> Vec<String> {

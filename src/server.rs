@@ -16,6 +16,7 @@ use crate::broker::Broker;
 use crate::cli::RunArgs;
 use crate::config::{Config, Driver, DurabilityMode};
 use crate::control::{Handle, Queue, TraceSet};
+use crate::daemon::PidFile;
 use crate::logging::LogControl;
 use crate::session::Message;
 use crate::shard::{home_of, Boot, Listener, Restore};
@@ -59,9 +60,17 @@ pub enum Listeners {
     PerShard(Vec<Vec<TcpListener>>),
 }
 
-/// Starts the broker and blocks until a signal shuts it down.
+/// Starts the broker and blocks until a signal shuts it down. Once it listens it writes its
+/// pidfile in the data dir (what `ringmq start` waits for), removed after the shutdown.
 pub fn run(args: RunArgs, cfg: Config, log: LogControl) -> Result<(), String> {
-    serve(args, cfg, log, Listeners::Configured, wait_for_signals)
+    let pidfile = PidFile::of(&cfg.broker.data_dir);
+    let mut written = None;
+    let result = serve(args, cfg, log, Listeners::Configured, |broker| {
+        written = Some(pidfile.write_own()?);
+        wait_for_signals(broker)
+    });
+    drop(written);
+    result
 }
 
 /// Starts the broker on `listeners`, then calls `until` with it, which returns when the broker
@@ -256,6 +265,7 @@ fn open_store(
         sessions = got.sessions.len(),
         messages = got.messages,
         retained = got.retained.len(),
+        delayed = got.delayed.len(),
         ms,
         mode = cfg.durability.mode.name(),
         "restored from the store"
@@ -265,13 +275,21 @@ fn open_store(
     }
     let shards = bells.len();
     let retained: Arc<[Arc<Message>]> = got.retained.into();
+    let banned: Arc<[crate::banned::Ban]> = got.banned.into();
+    let max_delayed_id = got.delayed.iter().map(|(id, _)| *id).max().unwrap_or(0);
     let mut parts: Vec<Restore> = (0..shards)
         .map(|_| Restore {
             sessions: Vec::new(),
             retained: retained.clone(),
             max_epoch: got.max_epoch,
+            delayed: Vec::new(),
+            max_delayed_id,
+            banned: banned.clone(),
         })
         .collect();
+    for (id, m) in got.delayed {
+        parts[(id % shards as u64) as usize].delayed.push((id, m));
+    }
     for s in got.sessions {
         parts[home_of(&s.session.client_id, shards)]
             .sessions

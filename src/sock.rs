@@ -40,7 +40,15 @@ pub fn duplicate(stream: &TcpStream) -> io::Result<std::os::fd::OwnedFd> {
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing to read.
 pub fn recv(stream: &TcpStream, buf: &mut BytesMut, min_room: usize) -> io::Result<usize> {
     buf.reserve(min_room);
-    let n = with_sock(stream, |s| s.recv(buf.spare_capacity_mut()))?;
+    let room = buf.capacity() - buf.len();
+    recv_up_to(stream, buf, room)
+}
+
+/// Reads at most `max` bytes of what the socket holds, leaving the rest in it (a PROXY header
+/// is read so, the client's own bytes after it staying for the connection).
+pub fn recv_up_to(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let n = with_sock(stream, |s| s.recv(&mut buf.spare_capacity_mut()[..max]))?;
     // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)

@@ -55,14 +55,21 @@ pub enum Refusal {
     Backlog,
     /// A CONNECT refused because the password-check queue was full.
     PasswordQueue,
+    /// A connection on a `proxy_protocol` listener closed for a missing, malformed or late
+    /// PROXY header.
+    ProxyHeader,
+    /// A delayed publish not kept: `delayed.max_messages` were held.
+    DelayedFull,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::SysTopic,
         Refusal::WsPing,
         Refusal::Backlog,
         Refusal::PasswordQueue,
+        Refusal::ProxyHeader,
+        Refusal::DelayedFull,
     ];
 
     /// The metric label.
@@ -72,6 +79,8 @@ impl Refusal {
             Refusal::WsPing => "ws_ping",
             Refusal::Backlog => "ring_backlog",
             Refusal::PasswordQueue => "password_queue",
+            Refusal::ProxyHeader => "proxy_header",
+            Refusal::DelayedFull => "delayed_full",
         }
     }
 }
@@ -90,6 +99,11 @@ pub struct Stats {
     pub subscriptions: Counter,
     /// Retained messages in this shard's replica.
     pub retained: Counter,
+    /// Retained messages removed by the expiry sweep (counted by shard 0 only: every shard
+    /// purges its replica).
+    pub retained_expired: Counter,
+    /// Delayed publishes released at their deadline.
+    pub delayed_published: Counter,
     pub msgs_in: [Counter; 3],
     pub msgs_out: [Counter; 3],
     pub bytes_in: Counter,
@@ -105,6 +119,8 @@ pub struct Stats {
     /// TLS handshakes and WebSocket upgrades that failed (and other undecodable transport data).
     pub handshake_failures: Counter,
     pub connects_refused: Counter,
+    /// CONNECTs refused by a ban.
+    pub banned_refused: Counter,
     pub auth_failures: Counter,
     /// Publishes and subscriptions refused by the ACL (and writes to `$` topics).
     pub acl_denied: Counter,
@@ -171,6 +187,8 @@ pub struct Shared {
     pub store: Arc<crate::store::StoreStats>,
     /// Raised and cleared by the stats thread.
     pub alarms: crate::alarms::Alarms,
+    /// Delayed publishes held, all shards together, for `delayed.max_messages`.
+    delayed: AtomicUsize,
 }
 
 impl Shared {
@@ -186,7 +204,32 @@ impl Shared {
             rate_out: Counter::default(),
             store: Arc::default(),
             alarms: crate::alarms::Alarms::default(),
+            delayed: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes a place for one more delayed publish; false when `max` are held.
+    pub fn hold_delayed(&self, max: usize) -> bool {
+        self.delayed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts delayed publishes read back from the store (held whatever the bound).
+    pub fn restore_delayed(&self, n: usize) {
+        self.delayed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Gives back the place of a delayed publish released or cancelled.
+    pub fn release_delayed(&self) {
+        self.delayed.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Delayed publishes held now.
+    pub fn delayed(&self) -> usize {
+        self.delayed.load(Ordering::Relaxed)
     }
 
     /// Sums one counter over all shards.

@@ -4,12 +4,18 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | /api/v1/status | version, uptime, shards, driver, counts, msg/s |
+//! | GET | /api/v1/stats | every shard's counters, read without asking the shards |
+//! | GET | /api/v1/config | the configuration in effect, secrets hidden |
 //! | GET | /api/v1/clients[/ID] | sessions (connected or not), or one |
 //! | DELETE | /api/v1/clients/ID | disconnect (v5: 0x98) |
 //! | GET | /api/v1/subscriptions[/ID] | all subscriptions, or one client's |
 //! | POST | /api/v1/subscribe, /api/v1/unsubscribe | `{"clientid","topic","qos"}` |
 //! | GET | /api/v1/topics | filters subscribed to |
 //! | GET, DELETE | /api/v1/retained[/TOPIC] | list, show, clean |
+//! | GET, POST | /api/v1/banned | list; add `{"as": "clientid"|"username"|"peerhost", "who", "reason", "duration"}` (seconds; none: permanent) |
+//! | DELETE | /api/v1/banned/KIND/VALUE | lift a ban |
+//! | GET | /api/v1/delayed | delayed publishes held, earliest first |
+//! | DELETE | /api/v1/delayed/ID | cancel one |
 //! | POST | /api/v1/reload | re-read config, passwords, ACL, certificates |
 //! | GET, PUT | /api/v1/log/level | `{"level": "debug"}` |
 //! | GET, POST | /api/v1/trace | `{"kind": "client"|"topic", "value", "on"}` |
@@ -21,6 +27,7 @@ use serde_json::{json, Value};
 use tiny_http::Method;
 
 use super::Answer;
+use crate::banned::{Ban, BanKind};
 use crate::broker::Broker;
 use crate::control::Request;
 
@@ -81,14 +88,18 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
     let fail = |e: String| Answer::error(500, e);
     let rest = path.strip_prefix("/api/v1/").unwrap_or(path);
     match (method, rest) {
-        (Method::Get, "/metrics") => Ok(Answer {
-            status: 200,
-            body: crate::metrics::render(broker),
-            json: false,
-        }),
+        (Method::Get, "/metrics") => Ok(Answer::text(
+            200,
+            "text/plain; version=0.0.4",
+            crate::metrics::render(broker),
+        )),
         (Method::Get, "alarms") => ok(broker.shared.alarms.json()),
         (Method::Get, "health") => ok(json!({ "status": "ok" })),
         (Method::Get, "status") => ok(status(broker).map_err(fail)?),
+        (Method::Get, "stats") => ok(super::counters::stats(broker)),
+        (Method::Get, "config") => ok(redacted(
+            serde_json::to_value(&*broker.config()).map_err(|e| fail(e.to_string()))?,
+        )),
         (Method::Get, "clients") => ok(merged(h.ask_all(|| Request::Clients(None))).map_err(fail)?),
         (Method::Get, p) if p.starts_with("clients/") => {
             let id = decode(&p["clients/".len()..]);
@@ -163,6 +174,34 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
         (Method::Delete, p) if p.starts_with("retained/") => {
             clean(broker, Some(decode(&p["retained/".len()..])))
         }
+        (Method::Get, "banned") => ok(h.ask(0, Request::Banned).map_err(fail)?),
+        (Method::Post, "banned") => ok(h.ask(0, Request::Ban(ban_of(body)?)).map_err(fail)?),
+        (Method::Delete, p) if p.starts_with("banned/") => {
+            let (kind, value) = p["banned/".len()..]
+                .split_once('/')
+                .ok_or_else(|| Answer::error(400, "banned/KIND/VALUE".to_string()))?;
+            let kind = BanKind::parse(kind)
+                .ok_or_else(|| Answer::error(400, format!("no ban kind {kind:?}")))?;
+            found(
+                h.ask(0, Request::Unban(kind, decode(value)))
+                    .map_err(fail)?,
+                "ban",
+            )
+        }
+        (Method::Get, "delayed") => {
+            let mut all = merged(h.ask_all(|| Request::Delayed)).map_err(fail)?;
+            if let Value::Array(rows) = &mut all {
+                rows.sort_by_key(|r| r["publish_at_ms"].as_u64());
+            }
+            ok(all)
+        }
+        (Method::Delete, p) if p.starts_with("delayed/") => {
+            let id = decode(&p["delayed/".len()..]);
+            found(
+                merged(h.ask_all(|| Request::CancelDelayed(id.clone()))).map_err(fail)?,
+                "delayed publish",
+            )
+        }
         (Method::Post, "reload") => match broker.reload() {
             Ok(summary) => ok(json!({ "reloaded": true, "auth": summary })),
             Err(e) => Err(Answer::error(400, e)),
@@ -199,6 +238,56 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
         }
         _ => Err(Answer::error(404, format!("no endpoint {method} {path}"))),
     }
+}
+
+/// Whether a configuration key holds a secret (a password or token, not a file's path).
+fn secret_key(key: &str) -> bool {
+    ["password", "token", "secret"]
+        .iter()
+        .any(|s| key == *s || key.ends_with(&format!("_{s}")))
+}
+
+/// The configuration with every secret's value replaced, so the dashboard can show it.
+fn redacted(v: Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::Null => Value::Null,
+                        _ if secret_key(&k) => json!("(hidden)"),
+                        v => redacted(v),
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(redacted).collect()),
+        v => v,
+    }
+}
+
+/// A ban from the API's JSON body.
+fn ban_of(body: &Value) -> Result<Ban, Answer> {
+    let kind = field(body, "as")?;
+    let kind = BanKind::parse(kind).ok_or_else(|| {
+        Answer::error(
+            400,
+            format!("\"as\" is clientid, username or peerhost, not {kind:?}"),
+        )
+    })?;
+    let at = crate::store::record::wall_now();
+    let until = match &body["duration"] {
+        Value::Null => None,
+        d => {
+            let secs = d
+                .as_u64()
+                .ok_or_else(|| Answer::error(400, "\"duration\" is whole seconds".to_string()))?;
+            Some(at.saturating_add(secs.saturating_mul(1000)))
+        }
+    };
+    let reason = body["reason"].as_str().unwrap_or("");
+    Ban::new(kind, field(body, "who")?, reason, at, until).map_err(|e| Answer::error(400, e))
 }
 
 fn clean(broker: &Broker, topic: Option<String>) -> Result<Answer, Answer> {
@@ -267,4 +356,23 @@ fn store_json(st: &crate::store::StoreStats, mode: &str, dir: &std::path::Path) 
             "seconds": S::get(&st.restore_ms) as f64 / 1000.0,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hidden_and_paths_kept() {
+        let mut cfg = crate::config::Config::default();
+        cfg.admin.password = Some("pw".into());
+        cfg.admin.token = Some("tok".into());
+        cfg.auth.password_file = Some("/etc/ringmq/passwd".into());
+        let v = redacted(serde_json::to_value(&cfg).expect("config as JSON"));
+        assert_eq!(v["admin"]["password"], "(hidden)");
+        assert_eq!(v["admin"]["token"], "(hidden)");
+        assert_eq!(v["admin"]["username"], Value::Null);
+        assert_eq!(v["auth"]["password_file"], "/etc/ringmq/passwd");
+        assert!(!v.to_string().contains("\"pw\"") && !v.to_string().contains("tok\""));
+    }
 }

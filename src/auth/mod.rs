@@ -9,7 +9,7 @@ mod passwd;
 use std::net::IpAddr;
 
 pub use acl::{Acl, Action, Client};
-pub use passwd::{edit_file, hash_password, PasswordDb, DEFAULT_ITERATIONS};
+pub use passwd::{constant_time_eq, edit_file, hash_password, PasswordDb, DEFAULT_ITERATIONS};
 
 use crate::codec::ReasonCode;
 use crate::config::{Config, NoMatch};

@@ -169,6 +169,16 @@ pub struct SubOptions {
 }
 
 impl SubOptions {
+    /// Whether a subscription with these options gets the retained messages now (`existed`:
+    /// the session had the subscription already).
+    pub fn wants_retained(&self, existed: bool) -> bool {
+        match self.retain_handling {
+            RetainHandling::OnSubscribe => true,
+            RetainHandling::OnNewSubscribe => !existed,
+            RetainHandling::Never => false,
+        }
+    }
+
     pub fn qos(qos: QoS) -> Self {
         Self {
             qos,

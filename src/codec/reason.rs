@@ -119,7 +119,6 @@ impl ReasonCode {
             ServerUnavailable
             | ServerBusy
             | ServerShuttingDown
-            | Banned
             | ConnectionRateExceeded
             | QuotaExceeded
             | UseAnotherServer

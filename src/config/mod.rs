@@ -3,6 +3,8 @@
 
 mod env;
 mod sections;
+mod system;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use sections::*;
+pub use system::{system_config, SYSTEM_CONFIG, SYSTEM_CONFIG_ENV};
+pub use topics::*;
 
 /// The commented default configuration, embedded in the binary.
 pub const DEFAULT_TOML: &str = include_str!("ringmq.default.toml");
@@ -28,9 +32,14 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub overload: OverloadConfig,
     pub durability: DurabilityConfig,
+    pub delayed: DelayedConfig,
     pub admin: AdminConfig,
     pub sys: SysConfig,
     pub log: LogConfig,
+    /// Topic rewrite rules, the first whose source matches applies (`[[rewrite]]`).
+    pub rewrite: Vec<crate::topic::RewriteRule>,
+    /// Subscriptions made for every client at CONNECT (`[[auto_subscribe]]`).
+    pub auto_subscribe: Vec<AutoSubscribe>,
 }
 
 impl Default for Config {
@@ -43,9 +52,12 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             overload: OverloadConfig::default(),
             durability: DurabilityConfig::default(),
+            delayed: DelayedConfig::default(),
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             log: LogConfig::default(),
+            rewrite: Vec::new(),
+            auto_subscribe: Vec::new(),
         }
     }
 }
@@ -147,6 +159,9 @@ impl Config {
             if l.verify_peer && l.cafile.is_none() {
                 return bad(&key("cafile"), "verify_peer needs a CA file");
             }
+            if l.proxy_protocol && l.proxy_protocol_timeout == 0 {
+                return bad(&key("proxy_protocol_timeout"), "at least 1 second");
+            }
             if l.kind.is_ws() && !l.path.starts_with('/') {
                 return bad(&key("path"), "must start with /");
             }
@@ -162,6 +177,9 @@ impl Config {
                 "mqtt.max_inflight",
                 "max_inflight and receive_maximum must be at least 1",
             );
+        }
+        if self.mqtt.max_qos > 2 {
+            return bad("mqtt.max_qos", "must be 0, 1 or 2");
         }
         let mult = self.mqtt.keepalive_multiplier;
         if !mult.is_finite() || !(1.0..=100.0).contains(&mult) {
@@ -197,6 +215,11 @@ impl Config {
                 "auth.allow_anonymous",
                 "false without a password_file would refuse every client",
             );
+        }
+        for (i, a) in self.auto_subscribe.iter().enumerate() {
+            if let Err(reason) = a.validate() {
+                return bad(&format!("auto_subscribe[{i}] ({:?})", a.topic), &reason);
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &e.to_string());

@@ -124,6 +124,11 @@ pub struct ListenerConfig {
     pub path: String,
     /// WebSocket: when not empty, only these `Origin` headers are accepted.
     pub allowed_origins: Vec<String>,
+    /// Every connection starts with a PROXY protocol v1 or v2 header (HAProxy, AWS NLB) naming
+    /// the client's real address; one without is closed.
+    pub proxy_protocol: bool,
+    /// Seconds a connection has to send its PROXY header.
+    pub proxy_protocol_timeout: u64,
 }
 
 impl Default for ListenerConfig {
@@ -141,6 +146,8 @@ impl Default for ListenerConfig {
             peer_cert_as_username: PeerCertAsUsername::None,
             path: "/mqtt".into(),
             allowed_origins: Vec::new(),
+            proxy_protocol: false,
+            proxy_protocol_timeout: 3,
         }
     }
 }
@@ -186,6 +193,18 @@ pub struct MqttConfig {
     pub max_retained_messages: usize,
     /// Largest retained payload, in bytes (0: no limit besides the packet size).
     pub max_retained_payload: usize,
+    /// Highest QoS clients may publish with (0-2); subscriptions are granted at most this.
+    pub max_qos: u8,
+    /// Retained messages: when false a retained PUBLISH (or will) is refused.
+    pub retain_available: bool,
+    /// Filters with `+` or `#`: when false they are refused in SUBACK.
+    pub wildcard_subscription_available: bool,
+    /// `$share/...` filters: when false they are refused in SUBACK.
+    pub shared_subscription_available: bool,
+    /// v5 subscription identifiers: when false a SUBSCRIBE carrying one is a protocol error.
+    pub subscription_identifiers_available: bool,
+    /// How a shared subscription group picks its member.
+    pub shared_subscription_strategy: super::SharedStrategy,
 }
 
 impl Default for MqttConfig {
@@ -211,6 +230,12 @@ impl Default for MqttConfig {
             max_outbound_bytes: 1024 * 1024,
             max_retained_messages: 100_000,
             max_retained_payload: 64 * 1024,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            shared_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_strategy: super::SharedStrategy::default(),
         }
     }
 }
@@ -280,6 +305,29 @@ impl Default for LimitsConfig {
             flapping_max_connects: 0,
             flapping_window: 60,
             flapping_ban: 300,
+        }
+    }
+}
+
+/// Delayed publishes (`[delayed]`): `$delayed/{seconds}/{topic}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedConfig {
+    /// Off: a publish to `$delayed/...` is refused like any other `$` topic.
+    pub enabled: bool,
+    /// Delayed publishes the broker holds at once (all shards together); past it a v5 publisher
+    /// gets 0x97, a v3 one's message is dropped (counted).
+    pub max_messages: usize,
+    /// The longest delay, in seconds (EMQX's: 4294967).
+    pub max_delay: u64,
+}
+
+impl Default for DelayedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_messages: 100_000,
+            max_delay: 4_294_967,
         }
     }
 }

@@ -56,6 +56,29 @@ pub enum XMsg {
     Grant(Grant),
     /// To the home shard: the session of `client_id` claimed with `token` has ended.
     Release { client_id: ByteString, token: u64 },
+    /// A ban made on the sending shard, for every replica (it kicks matching clients).
+    Ban(Arc<crate::banned::Ban>),
+    /// A ban lifted on the sending shard.
+    Unban(crate::banned::BanKind, String),
+    /// To an `$exclusive/` filter's home shard: `client_id`, subscribing on `shard`, asks to
+    /// hold it; answered with `ExclusiveAnswer` carrying `token`.
+    ExclusiveClaim {
+        filter: ByteString,
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+    },
+    /// The home shard's answer to `ExclusiveClaim`.
+    ExclusiveAnswer {
+        filter: ByteString,
+        token: u64,
+        granted: bool,
+    },
+    /// To the filter's home shard: `client_id` no longer holds it.
+    ExclusiveRelease {
+        filter: ByteString,
+        client_id: ByteString,
+    },
 }
 
 pub struct Grant {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::link::Close;
 use super::{SessionSlot, Shard};
+use crate::banned::Ban;
 use crate::codec::{Packet, QoS, ReasonCode, SubOptions};
 use crate::control::{Reply, Request};
 use crate::session::{Message, Subscription};
@@ -162,6 +163,27 @@ impl Shard {
                 self.clean_retained(topic.as_deref(), now);
                 Ok(json!({ "removed": before - self.retained.len() }))
             }
+            Request::Banned => Ok(Value::Array(
+                self.bans
+                    .iter()
+                    .take(MAX_LISTED)
+                    .map(|b| b.json())
+                    .collect(),
+            )),
+            Request::Ban(ban) => {
+                let row = ban.json();
+                if !self.ban(ban) {
+                    return Err(format!("{} bans are held already", crate::banned::MAX_BANS));
+                }
+                Ok(row)
+            }
+            Request::Unban(kind, value) => Ok(if self.unban(kind, &value) {
+                json!({ "removed": Ban::key(kind, &value) })
+            } else {
+                Value::Null
+            }),
+            Request::Delayed => Ok(self.list_delayed(MAX_LISTED)),
+            Request::CancelDelayed(id) => Ok(self.cancel_delayed(&id)),
             Request::Reload(cfg, auth, tls) => {
                 // Matched by name, and only while address and type stay: the sockets stay bound
                 // as they were at start (a changed listener waits for a restart).

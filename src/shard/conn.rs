@@ -33,7 +33,14 @@ pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, index
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                if let Some(conn) = admit(&shard, &stream, peer, index) {
+                let proxied = shard
+                    .borrow()
+                    .listeners
+                    .get(index)
+                    .is_some_and(|l| l.cfg.proxy_protocol);
+                if proxied {
+                    monoio::spawn(super::proxied::accept(shard.clone(), stream, peer, index));
+                } else if let Some(conn) = admit(&shard, &stream, peer, index) {
                     monoio::spawn(serve(shard.clone(), stream, conn));
                 }
             }
@@ -51,7 +58,7 @@ enum Event {
 }
 
 /// Prepares the socket, its link and transport, and registers the connection with the shard.
-fn admit(
+pub(super) fn admit(
     shard: &Rc<RefCell<Shard>>,
     stream: &TcpStream,
     peer: SocketAddr,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+use super::capabilities;
 use super::link::{Close, ConnLink, LinkState};
 use super::waiting::Successor;
 use super::{SessionSlot, Shard, TimerKind};
@@ -68,6 +69,9 @@ impl Shard {
             .and_then(|e| e.cert_user.as_deref().map(ByteString::from));
         if let Some(u) = &cert_user {
             c.username = Some(u.clone());
+        }
+        if let Some(close) = self.refuse_banned(link, &c.client_id, c.username.as_deref()) {
+            return Err(close);
         }
         let quick = self.auth.authenticate(
             c.username.as_deref(),
@@ -134,6 +138,7 @@ impl Shard {
     fn admit_connect(&mut self, link: &Rc<ConnLink>, mut c: Box<Connect>) -> Result<(), Close> {
         self.authorize_will(link, &c)?;
         if let Some(w) = &mut c.will {
+            capabilities::refuse_will(&self.cfg.mqtt, w)?;
             if !self.topic_within_limits(&w.topic) {
                 return Err(Close::new(
                     ReasonCode::TopicNameInvalid,
@@ -219,7 +224,17 @@ impl Shard {
         clean_start: bool,
         now: Instant,
     ) {
+        let wall = crate::store::record::wall_now();
         if self.homes.flapping(&client_id, &self.cfg.limits, now) {
+            let until = wall.saturating_add(self.cfg.limits.flapping_ban.saturating_mul(1000));
+            let kind = crate::banned::BanKind::ClientId;
+            if let Ok(ban) =
+                crate::banned::Ban::new(kind, &client_id, "flapping", wall, Some(until))
+            {
+                self.ban(ban);
+            }
+        }
+        if self.bans.banned_id(&client_id, wall) {
             let refused = Some(ReasonCode::Banned);
             let g = Grant {
                 client_id,
@@ -312,6 +327,7 @@ impl Shard {
         }
         if ends {
             self.redispatch_shared(&mut session);
+            self.release_exclusives(&session);
             self.journal_end(&session);
             return None;
         }
@@ -349,7 +365,7 @@ impl Shard {
             return;
         };
         if let Some(reason) = g.refused {
-            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: client id banned for flapping");
+            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: client id banned");
             self.refuse_connect(&link, reason);
             link.state.set(LinkState::Closed);
             link.close(Close::new(reason, "banned"));
@@ -409,6 +425,7 @@ impl Shard {
         tracing::debug!(client = %c.client_id, peer = %link.peer, session_present, "connected");
         self.client_event(&c.client_id, link.peer, true, Some(&c), now);
         self.resend_inflight(key);
+        self.auto_subscribe(key, &link, &c.client_id, c.username.as_deref(), now);
         self.pump_session(key, now);
     }
 
@@ -420,14 +437,11 @@ impl Shard {
             receive_maximum: Some(m.receive_maximum),
             maximum_packet_size: Some(m.max_packet_size),
             topic_alias_maximum: Some(m.topic_alias_maximum),
-            retain_available: Some(1),
-            wildcard_subscription_available: Some(1),
-            subscription_identifier_available: Some(1),
-            shared_subscription_available: Some(1),
             assigned_client_identifier: asked.and_then(|p| p.assigned_client_identifier.clone()),
             server_keep_alive: m.server_keep_alive,
             ..Properties::default()
         };
+        capabilities::announce(m, &mut p);
         let want = asked.and_then(|p| p.session_expiry_interval).unwrap_or(0);
         if want > m.max_session_expiry {
             p.session_expiry_interval = Some(m.max_session_expiry);
@@ -446,7 +460,10 @@ impl Shard {
                 self.schedule_expiry(key, now);
                 self.touch(key);
             }
-            _ => {
+            other => {
+                if let Some(s) = other {
+                    self.release_exclusives(&s);
+                }
                 let home = self.home_of(&g.client_id);
                 self.send(
                     home,
@@ -564,6 +581,7 @@ impl Shard {
             self.publish_will(*will, session.client_id.clone(), now);
         }
         self.redispatch_shared(&mut session);
+        self.release_exclusives(&session);
         self.journal_end(&session);
         let home = self.home_of(&session.client_id);
         self.send(

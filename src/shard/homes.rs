@@ -1,7 +1,8 @@
 //! The client ids homed on this shard (their hash picks it): which shard owns each one's
 //! session under which claim token, so that a CONNECT anywhere is granted at once or takes the
 //! session over, and the connect counts behind the flapping ban, since home sees every CONNECT
-//! of an id whatever shard its connection landed on.
+//! of an id whatever shard its connection landed on (the ban itself is a client-id ban in
+//! [`crate::banned`], made by this shard).
 
 use std::time::{Duration, Instant};
 
@@ -10,11 +11,10 @@ use bytestring::ByteString;
 
 use crate::config::LimitsConfig;
 
-/// Connects of one client id within the current window, and its ban.
+/// Connects of one client id within the current window.
 struct Flap {
     window_start: Instant,
     count: u32,
-    banned_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -39,7 +39,8 @@ impl Homes {
         }
     }
 
-    /// Counts a CONNECT for `client_id`; true while the id is banned.
+    /// Counts a CONNECT for `client_id`; true when it is the one too many (the id is to be
+    /// banned).
     pub fn flapping(&mut self, client_id: &ByteString, l: &LimitsConfig, now: Instant) -> bool {
         if l.flapping_max_connects == 0 {
             return false;
@@ -48,29 +49,23 @@ impl Homes {
         let f = self.flapping.entry(client_id.clone()).or_insert(Flap {
             window_start: now,
             count: 0,
-            banned_until: None,
         });
-        if f.banned_until.is_some_and(|t| t > now) {
-            return true;
-        }
         if now.duration_since(f.window_start) > window {
             f.window_start = now;
             f.count = 0;
         }
         f.count += 1;
-        if f.count > l.flapping_max_connects {
-            f.banned_until = Some(now + Duration::from_secs(l.flapping_ban));
+        if f.count == l.flapping_max_connects + 1 {
             tracing::warn!(client = %client_id, connects = f.count, ban_secs = l.flapping_ban, "client id banned for flapping");
             return true;
         }
         false
     }
 
-    /// Forgets connect counts whose window and ban are over.
+    /// Forgets connect counts whose window is over.
     pub fn prune_flapping(&mut self, l: &LimitsConfig, now: Instant) {
         let window = Duration::from_secs(l.flapping_window);
-        self.flapping.retain(|_, f| {
-            f.banned_until.is_some_and(|t| t > now) || now.duration_since(f.window_start) <= window
-        });
+        self.flapping
+            .retain(|_, f| now.duration_since(f.window_start) <= window);
     }
 }

@@ -8,13 +8,16 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
+use super::capabilities;
+use super::delayed::{self, Target};
 use super::durable::{Ack, AckKind, Wait};
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
 use crate::auth::Action;
 use crate::codec::*;
 use crate::session::{owned, Delivery, Message, OutState, SubIds, Subscription};
-use crate::topic::parse_shared;
+use crate::store::record::{wall_now, DelayedMessage};
+use crate::topic::{parse_exclusive, parse_shared, routing_filter, Rewriter, Rewriting};
 
 /// A SUBACK waiting until every other shard has applied the interest its subscriptions added,
 /// so that a message published anywhere after the client sees its SUBACK reaches it.
@@ -31,10 +34,53 @@ pub(super) struct PendingSubAck {
     waiting: usize,
     /// The store could not keep the subscriptions: every filter is refused (0x80).
     refused: bool,
+    /// `$exclusive/` subscriptions waiting for their arbiter (one more each in `waiting`).
+    claims: Vec<ExclusiveClaim>,
+}
+
+/// An exclusive subscription of a SUBSCRIBE, made once its arbiter grants it.
+struct ExclusiveClaim {
+    /// Its place among the SUBACK's reasons.
+    index: usize,
+    filter: ByteString,
+    client_id: ByteString,
+    sub: Subscription,
+}
+
+/// The SUBACK reason for a subscription granted at `qos`.
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+    }
+}
+
+/// The reason a refused publish's acknowledgement carries: `code` for v5; success for v3,
+/// which has no way to hear a refusal (the message is dropped).
+pub(super) fn refusal(link: &ConnLink, code: ReasonCode) -> ReasonCode {
+    if link.protocol.get().is_v5() {
+        code
+    } else {
+        ReasonCode::Success
+    }
 }
 
 fn within_limits(topic: &str, max_length: usize, max_levels: usize) -> bool {
     topic.len() <= max_length && topic.split('/').count() <= max_levels
+}
+
+/// The filter a subscription matches names with: a shared or exclusive one's inner filter.
+pub(super) fn inner_filter(filter: &str) -> &str {
+    parse_shared(filter)
+        .and_then(Result::ok)
+        .map_or(routing_filter(filter), |(_, f)| f)
+}
+
+/// `filter` with its inner filter (see [`inner_filter`]) replaced by `inner`.
+fn with_inner(filter: &str, inner: &str) -> ByteString {
+    let prefix = &filter[..filter.len() - inner_filter(filter).len()];
+    ByteString::from(format!("{prefix}{inner}"))
 }
 
 fn protocol_error(why: &str) -> Close {
@@ -153,6 +199,45 @@ impl Shard {
         }
     }
 
+    /// The arbiter of an `$exclusive/` filter answered a SUBSCRIBE's claim: the subscription
+    /// is made (and its interest waited for like any other), or refused with 0x97.
+    pub(super) fn exclusive_answered(&mut self, token: u64, filter: ByteString, granted_: bool) {
+        let Some(p) = self.pending_subacks.get_mut(&token) else {
+            return;
+        };
+        let Some(i) = p.claims.iter().position(|c| c.filter == filter) else {
+            return;
+        };
+        let claim = p.claims.swap_remove(i);
+        let (key, slot_token) = (p.key, p.slot_token);
+        let alive = self
+            .sessions
+            .get(key)
+            .is_some_and(|s| s.token == slot_token);
+        let made = if granted_ && alive {
+            self.add_subscription(key, &filter, claim.sub, Some(token))
+        } else {
+            None
+        };
+        if granted_ && made.is_none() {
+            // Granted to a session that is gone: free it again.
+            self.release_exclusive(&filter, &claim.client_id);
+        }
+        let shards = self.shards;
+        let Some(p) = self.pending_subacks.get_mut(&token) else {
+            return;
+        };
+        if let Some((existed, first)) = made {
+            let options = claim.sub.options;
+            p.suback.reasons[claim.index] = granted(options.qos);
+            p.waiting += usize::from(first) * (shards - 1);
+            if options.wants_retained(existed) {
+                p.retained.push((filter, options));
+            }
+        }
+        self.interest_acked(token, true);
+    }
+
     /// Sends the SUBACK, then the retained messages the subscription asked for.
     fn complete_subscribe(&mut self, mut p: PendingSubAck, now: Instant) {
         let Some(link) = self
@@ -169,28 +254,40 @@ impl Shard {
         }
         link.send(&Packet::SubAck(p.suback));
         for (filter, options) in p.retained {
-            let mut found = Vec::new();
-            self.retained
-                .for_each_match(&filter, |m| found.push(m.clone()));
-            for msg in found {
-                if msg.is_expired(now) {
-                    continue;
-                }
-                let qos = msg.qos.min(options.qos);
-                let sub_ids: SubIds = p.sub_id.into_iter().collect();
-                self.deliver_to(
-                    p.key,
-                    Delivery {
-                        msg,
-                        qos,
-                        retain: true,
-                        sub_ids,
-                        group: None,
-                        seq: 0,
-                    },
-                    now,
-                );
+            self.deliver_retained(p.key, &filter, options, p.sub_id, now);
+        }
+    }
+
+    /// Delivers the retained messages matching a new subscription to session `key`.
+    pub(super) fn deliver_retained(
+        &mut self,
+        key: usize,
+        filter: &str,
+        options: SubOptions,
+        sub_id: Option<u32>,
+        now: Instant,
+    ) {
+        let mut found = Vec::new();
+        self.retained
+            .for_each_match(routing_filter(filter), |m| found.push(m.clone()));
+        for msg in found {
+            if msg.is_expired(now) {
+                continue;
             }
+            let qos = msg.qos.min(options.qos);
+            let sub_ids: SubIds = sub_id.into_iter().collect();
+            self.deliver_to(
+                key,
+                Delivery {
+                    msg,
+                    qos,
+                    retain: true,
+                    sub_ids,
+                    group: None,
+                    seq: 0,
+                },
+                now,
+            );
         }
     }
 
@@ -222,6 +319,27 @@ impl Shard {
             topic,
             self.cfg.auth.acl_cache_size,
         )
+    }
+
+    /// What the first rewrite rule matching `topic` makes of it for this client, if it
+    /// changes it.
+    fn rewritten(
+        &self,
+        link: &ConnLink,
+        client_id: &str,
+        what: Rewriting,
+        topic: &str,
+    ) -> Option<String> {
+        if self.cfg.rewrite.is_empty() {
+            return None;
+        }
+        let extras = link.extras();
+        let username = extras.auth.as_ref().and_then(|a| a.username.as_deref());
+        Rewriter {
+            client_id,
+            username,
+        }
+        .apply(&self.cfg.rewrite, what, topic)
     }
 
     /// A client's packet ids are one space for PUBLISH, SUBSCRIBE and UNSUBSCRIBE: one still held
@@ -264,6 +382,7 @@ impl Shard {
                 "PUBLISH from a client with a subscription identifier",
             ));
         }
+        capabilities::refuse_publish(m, p.qos, p.retain)?;
         let max_topic_length = self.cfg.mqtt.max_topic_length;
         let max_topic_levels = self.cfg.mqtt.max_topic_levels;
         let Some(slot) = self.sessions.get_mut(key) else {
@@ -297,22 +416,43 @@ impl Shard {
         }
         let ack = |reason: ReasonCode| Ack::of(p.qos, p.packet_id, reason);
         let client_id = session.client_id.clone();
-        let allowed =
-            !topic.starts_with('$') && self.authorize(link, &client_id, Action::Publish, &topic);
+        let (allowed, delay, target) = match delayed::target(&topic, &self.cfg.delayed) {
+            Target::Plain => {
+                let target = self.rewritten(link, &client_id, Rewriting::Publish, &topic);
+                let may = |t: &str| {
+                    !t.starts_with('$') && self.authorize(link, &client_id, Action::Publish, t)
+                };
+                (
+                    may(&topic) && target.as_deref().is_none_or(may),
+                    None,
+                    target,
+                )
+            }
+            Target::Delayed { secs, topic: to } => {
+                let ok = self.authorize(link, &client_id, Action::Publish, &topic)
+                    && self.authorize(link, &client_id, Action::Publish, to);
+                (ok, Some((secs, ByteString::from(to))), None)
+            }
+            Target::Bad(why) => {
+                tracing::debug!(client = %client_id, peer = %link.peer, %topic, why, "delayed publish refused");
+                if let Some(a) = ack(refusal(link, ReasonCode::TopicNameInvalid)) {
+                    self.durable.enqueue_ack(link, a, Wait::Now);
+                }
+                return Ok(());
+            }
+        };
         if !allowed {
             self.stats.acl_denied.inc();
             // Debug, not info: a client can send these as fast as it can write, and the
             // counter (ringmq_acl_denied_total) says how many there were.
             tracing::debug!(client = %client_id, peer = %link.peer, %topic, "publish not authorized");
-            let reason = if link.protocol.get().is_v5() {
-                ReasonCode::NotAuthorized
-            } else {
-                ReasonCode::Success
-            };
-            if let Some(a) = ack(reason) {
+            if let Some(a) = ack(refusal(link, ReasonCode::NotAuthorized)) {
                 self.durable.enqueue_ack(link, a, Wait::Now);
             }
             return Ok(());
+        }
+        if let Some(t) = target {
+            topic = t.into();
         }
         self.charge_publish(link, p.payload.len(), now)?;
         let duplicate = match (p.qos, p.packet_id) {
@@ -337,8 +477,7 @@ impl Shard {
             return Ok(());
         };
         let session = &mut slot.session;
-        let a = ack(ReasonCode::Success);
-        if a.is_some() {
+        if ack(ReasonCode::Success).is_some() {
             self.durable.begin();
         }
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
@@ -357,18 +496,40 @@ impl Shard {
                 self.touch(key);
             }
         }
-        let msg = Message::new(
-            topic,
-            p.payload,
-            p.qos,
-            p.retain,
-            p.properties.as_deref(),
-            client_id,
-            now,
-        );
         self.stats.msgs_in[p.qos as usize].inc();
-        self.publish_message(Arc::new(msg));
-        if let Some(a) = a {
+        let reason = match delay {
+            Some((secs, to)) if secs > 0 => {
+                let held = DelayedMessage {
+                    publish_at: wall_now().saturating_add(secs * 1000),
+                    topic: to,
+                    payload: bytes::Bytes::copy_from_slice(&p.payload),
+                    qos: p.qos,
+                    retain: p.retain,
+                    props: p.properties,
+                    origin: client_id,
+                };
+                self.hold_delayed(link, held)
+            }
+            now_to => {
+                let msg = Message::new(
+                    now_to.map_or(topic, |(_, to)| to),
+                    p.payload,
+                    p.qos,
+                    p.retain,
+                    p.properties.as_deref(),
+                    client_id,
+                    now,
+                );
+                self.publish_message(Arc::new(msg));
+                ReasonCode::Success
+            }
+        };
+        if let (true, QoS::ExactlyOnce, Some(id)) = (reason.is_error(), p.qos, p.packet_id) {
+            if let Some(slot) = self.sessions.get_mut(key) {
+                slot.session.release_inbound(id);
+            }
+        }
+        if let Some(a) = ack(reason) {
             let wait = self.durable.end();
             self.durable.enqueue_ack(link, a, wait);
         }
@@ -419,29 +580,45 @@ impl Shard {
             .properties
             .as_ref()
             .and_then(|p| p.subscription_identifiers.first().copied());
+        capabilities::refuse_subscription_id(&self.cfg.mqtt, sub_id)?;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(ByteString, SubOptions)> = Vec::new();
         let token = self.token();
         let mut new_interest = 0;
+        let mut claims = Vec::new();
         let max_subs = self.cfg.mqtt.max_subscriptions;
-        for (filter, options) in s.filters {
+        for (filter, mut options) in s.filters {
             let filter = owned(&filter);
             if !self.topic_within_limits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
-            let inner = parse_shared(&filter)
-                .and_then(Result::ok)
-                .map_or(&*filter, |(_, f)| f);
+            if let Some(refused) = capabilities::refuse_filter(&self.cfg.mqtt, &filter) {
+                reasons.push(refused);
+                continue;
+            }
+            options.qos = capabilities::granted(&self.cfg.mqtt, options.qos);
             let client_id = self
                 .sessions
                 .get(key)
                 .map(|s| s.session.client_id.clone())
                 .unwrap_or_default();
-            if !self.authorize(link, &client_id, Action::Subscribe, inner) {
+            let inner = inner_filter(&filter);
+            let target = self.rewritten(link, &client_id, Rewriting::Subscribe, inner);
+            let may = |f: &str| self.authorize(link, &client_id, Action::Subscribe, f);
+            if !(may(inner) && target.as_deref().is_none_or(may)) {
                 self.stats.acl_denied.inc();
                 tracing::debug!(client = %client_id, peer = %link.peer, %filter, "subscription not authorized");
                 reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
+            let filter = match target {
+                Some(t) => with_inner(&filter, &t),
+                None => filter,
+            };
+            // A rewritten filter is held to the same limits as the one sent.
+            if !self.topic_within_limits(&filter) {
+                reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
             let full = self.sessions.get(key).is_some_and(|s| {
@@ -462,22 +639,28 @@ impl Shard {
                 options,
                 id: sub_id,
             };
+            let held = self
+                .sessions
+                .get(key)
+                .is_some_and(|s| s.session.subscriptions.contains_key(&filter));
+            if parse_exclusive(&filter).is_some() && !held {
+                self.claim_exclusive(&filter, &client_id, token);
+                claims.push(ExclusiveClaim {
+                    index: reasons.len(),
+                    filter,
+                    client_id: client_id.clone(),
+                    sub,
+                });
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
             let Some((existed, first)) = self.add_subscription(key, &filter, sub, Some(token))
             else {
                 return Ok(());
             };
             new_interest += usize::from(first);
-            reasons.push(match options.qos {
-                QoS::AtMostOnce => ReasonCode::Success,
-                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
-                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
-            });
-            let send_retained = match options.retain_handling {
-                RetainHandling::OnSubscribe => true,
-                RetainHandling::OnNewSubscribe => !existed,
-                RetainHandling::Never => false,
-            };
-            if send_retained && !shared {
+            reasons.push(granted(options.qos));
+            if options.wants_retained(existed) && !shared {
                 retained.push((filter, options));
             }
         }
@@ -497,8 +680,9 @@ impl Shard {
             suback,
             retained,
             sub_id,
-            waiting: new_interest * (self.shards - 1) + usize::from(stored),
+            waiting: new_interest * (self.shards - 1) + usize::from(stored) + claims.len(),
             refused: false,
+            claims,
         };
         if pending.waiting == 0 {
             self.complete_subscribe(pending, now);
@@ -519,7 +703,22 @@ impl Shard {
             return Ok(());
         }
         let mut reasons = Vec::with_capacity(u.filters.len());
+        let client_id = self
+            .sessions
+            .get(key)
+            .map(|s| s.session.client_id.clone())
+            .unwrap_or_default();
         for filter in u.filters {
+            let target = self.rewritten(
+                link,
+                &client_id,
+                Rewriting::Subscribe,
+                inner_filter(&filter),
+            );
+            let filter = match target {
+                Some(t) => with_inner(&filter, &t),
+                None => filter,
+            };
             if self.remove_subscription(key, &filter) {
                 reasons.push(ReasonCode::Success);
             } else {

@@ -6,7 +6,8 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use crate::topic::{parse_shared, Trie};
+use super::strategy::Choice;
+use crate::topic::{parse_shared, routing_filter, Trie};
 
 /// A set of shard ids as a bit set (two words cover 128 shards without allocating).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,11 +69,12 @@ pub struct SharedRoute {
 }
 
 impl SharedRoute {
-    /// The next shard with members, round robin.
-    pub fn next_shard(&self) -> Option<usize> {
-        let turn = self.turn.get().wrapping_add(1);
-        self.turn.set(turn);
-        self.shards.nth(turn)
+    /// The shard with members that `choice` picks; `None` when there is none.
+    pub fn pick_shard(&self, choice: &Choice) -> Option<usize> {
+        let n = self.shards.len();
+        (n > 0)
+            .then(|| self.shards.nth(choice.shard(n, &self.turn)))
+            .flatten()
     }
 }
 
@@ -114,6 +116,7 @@ impl Interest {
             }
             Some(Err(_)) => {}
             None => {
+                let filter = routing_filter(filter);
                 if add {
                     self.plain.entry(filter).set(shard, true);
                 } else {

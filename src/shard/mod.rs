@@ -15,9 +15,13 @@
 //!
 //! The connection side: `conn` (the task: reads, decodes, writes), `link` (what the task and
 //! the shard share about one connection), `transport` (TLS, WebSocket), `hibernate` (idle
-//! sockets without a task), `limits` and `rate` (admission and publish rates). The handlers:
-//! `connect` (CONNECT, claims, takeovers, session ends), `inbound` (every other packet),
-//! `route` (publish, subscribe, deliver), `admin` (the control plane), `persist`, `sys`.
+//! sockets without a task), `limits` and `rate` (admission and publish rates), `proxied` (the
+//! PROXY header read before admission). The handlers: `connect` (CONNECT, claims, takeovers,
+//! session ends), `inbound` (every other packet), `route` (publish, subscribe, deliver),
+//! `strategy` (how a shared group picks its member), `exclusive` (the arbiter of `$exclusive/`
+//! filters), `auto_subscribe` (subscriptions made at CONNECT), `delayed` (`$delayed/` messages
+//! held until due), `bans` (the banned-clients list), `admin` (the control plane), `persist`,
+//! `sys` and `sys_broker`, `capabilities` (what the `[mqtt]` switches let clients use).
 //!
 //! # How a PUBLISH crosses them
 //! `conn` decodes it and `inbound` checks it (aliases, limits, ACL, rate, the backlog bound)
@@ -29,10 +33,15 @@
 //! receiving shard the pump takes it off the ring and delivers it the same way, locally only.
 
 mod admin;
+mod auto_subscribe;
+mod bans;
+mod capabilities;
 mod client_index;
 mod conn;
 mod connect;
+mod delayed;
 mod durable;
+mod exclusive;
 mod hibernate;
 mod homes;
 mod inbound;
@@ -42,13 +51,16 @@ mod link;
 mod listener;
 mod mesh;
 mod persist;
+mod proxied;
 mod rate;
 mod route;
 mod router;
 mod sessions;
 #[cfg(test)]
 mod sim;
+mod strategy;
 mod sys;
+mod sys_broker;
 #[cfg(test)]
 mod tests;
 mod transport;
@@ -140,6 +152,8 @@ pub(crate) struct Shard {
     homes: Homes,
     /// Local subscribers and the interest table replica.
     router: Router,
+    /// Draws for the random shared-subscription strategy.
+    rng: strategy::Rng,
     retained: RetainedStore,
     next_token: u64,
     next_assigned_id: u64,
@@ -147,8 +161,14 @@ pub(crate) struct Shard {
     rbuf: BytesMut,
     /// SUBACKs waiting for other shards to acknowledge new interest, by token.
     pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
+    /// The `$exclusive/` filters homed here and the client id holding each.
+    exclusive: AHashMap<bytestring::ByteString, bytestring::ByteString>,
     /// The store batch of this tick and what waits for the store.
     durable: durable::Durable,
+    /// Delayed publishes this shard holds until their deadline.
+    delayed: delayed::DelayedSet,
+    /// This shard's replica of the bans.
+    bans: crate::banned::BanList,
 }
 
 impl Shard {
@@ -191,12 +211,16 @@ impl Shard {
             waiting: Waiting::new(checks),
             homes: Homes::default(),
             router: Router::default(),
+            rng: strategy::Rng::default(),
             retained: RetainedStore::default(),
             next_token: 0,
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
             pending_subacks: AHashMap::new(),
+            exclusive: AHashMap::new(),
             durable: durable::Durable::new(id, store, journaled),
+            delayed: delayed::DelayedSet::new(id),
+            bans: crate::banned::BanList::default(),
         }
     }
 
@@ -240,6 +264,8 @@ impl Shard {
                 self.confirm_stored(confirm, before);
             }
             XMsg::Stored { token, stored } => self.stored_elsewhere(token, stored),
+            XMsg::Ban(ban) => self.on_ban(ban),
+            XMsg::Unban(kind, value) => self.on_unban(kind, &value),
             XMsg::Retain(m) => {
                 self.retained.set(m);
                 self.stats.retained.set(self.retained.len() as i64);
@@ -273,6 +299,20 @@ impl Shard {
             XMsg::Release { client_id, token } => {
                 self.homes.release(&client_id, token);
             }
+            XMsg::ExclusiveClaim {
+                filter,
+                client_id,
+                shard,
+                token,
+            } => self.on_exclusive_claim(filter, client_id, shard, token),
+            XMsg::ExclusiveAnswer {
+                filter,
+                token,
+                granted,
+            } => self.exclusive_answered(token, filter, granted),
+            XMsg::ExclusiveRelease { filter, client_id } => {
+                self.on_exclusive_release(filter, client_id)
+            }
         }
     }
 
@@ -296,9 +336,13 @@ impl Shard {
         self.connection_closed(link, Instant::now());
     }
 
-    /// Once a second: keep-alive and CONNECT deadlines, will delays and session expiry.
+    /// Once a second: keep-alive and CONNECT deadlines, will delays, session expiry, delayed
+    /// publishes, expired retained messages and bans.
     fn sweep(&mut self, now: Instant) {
         self.homes.prune_flapping(&self.cfg.limits, now);
+        self.release_delayed(now);
+        self.purge_retained(now);
+        self.bans.purge(crate::store::record::wall_now());
         self.stats.ring_occupancy.set(self.mesh.occupancy() as i64);
         let mult = self.cfg.mqtt.keepalive_multiplier;
         let connect_timeout = self.cfg.connect_timeout();

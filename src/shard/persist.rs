@@ -11,6 +11,7 @@ use super::link::LinkState;
 use super::{SessionSlot, Shard, TimerKind};
 use crate::ring::XMsg;
 use crate::session::{Message, Session, StoreLog};
+use crate::store::record::DelayedMessage;
 use crate::store::{Op, RestoredSession};
 
 /// One shard's part of what was kept.
@@ -19,6 +20,12 @@ pub struct Restore {
     pub retained: Arc<[Arc<Message>]>,
     /// The largest epoch in the store.
     pub max_epoch: u64,
+    /// This shard's share of the kept delayed publishes, by id.
+    pub delayed: Vec<(u64, DelayedMessage)>,
+    /// The largest delayed publish id in the store.
+    pub max_delayed_id: u64,
+    /// The bans in force (every shard holds them all).
+    pub banned: Arc<[crate::banned::Ban]>,
 }
 
 impl Shard {
@@ -29,6 +36,10 @@ impl Shard {
             self.retained.set(m.clone());
         }
         self.stats.retained.set(self.retained.len() as i64);
+        self.restore_delayed(saved.delayed, saved.max_delayed_id);
+        for ban in saved.banned.iter() {
+            self.bans.insert(ban.clone());
+        }
         let restored = saved.sessions.len();
         for r in saved.sessions {
             let mut session = r.session;
@@ -215,6 +226,13 @@ impl Shard {
                 retained = all.len();
                 for m in all {
                     self.durable.push(Op::Retain(m));
+                }
+            }
+            self.snapshot_delayed();
+            if self.id == 0 {
+                let bans: Vec<_> = self.bans.iter().cloned().map(Arc::new).collect();
+                for ban in bans {
+                    self.durable.push(Op::Ban(ban));
                 }
             }
         } else {

@@ -1,7 +1,8 @@
 //! Routing a publish: retained store first, then once to each other shard whose interest
 //! matches, then to this shard's own subscribers (one copy per session at the highest granted
 //! QoS, with every matching subscription identifier), then to one member of each matching
-//! shared group, round robin across shards and then across a shard's members.
+//! shared group, picked across shards and then among a shard's members by the configured
+//! strategy (`strategy`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,11 +10,13 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::link::ConnLink;
+use super::strategy::Choice;
 use super::{Shard, SubEntry};
 use crate::codec::{publish_len, Publish, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
 use crate::stats::DropReason;
+use crate::store::Op;
 
 /// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
 /// ids; the payload is shared, not copied.
@@ -108,8 +111,29 @@ impl Shard {
         true
     }
 
+    /// Purges this replica's expired retained messages (from the sweep); shard 0 counts them
+    /// and tells the store, which removes a kept one only if it expired too.
+    pub(super) fn purge_retained(&mut self, now: Instant) {
+        let gone = self.retained.purge_expired(now);
+        if gone.is_empty() {
+            return;
+        }
+        self.stats.retained.set(self.retained.len() as i64);
+        if self.id != 0 {
+            return;
+        }
+        self.stats.retained_expired.add(gone.len() as i64);
+        if self.durable.journaled() {
+            for topic in gone {
+                self.durable.push(Op::ExpireRetained(topic));
+            }
+            self.mesh.wake_pump();
+        }
+    }
+
     fn route(&mut self, msg: Arc<Message>) {
-        let (shards, groups) = self.router.targets(&msg.topic);
+        let choice = self.choice(&msg);
+        let (shards, groups) = self.router.targets(&msg.topic, &choice);
         for shard in shards.iter() {
             if shard != self.id {
                 let confirm = self.durable.confirm();
@@ -150,7 +174,12 @@ impl Shard {
         }
     }
 
-    /// Delivers to one member of a local shared group, preferring one that can take it now.
+    /// How shared groups pick the member for `msg` (`mqtt.shared_subscription_strategy`).
+    fn choice(&self, msg: &Message) -> Choice {
+        Choice::new(self.cfg.mqtt.shared_subscription_strategy, msg, &self.rng)
+    }
+
+    /// Delivers to one member of a local shared group, as the strategy picks it.
     pub(super) fn deliver_shared_local(&mut self, group: &ByteString, msg: Arc<Message>) {
         let limit = self.cfg.mqtt.max_outbound_bytes;
         let sessions = &self.sessions;
@@ -160,7 +189,8 @@ impl Shard {
                 .and_then(|s| s.link.as_ref())
                 .is_some_and(|l| l.out.borrow().len() < limit)
         };
-        let Some(member) = self.router.pick_member(group, ready) else {
+        let choice = self.choice(&msg);
+        let Some(member) = self.router.pick_member(group, &choice, ready) else {
             self.stats.dropped(DropReason::NoMember);
             return;
         };
@@ -283,7 +313,7 @@ impl Shard {
     pub(super) fn redispatch_shared(&mut self, session: &mut Session) {
         for d in session.take_shared() {
             if let Some(group) = d.group {
-                let shard = self.router.next_group_shard(&group);
+                let shard = self.router.group_shard(&group, &self.choice(&d.msg));
                 self.dispatch_shared(group, shard, d.msg);
             }
         }
@@ -333,6 +363,8 @@ impl Shard {
             Some((filter, _)) => {
                 if let Some(slot) = self.sessions.get_mut(key) {
                     slot.session.meta_changed();
+                    let client_id = slot.session.client_id.clone();
+                    self.release_exclusive(&filter, &client_id);
                 }
                 self.touch(key);
                 self.unindex_subscription(key, &filter);

@@ -7,15 +7,19 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 use smallvec::SmallVec;
 
-use super::interest::{Interest, ShardSet};
-use super::SubEntry;
-use crate::topic::{parse_shared, Trie};
+use std::cell::Cell;
 
-/// The members of one shared subscription group on this shard, and whose turn is next.
+use super::interest::{Interest, ShardSet};
+use super::strategy::{Choice, Index};
+use super::SubEntry;
+use crate::topic::{parse_shared, routing_filter, Trie};
+
+/// The members of one shared subscription group on this shard (oldest first), and whose turn
+/// is next.
 #[derive(Default)]
 struct SharedGroup {
     members: SmallVec<[SubEntry; 2]>,
-    next: usize,
+    turn: Cell<usize>,
 }
 
 /// The shared groups a publish matches, each with the shard whose turn it is.
@@ -42,7 +46,7 @@ impl Router {
     /// The shards with plain subscribers matching `topic` (this one included), and the shared
     /// groups (full `$share/...` filters) matching it anywhere, each with the shard whose turn
     /// it is (taken in the same walk).
-    pub fn targets(&self, topic: &str) -> (ShardSet, GroupTargets) {
+    pub fn targets(&self, topic: &str, choice: &Choice) -> (ShardSet, GroupTargets) {
         let mut shards = ShardSet::default();
         self.interest
             .plain
@@ -51,36 +55,45 @@ impl Router {
         self.interest.shared.for_each_match(topic, |g| {
             groups.extend(
                 g.iter()
-                    .map(|(name, route)| (name.clone(), route.next_shard())),
+                    .map(|(name, route)| (name.clone(), route.pick_shard(choice))),
             );
         });
         (shards, groups)
     }
 
-    /// The next shard with members of `group`, round robin; `None` when it has none.
-    pub fn next_group_shard(&self, group: &ByteString) -> Option<usize> {
+    /// The shard with members of `group` that `choice` picks; `None` when it has none.
+    pub fn group_shard(&self, group: &ByteString, choice: &Choice) -> Option<usize> {
         let Some(Ok((_, inner))) = parse_shared(group) else {
             return None;
         };
-        self.interest.shared.get(inner)?.get(group)?.next_shard()
+        self.interest
+            .shared
+            .get(inner)?
+            .get(group)?
+            .pick_shard(choice)
     }
 
-    /// The local member of `group` to deliver to: from the one whose turn it is, the first
-    /// that is `ready`, else the one whose turn it is; `None` when it has none here.
+    /// The local member of `group` to deliver to, as `choice` picks it: round robin and
+    /// random take, from the one picked, the first that is `ready`, else the one picked;
+    /// `None` when it has none here.
     pub fn pick_member(
-        &mut self,
+        &self,
         group: &ByteString,
+        choice: &Choice,
         ready: impl Fn(&SubEntry) -> bool,
     ) -> Option<SubEntry> {
-        let g = self.shared.get_mut(group)?;
+        let g = self.shared.get(group)?;
         let n = g.members.len();
-        let start = g.next;
-        g.next = g.next.wrapping_add(1);
-        let turn = |i: usize| g.members[(start + i) % n];
-        (0..n)
-            .map(turn)
-            .find(|e| ready(e))
-            .or_else(|| (n > 0).then(|| turn(0)))
+        if n == 0 {
+            return None;
+        }
+        match choice.member(n, &g.turn) {
+            Index::Exactly(i) => Some(g.members[i]),
+            Index::FirstReadyFrom(start) => {
+                let turn = |i: usize| g.members[(start + i) % n];
+                (0..n).map(turn).find(|e| ready(e)).or(Some(turn(0)))
+            }
+        }
     }
 
     /// This shard's subscriptions matching `topic`, grouped by session. Hand the vector back
@@ -115,7 +128,7 @@ impl Router {
                 first: group.members.len() == 1,
             }
         } else {
-            let slot = self.subs.entry(filter);
+            let slot = self.subs.entry(routing_filter(filter));
             let new = upsert(slot, entry);
             Indexed {
                 new,
@@ -144,7 +157,7 @@ impl Router {
             let last = self
                 .subs
                 .update(
-                    filter,
+                    routing_filter(filter),
                     |v| {
                         let before = v.len();
                         v.retain(|e| e.session != key);

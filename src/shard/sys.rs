@@ -1,7 +1,8 @@
 //! `$SYS/brokers/<node>/...`: broker statistics published (retained, as Mosquitto does) every
 //! `sys.interval` seconds by shard 0 from every shard's counters, and client connected and
-//! disconnected events published by the shard that saw them, and alarm events (shard 0). Clients cannot publish to `$SYS`
-//! (any `$` topic is refused on the inbound path).
+//! disconnected events published by the shard that saw them, and alarm events (shard 0)
+//! (`sys_broker` adds Mosquitto's `$SYS/broker/...` names on the same timer). Clients cannot
+//! publish to `$SYS` (the inbound path refuses every `$` topic but `$delayed/`).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use super::sys_broker::BrokerTree;
 use super::Shard;
 use crate::codec::{Connect, QoS};
 use crate::session::Message;
@@ -23,6 +25,17 @@ fn unix_ms(t: SystemTime) -> u128 {
 impl Shard {
     fn sys_publish(&mut self, suffix: &str, payload: String, retain: bool, now: Instant) {
         let topic = format!("$SYS/brokers/{}/{suffix}", self.cfg.broker.node_name);
+        self.sys_publish_to(topic, payload, retain, now);
+    }
+
+    /// Publishes on a `$SYS` topic, unless it is over the topic limits.
+    pub(super) fn sys_publish_to(
+        &mut self,
+        topic: String,
+        payload: String,
+        retain: bool,
+        now: Instant,
+    ) {
         if !self.topic_within_limits(&topic) {
             // A long client id (or one with many `/`) can make an event topic over the limits
             // (max_topic_length is at most what a packet can carry: check-config says so).
@@ -128,6 +141,7 @@ pub(super) async fn publisher(shard: Rc<RefCell<Shard>>) {
         return;
     }
     let mut last = Instant::now();
+    let mut tree = BrokerTree::default();
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         let mut sh = shard.borrow_mut();
@@ -142,6 +156,7 @@ pub(super) async fn publisher(shard: Rc<RefCell<Shard>>) {
         if interval > 0 && now.duration_since(last) >= Duration::from_secs(interval) {
             last = now;
             sh.publish_sys_stats(now);
+            sh.publish_broker_tree(&mut tree, now);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The crash-safe store: persistent sessions, their queued and in-flight deliveries, inbound
-//! QoS 2 ids and retained messages, in `fjall` (a pure-Rust LSM tree with a journal and atomic
+//! QoS 2 ids, retained messages, delayed publishes and bans, in `fjall` (a pure-Rust LSM tree with a journal and atomic
 //! cross-keyspace batches) under `broker.data_dir`. Chosen over a home-made segment log: it
 //! brings the journal, crash recovery of a torn tail, compaction and a lock on the directory,
 //! and one batch per shard tick keeps its cost per message small (see `bench/durable.sh`).
@@ -24,7 +24,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::config::DurabilityConfig;
 use crate::session::{DeliveryOp, Inflight, Message, OutState, Session};
-use record::{Flight, StoredMessage, StoredSession};
+use record::{DelayedMessage, Flight, StoredMessage, StoredSession};
 
 pub use writer::{spawn, Batch, StoreLink, Writer};
 
@@ -45,6 +45,17 @@ pub enum Op {
     Retain(Arc<Message>),
     /// A retained message cleared.
     Unretain(ByteString),
+    /// A retained message that expired: removed only if the kept one has expired too (another
+    /// shard may have set a new one meanwhile).
+    ExpireRetained(ByteString),
+    /// A delayed publish held, by id.
+    Delay(u64, Arc<DelayedMessage>),
+    /// A delayed publish released or cancelled.
+    Undelay(u64),
+    /// A client ban set (or replaced).
+    Ban(Arc<crate::banned::Ban>),
+    /// A ban lifted, by its key.
+    Unban(String),
 }
 
 /// What the store holds, in counters for `/metrics` and `ctl status`.
@@ -73,6 +84,8 @@ pub struct Store {
     queue: Keyspace,
     flight: Keyspace,
     retained: Keyspace,
+    delayed: Keyspace,
+    banned: Keyspace,
     meta: Keyspace,
 }
 
@@ -81,6 +94,10 @@ pub struct Store {
 pub struct Recovered {
     pub sessions: Vec<RestoredSession>,
     pub retained: Vec<Arc<Message>>,
+    /// Delayed publishes by id (their deadlines may have passed while the broker was down).
+    pub delayed: Vec<(u64, DelayedMessage)>,
+    /// The bans still in force.
+    pub banned: Vec<crate::banned::Ban>,
     pub messages: usize,
     /// The largest epoch in the store: new session lives are numbered above it (the wall clock
     /// they start from may have gone back).
@@ -128,6 +145,8 @@ impl Store {
             queue: ks("queue")?,
             flight: ks("flight")?,
             retained: ks("retained")?,
+            delayed: ks("delayed")?,
+            banned: ks("banned")?,
             meta: ks("meta")?,
             db,
             path,
@@ -252,10 +271,29 @@ impl Store {
                 None => gone.remove(&self.retained, k),
             }
         }
+        let mut delayed = Vec::new();
+        for kv in self.delayed.iter() {
+            let (k, v) = kv.into_inner().map_err(io)?;
+            let id = k.first_chunk::<8>().map(|b| u64::from_be_bytes(*b));
+            match (id, record::decode::<DelayedMessage>(&v)) {
+                (Some(id), Some(m)) => delayed.push((id, m)),
+                _ => gone.remove(&self.delayed, k),
+            }
+        }
+        let mut banned = Vec::new();
+        for kv in self.banned.iter() {
+            let (k, v) = kv.into_inner().map_err(io)?;
+            match record::decode::<crate::banned::Ban>(&v).filter(|b| !b.expired(wall)) {
+                Some(b) => banned.push(b),
+                None => gone.remove(&self.banned, k),
+            }
+        }
         gone.commit().map_err(io)?;
         Ok(Recovered {
             sessions,
             retained,
+            delayed,
+            banned,
             messages,
             max_epoch,
         })
@@ -270,6 +308,8 @@ impl Store {
             &self.queue,
             &self.flight,
             &self.retained,
+            &self.delayed,
+            &self.banned,
             &self.meta,
         ] {
             for kv in ks.iter() {

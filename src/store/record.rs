@@ -4,8 +4,8 @@
 //!
 //! Keyspaces: `sessions` (client id -> the session's record), `queue` (client id, epoch, seq
 //! -> one delivery with its message), `flight` (the same key -> the packet id it was sent
-//! with, and whether PUBREC came), `retained` (topic -> message), `meta` (the last time the
-//! broker was known alive).
+//! with, and whether PUBREC came), `retained` (topic -> message), `delayed` (id -> a delayed
+//! publish with its wall-clock deadline), `banned` (kind/value -> a ban), `meta` (the last time the broker was known alive).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -139,6 +139,37 @@ impl StoredMessage {
             expires_at: self.expires_at.map(|t| from_wall(t, now, wall)),
             origin: self.origin,
         })
+    }
+}
+
+/// A delayed publish (`$delayed/{seconds}/{topic}`) held until its wall-clock deadline, in a
+/// shard's memory and in the `delayed` keyspace (key: its id, big-endian).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DelayedMessage {
+    /// When it is published, in wall-clock milliseconds.
+    pub publish_at: u64,
+    /// The target topic (without the `$delayed/{seconds}/` prefix).
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The publish's properties; a message expiry interval counts from the release.
+    pub props: Props,
+    pub origin: ByteString,
+}
+
+impl DelayedMessage {
+    /// The message to route once it is due.
+    pub fn message(&self, now: Instant) -> Message {
+        Message::new(
+            self.topic.clone(),
+            self.payload.clone(),
+            self.qos,
+            self.retain,
+            self.props.as_deref(),
+            self.origin.clone(),
+            now,
+        )
     }
 }
 

@@ -118,8 +118,11 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
             };
             let op = match s {
                 Step::Put(_) | Step::PutSent(..) => {
+                    // Packet ids in flight are unique in a session.
                     let pid = match s {
-                        Step::PutSent(_, pid) => Some(*pid),
+                        Step::PutSent(_, pid) if !entry.2.values().any(|p| *p == Some(*pid)) => {
+                            Some(*pid)
+                        }
                         _ => None,
                     };
                     l.next_seq += 1;
@@ -138,8 +141,10 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                     }
                 }
                 Step::Send(_, pid) => {
-                    let Some((seq, sent)) = entry.2.iter_mut().find(|(_, p)| **p != Some(*pid))
-                    else {
+                    if entry.2.values().any(|p| *p == Some(*pid)) {
+                        return ops;
+                    }
+                    let Some((seq, sent)) = entry.2.iter_mut().next() else {
                         return ops;
                     };
                     *sent = Some(*pid);
@@ -253,4 +258,88 @@ proptest! {
         let back = recovered(&store);
         prop_assert!(states.contains(&back), "not a prefix: {:?}\nstates: {:?}", back, states);
     }
+}
+
+fn commit_ops(store: &Store, ops: Vec<Op>) {
+    let mut folded = Folded::new(store);
+    for op in ops {
+        fold(store, &mut folded, op);
+    }
+    commit(store, &mut folded).expect("commit");
+}
+
+/// The expiry sweep's removal takes a retained message from the store only if the one kept
+/// there expired too: a newer one set meanwhile (by another shard) stays.
+#[test]
+fn expired_retained_messages_leave_the_store_and_newer_ones_stay() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(dir.path(), &DurabilityConfig::default()).expect("open");
+    let past = Instant::now() - std::time::Duration::from_secs(5);
+    let expiring = |topic: &str| {
+        let props = crate::codec::Properties {
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        };
+        let m = Message::new(
+            topic.into(),
+            Bytes::from_static(b"x"),
+            QoS::AtMostOnce,
+            true,
+            Some(&props),
+            "o".into(),
+            past,
+        );
+        Op::Retain(Arc::new(m))
+    };
+    commit_ops(
+        &store,
+        vec![expiring("r/old"), Op::Retain(message("r/new", 1))],
+    );
+    assert_eq!(store.retained.len().expect("len"), 2);
+    commit_ops(
+        &store,
+        vec![
+            Op::ExpireRetained("r/old".into()),
+            Op::ExpireRetained("r/new".into()),
+        ],
+    );
+    assert_eq!(
+        store.retained.len().expect("len"),
+        1,
+        "only the expired one went"
+    );
+    // Within one group, the last word on a key is what the expiry looks at.
+    commit_ops(
+        &store,
+        vec![expiring("r/grp"), Op::ExpireRetained("r/grp".into())],
+    );
+    commit_ops(&store, vec![Op::ExpireRetained("r/missing".into())]);
+    assert_eq!(store.retained.len().expect("len"), 1);
+}
+
+#[test]
+fn delayed_publishes_are_kept_until_released() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Store::open(dir.path(), &DurabilityConfig::default()).expect("open");
+    let held = |at: u64| {
+        Arc::new(super::record::DelayedMessage {
+            publish_at: at,
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            props: None,
+            origin: "c".into(),
+        })
+    };
+    commit_ops(
+        &store,
+        vec![Op::Delay(7, held(100)), Op::Delay(9, held(50))],
+    );
+    commit_ops(&store, vec![Op::Undelay(9)]);
+    let got = store.recover(Instant::now()).expect("recover");
+    assert_eq!(got.delayed.len(), 1);
+    assert_eq!(got.delayed[0].0, 7);
+    assert_eq!(got.delayed[0].1.publish_at, 100);
+    assert!(got.delayed[0].1.retain);
 }

@@ -137,6 +137,8 @@ struct Thread {
 enum Ks {
     Sessions,
     Retained,
+    Delayed,
+    Banned,
     Meta,
 }
 
@@ -367,6 +369,36 @@ pub(super) fn fold(store: &Store, f: &mut Folded, op: Op) {
             f.set(Ks::Retained, m.topic.as_bytes().to_vec(), Some(v));
         }
         Op::Unretain(topic) => f.set(Ks::Retained, topic.as_bytes().to_vec(), None),
+        Op::ExpireRetained(topic) => {
+            let key = topic.as_bytes().to_vec();
+            let wall = record::wall_now();
+            let expired = |v: &[u8]| {
+                record::decode::<StoredMessage>(v)
+                    .is_none_or(|m| m.expires_at.is_some_and(|t| t <= wall))
+            };
+            let stale = match f.records.get(&(Ks::Retained, key.clone())) {
+                Some(change) => change.as_deref().is_some_and(expired),
+                None => store
+                    .retained
+                    .get(&key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| expired(&v)),
+            };
+            if stale {
+                f.set(Ks::Retained, key, None);
+            }
+        }
+        Op::Delay(id, m) => {
+            let key = id.to_be_bytes().to_vec();
+            f.set(Ks::Delayed, key, Some(record::encode(&*m)));
+        }
+        Op::Undelay(id) => f.set(Ks::Delayed, id.to_be_bytes().to_vec(), None),
+        Op::Ban(b) => {
+            let key = crate::banned::Ban::key(b.kind, &b.value).into_bytes();
+            f.set(Ks::Banned, key, Some(record::encode(&*b)));
+        }
+        Op::Unban(key) => f.set(Ks::Banned, key.as_bytes().to_vec(), None),
     }
 }
 
@@ -418,6 +450,8 @@ pub(super) fn commit(s: &Store, folded: &mut Folded) -> fjall::Result<u64> {
         let ks = match ks {
             Ks::Sessions => &s.sessions,
             Ks::Retained => &s.retained,
+            Ks::Delayed => &s.delayed,
+            Ks::Banned => &s.banned,
             Ks::Meta => &s.meta,
         };
         write(ks, &key, value);

@@ -1,8 +1,11 @@
 //! Topic names and filters: the validation rules of the specification, shared-subscription
-//! parsing (`$share/group/filter`), and the trie that matches a name against many filters.
+//! parsing (`$share/group/filter`, `$queue/filter`), `$exclusive/filter`, rewrite rules, and the trie that matches
+//! a name against many filters.
 
+mod rewrite;
 mod trie;
 
+pub use rewrite::{RewriteAction, RewriteRule, Rewriter, Rewriting, RuleSpec};
 pub use trie::Trie;
 
 use crate::codec::DecodeError;
@@ -24,7 +27,7 @@ pub fn validate_filter(filter: &str) -> Result<(), DecodeError> {
     let plain = match parse_shared(filter) {
         Some(Ok((_, f))) => f,
         Some(Err(e)) => return Err(e),
-        None => filter,
+        None => routing_filter(filter),
     };
     validate_plain_filter(plain)
 }
@@ -48,8 +51,16 @@ fn validate_plain_filter(filter: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// `Some` for a filter in the `$share/` namespace: its group and inner filter, or the error.
+/// `Some` for a shared subscription, `$share/group/filter` or EMQX's `$queue/filter` (the
+/// group `$queue`): its group and inner filter, or the error.
 pub fn parse_shared(filter: &str) -> Option<Result<(&str, &str), DecodeError>> {
+    if let Some(inner) = filter.strip_prefix("$queue/") {
+        return Some(if inner.is_empty() {
+            Err(DecodeError::InvalidTopicFilter)
+        } else {
+            Ok(("$queue", inner))
+        });
+    }
     let rest = filter.strip_prefix("$share/")?;
     Some(match rest.split_once('/') {
         Some((group, inner))
@@ -59,6 +70,17 @@ pub fn parse_shared(filter: &str) -> Option<Result<(&str, &str), DecodeError>> {
         }
         _ => Err(DecodeError::InvalidTopicFilter),
     })
+}
+
+/// The inner filter of EMQX's `$exclusive/filter`: a plain subscription that only one client
+/// at a time may hold.
+pub fn parse_exclusive(filter: &str) -> Option<&str> {
+    filter.strip_prefix("$exclusive/")
+}
+
+/// The filter a plain subscription matches names with: an exclusive one's inner filter.
+pub fn routing_filter(filter: &str) -> &str {
+    parse_exclusive(filter).unwrap_or(filter)
 }
 
 /// Matches one topic name against one filter (the reference the trie is tested against).
@@ -121,6 +143,12 @@ mod tests {
             ("$share/g", false),
             ("$share/g/", false),
             ("$share/g+/a", false),
+            ("$queue/a/+", true),
+            ("$queue/", false),
+            ("$queue/a#", false),
+            ("$exclusive/a/#", true),
+            ("$exclusive/", false),
+            ("$exclusive/a/#/b", false),
         ];
         for (filter, ok) in table {
             assert_eq!(validate_filter(filter).is_ok(), *ok, "{filter}");

@@ -523,3 +523,34 @@ fn an_older_versions_files_are_imported_once_and_removed() {
     assert_eq!(b.metric("ringmq_store_restored_sessions"), Some(1.0));
     assert_eq!(b.metric("ringmq_store_restored_retained"), Some(1.0));
 }
+
+/// A retained message with a message expiry interval is purged by the sweep once it expires,
+/// from every replica and from the store (counted), whether or not anyone reads it.
+#[test]
+fn expired_retained_messages_are_purged_in_the_background() {
+    let b = Broker::with_toml(2, BASE);
+    let (mut p, _) = Raw::connect(b.port, Protocol::V5, "retainer", true);
+    let mut short = publish("exp/short", b"brief", QoS::AtLeastOnce, 1);
+    short.retain = true;
+    short.properties = props(|pr| pr.message_expiry_interval = Some(1));
+    p.send(&Packet::Publish(short));
+    assert!(matches!(p.recv(), Some(Packet::PubAck(_))));
+    let mut kept = publish("exp/kept", b"stays", QoS::AtLeastOnce, 2);
+    kept.retain = true;
+    p.send(&Packet::Publish(kept));
+    assert!(matches!(p.recv(), Some(Packet::PubAck(_))));
+    eventually("the expired one purged", || {
+        b.metric("ringmq_retained_expired_total") == Some(1.0)
+    });
+    assert_eq!(b.metric("ringmq_retained_messages"), Some(1.0));
+    let listed = b.ctl_json(&["retained", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    let (mut late, _) = Raw::connect(b.port, Protocol::V5, "late", true);
+    late.subscribe("exp/#", QoS::AtMostOnce);
+    assert_eq!(&late.recv_publish().payload[..], b"stays");
+    late.expect_silence(Duration::from_millis(300));
+    store_caught_up(&b);
+    let dir = b.kill9();
+    let b = Broker::launch(2, BASE, dir, &[]);
+    assert_eq!(b.metric("ringmq_store_restored_retained"), Some(1.0));
+}

@@ -485,6 +485,16 @@ impl Raw {
     }
 }
 
+/// The CONNACK's reason for this CONNECT (None: no CONNACK came).
+pub fn connack(port: u16, c: Connect) -> Option<ReasonCode> {
+    let mut raw = Raw::open(port, c.protocol);
+    raw.send(&Packet::Connect(Box::new(c)));
+    match raw.recv() {
+        Some(Packet::ConnAck(a)) => Some(a.reason),
+        _ => None,
+    }
+}
+
 pub fn connect_packet(protocol: Protocol, id: &str, clean: bool) -> Connect {
     Connect::new(protocol, id, clean, 60)
 }

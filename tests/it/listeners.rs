@@ -1,7 +1,8 @@
 //! Listeners beyond plain TCP (#7), from Rust: TLS with a test CA made here (rcgen), mutual
 //! TLS with the certificate's CN as the username (and the ACL seeing it), refused handshakes
 //! counted, and WebSocket clients that send garbage, unmasked or oversize frames or close
-//! mid-packet being disconnected alone. paho-mqtt and MQTT.js runs are in tests/python.
+//! mid-packet being disconnected alone; a PROXY protocol header ahead of the TLS handshake.
+//! paho-mqtt and MQTT.js runs are in tests/python.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -54,6 +55,16 @@ pub fn make_certs(dir: &Path) {
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn tls_client(dir: &Path, port: u16, cert: Option<&str>) -> std::io::Result<TlsStream> {
+    tls_client_after(dir, port, cert, &[])
+}
+
+/// A TLS client that first sends `header` in the clear (as a load balancer's PROXY header).
+fn tls_client_after(
+    dir: &Path,
+    port: u16,
+    cert: Option<&str>,
+    header: &[u8],
+) -> std::io::Result<TlsStream> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -79,8 +90,9 @@ fn tls_client(dir: &Path, port: u16, cert: Option<&str>) -> std::io::Result<TlsS
         ServerName::try_from("localhost").expect("name"),
     )
     .expect("client");
-    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(WAIT))?;
+    tcp.write_all(header)?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock)?;
@@ -173,6 +185,25 @@ fn tls_connections_never_hibernate_and_plain_ones_next_to_them_do() {
     assert_eq!(publish_over(&mut secure, "t", b"x", 1), ReasonCode::Success);
     plain.send(&Packet::PingReq);
     assert_eq!(plain.recv(), Some(Packet::PingResp));
+}
+
+#[test]
+fn a_proxy_header_comes_before_the_tls_handshake() {
+    let dir = tempdir::Dir::new();
+    let certs = dir.0.clone();
+    let (b, tls) = tls_broker(dir, false, "proxy_protocol = true\n");
+    let client = "192.0.2.44:4444".parse().expect("address");
+    let header =
+        ringmq::proxy_protocol::v2_header(client, "10.0.0.1:8883".parse().expect("address"));
+    let mut s = tls_client_after(&certs, tls, None, &header).expect("TLS after the header");
+    assert_eq!(
+        connect_over(&mut s, "behind", Protocol::V5).expect("CONNACK"),
+        ReasonCode::Success
+    );
+    let shown = b.ctl_json(&["clients", "show", "behind"]);
+    assert_eq!(shown["ipaddress"], "192.0.2.44:4444", "{shown}");
+    // A TLS client that skips the header is closed before its handshake completes.
+    assert!(tls_client(&certs, tls, None).is_err());
 }
 
 #[test]

@@ -4,7 +4,11 @@
 //! epoll (tests that ask for a driver themselves excepted).
 
 mod alarms;
+mod banned;
 mod clients;
+mod daemon;
+mod dashboard;
+mod delayed;
 mod driver;
 mod durability;
 mod hardening;
@@ -13,6 +17,9 @@ mod hibernation;
 mod in_process;
 mod listeners;
 mod loadgen;
+mod mosquitto_parity;
 mod operations;
 mod protocol;
+mod proxy_protocol;
 mod security;
+mod topics;

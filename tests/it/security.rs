@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ringmq::codec::*;
 
-use crate::harness::{connect_packet, publish, tempdir, Broker, Raw, WAIT};
+use crate::harness::{connack, connect_packet, publish, tempdir, Broker, Raw, WAIT};
 
 const BASE: &str = "[broker]\npin_cores = false\n";
 
@@ -38,15 +38,6 @@ fn granted(c: &mut Raw, filter: &str, qos: QoS) -> ReasonCode {
 }
 
 /// Sends CONNECT and returns the CONNACK's reason (None when the broker closed without one).
-fn connack(port: u16, c: Connect) -> Option<ReasonCode> {
-    let mut raw = Raw::open(port, c.protocol);
-    raw.send(&Packet::Connect(Box::new(c)));
-    match raw.recv() {
-        Some(Packet::ConnAck(a)) => Some(a.reason),
-        _ => None,
-    }
-}
-
 fn auth_broker(extra: &str) -> (Broker, PathBuf) {
     let dir = tempdir::Dir::new();
     let file = dir.0.join("passwd");

@@ -1,0 +1,49 @@
+//! EMQX's auto-subscribe: the configured `[[auto_subscribe]]` filters, filled in with the
+//! client's id and username, subscribed for every client once its CONNACK is out, for a new
+//! session and a resumed one alike. Each is checked against the ACL like a SUBSCRIBE; a
+//! refused one is logged and skipped.
+
+use std::time::Instant;
+
+use super::inbound::inner_filter;
+use super::link::ConnLink;
+use super::Shard;
+use crate::auth::Action;
+use crate::session::Subscription;
+use crate::topic::parse_shared;
+
+impl Shard {
+    pub(super) fn auto_subscribe(
+        &mut self,
+        key: usize,
+        link: &ConnLink,
+        client_id: &str,
+        username: Option<&str>,
+        now: Instant,
+    ) {
+        let cfg = self.cfg.clone();
+        for auto in &cfg.auto_subscribe {
+            let filter = auto.filter_for(client_id, username);
+            if !self.topic_within_limits(&filter) || crate::topic::validate_filter(&filter).is_err()
+            {
+                tracing::info!(client = %client_id, %filter, "auto-subscribe filter invalid for this client: skipped");
+                continue;
+            }
+            let shared = parse_shared(&filter).is_some();
+            if !self.authorize(link, client_id, Action::Subscribe, inner_filter(&filter)) {
+                self.stats.acl_denied.inc();
+                tracing::info!(client = %client_id, %filter, "auto-subscribe not authorized: skipped");
+                continue;
+            }
+            let options = auto.options();
+            let sub = Subscription { options, id: None };
+            let Some((existed, _)) = self.add_subscription(key, &filter.as_str().into(), sub, None)
+            else {
+                return;
+            };
+            if options.wants_retained(existed) && !shared {
+                self.deliver_retained(key, &filter, options, None, now);
+            }
+        }
+    }
+}
