@@ -100,7 +100,7 @@ fn dashboard_sessions_cookies_and_csrf() {
     let wrong = login(p, r#"{"username":"admin","password":"nope"}"#);
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert!(wrong.header("Set-Cookie").is_none());
-    assert!(b.log_text().contains("dashboard login refused"));
+    b.wait_log("dashboard login refused");
     assert_eq!(login(p, r#"{"token":"tok-8"}"#).status, 401);
 
     let ok = login(p, r#"{"username":"admin","password":"s3cret-pw"}"#);
