@@ -23,6 +23,7 @@ use crate::shard::{home_of, Boot, Listener, Restore};
 use crate::stats::Shared;
 use crate::store::legacy::Legacy;
 use crate::store::{Store, StoreLink, StoreStats, Writer};
+use bytestring::ByteString;
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = Socket::new(
@@ -277,8 +278,22 @@ fn open_store(
     let retained: Arc<[Arc<Message>]> = got.retained.into();
     let banned: Arc<[crate::banned::Ban]> = got.banned.into();
     let max_delayed_id = got.delayed.iter().map(|(id, _)| *id).max().unwrap_or(0);
+    // Every shard learns every restored subscription before it accepts a connection: a
+    // publish that came in before the owning shard's interest message would be lost.
+    let interest: Arc<[(ByteString, usize)]> = got
+        .sessions
+        .iter()
+        .flat_map(|s| {
+            let home = home_of(&s.session.client_id, shards);
+            s.session
+                .subscriptions
+                .keys()
+                .map(move |f| (f.clone(), home))
+        })
+        .collect();
     let mut parts: Vec<Restore> = (0..shards)
         .map(|_| Restore {
+            interest: interest.clone(),
             sessions: Vec::new(),
             retained: retained.clone(),
             max_epoch: got.max_epoch,

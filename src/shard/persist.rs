@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use bytestring::ByteString;
+
 use super::durable::{send_ack, AckKind, Done};
 use super::link::LinkState;
 use super::{SessionSlot, Shard, TimerKind};
@@ -16,6 +18,8 @@ use crate::store::{Op, RestoredSession};
 
 /// One shard's part of what was kept.
 pub struct Restore {
+    /// Every restored subscription's filter with its session's home shard.
+    pub interest: Arc<[(ByteString, usize)]>,
     pub sessions: Vec<RestoredSession>,
     pub retained: Arc<[Arc<Message>]>,
     /// The largest epoch in the store.
@@ -32,6 +36,11 @@ impl Shard {
     /// Loads the kept retained messages and this shard's share of the kept sessions.
     pub(super) fn restore(&mut self, saved: Restore) {
         self.durable.number_above(saved.max_epoch);
+        for (filter, shard) in saved.interest.iter() {
+            if *shard != self.id {
+                self.router.apply_interest(filter, *shard, true);
+            }
+        }
         for m in saved.retained.iter() {
             self.retained.set(m.clone());
         }
