@@ -47,6 +47,11 @@ impl AutoSubscribe {
         if self.rh > 2 {
             return Err("rh must be 0, 1 or 2".into());
         }
+        if crate::topic::parse_exclusive(&self.topic).is_some() {
+            return Err(
+                "an $exclusive/ filter is claimed by one client: it cannot be given to all".into(),
+            );
+        }
         let probe = self
             .topic
             .replace("${clientid}", "c")
@@ -76,4 +81,27 @@ pub enum SharedStrategy {
     HashClientid,
     /// The same member for messages on one topic.
     HashTopic,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AutoSubscribe;
+
+    fn entry(topic: &str) -> AutoSubscribe {
+        AutoSubscribe {
+            topic: topic.into(),
+            qos: 1,
+            nl: false,
+            rap: false,
+            rh: 0,
+        }
+    }
+
+    #[test]
+    fn an_auto_subscription_is_a_filter_any_client_may_hold() {
+        assert!(entry("dev/${clientid}/#").validate().is_ok());
+        assert!(entry("dev/#/x").validate().is_err());
+        let refused = entry("$exclusive/dev/${clientid}").validate();
+        assert!(refused.is_err_and(|e| e.contains("$exclusive")));
+    }
 }

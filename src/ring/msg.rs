@@ -74,11 +74,15 @@ pub enum XMsg {
         token: u64,
         granted: bool,
     },
-    /// To the filter's home shard: `client_id` no longer holds it.
+    /// To the filter's home shard: `client_id` no longer holds it; `ack`, a token of the
+    /// sending shard's, asks for an `ExclusiveReleased`.
     ExclusiveRelease {
         filter: ByteString,
         client_id: ByteString,
+        ack: Option<u64>,
     },
+    /// The home shard's answer to an `ExclusiveRelease` with an `ack`.
+    ExclusiveReleased(u64),
 }
 
 pub struct Grant {

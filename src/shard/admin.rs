@@ -129,7 +129,7 @@ impl Shard {
                 let Some(key) = self.session_of(&client) else {
                     return Ok(Value::Null);
                 };
-                let removed = self.remove_subscription(key, &filter);
+                let removed = self.remove_subscription(key, &filter, None);
                 Ok(json!({ "clientid": client, "topic": filter, "removed": removed }))
             }
             Request::Topics => {

@@ -1,11 +1,14 @@
 //! EMQX's auto-subscribe: the configured `[[auto_subscribe]]` filters, filled in with the
 //! client's id and username, subscribed for every client once its CONNACK is out, for a new
 //! session and a resumed one alike. Each is checked against the ACL like a SUBSCRIBE; a
-//! refused one is logged and skipped.
+//! refused one is logged and skipped. Their retained messages go out once every shard knows
+//! the filters, as a SUBACK would wait.
 
 use std::time::Instant;
 
-use super::inbound::inner_filter;
+use bytestring::ByteString;
+
+use super::inbound::{inner_filter, PendingSubAck};
 use super::link::ConnLink;
 use super::Shard;
 use crate::auth::Action;
@@ -22,6 +25,9 @@ impl Shard {
         now: Instant,
     ) {
         let cfg = self.cfg.clone();
+        let token = self.token();
+        let mut retained = Vec::new();
+        let mut new_interest = 0;
         for auto in &cfg.auto_subscribe {
             let filter = auto.filter_for(client_id, username);
             if !self.topic_within_limits(&filter) || crate::topic::validate_filter(&filter).is_err()
@@ -37,13 +43,19 @@ impl Shard {
             }
             let options = auto.options();
             let sub = Subscription { options, id: None };
-            let Some((existed, _)) = self.add_subscription(key, &filter.as_str().into(), sub, None)
+            let filter = ByteString::from(filter);
+            let Some((existed, first)) = self.add_subscription(key, &filter, sub, Some(token))
             else {
                 return;
             };
+            new_interest += usize::from(first);
             if options.wants_retained(existed) && !shared {
-                self.deliver_retained(key, &filter, options, None, now);
+                retained.push((filter, options));
             }
         }
+        let slot_token = self.sessions.get(key).map_or(0, |s| s.token);
+        let pending =
+            PendingSubAck::auto_subscribed(key, slot_token, retained, new_interest, self.shards);
+        self.complete_or_wait(token, pending, now);
     }
 }

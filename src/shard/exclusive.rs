@@ -2,12 +2,13 @@
 //! filter, broker-wide. Shards share nothing, so each filter has one arbiter: its home shard
 //! (the filter's hash, as a client id's), which records the holder's client id. A SUBSCRIBE
 //! asks it over the rings and its SUBACK waits for the answer (0x97 when another client holds
-//! it); an UNSUBSCRIBE or the end of the session tells it the filter is free again. A session
+//! it); an UNSUBSCRIBE (whose UNSUBACK waits for the arbiter) or the end of the session tells it
+//! the filter is free again. A session
 //! that moves between shards keeps its hold: the holder is the client id, not the shard.
 
 use bytestring::ByteString;
 
-use super::{home_of, Shard};
+use super::{home_of, token_shard, Shard};
 use crate::ring::XMsg;
 use crate::session::Session;
 use crate::topic::parse_exclusive;
@@ -59,15 +60,30 @@ impl Shard {
         );
     }
 
-    /// At the arbiter: `client_id` let go of `filter`.
-    pub(super) fn on_exclusive_release(&mut self, filter: ByteString, client_id: ByteString) {
+    /// At the arbiter: `client_id` let go of `filter`; `ack` is answered with an
+    /// `ExclusiveReleased` (an UNSUBACK waits for it).
+    pub(super) fn on_exclusive_release(
+        &mut self,
+        filter: ByteString,
+        client_id: ByteString,
+        ack: Option<u64>,
+    ) {
         if self.exclusive.get(&filter) == Some(&client_id) {
             self.exclusive.remove(&filter);
         }
+        if let Some(token) = ack {
+            self.send(token_shard(token), XMsg::ExclusiveReleased(token));
+        }
     }
 
-    /// Tells the arbiter of `filter`, if it is exclusive, that `client_id` let go of it.
-    pub(super) fn release_exclusive(&mut self, filter: &ByteString, client_id: &ByteString) {
+    /// Tells the arbiter of `filter`, if it is exclusive, that `client_id` let go of it; with
+    /// `ack` (a token of this shard's), the arbiter answers once it has.
+    pub(super) fn release_exclusive(
+        &mut self,
+        filter: &ByteString,
+        client_id: &ByteString,
+        ack: Option<u64>,
+    ) {
         if parse_exclusive(filter).is_none() {
             return;
         }
@@ -77,6 +93,7 @@ impl Shard {
             XMsg::ExclusiveRelease {
                 filter: filter.clone(),
                 client_id: client_id.clone(),
+                ack,
             },
         );
     }
@@ -84,7 +101,7 @@ impl Shard {
     /// A session that ends lets go of all its exclusive subscriptions.
     pub(super) fn release_exclusives(&mut self, session: &Session) {
         for filter in session.subscriptions.keys() {
-            self.release_exclusive(filter, &session.client_id);
+            self.release_exclusive(filter, &session.client_id, None);
         }
     }
 }

@@ -20,22 +20,64 @@ use crate::store::record::{wall_now, DelayedMessage};
 use crate::topic::{parse_exclusive, parse_shared, routing_filter, Rewriter, Rewriting};
 
 /// A SUBACK waiting until every other shard has applied the interest its subscriptions added,
-/// so that a message published anywhere after the client sees its SUBACK reaches it.
+/// so that a message published anywhere after the client sees its SUBACK reaches it; or an
+/// UNSUBACK waiting until the arbiters of its `$exclusive/` filters have let go of them, so
+/// that another client told of it may take them.
 pub(super) struct PendingSubAck {
     key: usize,
     /// The slot's claim token when the SUBSCRIBE arrived: the slot may hold another client's
     /// session by the time every shard has answered.
     slot_token: u64,
-    suback: SubAck,
+    /// The SUBACK or UNSUBACK; `None` for the auto-subscriptions of a CONNECT, of which only
+    /// the retained messages wait.
+    reply: Option<Packet>,
     retained: Vec<(ByteString, SubOptions)>,
     sub_id: Option<u32>,
     /// The other shards' interest acknowledgements it waits for, and the store's (one, for a
-    /// stored session: a SUBACK promises the subscription survives a crash).
+    /// stored session: a SUBACK promises the subscription survives a crash), or the arbiters'.
     waiting: usize,
     /// The store could not keep the subscriptions: every filter is refused (0x80).
     refused: bool,
     /// `$exclusive/` subscriptions waiting for their arbiter (one more each in `waiting`).
     claims: Vec<ExclusiveClaim>,
+}
+
+impl PendingSubAck {
+    /// The auto-subscriptions of a CONNECT: no SUBACK, their retained messages go out once
+    /// the `new_interest` filters they taught this shard are known to the `shards - 1` others
+    /// (a client that has its retained message may count on the rest reaching it).
+    pub(super) fn auto_subscribed(
+        key: usize,
+        slot_token: u64,
+        retained: Vec<(ByteString, SubOptions)>,
+        new_interest: usize,
+        shards: usize,
+    ) -> PendingSubAck {
+        PendingSubAck {
+            key,
+            slot_token,
+            reply: None,
+            retained,
+            sub_id: None,
+            waiting: new_interest * (shards - 1),
+            refused: false,
+            claims: Vec::new(),
+        }
+    }
+
+    /// An UNSUBACK that waits for `releases` arbiters.
+    fn unsubscribed(key: usize, slot_token: u64, unsuback: UnsubAck, releases: usize) -> Self {
+        PendingSubAck {
+            key,
+            slot_token,
+            reply: Some(Packet::UnsubAck(unsuback)),
+            retained: Vec::new(),
+            sub_id: None,
+            waiting: releases,
+            refused: false,
+            claims: Vec::new(),
+        }
+    }
 }
 
 /// An exclusive subscription of a SUBSCRIBE, made once its arbiter grants it.
@@ -221,7 +263,7 @@ impl Shard {
         };
         if granted_ && made.is_none() {
             // Granted to a session that is gone: free it again.
-            self.release_exclusive(&filter, &claim.client_id);
+            self.release_exclusive(&filter, &claim.client_id, None);
         }
         let shards = self.shards;
         let Some(p) = self.pending_subacks.get_mut(&token) else {
@@ -229,7 +271,9 @@ impl Shard {
         };
         if let Some((existed, first)) = made {
             let options = claim.sub.options;
-            p.suback.reasons[claim.index] = granted(options.qos);
+            if let Some(Packet::SubAck(suback)) = p.reply.as_mut() {
+                suback.reasons[claim.index] = granted(options.qos);
+            }
             p.waiting += usize::from(first) * (shards - 1);
             if options.wants_retained(existed) {
                 p.retained.push((filter, options));
@@ -249,10 +293,14 @@ impl Shard {
             return;
         };
         if p.refused {
-            p.suback.reasons.fill(ReasonCode::UnspecifiedError);
+            if let Some(Packet::SubAck(suback)) = p.reply.as_mut() {
+                suback.reasons.fill(ReasonCode::UnspecifiedError);
+            }
             p.retained.clear();
         }
-        link.send(&Packet::SubAck(p.suback));
+        if let Some(reply) = p.reply {
+            link.send(&reply);
+        }
         for (filter, options) in p.retained {
             self.deliver_retained(p.key, &filter, options, p.sub_id, now);
         }
@@ -677,19 +725,24 @@ impl Shard {
         let pending = PendingSubAck {
             key,
             slot_token: slot.map_or(0, |s| s.token),
-            suback,
+            reply: Some(Packet::SubAck(suback)),
             retained,
             sub_id,
             waiting: new_interest * (self.shards - 1) + usize::from(stored) + claims.len(),
             refused: false,
             claims,
         };
+        self.complete_or_wait(token, pending, now);
+        Ok(())
+    }
+
+    /// Completes a (un)subscription now, or once everything it waits for has answered.
+    pub(super) fn complete_or_wait(&mut self, token: u64, pending: PendingSubAck, now: Instant) {
         if pending.waiting == 0 {
             self.complete_subscribe(pending, now);
         } else {
             self.pending_subacks.insert(token, pending);
         }
-        Ok(())
     }
 
     fn on_unsubscribe(&mut self, key: usize, link: &ConnLink, u: Unsubscribe) -> Result<(), Close> {
@@ -703,6 +756,8 @@ impl Shard {
             return Ok(());
         }
         let mut reasons = Vec::with_capacity(u.filters.len());
+        let token = self.token();
+        let mut releases = 0;
         let client_id = self
             .sessions
             .get(key)
@@ -719,17 +774,21 @@ impl Shard {
                 Some(t) => with_inner(&filter, &t),
                 None => filter,
             };
-            if self.remove_subscription(key, &filter) {
+            if self.remove_subscription(key, &filter, Some(token)) {
+                releases += usize::from(parse_exclusive(&filter).is_some());
                 reasons.push(ReasonCode::Success);
             } else {
                 reasons.push(ReasonCode::NoSubscriptionExisted);
             }
         }
-        link.send(&Packet::UnsubAck(UnsubAck {
+        let unsuback = UnsubAck {
             packet_id: u.packet_id,
             reasons,
             properties: None,
-        }));
+        };
+        let slot_token = self.sessions.get(key).map_or(0, |s| s.token);
+        let pending = PendingSubAck::unsubscribed(key, slot_token, unsuback, releases);
+        self.complete_or_wait(token, pending, Instant::now());
         Ok(())
     }
 

@@ -237,6 +237,7 @@ impl Shard {
         home_of(client_id, self.shards)
     }
 
+    /// A token unique in the broker: the shard's id in its top 16 bits ([`token_shard`]).
     fn token(&mut self) -> u64 {
         self.next_token += 1;
         (self.id as u64) << 48 | self.next_token
@@ -310,9 +311,12 @@ impl Shard {
                 token,
                 granted,
             } => self.exclusive_answered(token, filter, granted),
-            XMsg::ExclusiveRelease { filter, client_id } => {
-                self.on_exclusive_release(filter, client_id)
-            }
+            XMsg::ExclusiveRelease {
+                filter,
+                client_id,
+                ack,
+            } => self.on_exclusive_release(filter, client_id, ack),
+            XMsg::ExclusiveReleased(token) => self.interest_acked(token, true),
         }
     }
 
@@ -405,6 +409,11 @@ impl Shard {
             _ => {}
         }
     }
+}
+
+/// The shard that made a [`Shard::token`].
+pub(crate) fn token_shard(token: u64) -> usize {
+    (token >> 48) as usize
 }
 
 /// The home shard of a client id among `shards` (FNV-1a).

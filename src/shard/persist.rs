@@ -159,7 +159,7 @@ impl Shard {
             return;
         };
         let created = self.durable.produced_count() > produced_before;
-        let (shard, from) = ((token >> 48) as usize, self.id);
+        let (shard, from) = (super::token_shard(token), self.id);
         debug_assert_ne!(shard, from, "a shard confirms only others' publishes");
         match self.durable.reply_when_stored(shard, token, created) {
             Some(done) => self.carry_out(done),

@@ -353,8 +353,14 @@ impl Shard {
         Some((existed, self.index_subscription(key, filter, sub, ack)))
     }
 
-    /// Removes a subscription from the session and the index; true when it had one.
-    pub(super) fn remove_subscription(&mut self, key: usize, filter: &str) -> bool {
+    /// Removes a subscription from the session and the index; true when it had one. The
+    /// arbiter of an `$exclusive/` one answers `ack` once it has let go.
+    pub(super) fn remove_subscription(
+        &mut self,
+        key: usize,
+        filter: &str,
+        ack: Option<u64>,
+    ) -> bool {
         let removed = self
             .sessions
             .get_mut(key)
@@ -364,7 +370,7 @@ impl Shard {
                 if let Some(slot) = self.sessions.get_mut(key) {
                     slot.session.meta_changed();
                     let client_id = slot.session.client_id.clone();
-                    self.release_exclusive(&filter, &client_id);
+                    self.release_exclusive(&filter, &client_id, ack);
                 }
                 self.touch(key);
                 self.unindex_subscription(key, &filter);

@@ -186,3 +186,74 @@ fn a_claim_is_never_superseded_by_itself() {
     );
     assert!(first.is_closing());
 }
+
+fn unsubscribe(filter: &str) -> Packet {
+    Packet::Unsubscribe(Unsubscribe {
+        packet_id: 10,
+        filters: vec![filter.into()],
+        properties: None,
+    })
+}
+
+/// An UNSUBACK of an `$exclusive/` filter goes out only once its arbiter has let go, so a
+/// client that subscribes after seeing it, on any shard, gets the filter (the arbiter would
+/// otherwise see its claim first when both reach it in one batch).
+#[test]
+fn an_exclusive_unsuback_waits_until_its_arbiter_let_go() {
+    let mut sim = Sim::new(2, Config::default());
+    let filter = (0..)
+        .map(|i| format!("$exclusive/t{i}"))
+        .find(|f| super::home_of(f, 2) == 0)
+        .expect("a filter homed at shard 0");
+    let holder = sim.client(1, "holder", Protocol::V5);
+    let next = sim.client(0, "next", Protocol::V5);
+    sim.send(1, &holder, subscribe(&filter));
+    sim.settle();
+    assert!(matches!(&Sim::received(&holder)[..], [Packet::SubAck(s)] if !s.reasons[0].is_error()));
+    sim.send(1, &holder, unsubscribe(&filter));
+    assert!(
+        Sim::received(&holder).is_empty(),
+        "UNSUBACK before the arbiter let go"
+    );
+    while sim.step(0) {}
+    while sim.step(1) {}
+    assert!(
+        matches!(&Sim::received(&holder)[..], [Packet::UnsubAck(u)] if u.reasons == [ReasonCode::Success])
+    );
+    sim.send(0, &next, subscribe(&filter));
+    sim.settle();
+    assert!(
+        matches!(&Sim::received(&next)[..], [Packet::SubAck(s)] if s.reasons == [ReasonCode::Success]),
+        "the filter is free once the UNSUBACK is out"
+    );
+}
+
+/// The retained messages of an auto-subscription go out once every shard knows its filter: a
+/// client that has one may count on a message published anywhere after it reaching it.
+#[test]
+fn auto_subscribed_retained_waits_for_every_shard() {
+    let cfg: Config =
+        toml::from_str("[[auto_subscribe]]\ntopic = \"auto/${clientid}\"").expect("auto_subscribe");
+    let mut sim = Sim::new(2, cfg);
+    let id = sim.id_homed_at(1, "sub");
+    let publisher = sim.client(0, "pub", Protocol::V5);
+    let mut retained = harness_publish(&format!("auto/{id}"), b"kept");
+    retained.retain = true;
+    sim.send(0, &publisher, Packet::Publish(retained));
+    sim.settle();
+    let sub = sim.connect(1, connect(Protocol::V5, &id));
+    while sim.step(1) {}
+    assert!(
+        matches!(&Sim::received(&sub)[..], [Packet::ConnAck(_)]),
+        "retained before shard 0 knows the filter"
+    );
+    sim.settle();
+    assert!(matches!(&Sim::received(&sub)[..], [Packet::Publish(p)] if p.retain));
+    sim.send(
+        0,
+        &publisher,
+        Packet::Publish(harness_publish(&format!("auto/{id}"), b"next")),
+    );
+    sim.settle();
+    assert_eq!(Sim::publishes(&sub), 1);
+}
