@@ -343,7 +343,9 @@ pub struct DurabilityConfig {
     /// MiB of journal kept before the store flushes memory tables and drops old journal files
     /// (at least 64).
     pub max_journal_mb: u64,
-    /// Microseconds the storage thread gathers shard batches before committing them as one.
+    /// Microseconds a shard holds its changes before it hands them to the storage thread as
+    /// one batch: a message acknowledged by its subscribers within it is never written, and
+    /// acknowledgements to publishers wait for it.
     pub commit_window_us: u64,
 }
 

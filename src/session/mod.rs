@@ -470,6 +470,54 @@ mod tests {
         }
     }
 
+    /// What the store would be handed: each op's kind and seq.
+    fn logged(s: &mut Session) -> Vec<(&'static str, u64)> {
+        let log = s.stored.as_mut().expect("stored");
+        log.drain_ops()
+            .map(|op| match op {
+                DeliveryOp::Put { seq, pid, .. } => {
+                    (if pid.is_some() { "put-sent" } else { "put" }, seq)
+                }
+                DeliveryOp::Sent { seq, .. } => ("sent", seq),
+                DeliveryOp::Released { seq, .. } => ("released", seq),
+                DeliveryOp::Del { seq } => ("del", seq),
+            })
+            .collect()
+    }
+
+    /// A delivery made and done with before the shard collects the log leaves nothing in it;
+    /// one collected before it is done with is deleted in the store; one sent after it was
+    /// logged queued goes as sent.
+    #[test]
+    fn a_delivery_done_with_before_it_is_collected_never_reaches_the_store() {
+        let mut s = session("c");
+        s.keep_stored(1);
+        let limits = SessionLimits {
+            max_queued: 10,
+            ..LIMITS
+        };
+        let Admit::Send(Some(first), _) = s.admit(delivery(QoS::AtLeastOnce), true, &limits) else {
+            panic!("sent at once");
+        };
+        let Admit::Send(Some(second), _) = s.admit(delivery(QoS::ExactlyOnce), true, &limits)
+        else {
+            panic!("sent at once");
+        };
+        assert!(matches!(
+            s.admit(delivery(QoS::AtLeastOnce), true, &limits),
+            Admit::Queued
+        ));
+        assert!(s.complete(first, OutState::Published, QoS::AtLeastOnce));
+        assert!(s.received(second));
+        assert!(s.complete(second, OutState::Released, QoS::ExactlyOnce));
+        // The third is sent now that the window has room: its Put says so.
+        assert!(s.next_queued(Instant::now()).is_some());
+        assert_eq!(logged(&mut s), [("put-sent", 3)]);
+        let third = s.inflight.keys().copied().next().expect("in flight");
+        assert!(s.complete(third, OutState::Published, QoS::AtLeastOnce));
+        assert_eq!(logged(&mut s), [("del", 3)]);
+    }
+
     #[test]
     fn window_then_queue_then_drop() {
         let mut s = session("c");

@@ -2,7 +2,8 @@
 //! last collected them, and whether its own record (subscriptions, will, expiry, inbound QoS 2
 //! ids) must be written again. The session records them as it changes, so no path that moves a
 //! message (queued, sent, acknowledged, expired, handed to another group member) can forget to;
-//! the shard collects them once per loop tick into one batch for the storage thread. Clean
+//! the shard collects them into one batch for the storage thread once it has held them for the
+//! commit window, and a delivery made and done with meanwhile leaves nothing in the log. Clean
 //! sessions have none of this.
 
 use super::Delivery;
@@ -31,6 +32,8 @@ pub struct StoreLog {
     pub epoch: u64,
     next_seq: u64,
     ops: Vec<DeliveryOp>,
+    /// The `seq` of the first `Put` in `ops` (the lowest: they are logged in order).
+    first_put: Option<u64>,
     meta_dirty: bool,
 }
 
@@ -41,6 +44,7 @@ impl StoreLog {
             epoch,
             next_seq: last_seq,
             ops: Vec::new(),
+            first_put: None,
             meta_dirty: true,
         }
     }
@@ -51,13 +55,45 @@ impl StoreLog {
     }
 
     pub(super) fn push(&mut self, op: DeliveryOp) {
+        if let DeliveryOp::Put { seq, .. } = op {
+            self.first_put.get_or_insert(seq);
+        }
+        if let DeliveryOp::Sent { seq, pid } = op {
+            if let Some(i) = self.uncollected_put(seq) {
+                if let DeliveryOp::Put { pid: sent, .. } = &mut self.ops[i] {
+                    *sent = Some(pid);
+                    return;
+                }
+            }
+        }
         self.ops.push(op);
     }
 
+    /// The delivery `seq` is done with. One whose `Put` is still in the log never reaches the
+    /// store: its ops are dropped instead (the shard holds its log for the commit window, so
+    /// a message acknowledged within it costs the store nothing).
     pub(super) fn del(&mut self, seq: u64) {
-        if seq > 0 {
-            self.ops.push(DeliveryOp::Del { seq });
+        if seq == 0 {
+            return;
         }
+        match self.uncollected_put(seq) {
+            Some(_) => self.ops.retain(|op| op_seq(op) != seq),
+            None => self.ops.push(DeliveryOp::Del { seq }),
+        }
+    }
+
+    /// Where delivery `seq`'s `Put` waits in the log, if it does. Puts are logged in `seq`
+    /// order, so one below the log's first is not there; the search looks at most
+    /// `SEARCHED` ops (past them the delivery is simply deleted in the store).
+    fn uncollected_put(&self, seq: u64) -> Option<usize> {
+        const SEARCHED: usize = 256;
+        if self.first_put.is_none_or(|first| seq < first) {
+            return None;
+        }
+        self.ops
+            .iter()
+            .take(SEARCHED)
+            .position(|op| matches!(op, DeliveryOp::Put { seq: s, .. } if *s == seq))
     }
 
     pub fn mark_meta(&mut self) {
@@ -76,6 +112,16 @@ impl StoreLog {
 
     /// Takes the waiting delivery ops, keeping the log's capacity for the next ones.
     pub fn drain_ops(&mut self) -> std::vec::Drain<'_, DeliveryOp> {
+        self.first_put = None;
         self.ops.drain(..)
+    }
+}
+
+fn op_seq(op: &DeliveryOp) -> u64 {
+    match op {
+        DeliveryOp::Put { seq, .. }
+        | DeliveryOp::Sent { seq, .. }
+        | DeliveryOp::Released { seq, .. }
+        | DeliveryOp::Del { seq } => *seq,
     }
 }

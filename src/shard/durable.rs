@@ -1,4 +1,4 @@
-//! The shard's side of the store: the batch of this loop tick (one ticket), the actions that
+//! The shard's side of the store: the batch of this commit window (one ticket), the actions that
 //! wait for a ticket to be stored, and the publishes that also wait for other shards.
 //!
 //! A QoS 1/2 publish is acknowledged only once everything it created is in the journal: the
@@ -14,7 +14,8 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Instant;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
@@ -140,6 +141,15 @@ pub struct Durable {
     /// only the shutdown writes.
     journaled: bool,
     open: Vec<Op>,
+    /// How long the open batch (and the sessions' logs) is held before it is sent: a delivery
+    /// made and acknowledged within it never reaches the store (`durability.commit_window_us`).
+    hold: Duration,
+    /// Since when it is held (None while nothing waits).
+    held_since: Option<Instant>,
+    /// The hold's timer task, while it waits for a hold to begin; `timed` once it has the
+    /// current one.
+    timer: Option<Waker>,
+    timed: bool,
     /// The open batch's ticket; every lower one was sent.
     ticket: u64,
     /// What waits for a ticket, in ticket order.
@@ -155,12 +165,16 @@ pub struct Durable {
 }
 
 impl Durable {
-    pub fn new(shard: usize, link: StoreLink, journaled: bool) -> Durable {
+    pub fn new(shard: usize, link: StoreLink, journaled: bool, hold: Duration) -> Durable {
         Durable {
             shard,
             link: Some(link),
             journaled,
             open: Vec::new(),
+            hold,
+            held_since: None,
+            timer: None,
+            timed: false,
             ticket: 1,
             deferred: VecDeque::new(),
             pending: AHashMap::new(),
@@ -337,9 +351,54 @@ impl Durable {
         }
     }
 
-    /// Sends the open batch to the storage thread (at the end of a tick, and before a session
-    /// moves to another shard, so the store hears its changes in order).
+    /// Whether what waits (`waiting`: this batch, or sessions' logs) has been held for the
+    /// commit window; starts the hold when it was not running.
+    pub fn hold_over(&mut self, waiting: bool) -> bool {
+        if !waiting {
+            return false;
+        }
+        if self.hold.is_zero() {
+            return true;
+        }
+        match self.held_since {
+            Some(since) => since.elapsed() >= self.hold,
+            None => {
+                self.held_since = Some(Instant::now());
+                self.timed = false;
+                if let Some(w) = self.timer.take() {
+                    w.wake();
+                }
+                false
+            }
+        }
+    }
+
+    /// Whether the pump has to look at the hold: one must start, or the running one is over.
+    pub fn hold_due(&self, waiting: bool) -> bool {
+        waiting
+            && self
+                .held_since
+                .is_none_or(|since| since.elapsed() >= self.hold)
+    }
+
+    /// For the hold's timer task: ready with the end of a hold it has not timed yet.
+    pub fn poll_hold(&mut self, cx: &mut Context<'_>) -> Poll<Instant> {
+        match self.held_since {
+            Some(since) if !self.timed => {
+                self.timed = true;
+                Poll::Ready(since + self.hold)
+            }
+            _ => {
+                self.timer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Sends the open batch to the storage thread (once held for the commit window, and before
+    /// a session moves to another shard, so the store hears its changes in order).
     pub fn flush(&mut self) {
+        self.held_since = None;
         if !self.flush_due() {
             return;
         }

@@ -186,6 +186,7 @@ impl Shard {
             store,
         } = boot;
         let journaled = cfg.durability.mode != crate::config::DurabilityMode::Off;
+        let hold = Duration::from_micros(cfg.durability.commit_window_us);
         let stats = shared.stats[id].clone();
         let hibernation = (cfg.broker.hibernate_after > 0)
             .then(hibernate::Hibernation::new)
@@ -218,7 +219,7 @@ impl Shard {
             rbuf: BytesMut::new(),
             pending_subacks: AHashMap::new(),
             exclusive: AHashMap::new(),
-            durable: durable::Durable::new(id, store, journaled),
+            durable: durable::Durable::new(id, store, journaled, hold),
             delayed: delayed::DelayedSet::new(id),
             bans: crate::banned::BanList::default(),
         }
@@ -466,6 +467,7 @@ pub fn run(
         monoio::spawn(hibernate::resumer(shard.clone(), conn::serve));
         monoio::spawn(limits::lag_probe(shard.clone()));
         monoio::spawn(sys::publisher(shard.clone()));
+        monoio::spawn(store_hold(shard.clone()));
         pump(shard, inbox).await;
         Ok(())
     })
@@ -519,6 +521,15 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             })
         })
         .await;
+    }
+}
+
+/// Wakes the pump when a hold of the store's batch is over (see `Durable::hold_over`).
+async fn store_hold(shard: Rc<RefCell<Shard>>) {
+    loop {
+        let until = poll_fn(|cx| shard.borrow_mut().durable.poll_hold(cx)).await;
+        monoio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        shard.borrow_mut().mesh.wake_pump();
     }
 }
 

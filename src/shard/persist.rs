@@ -134,11 +134,19 @@ impl Shard {
     /// it, so that the store hears the new shard's changes after these.
     pub(super) fn journal_departure(&mut self, session: &mut Session) {
         self.durable.collect(session, false, (None, None));
-        self.flush_store();
+        self.flush_store_now();
+    }
+
+    /// Sends what waits for the store once it has been held for the commit window.
+    pub(super) fn flush_store(&mut self) {
+        let waiting = self.store_waiting();
+        if self.durable.hold_over(waiting) {
+            self.flush_store_now();
+        }
     }
 
     /// Collects every touched session's changes and sends the batch to the storage thread.
-    pub(super) fn flush_store(&mut self) {
+    pub(super) fn flush_store_now(&mut self) {
         while let Some(slot) = self.sessions.pop_dirty() {
             let (connected, deadlines) = (slot.link.is_some(), slot.deadlines());
             self.durable
@@ -147,9 +155,14 @@ impl Shard {
         self.durable.flush();
     }
 
-    /// Whether the pump has store work: answers to carry out, a batch to send.
+    /// Whether anything waits for the store: a change, or an acknowledgement.
+    fn store_waiting(&self) -> bool {
+        self.durable.flush_due() || self.sessions.has_dirty()
+    }
+
+    /// Whether the pump has store work: answers to carry out, a hold to start or end.
     pub(super) fn store_due(&self) -> bool {
-        self.durable.answered() || self.durable.flush_due() || self.sessions.has_dirty()
+        self.durable.answered() || self.durable.hold_due(self.store_waiting())
     }
 
     /// Another shard's publish was delivered here with a confirmation token: it is answered
@@ -251,7 +264,7 @@ impl Shard {
                 .filter(|(_, s)| s.session.stored.is_some())
                 .count();
         }
-        self.flush_store();
+        self.flush_store_now();
         self.durable.close();
         serde_json::json!({ "sessions": sessions, "retained": retained })
     }

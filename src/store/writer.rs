@@ -1,5 +1,5 @@
-//! The storage thread. Shards send it one batch per loop tick over a channel (their only way
-//! in); it takes every batch that waits, folds them into one fjall batch in arrival order (the
+//! The storage thread. Shards send it one batch per commit window over a channel (their only
+//! way in); it takes every batch that waits, folds them into one fjall batch in arrival order (the
 //! last change to a key wins, so a record written and deleted in the same group costs one
 //! delete), commits it (written to the journal: kill -9 safe), fsyncs as the mode says, and
 //! answers each shard with its last ticket and whether it was stored, ringing its doorbell. A
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use ahash::{AHashMap, AHashSet};
 use fjall::Keyspace;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use crate::config::{DurabilityConfig, DurabilityMode};
 use crate::ring::Doorbell;
 use crate::session::{Delivery, DeliveryOp};
 
-/// One shard's changes of one loop tick.
+/// One shard's changes of one commit window.
 pub struct Batch {
     pub shard: usize,
     pub ticket: u64,
@@ -103,7 +103,6 @@ pub fn spawn(
         .collect();
     let mode = cfg.mode;
     let interval = Duration::from_millis(cfg.sync_interval_ms);
-    let window = Duration::from_micros(cfg.commit_window_us);
     let handle = std::thread::Builder::new()
         .name("ringmq-store".into())
         .spawn(move || {
@@ -111,7 +110,6 @@ pub fn spawn(
                 store,
                 mode,
                 interval,
-                window,
                 stats,
                 results,
                 bells,
@@ -125,8 +123,6 @@ struct Thread {
     store: Store,
     mode: DurabilityMode,
     interval: Duration,
-    /// How long a group gathers shard batches once the first came.
-    window: Duration,
     stats: Arc<StoreStats>,
     results: Vec<Arc<Results>>,
     bells: Arc<[Doorbell]>,
@@ -236,15 +232,13 @@ impl Thread {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            // Gathers for the commit window once a batch came: a delivery acknowledged within
-            // it never reaches the disk, and one commit (and fsync) serves all.
-            let until = Instant::now() + self.window;
+            // Takes every batch that waits: one commit (and fsync) serves all. The shards held
+            // theirs for the commit window already.
             while !group.is_empty() && group.len() < 1024 {
-                let left = until.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                match rx.try_recv() {
                     Ok(b) => group.push(b),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
                         closed = true;
                         break;
                     }
