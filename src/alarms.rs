@@ -80,10 +80,9 @@ fn unix_now() -> u64 {
 }
 
 impl Alarms {
-    /// One sweep (the stats thread, once a second).
-    pub fn sweep(&self, shared: &Shared, overload: &crate::config::OverloadConfig) {
+    /// One sweep (the stats thread, once a second, with the resident memory it read).
+    pub fn sweep(&self, shared: &Shared, overload: &crate::config::OverloadConfig, rss: u64) {
         let budget = overload.memory_budget_bytes();
-        let rss = Shared::rss_bytes();
         let lagging = shared.sum(|s| &s.overloaded);
         let drops = shared.sum(|s| &s.dropped_queue_full);
         let Ok(mut st) = self.0.lock() else { return };

@@ -367,13 +367,15 @@ fn spawn_stats_thread(broker: Arc<Broker>) -> Result<(), String> {
                 broker.shared.rate_in.set(now.0 - last.0);
                 broker.shared.rate_out.set(now.1 - last.1);
                 last = now;
-                let budget = broker.config().overload.memory_budget_bytes();
-                let over = budget > 0 && Shared::rss_bytes() > budget;
+                let overload = &broker.config().overload;
+                let budget = overload.memory_budget_bytes();
+                let rss = Shared::rss_bytes();
+                let over = budget > 0 && rss > budget;
                 let was = broker.shared.memory_over.swap(over, Ordering::Relaxed);
                 if over != was {
                     if over {
                         tracing::warn!(
-                            rss = Shared::rss_bytes(),
+                            rss,
                             budget,
                             "memory over overload.memory_budget_mb: refusing new connections"
                         );
@@ -381,10 +383,7 @@ fn spawn_stats_thread(broker: Arc<Broker>) -> Result<(), String> {
                         tracing::info!("memory back under budget: accepting new connections");
                     }
                 }
-                broker
-                    .shared
-                    .alarms
-                    .sweep(&broker.shared, &broker.config().overload);
+                broker.shared.alarms.sweep(&broker.shared, overload, rss);
                 if tick.is_multiple_of(60) {
                     tracing::info!("stats {}", broker.shared.summary());
                 }

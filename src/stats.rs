@@ -43,46 +43,44 @@ pub enum DropReason {
     NoMember,
 }
 
-/// Something a client asked the broker to hold or do past a bound, refused and counted.
-#[derive(Debug, Clone, Copy)]
-pub enum Refusal {
-    /// A `$SYS` topic that would be longer than a topic may be (a long client id).
-    SysTopic,
-    /// WebSocket pings beyond the pongs a connection may have waiting.
-    WsPing,
-    /// A publish refused (v5: a 0x97 acknowledgement; v3 QoS 1/2: a disconnect; QoS 0: dropped)
-    /// because the messages waiting for full rings reached `broker.max_ring_backlog`.
-    Backlog,
-    /// A CONNECT refused because the password-check queue was full.
-    PasswordQueue,
-    /// A connection on a `proxy_protocol` listener closed for a missing, malformed or late
-    /// PROXY header.
-    ProxyHeader,
-    /// A delayed publish not kept: `delayed.max_messages` were held.
-    DelayedFull,
+/// Declares [`Refusal`] with its metric labels and the list of all of them, from one table, so a
+/// new kind cannot be left out of the counters.
+macro_rules! refusals {
+    ($($(#[$doc:meta])* $kind:ident => $label:literal,)*) => {
+        /// Something a client asked the broker to hold or do past a bound, refused and counted.
+        #[derive(Debug, Clone, Copy)]
+        pub enum Refusal {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl Refusal {
+            pub const ALL: [Refusal; [$(Refusal::$kind),*].len()] = [$(Refusal::$kind),*];
+
+            /// The metric label.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Refusal::$kind => $label,)*
+                }
+            }
+        }
+    };
 }
 
-impl Refusal {
-    pub const ALL: [Refusal; 6] = [
-        Refusal::SysTopic,
-        Refusal::WsPing,
-        Refusal::Backlog,
-        Refusal::PasswordQueue,
-        Refusal::ProxyHeader,
-        Refusal::DelayedFull,
-    ];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::SysTopic => "sys_topic",
-            Refusal::WsPing => "ws_ping",
-            Refusal::Backlog => "ring_backlog",
-            Refusal::PasswordQueue => "password_queue",
-            Refusal::ProxyHeader => "proxy_header",
-            Refusal::DelayedFull => "delayed_full",
-        }
-    }
+refusals! {
+    /// A `$SYS` topic that would be longer than a topic may be (a long client id).
+    SysTopic => "sys_topic",
+    /// WebSocket pings beyond the pongs a connection may have waiting.
+    WsPing => "ws_ping",
+    /// A publish refused (v5: a 0x97 acknowledgement; v3 QoS 1/2: a disconnect; QoS 0: dropped)
+    /// because the messages waiting for full rings reached `broker.max_ring_backlog`.
+    Backlog => "ring_backlog",
+    /// A CONNECT refused because the password-check queue was full.
+    PasswordQueue => "password_queue",
+    /// A connection on a `proxy_protocol` listener closed for a missing, malformed or late
+    /// PROXY header.
+    ProxyHeader => "proxy_header",
+    /// A delayed publish not kept: `delayed.max_messages` were held.
+    DelayedFull => "delayed_full",
 }
 
 #[derive(Debug, Default)]

@@ -98,36 +98,35 @@ register("overview", {
   },
 });
 
+// A searchable table: `load` fetches the rows, `columns` and `actions(row, refresh)` draw them,
+// the search box (with a count of what it shows) filters on `fields`; `after` goes below the
+// table. Loads once and returns the refresh.
+async function listPage(view, { searchId, placeholder, fields, columns, load, actions, listId, after = [] }) {
+  let term = "";
+  let rows = [];
+  const list = el("div", listId ? { id: listId } : {});
+  const count = el("span", { class: "muted" });
+  const draw = () => {
+    const shown = rows.filter((r) => matches(r, term, fields));
+    count.textContent = `${shown.length} of ${rows.length}`;
+    list.replaceChildren(table(columns, shown, actions && ((r) => actions(r, refresh))));
+  };
+  const refresh = async () => {
+    rows = await load();
+    draw();
+  };
+  view.append(el("div", { class: "toolbar" }, search(searchId, placeholder, (t) => { term = t; draw(); }), count), list, ...after);
+  await refresh();
+  return refresh;
+}
+
+const byKeys = (...keys) => (a, b) => keys.reduce((c, k) => c || String(a[k]).localeCompare(String(b[k])), 0);
+
 // Clients: search, show one, kick one.
 register("clients", {
   title: "Clients",
   async render(view) {
-    let term = "";
-    let rows = [];
-    const list = el("div", { id: "client-list" });
     const detail = el("section", { class: "panel", id: "client-detail", hidden: "" });
-    const count = el("span", { class: "muted" });
-    const draw = () => {
-      const shown = rows.filter((r) => matches(r, term, ["clientid", "ipaddress"]));
-      count.textContent = `${shown.length} of ${rows.length}`;
-      list.replaceChildren(table([
-        { key: "clientid", label: "Client id" },
-        { key: "connected", label: "Connected", fmt: (v) => (v ? "yes" : "no") },
-        { key: "ipaddress", label: "Address" },
-        { key: "proto_ver", label: "Protocol" },
-        { key: "subscriptions", label: "Subscriptions" },
-        { key: "inflight", label: "In flight" },
-        { key: "queued", label: "Queued" },
-        { key: "dropped", label: "Dropped" },
-      ], shown, (r) => [
-        el("button", { type: "button", text: "Show", onclick: () => showOne(r.clientid) }),
-        confirmButton("Kick", async () => {
-          await call("DELETE", `/api/v1/clients/${encodeURIComponent(r.clientid)}`);
-          App.say(`kicked ${r.clientid}`);
-          await refresh();
-        }),
-      ]));
-    };
     const showOne = async (id) => {
       const c = await call("GET", `/api/v1/clients/${encodeURIComponent(id)}`);
       detail.hidden = false;
@@ -136,76 +135,81 @@ register("clients", {
         Object.entries(c).map(([k, v]) => ({ k, v: Array.isArray(v) ? v.join(", ") : v })),
       ));
     };
-    const refresh = async () => {
-      rows = await call("GET", "/api/v1/clients");
-      rows.sort((a, b) => a.clientid.localeCompare(b.clientid));
-      draw();
-    };
-    view.append(el("div", { class: "toolbar" }, search("client-search", "search client id or address", (t) => { term = t; draw(); }), count), list, detail);
-    await refresh();
-    return refresh;
+    return listPage(view, {
+      searchId: "client-search",
+      placeholder: "search client id or address",
+      fields: ["clientid", "ipaddress"],
+      listId: "client-list",
+      columns: [
+        { key: "clientid", label: "Client id" },
+        { key: "connected", label: "Connected", fmt: (v) => (v ? "yes" : "no") },
+        { key: "ipaddress", label: "Address" },
+        { key: "proto_ver", label: "Protocol" },
+        { key: "subscriptions", label: "Subscriptions" },
+        { key: "inflight", label: "In flight" },
+        { key: "queued", label: "Queued" },
+        { key: "dropped", label: "Dropped" },
+      ],
+      load: async () => (await call("GET", "/api/v1/clients")).sort(byKeys("clientid")),
+      actions: (r, again) => [
+        el("button", { type: "button", text: "Show", onclick: () => showOne(r.clientid) }),
+        confirmButton("Kick", async () => {
+          await call("DELETE", `/api/v1/clients/${encodeURIComponent(r.clientid)}`);
+          App.say(`kicked ${r.clientid}`);
+          await again();
+        }),
+      ],
+      after: [detail],
+    });
   },
 });
 
 register("subscriptions", {
   title: "Subscriptions",
   async render(view) {
-    let term = "";
-    let rows = [];
-    const list = el("div");
-    const draw = () => list.replaceChildren(table(
-      [{ key: "clientid", label: "Client id" }, { key: "topic", label: "Filter" }, { key: "qos", label: "QoS" }],
-      rows.filter((r) => matches(r, term, ["clientid", "topic"])),
-      (r) => [confirmButton("Unsubscribe", async () => {
+    return listPage(view, {
+      searchId: "subscription-search",
+      placeholder: "search client id or filter",
+      fields: ["clientid", "topic"],
+      columns: [{ key: "clientid", label: "Client id" }, { key: "topic", label: "Filter" }, { key: "qos", label: "QoS" }],
+      load: async () => (await call("GET", "/api/v1/subscriptions")).sort(byKeys("topic", "clientid")),
+      actions: (r, again) => [confirmButton("Unsubscribe", async () => {
         await call("POST", "/api/v1/unsubscribe", { clientid: r.clientid, topic: r.topic });
-        await refresh();
+        await again();
       })],
-    ));
-    const refresh = async () => {
-      rows = await call("GET", "/api/v1/subscriptions");
-      rows.sort((a, b) => a.topic.localeCompare(b.topic) || a.clientid.localeCompare(b.clientid));
-      draw();
-    };
-    view.append(el("div", { class: "toolbar" }, search("subscription-search", "search client id or filter", (t) => { term = t; draw(); })), list);
-    await refresh();
-    return refresh;
+    });
   },
 });
 
 register("topics", {
   title: "Topics",
   async render(view) {
-    let term = "";
-    let rows = [];
-    const list = el("div");
-    const draw = () => list.replaceChildren(table(
-      [{ key: "topic", label: "Filter" }, { key: "subscribers", label: "Subscribers" }],
-      rows.filter((r) => matches(r, term, ["topic"])),
-    ));
-    const refresh = async () => {
-      const [topics, subs] = await Promise.all([call("GET", "/api/v1/topics"), call("GET", "/api/v1/subscriptions")]);
-      const n = {};
-      for (const s of subs) n[s.topic] = (n[s.topic] || 0) + 1;
-      rows = topics.map((t) => ({ topic: t, subscribers: n[t] || 0 }));
-      draw();
-    };
-    view.append(el("div", { class: "toolbar" }, search("topic-search", "search filter", (t) => { term = t; draw(); })), list);
-    await refresh();
-    return refresh;
+    return listPage(view, {
+      searchId: "topic-search",
+      placeholder: "search filter",
+      fields: ["topic"],
+      columns: [{ key: "topic", label: "Filter" }, { key: "subscribers", label: "Subscribers" }],
+      load: async () => {
+        const [topics, subs] = await Promise.all([call("GET", "/api/v1/topics"), call("GET", "/api/v1/subscriptions")]);
+        const n = {};
+        for (const s of subs) n[s.topic] = (n[s.topic] || 0) + 1;
+        return topics.map((t) => ({ topic: t, subscribers: n[t] || 0 }));
+      },
+    });
   },
 });
 
 register("retained", {
   title: "Retained messages",
   async render(view) {
-    let term = "";
-    let rows = [];
-    const list = el("div");
     const detail = el("section", { class: "panel", id: "retained-detail", hidden: "" });
-    const draw = () => list.replaceChildren(table(
-      [{ key: "topic", label: "Topic" }, { key: "qos", label: "QoS" }, { key: "payload_bytes", label: "Bytes" }, { key: "from", label: "From" }],
-      rows.filter((r) => matches(r, term, ["topic", "from"])),
-      (r) => [
+    return listPage(view, {
+      searchId: "retained-search",
+      placeholder: "search topic",
+      fields: ["topic", "from"],
+      columns: [{ key: "topic", label: "Topic" }, { key: "qos", label: "QoS" }, { key: "payload_bytes", label: "Bytes" }, { key: "from", label: "From" }],
+      load: async () => (await call("GET", "/api/v1/retained")).sort(byKeys("topic")),
+      actions: (r, again) => [
         el("button", { type: "button", text: "Show", onclick: async () => {
           const m = await call("GET", `/api/v1/retained/${encodeURIComponent(r.topic)}`);
           detail.hidden = false;
@@ -213,18 +217,11 @@ register("retained", {
         } }),
         confirmButton("Delete", async () => {
           await call("DELETE", `/api/v1/retained/${encodeURIComponent(r.topic)}`);
-          await refresh();
+          await again();
         }),
       ],
-    ));
-    const refresh = async () => {
-      rows = await call("GET", "/api/v1/retained");
-      rows.sort((a, b) => a.topic.localeCompare(b.topic));
-      draw();
-    };
-    view.append(el("div", { class: "toolbar" }, search("retained-search", "search topic", (t) => { term = t; draw(); })), list, detail);
-    await refresh();
-    return refresh;
+      after: [detail],
+    });
   },
 });
 
@@ -265,14 +262,14 @@ register("config", {
       } else rows.push({ key: prefix, value: v });
     };
     walk("", cfg);
-    let term = "";
-    const list = el("div", { id: "config-list" });
-    const draw = () => list.replaceChildren(table(
-      [{ key: "key", label: "Key" }, { key: "value", label: "Value" }],
-      rows.filter((r) => matches(r, term, ["key", "value"])),
-    ));
-    view.append(el("div", { class: "toolbar" }, search("config-search", "search key or value", (t) => { term = t; draw(); })), list);
-    draw();
+    await listPage(view, {
+      searchId: "config-search",
+      placeholder: "search key or value",
+      fields: ["key", "value"],
+      listId: "config-list",
+      columns: [{ key: "key", label: "Key" }, { key: "value", label: "Value" }],
+      load: async () => rows,
+    });
   },
 });
 
