@@ -55,16 +55,19 @@ impl StoreLog {
     }
 
     pub(super) fn push(&mut self, op: DeliveryOp) {
-        if let DeliveryOp::Put { seq, .. } = op {
-            self.first_put.get_or_insert(seq);
-        }
-        if let DeliveryOp::Sent { seq, pid } = op {
-            if let Some(i) = self.uncollected_put(seq) {
-                if let DeliveryOp::Put { pid: sent, .. } = &mut self.ops[i] {
+        match op {
+            DeliveryOp::Put { seq, .. } => {
+                self.first_put.get_or_insert(seq);
+            }
+            // Sent before it was collected: its Put says so.
+            DeliveryOp::Sent { seq, pid } => {
+                let put = self.uncollected_put(seq).map(|i| &mut self.ops[i]);
+                if let Some(DeliveryOp::Put { pid: sent, .. }) = put {
                     *sent = Some(pid);
                     return;
                 }
             }
+            DeliveryOp::Released { .. } | DeliveryOp::Del { .. } => {}
         }
         self.ops.push(op);
     }

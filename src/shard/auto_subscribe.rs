@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
-use super::inbound::{inner_filter, PendingSubAck};
+use super::inbound::inner_filter;
 use super::link::ConnLink;
 use super::Shard;
 use crate::auth::Action;
@@ -24,6 +24,9 @@ impl Shard {
         username: Option<&str>,
         now: Instant,
     ) {
+        if self.cfg.auto_subscribe.is_empty() {
+            return;
+        }
         let cfg = self.cfg.clone();
         let token = self.token();
         let mut retained = Vec::new();
@@ -53,9 +56,11 @@ impl Shard {
                 retained.push((filter, options));
             }
         }
-        let slot_token = self.sessions.get(key).map_or(0, |s| s.token);
-        let pending =
-            PendingSubAck::auto_subscribed(key, slot_token, retained, new_interest, self.shards);
+        // Like a SUBACK: the retained messages wait until the other shards know the filters.
+        let waiting = new_interest * (self.shards - 1);
+        let pending = self
+            .pending_reply(key, None, waiting)
+            .with_retained(retained);
         self.complete_or_wait(token, pending, now);
     }
 }

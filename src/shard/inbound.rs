@@ -23,7 +23,7 @@ use crate::topic::{parse_exclusive, parse_shared, routing_filter, Rewriter, Rewr
 /// so that a message published anywhere after the client sees its SUBACK reaches it; or an
 /// UNSUBACK waiting until the arbiters of its `$exclusive/` filters have let go of them, so
 /// that another client told of it may take them.
-pub(super) struct PendingSubAck {
+pub(super) struct PendingReply {
     key: usize,
     /// The slot's claim token when the SUBSCRIBE arrived: the slot may hold another client's
     /// session by the time every shard has answered.
@@ -42,41 +42,27 @@ pub(super) struct PendingSubAck {
     claims: Vec<ExclusiveClaim>,
 }
 
-impl PendingSubAck {
-    /// The auto-subscriptions of a CONNECT: no SUBACK, their retained messages go out once
-    /// the `new_interest` filters they taught this shard are known to the `shards - 1` others
-    /// (a client that has its retained message may count on the rest reaching it).
-    pub(super) fn auto_subscribed(
-        key: usize,
-        slot_token: u64,
-        retained: Vec<(ByteString, SubOptions)>,
-        new_interest: usize,
-        shards: usize,
-    ) -> PendingSubAck {
-        PendingSubAck {
+impl PendingReply {
+    /// A reply (`None` for the auto-subscriptions of a CONNECT, of which only the retained
+    /// messages wait) for session `key`, whose slot holds `slot_token`, after `waiting`
+    /// answers; no retained messages yet ([`PendingReply::with_retained`]).
+    pub(super) fn new(key: usize, slot_token: u64, reply: Option<Packet>, waiting: usize) -> Self {
+        PendingReply {
             key,
             slot_token,
-            reply: None,
-            retained,
+            reply,
+            retained: Vec::new(),
             sub_id: None,
-            waiting: new_interest * (shards - 1),
+            waiting,
             refused: false,
             claims: Vec::new(),
         }
     }
 
-    /// An UNSUBACK that waits for `releases` arbiters.
-    fn unsubscribed(key: usize, slot_token: u64, unsuback: UnsubAck, releases: usize) -> Self {
-        PendingSubAck {
-            key,
-            slot_token,
-            reply: Some(Packet::UnsubAck(unsuback)),
-            retained: Vec::new(),
-            sub_id: None,
-            waiting: releases,
-            refused: false,
-            claims: Vec::new(),
-        }
+    /// The retained messages to deliver once it completes.
+    pub(super) fn with_retained(mut self, retained: Vec<(ByteString, SubOptions)>) -> Self {
+        self.retained = retained;
+        self
     }
 }
 
@@ -227,17 +213,17 @@ impl Shard {
         }
     }
 
-    /// One shard applied new interest (or the store kept the subscriptions, `stored`); the
-    /// SUBACK goes out once all have.
-    pub(super) fn interest_acked(&mut self, token: u64, stored: bool) {
-        let Some(p) = self.pending_subacks.get_mut(&token) else {
+    /// One answer a pending reply waits for came: a shard applied new interest or an arbiter
+    /// let go (or the store kept the subscriptions, `stored`); the reply goes once all have.
+    pub(super) fn reply_answered(&mut self, token: u64, stored: bool) {
+        let Some(p) = self.pending_replies.get_mut(&token) else {
             return;
         };
         p.waiting -= 1;
         p.refused |= !stored;
         if p.waiting == 0 {
-            if let Some(p) = self.pending_subacks.remove(&token) {
-                self.complete_subscribe(p, Instant::now());
+            if let Some(p) = self.pending_replies.remove(&token) {
+                self.complete_reply(p, Instant::now());
             }
         }
     }
@@ -245,7 +231,7 @@ impl Shard {
     /// The arbiter of an `$exclusive/` filter answered a SUBSCRIBE's claim: the subscription
     /// is made (and its interest waited for like any other), or refused with 0x97.
     pub(super) fn exclusive_answered(&mut self, token: u64, filter: ByteString, granted_: bool) {
-        let Some(p) = self.pending_subacks.get_mut(&token) else {
+        let Some(p) = self.pending_replies.get_mut(&token) else {
             return;
         };
         let Some(i) = p.claims.iter().position(|c| c.filter == filter) else {
@@ -267,7 +253,7 @@ impl Shard {
             self.release_exclusive(&filter, &claim.client_id, None);
         }
         let shards = self.shards;
-        let Some(p) = self.pending_subacks.get_mut(&token) else {
+        let Some(p) = self.pending_replies.get_mut(&token) else {
             return;
         };
         if let Some((existed, first)) = made {
@@ -280,11 +266,11 @@ impl Shard {
                 p.retained.push((filter, options));
             }
         }
-        self.interest_acked(token, true);
+        self.reply_answered(token, true);
     }
 
     /// Sends the SUBACK, then the retained messages the subscription asked for.
-    fn complete_subscribe(&mut self, mut p: PendingSubAck, now: Instant) {
+    fn complete_reply(&mut self, mut p: PendingReply, now: Instant) {
         let Some(link) = self
             .sessions
             .get(p.key)
@@ -723,26 +709,33 @@ impl Shard {
         if stored {
             self.durable.when_stored(token);
         }
-        let pending = PendingSubAck {
-            key,
-            slot_token: slot.map_or(0, |s| s.token),
-            reply: Some(Packet::SubAck(suback)),
-            retained,
-            sub_id,
-            waiting: new_interest * (self.shards - 1) + usize::from(stored) + claims.len(),
-            refused: false,
-            claims,
-        };
+        let waiting = new_interest * (self.shards - 1) + usize::from(stored) + claims.len();
+        let mut pending = self
+            .pending_reply(key, Some(Packet::SubAck(suback)), waiting)
+            .with_retained(retained);
+        pending.sub_id = sub_id;
+        pending.claims = claims;
         self.complete_or_wait(token, pending, now);
         Ok(())
     }
 
+    /// A reply for session `key` (as it is now) after `waiting` answers.
+    pub(super) fn pending_reply(
+        &self,
+        key: usize,
+        reply: Option<Packet>,
+        waiting: usize,
+    ) -> PendingReply {
+        let slot_token = self.sessions.get(key).map_or(0, |s| s.token);
+        PendingReply::new(key, slot_token, reply, waiting)
+    }
+
     /// Completes a (un)subscription now, or once everything it waits for has answered.
-    pub(super) fn complete_or_wait(&mut self, token: u64, pending: PendingSubAck, now: Instant) {
+    pub(super) fn complete_or_wait(&mut self, token: u64, pending: PendingReply, now: Instant) {
         if pending.waiting == 0 {
-            self.complete_subscribe(pending, now);
+            self.complete_reply(pending, now);
         } else {
-            self.pending_subacks.insert(token, pending);
+            self.pending_replies.insert(token, pending);
         }
     }
 
@@ -787,8 +780,7 @@ impl Shard {
             reasons,
             properties: None,
         };
-        let slot_token = self.sessions.get(key).map_or(0, |s| s.token);
-        let pending = PendingSubAck::unsubscribed(key, slot_token, unsuback, releases);
+        let pending = self.pending_reply(key, Some(Packet::UnsubAck(unsuback)), releases);
         self.complete_or_wait(token, pending, Instant::now());
         Ok(())
     }

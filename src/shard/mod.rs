@@ -160,7 +160,7 @@ pub(crate) struct Shard {
     /// The read buffer every connection of this shard reads into.
     rbuf: BytesMut,
     /// SUBACKs waiting for other shards to acknowledge new interest, by token.
-    pending_subacks: AHashMap<u64, inbound::PendingSubAck>,
+    pending_replies: AHashMap<u64, inbound::PendingReply>,
     /// The `$exclusive/` filters homed here and the client id holding each.
     exclusive: AHashMap<bytestring::ByteString, bytestring::ByteString>,
     /// The store batch of this tick and what waits for the store.
@@ -217,7 +217,7 @@ impl Shard {
             next_token: 0,
             next_assigned_id: 0,
             rbuf: BytesMut::new(),
-            pending_subacks: AHashMap::new(),
+            pending_replies: AHashMap::new(),
             exclusive: AHashMap::new(),
             durable: durable::Durable::new(id, store, journaled, hold),
             delayed: delayed::DelayedSet::new(id),
@@ -284,7 +284,7 @@ impl Shard {
                     self.send(shard, XMsg::InterestAck(token));
                 }
             }
-            XMsg::InterestAck(token) => self.interest_acked(token, true),
+            XMsg::InterestAck(token) => self.reply_answered(token, true),
             XMsg::Claim {
                 client_id,
                 shard,
@@ -317,7 +317,7 @@ impl Shard {
                 client_id,
                 ack,
             } => self.on_exclusive_release(filter, client_id, ack),
-            XMsg::ExclusiveReleased(token) => self.interest_acked(token, true),
+            XMsg::ExclusiveReleased(token) => self.reply_answered(token, true),
         }
     }
 

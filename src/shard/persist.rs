@@ -216,7 +216,7 @@ impl Shard {
                     token,
                     stored,
                 } => self.send(shard, XMsg::Stored { token, stored }),
-                Done::SubAck { token, stored } => self.interest_acked(token, stored),
+                Done::SubAck { token, stored } => self.reply_answered(token, stored),
             }
         }
     }
