@@ -2,7 +2,6 @@
 //! control queue, the shared counters, the configuration in force, the log. The admin API,
 //! metrics, the signal handler and shutdown use it; `server` builds it once the shards run.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ pub struct Broker {
     pub trace: Mutex<TraceSet>,
     pub driver: &'static str,
     /// The addresses the listeners are bound to, by name.
-    pub bound: Vec<(String, SocketAddr)>,
+    pub bound: Vec<(String, crate::config::Endpoint)>,
     /// How the broker was started: a reload reads the same file and flags again.
     pub args: RunArgs,
 }

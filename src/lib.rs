@@ -13,6 +13,7 @@
 //!   borrow and a buffer length), allowed there alone.
 //! - [`driver`]: the io driver under the shards (io_uring or epoll, by `broker.driver`).
 //! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
+//! - [`listen`]: the listening sockets: TCP with SO_REUSEPORT per shard, Unix shared by all.
 //! - [`broker`]: the running broker's handle for the admin API, metrics and signals.
 //! - [`control`]: requests from outside threads to the shards (admin, reload, shutdown).
 //! - [`auth`]: password file, ACL file, anonymous policy.
@@ -44,6 +45,7 @@ pub mod doctor;
 pub mod driver;
 #[cfg(debug_assertions)]
 pub mod fault;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod proxy_protocol;

@@ -3,20 +3,20 @@
 //! (each with its own SO_REUSEPORT listeners), the admin API and the stats thread, then wait
 //! for signals: SIGHUP reloads, SIGTERM/SIGINT shut down gracefully.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 
 use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::cli::RunArgs;
-use crate::config::{Config, Driver, DurabilityMode};
+use crate::config::{Config, Driver, DurabilityMode, Endpoint};
 use crate::control::{Handle, Queue, TraceSet};
 use crate::daemon::PidFile;
+use crate::listen::{ListenSocket, SocketFiles};
 use crate::logging::LogControl;
 use crate::session::Message;
 use crate::shard::{home_of, Boot, Listener, Restore};
@@ -25,36 +25,9 @@ use crate::store::legacy::Legacy;
 use crate::store::{Store, StoreLink, StoreStats, Writer};
 use bytestring::ByteString;
 
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM,
-        Some(SockProtocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
-/// Resolves each address to a concrete port (port 0 picks one) and fails if any is in use.
-fn claim_ports(addrs: &[SocketAddr]) -> Result<Vec<SocketAddr>, String> {
-    addrs
-        .iter()
-        .map(|addr| {
-            let probe =
-                TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            probe.local_addr().map_err(|e| e.to_string())
-        })
-        .collect()
-}
-
 /// Where the shards accept connections.
 pub enum Listeners {
-    /// Every shard binds each configured listener's address with SO_REUSEPORT and the kernel
-    /// spreads connections over them; the addresses are checked to be free first.
+    /// Every shard accepts on each configured listener (`crate::listen`).
     Configured,
     /// Each shard accepts on sockets of its own, one per configured listener in configuration
     /// order: a test puts a client on a chosen shard by the port it connects to.
@@ -84,27 +57,29 @@ pub fn serve(
     listeners: Listeners,
     until: impl FnOnce(&Broker) -> Result<(), String>,
 ) -> Result<(), String> {
-    let (sockets, addrs) = match listeners {
+    let (sockets, addrs, _socket_files) = match listeners {
         Listeners::Configured => {
-            let binds: Vec<SocketAddr> = cfg.listeners.values().map(|l| l.bind).collect();
-            let addrs = claim_ports(&binds)?;
-            let per_shard = (0..cfg.shard_count())
-                .map(|_| addrs.iter().map(|a| reuseport_listener(*a)).collect())
-                .collect::<std::io::Result<Vec<Vec<TcpListener>>>>()
-                .map_err(|e| e.to_string())?;
-            (per_shard, addrs)
+            let b = crate::listen::bind(&cfg, cfg.shard_count())?;
+            (b.per_shard, b.endpoints, b.files)
         }
         Listeners::PerShard(per_shard) => {
             let first = per_shard.first().ok_or("no shard sockets")?;
             let addrs = first
                 .iter()
-                .map(TcpListener::local_addr)
+                .map(|l| l.local_addr().map(Endpoint::Tcp))
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|e| e.to_string())?;
-            for l in per_shard.iter().flatten() {
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            }
-            (per_shard, addrs)
+            let per_shard = per_shard
+                .into_iter()
+                .map(|socks| {
+                    socks
+                        .into_iter()
+                        .map(|l| l.set_nonblocking(true).map(|()| ListenSocket::Tcp(l)))
+                        .collect::<std::io::Result<Vec<_>>>()
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| e.to_string())?;
+            (per_shard, addrs, SocketFiles::default())
         }
     };
     let shards = sockets.len();
@@ -162,7 +137,7 @@ pub fn serve(
             .map_err(|e| e.to_string())?;
         threads.push(t);
     }
-    let bound: Vec<(String, SocketAddr)> = cfg.listeners.keys().cloned().zip(addrs).collect();
+    let bound: Vec<(String, Endpoint)> = cfg.listeners.keys().cloned().zip(addrs).collect();
     for ((name, a), l) in bound.iter().zip(cfg.listeners.values()) {
         tracing::info!(listener = %name, kind = ?l.kind, listen = %a, shards, driver, "ringmq listening");
     }

@@ -1,5 +1,5 @@
-//! Non-blocking reads and writes on a monoio socket, done by hand after a readiness wait; used
-//! by the broker's connections and by the load generator's clients.
+//! Non-blocking reads and writes on a monoio socket (TCP or Unix), done by hand after a
+//! readiness wait; used by the broker's connections and by the load generator's clients.
 //!
 //! Why not monoio's own reads: a pending io_uring read owns a buffer per connection, about
 //! 4.7 KB of user memory per idle connection measured on this kernel, against about 0.6 KB when
@@ -8,37 +8,73 @@
 //! `unsafe` fd borrow, and reading into a buffer's spare room an `unsafe` length update: the
 //! crate's only `unsafe` code (`lib.rs` denies it everywhere else).
 
+use std::future::Future;
 use std::io::{self, IoSlice, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use bytes::BytesMut;
-use monoio::net::TcpStream;
+use monoio::net::{TcpStream, UnixStream};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
-fn with_sock<R>(stream: &TcpStream, f: impl FnOnce(SockRef<'_>) -> R) -> R {
+/// A connected stream socket a connection runs on: TCP, or a Unix socket of a `unix` listener.
+pub trait Stream: AsRawFd + 'static {
+    /// TCP: the socket may hibernate (its task given up, `shard::hibernate` brings it back as
+    /// a TCP stream) and takes `TCP_NODELAY`.
+    const TCP: bool;
+    /// Ready to read (or closed); a readiness wait, so dropping it loses nothing.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + '_;
+    /// Room to write.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + '_;
+}
+
+impl Stream for TcpStream {
+    const TCP: bool = true;
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        TcpStream::readable(self, false)
+    }
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        TcpStream::writable(self, false)
+    }
+}
+
+impl Stream for UnixStream {
+    const TCP: bool = false;
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        UnixStream::readable(self, false)
+    }
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + '_ {
+        UnixStream::writable(self, false)
+    }
+}
+
+fn with_sock<R>(stream: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -> R {
     // SAFETY: the descriptor belongs to `stream`, which is borrowed (so stays open) for as long
     // as `fd` lives: this call.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
     f(SockRef::from(&fd))
 }
 
-/// Puts the socket in non-blocking mode so hand-made reads and writes never block the shard.
-pub fn prepare(stream: &TcpStream) -> io::Result<()> {
+/// Puts the socket in non-blocking mode so hand-made reads and writes never block the shard
+/// (and a TCP one in `TCP_NODELAY`: packets leave when written).
+pub fn prepare<S: Stream>(stream: &S) -> io::Result<()> {
     with_sock(stream, |s| {
         s.set_nonblocking(true)?;
-        s.set_nodelay(true)
+        if S::TCP {
+            s.set_nodelay(true)?;
+        }
+        Ok(())
     })
 }
 
 /// A second descriptor for the socket, which keeps it open after the stream is dropped.
-pub fn duplicate(stream: &TcpStream) -> io::Result<std::os::fd::OwnedFd> {
+pub fn duplicate(stream: &impl AsRawFd) -> io::Result<std::os::fd::OwnedFd> {
     with_sock(stream, |s| s.try_clone()).map(Into::into)
 }
 
 /// Reads what the socket holds (up to the buffer's spare room, grown to `min_room` first).
 /// `Ok(0)` is end of stream; `WouldBlock` means nothing to read.
-pub fn recv(stream: &TcpStream, buf: &mut BytesMut, min_room: usize) -> io::Result<usize> {
+pub fn recv(stream: &impl AsRawFd, buf: &mut BytesMut, min_room: usize) -> io::Result<usize> {
     buf.reserve(min_room);
     let room = buf.capacity() - buf.len();
     recv_up_to(stream, buf, room)
@@ -46,7 +82,7 @@ pub fn recv(stream: &TcpStream, buf: &mut BytesMut, min_room: usize) -> io::Resu
 
 /// Reads at most `max` bytes of what the socket holds, leaving the rest in it (a PROXY header
 /// is read so, the client's own bytes after it staying for the connection).
-pub fn recv_up_to(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+pub fn recv_up_to(stream: &impl AsRawFd, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
     buf.reserve(max);
     let n = with_sock(stream, |s| s.recv(&mut buf.spare_capacity_mut()[..max]))?;
     // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
@@ -55,12 +91,12 @@ pub fn recv_up_to(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Res
 }
 
 /// Ends this side's writing (a FIN) while reads go on.
-pub fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+pub fn shutdown_write(stream: &impl AsRawFd) -> io::Result<()> {
     with_sock(stream, |s| s.shutdown(std::net::Shutdown::Write))
 }
 
 /// Writes as much of `bufs` as the socket takes now.
-pub fn send(stream: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+pub fn send(stream: &impl AsRawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     with_sock(stream, |s| (&*s).write_vectored(bufs))
 }
 

@@ -147,8 +147,20 @@ impl Config {
         let mut binds = std::collections::HashSet::new();
         for (name, l) in &self.listeners {
             let key = |k: &str| format!("listeners.{name}.{k}");
-            if l.bind.port() != 0 && !binds.insert(l.bind) {
-                return bad(&key("bind"), "another listener binds the same address");
+            match (&l.endpoint(), l.kind) {
+                (Endpoint::Tcp(_), ListenerKind::Unix) => {
+                    return bad(&key("socket_path"), "a unix listener needs socket_path");
+                }
+                (Endpoint::Tcp(a), _) if a.port() != 0 && !binds.insert(l.endpoint()) => {
+                    return bad(&key("bind"), "another listener binds the same address");
+                }
+                (Endpoint::Unix(_), _) if !binds.insert(l.endpoint()) => {
+                    return bad(&key("socket_path"), "another listener uses the same path");
+                }
+                _ => {}
+            }
+            if l.socket_mode > 0o777 {
+                return bad(&key("socket_mode"), "permission bits: at most 0o777");
             }
             if l.kind.is_tls() && (l.certfile.is_none() || l.keyfile.is_none()) {
                 return bad(

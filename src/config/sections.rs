@@ -79,6 +79,8 @@ pub enum ListenerKind {
     Tls,
     Ws,
     Wss,
+    /// MQTT on a Unix socket (`socket_path`): local clients, file permissions as access control.
+    Unix,
 }
 
 impl ListenerKind {
@@ -106,6 +108,10 @@ pub struct ListenerConfig {
     #[serde(rename = "type")]
     pub kind: ListenerKind,
     pub bind: SocketAddr,
+    /// Unix: the socket file's path (created at start, removed at shutdown).
+    pub socket_path: Option<PathBuf>,
+    /// Unix: the socket file's permission bits (who may connect).
+    pub socket_mode: u32,
     /// Connections this listener accepts (0: no limit).
     pub max_connections: usize,
     /// New connections per second this listener accepts (0: no limit).
@@ -136,6 +142,8 @@ impl Default for ListenerConfig {
         Self {
             kind: ListenerKind::Tcp,
             bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            socket_path: None,
+            socket_mode: 0o660,
             max_connections: 0,
             max_connect_rate: 0,
             certfile: None,
@@ -148,6 +156,32 @@ impl Default for ListenerConfig {
             allowed_origins: Vec::new(),
             proxy_protocol: false,
             proxy_protocol_timeout: 3,
+        }
+    }
+}
+
+/// Where a listener accepts connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => a.fmt(f),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// The configured address: the socket path of a `unix` listener, else `bind`.
+    pub fn endpoint(&self) -> Endpoint {
+        match (&self.kind, &self.socket_path) {
+            (ListenerKind::Unix, Some(p)) => Endpoint::Unix(p.clone()),
+            _ => Endpoint::Tcp(self.bind),
         }
     }
 }

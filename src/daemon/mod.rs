@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub use pidfile::{Owner, PidFile};
 
 use crate::cli::RunArgs;
-use crate::config::Config;
+use crate::config::{Config, Endpoint};
 use crate::ctl::{self, Call};
 
 /// How long `start` waits for the broker to listen (reading a large store back comes first).
@@ -135,15 +135,23 @@ pub fn ping(args: &RunArgs) -> Result<(), String> {
             return Err(format!("the admin API at {base} answered {status}: {body}"));
         }
     } else {
-        let bind = cfg
+        let endpoint = cfg
             .listeners
             .values()
             .next()
-            .map(|l| l.bind)
+            .map(|l| l.endpoint())
             .ok_or("no listener configured")?;
-        let addr = ctl::dial_address(bind);
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("no answer on {addr}: {e}"))?;
+        match endpoint {
+            Endpoint::Tcp(bind) => {
+                let addr = ctl::dial_address(bind);
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .map_err(|e| format!("no answer on {addr}: {e}"))?;
+            }
+            Endpoint::Unix(path) => {
+                std::os::unix::net::UnixStream::connect(&path)
+                    .map_err(|e| format!("no answer on {}: {e}", path.display()))?;
+            }
+        }
     }
     println!("pong");
     Ok(())
@@ -179,7 +187,7 @@ fn addresses(cfg: &Config) -> String {
     let mut parts: Vec<String> = cfg
         .listeners
         .iter()
-        .map(|(name, l)| format!("{name} {}", l.bind))
+        .map(|(name, l)| format!("{name} {}", l.endpoint()))
         .collect();
     if cfg.admin.enabled {
         parts.push(format!("admin {}", cfg.admin.bind));

@@ -16,22 +16,48 @@ use std::task::Poll;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use smallvec::SmallVec;
 
 use super::link::{Close, ConnLink, LinkState};
 use super::transport::Transport;
 use super::{hibernate, Accepted, Conn, Shard};
 use crate::codec::{decode, Disconnect, Packet, ReasonCode};
-use crate::sock;
+use crate::sock::{self, Stream};
 
 /// Bytes read per readiness event before giving other connections a turn.
 const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
-pub async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener, index: usize) {
+/// A listening socket connections are accepted from.
+pub(super) trait Accept {
+    type Stream: Stream;
+    /// The next connection and its client's address (a Unix socket's client: [`UNIX_PEER`]).
+    fn next(&self) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + '_;
+}
+
+/// The address a Unix-socket client has in logs, `ctl` and ACL `ip` rules: it is on this
+/// machine, and a Unix socket has no address of its own.
+pub const UNIX_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    fn next(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + '_ {
+        self.accept()
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn next(&self) -> std::io::Result<(UnixStream, SocketAddr)> {
+        self.accept().await.map(|(stream, _)| (stream, UNIX_PEER))
+    }
+}
+
+pub async fn accept_loop<L: Accept>(shard: Rc<RefCell<Shard>>, listener: L, index: usize) {
     loop {
-        match listener.accept().await {
+        match listener.next().await {
             Ok((stream, peer)) => {
                 let proxied = shard
                     .borrow()
@@ -58,9 +84,9 @@ enum Event {
 }
 
 /// Prepares the socket, its link and transport, and registers the connection with the shard.
-pub(super) fn admit(
+pub(super) fn admit<S: Stream>(
     shard: &Rc<RefCell<Shard>>,
-    stream: &TcpStream,
+    stream: &S,
     peer: SocketAddr,
     listener: usize,
 ) -> Option<Accepted> {
@@ -93,7 +119,7 @@ pub(super) fn admit(
     let idx = sh.conns.insert(Conn {
         link: link.clone(),
         hibernating: None,
-        plain: transport.is_none(),
+        plain: S::TCP && transport.is_none(),
     });
     Some(Accepted {
         link,
@@ -109,9 +135,9 @@ pub(super) fn admit(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice: 128 bytes more per idle connection"
 )]
-pub(super) fn serve(
+pub(super) fn serve<S: Stream>(
     shard: Rc<RefCell<Shard>>,
-    stream: TcpStream,
+    stream: S,
     mut conn: Accepted,
 ) -> impl Future<Output = ()> {
     async move {
@@ -134,15 +160,15 @@ pub(super) fn serve(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice: 32 bytes more per idle connection"
 )]
-fn drive<'a>(
+fn drive<'a, S: Stream>(
     shard: &'a Rc<RefCell<Shard>>,
-    stream: &'a TcpStream,
+    stream: &'a S,
     link: &'a Rc<ConnLink>,
     transport: &'a mut Option<Box<Transport>>,
 ) -> impl Future<Output = bool> + 'a {
     async move {
         let mut partial = BytesMut::new();
-        let mut readable = pin!(Some(stream.readable(false)));
+        let mut readable = pin!(Some(stream.readable()));
         // Boxed, and only while output waits for room: inline it would sit in every idle task.
         let mut writable = None;
         let mut eof = false;
@@ -167,7 +193,7 @@ fn drive<'a>(
                 }
             }
             // Plain TCP with no split frame held: hibernating is up to the shard's conditions.
-            let plain_idle = transport.is_none() && partial.is_empty();
+            let plain_idle = S::TCP && transport.is_none() && partial.is_empty();
             if plain_idle && shard.borrow().may_hibernate(link) {
                 return true;
             }
@@ -190,7 +216,7 @@ fn drive<'a>(
             let want_write = !link.out.borrow().is_empty()
                 || transport.as_ref().is_some_and(|t| t.has_pending());
             if want_write && writable.is_none() {
-                writable = Some(Box::pin(stream.writable(false)));
+                writable = Some(Box::pin(stream.writable()));
             }
             // Only the kind of state: 8 bytes less in every idle task than the state itself.
             let state_before = discriminant(&link.state.get());
@@ -234,7 +260,7 @@ fn drive<'a>(
             })
             .await;
             if let Event::Readable = event {
-                readable.set(Some(stream.readable(false)));
+                readable.set(Some(stream.readable()));
                 eof = read(shard, stream, link, &mut partial, transport);
             } else if discriminant(&link.state.get()) != state_before && !partial.is_empty() {
                 // Packets that arrived behind the CONNECT wait in `partial` until it is granted.
@@ -247,7 +273,7 @@ fn drive<'a>(
 /// Reads and handles what the socket holds; true at end of stream or on a fatal error.
 fn read(
     shard: &Rc<RefCell<Shard>>,
-    stream: &TcpStream,
+    stream: &impl Stream,
     link: &Rc<ConnLink>,
     partial: &mut BytesMut,
     transport: &mut Option<Box<Transport>>,
@@ -378,7 +404,7 @@ pub(super) fn refuse(sh: &mut Shard, link: &Rc<ConnLink>, close: Close) {
 
 /// Writes what the socket takes now, returning how much; an error means the connection is gone.
 fn flush(
-    stream: &TcpStream,
+    stream: &impl Stream,
     link: &ConnLink,
     transport: &mut Option<Box<Transport>>,
 ) -> std::io::Result<usize> {
@@ -406,7 +432,7 @@ fn flush(
     }
 }
 
-fn flush_plain(stream: &TcpStream, link: &ConnLink) -> std::io::Result<usize> {
+fn flush_plain(stream: &impl Stream, link: &ConnLink) -> std::io::Result<usize> {
     let mut out = link.out.borrow_mut();
     let mut written = 0;
     while !out.is_empty() {
@@ -426,7 +452,7 @@ fn flush_plain(stream: &TcpStream, link: &ConnLink) -> std::io::Result<usize> {
 }
 
 /// Sends the v5 DISCONNECT a close calls for, and what is queued, with a bounded wait.
-async fn finish(stream: &TcpStream, link: &ConnLink, transport: &mut Option<Box<Transport>>) {
+async fn finish(stream: &impl Stream, link: &ConnLink, transport: &mut Option<Box<Transport>>) {
     let close = link.close_reason();
     if let Some(close) = &close {
         if link.connacked.get()
@@ -459,7 +485,7 @@ async fn finish(stream: &TcpStream, link: &ConnLink, transport: &mut Option<Box<
         // Boxed: monoio's timer is 640 bytes, and inline it would sit in every idle task.
         let wait = Box::pin(monoio::time::timeout(
             std::time::Duration::from_millis(100),
-            stream.writable(false),
+            stream.writable(),
         ));
         let _ = wait.await;
     }
@@ -476,7 +502,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// WebSocket close) before the client reads it, and fails the client's own goodbye (a WebSocket
 /// close frame after its DISCONNECT) with EPIPE. The session is already gone: only the socket
 /// and this task wait.
-async fn linger(stream: &TcpStream) {
+async fn linger(stream: &impl Stream) {
     if sock::shutdown_write(stream).is_err() {
         return;
     }
@@ -492,7 +518,7 @@ async fn linger(stream: &TcpStream) {
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let wait = Box::pin(monoio::time::timeout(left, stream.readable(false)));
+                let wait = Box::pin(monoio::time::timeout(left, stream.readable()));
                 if left.is_zero() || wait.await.is_err() {
                     return;
                 }

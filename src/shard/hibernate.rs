@@ -147,7 +147,11 @@ impl Hibernation {
 
 /// Hands an idle connection's socket to the shard's epoll set; false if it cannot be (the
 /// connection then stays as it is, and is not asked again until it has been idle again).
-pub(super) fn hibernate(shard: &Rc<RefCell<Shard>>, stream: &TcpStream, conn: &Accepted) -> bool {
+pub(super) fn hibernate(
+    shard: &Rc<RefCell<Shard>>,
+    stream: &impl std::os::fd::AsRawFd,
+    conn: &Accepted,
+) -> bool {
     let mut sh = shard.borrow_mut();
     let sh = &mut *sh;
     let (Some(h), Some(entry)) = (sh.hibernation.as_ref(), sh.conns.get_mut(conn.idx)) else {

@@ -68,7 +68,6 @@ mod waiting;
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -76,6 +75,7 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 use bytes::BytesMut;
+use monoio::net::TcpStream;
 use slab::Slab;
 
 use crate::auth::checker::ShardChecks;
@@ -83,6 +83,7 @@ use crate::auth::Auth;
 use crate::codec::SubOptions;
 use crate::config::Config;
 use crate::control::{Queue, TraceSet};
+use crate::listen::ListenSocket;
 use crate::retained::RetainedStore;
 use crate::ring::{Inbox, Outbox, XMsg};
 use crate::session::SessionLimits;
@@ -446,7 +447,7 @@ pub struct Boot {
 pub fn run(
     boot: Boot,
     ends: (Outbox, Inbox),
-    sockets: Vec<StdListener>,
+    sockets: Vec<crate::listen::ListenSocket>,
     saved: Restore,
 ) -> std::io::Result<()> {
     let (outbox, inbox) = ends;
@@ -460,11 +461,19 @@ pub fn run(
         let shard = Rc::new(RefCell::new(Shard::new(boot, outbox)));
         shard.borrow_mut().restore(saved);
         for (i, l) in sockets.into_iter().enumerate() {
-            let listener = monoio::net::TcpListener::from_std(l)?;
-            monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
+            match l {
+                ListenSocket::Tcp(l) => {
+                    let listener = monoio::net::TcpListener::from_std(l)?;
+                    monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
+                }
+                ListenSocket::Unix(l) => {
+                    let listener = monoio::net::UnixListener::from_std(l)?;
+                    monoio::spawn(conn::accept_loop(shard.clone(), listener, i));
+                }
+            }
         }
         monoio::spawn(sweeper(shard.clone()));
-        monoio::spawn(hibernate::resumer(shard.clone(), conn::serve));
+        monoio::spawn(hibernate::resumer(shard.clone(), conn::serve::<TcpStream>));
         monoio::spawn(limits::lag_probe(shard.clone()));
         monoio::spawn(sys::publisher(shard.clone()));
         monoio::spawn(store_hold(shard.clone()));

@@ -13,11 +13,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::net::TcpStream;
 
 use super::{conn, Shard};
 use crate::proxy_protocol::{parse, ProxyError, Step};
-use crate::sock;
+use crate::sock::{self, Stream};
 
 /// Why no header came.
 enum Failed {
@@ -28,9 +27,9 @@ enum Failed {
 
 /// Reads the header of a connection accepted on `listener` from `peer` (the load balancer),
 /// then serves it as the client the header names.
-pub(super) async fn accept(
+pub(super) async fn accept<S: Stream>(
     shard: Rc<RefCell<Shard>>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     listener: usize,
 ) {
@@ -64,7 +63,7 @@ pub(super) async fn accept(
 }
 
 /// The source address the header names (`None`: the connection's own), reading only its bytes.
-async fn read_header(stream: &TcpStream) -> Result<Option<SocketAddr>, Failed> {
+async fn read_header(stream: &impl Stream) -> Result<Option<SocketAddr>, Failed> {
     sock::prepare(stream).map_err(Failed::Io)?;
     let mut buf = BytesMut::new();
     loop {
@@ -72,7 +71,7 @@ async fn read_header(stream: &TcpStream) -> Result<Option<SocketAddr>, Failed> {
             Step::Done(source) => return Ok(source),
             Step::Need(n) => n,
         };
-        stream.readable(false).await.map_err(Failed::Io)?;
+        stream.readable().await.map_err(Failed::Io)?;
         match sock::recv_up_to(stream, &mut buf, need) {
             Ok(0) => {
                 let eof = io::Error::new(ErrorKind::UnexpectedEof, "closed before the header");

@@ -4,9 +4,9 @@
 //! has none of this: `Option<Box<Transport>>` costs it one pointer.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 
 use bytes::{Buf, BufMut, BytesMut};
-use monoio::net::TcpStream;
 
 use super::link::ConnLink;
 use super::Listener;
@@ -94,7 +94,7 @@ impl Transport {
     /// end of the connection (EOF, TLS close_notify, a WebSocket close); errors are fatal to it.
     pub fn recv(
         &mut self,
-        stream: &TcpStream,
+        stream: &impl AsRawFd,
         mqtt: &mut BytesMut,
         link: &ConnLink,
         chunk: usize,
@@ -281,7 +281,7 @@ impl Transport {
     }
 
     /// Writes what is pending (and then an owed pong); `Ok(true)` when all of it went out.
-    pub fn send_pending(&mut self, stream: &TcpStream) -> io::Result<(bool, usize)> {
+    pub fn send_pending(&mut self, stream: &impl AsRawFd) -> io::Result<(bool, usize)> {
         let mut written = 0;
         loop {
             if self.pending.is_empty() {

@@ -3,7 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -276,9 +277,53 @@ impl Drop for Broker {
     }
 }
 
+/// A raw client's socket: TCP, or a Unix socket (a `unix` listener).
+pub enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Sock {
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.set_read_timeout(d),
+            Sock::Unix(s) => s.set_read_timeout(d),
+        }
+    }
+
+    fn shutdown(&self) -> std::io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Sock::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(buf),
+            Sock::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(buf),
+            Sock::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A raw client: sends and receives whole packets, or bytes.
 pub struct Raw {
-    s: TcpStream,
+    s: Sock,
     buf: BytesMut,
     pub proto: Protocol,
 }
@@ -289,6 +334,16 @@ impl Raw {
     pub fn open(port: u16, proto: Protocol) -> Raw {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_nodelay(true).expect("nodelay");
+        Raw::over(Sock::Tcp(s), proto)
+    }
+
+    /// A client on the Unix socket at `path`.
+    pub fn open_unix(path: &Path, proto: Protocol) -> Raw {
+        let s = UnixStream::connect(path).expect("connect to the unix socket");
+        Raw::over(Sock::Unix(s), proto)
+    }
+
+    fn over(s: Sock, proto: Protocol) -> Raw {
         Raw {
             s,
             buf: BytesMut::new(),
@@ -302,19 +357,23 @@ impl Raw {
     }
 
     pub fn connect_with(port: u16, c: Connect) -> (Raw, ConnAck) {
-        let mut raw = Raw::open(port, c.protocol);
-        raw.send(&Packet::Connect(Box::new(c)));
-        match raw.recv() {
+        Raw::open(port, c.protocol).handshake(c)
+    }
+
+    /// Sends CONNECT on this socket; panics unless the CONNACK is a success.
+    pub fn handshake(mut self, c: Connect) -> (Raw, ConnAck) {
+        self.send(&Packet::Connect(Box::new(c)));
+        match self.recv() {
             Some(Packet::ConnAck(ack)) => {
                 assert_eq!(ack.reason, ReasonCode::Success, "connack {ack:?}");
-                (raw, ack)
+                (self, ack)
             }
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
     /// The socket, for a test that reads raw bytes.
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut Sock {
         &mut self.s
     }
 
@@ -481,7 +540,7 @@ impl Raw {
 
     /// Drops the socket without DISCONNECT (an abnormal close).
     pub fn drop_connection(self) {
-        let _ = self.s.shutdown(std::net::Shutdown::Both);
+        let _ = self.s.shutdown();
     }
 }
 

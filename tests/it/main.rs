@@ -23,3 +23,4 @@ mod protocol;
 mod proxy_protocol;
 mod security;
 mod topics;
+mod unix_socket;
