@@ -275,12 +275,19 @@ fn open_store(
             delayed: Vec::new(),
             max_delayed_id,
             banned: banned.clone(),
+            exclusive: Vec::new(),
         })
         .collect();
     for (id, m) in got.delayed {
         parts[(id % shards as u64) as usize].delayed.push((id, m));
     }
     for s in got.sessions {
+        for filter in s.session.subscriptions.keys() {
+            if crate::topic::parse_exclusive(filter).is_some() {
+                let holder = (filter.clone(), s.session.client_id.clone());
+                parts[home_of(filter, shards)].exclusive.push(holder);
+            }
+        }
         parts[home_of(&s.session.client_id, shards)]
             .sessions
             .push(s);

@@ -4,7 +4,8 @@
 //! asks it over the rings and its SUBACK waits for the answer (0x97 when another client holds
 //! it); an UNSUBSCRIBE (whose UNSUBACK waits for the arbiter) or the end of the session tells it
 //! the filter is free again. A session
-//! that moves between shards keeps its hold: the holder is the client id, not the shard.
+//! that moves between shards keeps its hold: the holder is the client id, not the shard; a kept
+//! session's holds come back with it after a restart (`Restore::exclusive`).
 
 use bytestring::ByteString;
 

@@ -30,6 +30,9 @@ pub struct Restore {
     pub max_delayed_id: u64,
     /// The bans in force (every shard holds them all).
     pub banned: Arc<[crate::banned::Ban]>,
+    /// The `$exclusive/` filters this shard arbitrates that a kept session holds, with its
+    /// client id: the hold outlives the restart as the session does.
+    pub exclusive: Vec<(ByteString, ByteString)>,
 }
 
 impl Shard {
@@ -49,6 +52,7 @@ impl Shard {
         for ban in saved.banned.iter() {
             self.bans.insert(ban.clone());
         }
+        self.exclusive.extend(saved.exclusive);
         let restored = saved.sessions.len();
         for r in saved.sessions {
             let mut session = r.session;

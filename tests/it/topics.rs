@@ -391,3 +391,39 @@ fn exclusive_subscription_is_refused_to_a_second_client_on_any_shard() {
         .count();
     assert_eq!(granted, 1, "{reasons:?}");
 }
+
+#[test]
+fn an_exclusive_hold_outlives_a_crash_with_its_session() {
+    // Kept sessions are split by client id across 4 shards, filters by their own hash: the
+    // holder's shard and the filter's arbiter differ for some of these.
+    let filters: Vec<String> = (0..4).map(|i| format!("$exclusive/kept/{i}")).collect();
+    let b = Broker::start(4);
+    let (mut holder, _) = Raw::connect(b.port, Protocol::V311, "ex-holder", false);
+    for f in &filters {
+        assert_eq!(
+            holder.subscribe(f, QoS::AtLeastOnce).reasons,
+            [ReasonCode::GrantedQos1]
+        );
+    }
+    drop(holder);
+    let dir = b.kill9();
+    let b = Broker::launch(4, "[broker]\npin_cores = false\n", dir, &[]);
+    let (mut other, _) = Raw::connect(b.port, Protocol::V5, "ex-other", true);
+    for f in &filters {
+        assert_eq!(
+            other.subscribe(f, QoS::AtLeastOnce).reasons,
+            [ReasonCode::QuotaExceeded],
+            "{f}: the restored session still holds it"
+        );
+    }
+    // The holder comes back to its session and still receives on the inner filters.
+    let (mut holder, ack) = Raw::connect(b.port, Protocol::V311, "ex-holder", false);
+    assert!(ack.session_present);
+    let (mut publ, _) = Raw::connect(b.port, Protocol::V5, "ex-pub2", true);
+    for i in 0..4 {
+        publ.publish_acked(&format!("kept/{i}"), b"x", QoS::AtLeastOnce, 1);
+        let got = holder.recv_publish();
+        assert_eq!(got.topic, format!("kept/{i}"));
+        holder.ack(&got);
+    }
+}
