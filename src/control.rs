@@ -72,6 +72,21 @@ pub enum Request {
     Persist,
 }
 
+impl Request {
+    /// A change the store keeps (when it journals): its answer waits until the store has it.
+    pub fn is_kept(&self) -> bool {
+        matches!(
+            self,
+            Request::Subscribe { .. }
+                | Request::Unsubscribe { .. }
+                | Request::CleanRetained(_)
+                | Request::Ban(_)
+                | Request::Unban(..)
+                | Request::CancelDelayed(_)
+        )
+    }
+}
+
 /// One shard's queue of requests.
 pub struct Queue {
     items: Mutex<Vec<(Request, SyncSender<Reply>)>>,

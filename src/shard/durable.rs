@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::mpsc::SyncSender;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use ahash::AHashMap;
 
 use super::link::ConnLink;
 use crate::codec::{Packet, PubResp, QoS, ReasonCode};
+use crate::control::Reply;
 use crate::session::Session;
 use crate::store::{Batch, Op, StoreLink};
 
@@ -86,6 +88,8 @@ enum Deferred {
     Local(u64),
     /// A SUBACK waiting (among others) for the store.
     SubAck(u64),
+    /// The answer to an admin request whose change the store keeps.
+    Control(SyncSender<Reply>, Reply),
 }
 
 /// A publish waiting for other shards (and maybe this shard's ticket).
@@ -110,6 +114,12 @@ pub enum Done {
     },
     /// The store answered for the SUBACK with this token.
     SubAck { token: u64, stored: bool },
+    /// Send this answer to an admin request (an error when its change was not stored).
+    Control {
+        to: SyncSender<Reply>,
+        answer: Reply,
+        stored: bool,
+    },
 }
 
 /// The publish being routed now: how many other shards must confirm it.
@@ -321,6 +331,12 @@ impl Durable {
             .push_back((self.ticket, Deferred::SubAck(token)));
     }
 
+    /// An admin request's answer waits for this tick's batch (which holds its change).
+    pub fn answer_when_stored(&mut self, to: SyncSender<Reply>, answer: Reply) {
+        self.deferred
+            .push_back((self.ticket, Deferred::Control(to, answer)));
+    }
+
     /// Another shard's publish came with a confirmation token: answer once what it created
     /// here is stored (now, when nothing was).
     pub fn reply_when_stored(&mut self, shard: usize, token: u64, created: bool) -> Option<Done> {
@@ -453,6 +469,7 @@ impl Durable {
                     }
                     Deferred::Local(token) => self.settle(token, stored, out),
                     Deferred::SubAck(token) => out.push(Done::SubAck { token, stored }),
+                    Deferred::Control(to, answer) => out.push(Done::Control { to, answer, stored }),
                 }
             }
         }

@@ -504,8 +504,15 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
         }
         for (req, reply) in control.take() {
             let closing = matches!(req, crate::control::Request::Persist);
-            let answer = shard.borrow_mut().control(req);
-            let _ = reply.send(answer);
+            let kept = req.is_kept();
+            let mut sh = shard.borrow_mut();
+            let answer = sh.control(req);
+            if kept && answer.is_ok() && sh.durable.journaled() {
+                sh.durable.answer_when_stored(reply, answer);
+                sh.mesh.wake_pump();
+            } else {
+                let _ = reply.send(answer);
+            }
             if closing {
                 return;
             }

@@ -221,6 +221,14 @@ impl Shard {
                     stored,
                 } => self.send(shard, XMsg::Stored { token, stored }),
                 Done::SubAck { token, stored } => self.reply_answered(token, stored),
+                Done::Control { to, answer, stored } => {
+                    let answer = answer.and_then(|v| {
+                        stored
+                            .then_some(v)
+                            .ok_or_else(|| "the store could not keep the change".to_string())
+                    });
+                    let _ = to.send(answer);
+                }
             }
         }
     }
