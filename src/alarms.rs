@@ -1,16 +1,20 @@
 //! Alarms as EMQX raises them: `high_system_memory_usage` (resident memory over
 //! `overload.memory_budget_mb`), `overload` (a shard's event loop later than
-//! `overload.max_loop_lag_ms`) and `slow_subscriber` (deliveries dropped because a subscriber's
-//! queue was full). The stats thread evaluates them once a second from the shared counters (it
-//! never asks a shard); an alarm is raised when its condition holds and cleared only after
-//! `CLEAR_SWEEPS` sweeps in a row below its clear level (hysteresis: memory must fall under 80 %
-//! of the budget). Each change is queued as a `$SYS/brokers/<node>/alarms/activate|deactivate`
-//! event that shard 0 publishes; cleared alarms are kept in a bounded history.
+//! `overload.max_loop_lag_ms`) and `slow_subscriber`, one per client (deliveries to it dropped
+//! because its queue was full; like EMQX's per-connection `conn_congestion`). The stats thread
+//! evaluates them once a second from what the shards report (it never asks a shard); an alarm is
+//! raised when its condition holds and cleared only after `CLEAR_SWEEPS` sweeps in a row below
+//! its clear level (hysteresis: memory must fall under 80 % of the budget). Each change is
+//! queued as a `$SYS/brokers/<node>/alarms/activate|deactivate` event that shard 0 publishes;
+//! cleared alarms are kept in a bounded history. At most `MAX_CLIENT_ALARMS` client alarms are
+//! active at once: past that, a slow client is only counted.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ahash::AHashMap;
+use bytestring::ByteString;
 use serde_json::{json, Value};
 
 use crate::stats::Shared;
@@ -21,6 +25,8 @@ const HISTORY: usize = 100;
 const MAX_EVENTS: usize = 100;
 /// Sweeps in a row below the clear level before an alarm is cleared.
 const CLEAR_SWEEPS: u32 = 3;
+/// Slow-subscriber alarms active at once.
+const MAX_CLIENT_ALARMS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -30,8 +36,6 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Memory, Kind::Overload, Kind::SlowSubscriber];
-
     fn name(self) -> &'static str {
         match self {
             Kind::Memory => "high_system_memory_usage",
@@ -53,6 +57,8 @@ enum Level {
 
 struct Alarm {
     kind: Kind,
+    /// The client it is about (slow subscribers), if any.
+    client: Option<ByteString>,
     message: String,
     since: u64,
     /// Sweeps in a row found under the clear level.
@@ -65,8 +71,6 @@ struct State {
     history: VecDeque<Value>,
     /// `(topic suffix, JSON payload)` for shard 0 to publish.
     events: VecDeque<(&'static str, String)>,
-    /// Queue-full drops summed over shards at the last sweep.
-    drops: i64,
 }
 
 /// The broker's alarms, shared by the stats thread, shard 0 and the admin API.
@@ -84,27 +88,47 @@ impl Alarms {
     pub fn sweep(&self, shared: &Shared, overload: &crate::config::OverloadConfig, rss: u64) {
         let budget = overload.memory_budget_bytes();
         let lagging = shared.sum(|s| &s.overloaded);
-        let drops = shared.sum(|s| &s.dropped_queue_full);
+        let mut slow: AHashMap<ByteString, u64> = AHashMap::new();
+        for stats in shared.stats.iter() {
+            for (client, n) in stats.take_slow() {
+                *slow.entry(client).or_default() += n;
+            }
+        }
         let Ok(mut st) = self.0.lock() else { return };
-        let new_drops = drops - std::mem::replace(&mut st.drops, drops);
-        for kind in Kind::ALL {
-            let level = match kind {
-                Kind::Memory if budget > 0 && rss > budget => Level::Over(format!(
-                    "resident memory {} MiB over the budget of {} MiB",
-                    rss >> 20,
-                    budget >> 20
-                )),
-                Kind::Memory if budget > 0 && rss > budget / 5 * 4 => Level::Between,
-                Kind::Overload if lagging > 0 => Level::Over(format!(
-                    "{lagging} shard(s) with event loop lag over {} ms",
-                    overload.max_loop_lag_ms
-                )),
-                Kind::SlowSubscriber if new_drops > 0 => Level::Over(format!(
-                    "{new_drops} deliveries dropped in the last second for full subscriber queues"
-                )),
-                _ => Level::Under,
-            };
-            st.apply(kind, level);
+        let memory = if budget > 0 && rss > budget {
+            Level::Over(format!(
+                "resident memory {} MiB over the budget of {} MiB",
+                rss >> 20,
+                budget >> 20
+            ))
+        } else if budget > 0 && rss > budget / 5 * 4 {
+            Level::Between
+        } else {
+            Level::Under
+        };
+        st.apply(Kind::Memory, None, memory);
+        let lag = if lagging > 0 {
+            Level::Over(format!(
+                "{lagging} shard(s) with event loop lag over {} ms",
+                overload.max_loop_lag_ms
+            ))
+        } else {
+            Level::Under
+        };
+        st.apply(Kind::Overload, None, lag);
+        let quiet: Vec<ByteString> = st
+            .active
+            .iter()
+            .filter_map(|a| a.client.clone())
+            .filter(|c| !slow.contains_key(c))
+            .collect();
+        for client in quiet {
+            st.apply(Kind::SlowSubscriber, Some(client), Level::Under);
+        }
+        for (client, n) in slow {
+            let message =
+                format!("{n} deliveries to {client} dropped in the last second: its queue is full");
+            st.apply(Kind::SlowSubscriber, Some(client), Level::Over(message));
         }
     }
 
@@ -133,13 +157,21 @@ impl Alarms {
 
 impl Alarm {
     fn json(&self) -> Value {
-        json!({ "name": self.kind.name(), "message": self.message, "since": self.since })
+        let mut v =
+            json!({ "name": self.kind.name(), "message": self.message, "since": self.since });
+        if let Some(client) = &self.client {
+            v["client_id"] = json!(client);
+        }
+        v
     }
 }
 
 impl State {
-    fn apply(&mut self, kind: Kind, level: Level) {
-        let at = self.active.iter().position(|a| a.kind == kind);
+    fn apply(&mut self, kind: Kind, client: Option<ByteString>, level: Level) {
+        let at = self
+            .active
+            .iter()
+            .position(|a| a.kind == kind && a.client == client);
         match (level, at) {
             (Level::Over(message), Some(i)) => {
                 let alarm = &mut self.active[i];
@@ -147,13 +179,18 @@ impl State {
                 alarm.clean = 0;
             }
             (Level::Over(message), None) => {
+                let clients = self.active.iter().filter(|a| a.client.is_some()).count();
+                if client.is_some() && clients >= MAX_CLIENT_ALARMS {
+                    return;
+                }
                 let alarm = Alarm {
                     kind,
+                    client,
                     message,
                     since: unix_now(),
                     clean: 0,
                 };
-                tracing::warn!(alarm = kind.name(), message = %alarm.message, "alarm raised");
+                tracing::warn!(alarm = kind.name(), client = alarm.client.as_deref(), message = %alarm.message, "alarm raised");
                 self.event("alarms/activate", alarm.json());
                 self.active.push(alarm);
             }
@@ -164,7 +201,11 @@ impl State {
                     let alarm = self.active.remove(i);
                     let mut past = alarm.json();
                     past["until"] = json!(unix_now());
-                    tracing::info!(alarm = kind.name(), "alarm cleared");
+                    tracing::info!(
+                        alarm = kind.name(),
+                        client = alarm.client.as_deref(),
+                        "alarm cleared"
+                    );
                     self.event("alarms/deactivate", past.clone());
                     if self.history.len() == HISTORY {
                         self.history.pop_back();
@@ -191,19 +232,19 @@ mod tests {
     #[test]
     fn raised_then_cleared_after_clean_sweeps_only() {
         let mut st = State::default();
-        st.apply(Kind::Overload, Level::Over("late".into()));
+        st.apply(Kind::Overload, None, Level::Over("late".into()));
         assert_eq!(st.active.len(), 1);
-        st.apply(Kind::Overload, Level::Under);
-        st.apply(Kind::Overload, Level::Between);
+        st.apply(Kind::Overload, None, Level::Under);
+        st.apply(Kind::Overload, None, Level::Between);
         for _ in 1..CLEAR_SWEEPS {
-            st.apply(Kind::Overload, Level::Under);
+            st.apply(Kind::Overload, None, Level::Under);
         }
         assert_eq!(
             st.active.len(),
             1,
             "a sweep between the levels restarts the count"
         );
-        st.apply(Kind::Overload, Level::Under);
+        st.apply(Kind::Overload, None, Level::Under);
         assert!(st.active.is_empty());
         assert_eq!(st.history[0]["name"], "overload");
         assert!(st.history[0]["until"].is_u64());
@@ -215,12 +256,34 @@ mod tests {
     fn history_is_bounded() {
         let mut st = State::default();
         for _ in 0..HISTORY + 5 {
-            st.apply(Kind::SlowSubscriber, Level::Over("slow".into()));
+            st.apply(Kind::Overload, None, Level::Over("late".into()));
             for _ in 0..CLEAR_SWEEPS {
-                st.apply(Kind::SlowSubscriber, Level::Under);
+                st.apply(Kind::Overload, None, Level::Under);
             }
         }
         assert_eq!(st.history.len(), HISTORY);
         assert_eq!(st.events.len(), MAX_EVENTS);
+    }
+
+    #[test]
+    fn one_slow_subscriber_alarm_per_client_and_no_more_than_the_bound() {
+        let mut st = State::default();
+        let slow = |n: usize| Some(ByteString::from(format!("c{n}")));
+        for n in 0..MAX_CLIENT_ALARMS + 10 {
+            st.apply(Kind::SlowSubscriber, slow(n), Level::Over("full".into()));
+        }
+        st.apply(Kind::SlowSubscriber, slow(0), Level::Over("still".into()));
+        assert_eq!(st.active.len(), MAX_CLIENT_ALARMS);
+        st.apply(Kind::Overload, None, Level::Over("late".into()));
+        assert_eq!(
+            st.active.len(),
+            MAX_CLIENT_ALARMS + 1,
+            "broker alarms are not bounded by clients"
+        );
+        for _ in 0..CLEAR_SWEEPS {
+            st.apply(Kind::SlowSubscriber, slow(1), Level::Under);
+        }
+        assert_eq!(st.history[0]["client_id"], "c1");
+        assert_eq!(st.active[0].json()["message"], "still");
     }
 }

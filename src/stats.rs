@@ -129,7 +129,13 @@ pub struct Stats {
     pub loop_lag_us: Counter,
     /// 1 while the shard refuses new connections for overload.
     pub overloaded: Counter,
+    /// Deliveries dropped for a full queue since the stats thread last looked, by subscriber
+    /// (at most `SLOW_TRACKED` subscribers; the counter above has them all).
+    slow: std::sync::Mutex<ahash::AHashMap<bytestring::ByteString, u64>>,
 }
+
+/// Subscribers a shard names in one second's slow-subscriber report.
+pub const SLOW_TRACKED: usize = 64;
 
 impl Stats {
     /// Counts a delivery written (true) or dropped as too large for its client (false).
@@ -160,6 +166,30 @@ impl Stats {
     /// How many were refused past this bound.
     pub fn refusals(&self, what: Refusal) -> i64 {
         self.refused[what as usize].get()
+    }
+
+    /// A delivery to `client` was dropped because its queue was full.
+    pub fn dropped_for(&self, client: &bytestring::ByteString) {
+        self.dropped(DropReason::QueueFull);
+        let mut slow = self
+            .slow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = slow.get_mut(client) {
+            *n += 1;
+        } else if slow.len() < SLOW_TRACKED {
+            slow.insert(client.clone(), 1);
+        }
+    }
+
+    /// The subscribers that dropped deliveries since the last call, with how many.
+    pub fn take_slow(&self) -> ahash::AHashMap<bytestring::ByteString, u64> {
+        std::mem::take(
+            &mut *self
+                .slow
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     pub fn dropped_total(&self) -> i64 {

@@ -277,7 +277,7 @@ impl Shard {
                     self.pump_session(key, now);
                 }
             }
-            Admit::Dropped => self.stats.dropped(DropReason::QueueFull),
+            Admit::Dropped => self.stats.dropped_for(&slot.session.client_id),
         }
         if stored {
             self.touch(key);

@@ -1,8 +1,8 @@
 //! Alarms (#15): the memory alarm raised when a reload sets a budget below the broker's resident
 //! memory and cleared when a reload lifts it, seen as `$SYS/brokers/<node>/alarms/...` events by
 //! a subscriber, on `GET /api/v1/alarms`, `ctl alarms` and the `ringmq_alarms_active` gauge; and
-//! the slow-subscriber alarm raised by a subscriber that stops acknowledging while messages
-//! arrive (its queue full, deliveries dropped) and cleared once the drops stop.
+//! the slow-subscriber alarm, naming the client, raised by a subscriber that stops acknowledging
+//! while messages arrive (its queue full, deliveries dropped) and cleared once the drops stop.
 
 use std::time::Duration;
 
@@ -99,12 +99,18 @@ fn slow_subscriber_alarm_raised_by_drops_and_cleared_when_they_stop() {
     let (topic, event) = next_event(&mut watcher);
     assert!(topic.ends_with("/alarms/activate"), "{topic}");
     assert_eq!(event["name"], NAME, "{event}");
+    assert_eq!(
+        event["client_id"], "slow",
+        "the alarm names the client: {event}"
+    );
     let now = alarms(&b);
     assert_eq!(now["active"][0]["name"], NAME, "{now}");
+    assert_eq!(now["active"].as_array().map(Vec::len), Some(1), "{now}");
 
     let (topic, event) = next_event(&mut watcher);
     assert!(topic.ends_with("/alarms/deactivate"), "{topic}");
     assert_eq!(event["name"], NAME, "{event}");
+    assert_eq!(event["client_id"], "slow", "{event}");
     let after = alarms(&b);
     assert_eq!(after["active"], serde_json::json!([]), "{after}");
     assert_eq!(after["history"][0]["name"], NAME, "{after}");

@@ -236,7 +236,7 @@ register("alarms", {
       }
       if (!r.ok) throw new Error((r.data && r.data.error) || `alarms: ${r.status}`);
       const cols = (rows) => {
-        const keys = rows.length ? Object.keys(rows[0]) : ["name", "message", "since"];
+        const keys = rows.length ? [...new Set(rows.flatMap((r) => Object.keys(r)))] : ["name", "message", "since"];
         return keys.map((k) => ({ key: k, label: k, fmt: ["since", "until", "at"].includes(k) ? Fmt.time : undefined }));
       };
       const active = r.data.active || [], history = r.data.history || [];
