@@ -7,20 +7,24 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+/// A counter or gauge written by one thread only (its shard; the stats thread for the few in
+/// [`Shared`]) and read by any. With one writer an update is a plain load and store, not a
+/// locked read-modify-write: the message path counts several times per message.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicI64);
 
 impl Counter {
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
     }
 
     pub fn add(&self, n: i64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 
     pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.add(-1);
     }
 
     pub fn set(&self, v: i64) {

@@ -45,10 +45,10 @@ where
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                        .enable_timer()
-                        .with_entries(4096)
-                        .build()
+                    // The broker's own io_uring setup (its cooperative task work): a load
+                    // generator that takes an IPI per completion would cost every broker's
+                    // sends more, and measure that instead of the broker.
+                    let mut rt = ringmq::driver::runtime(ringmq::config::Driver::Auto, 4096)
                         .expect("monoio runtime");
                     rt.block_on(work(t))
                 })

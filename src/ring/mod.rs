@@ -1,8 +1,9 @@
 //! The shard mesh: one lock-free SPSC ring (rtrb) per ordered pair of shards, built before the
-//! shards start, and one doorbell per shard. A producer rings the doorbell only when the
-//! consumer has said it is going to sleep, so a busy consumer costs its producers one atomic
-//! load per push. The wake itself goes through monoio's cross-thread waker, an eventfd write.
-//! A full ring hands the message back: the caller applies back-pressure, never blocks.
+//! shards start, and one doorbell per shard. A producer pushes a batch, then rings once (a
+//! fence and one load); the doorbell wakes the consumer only when it has said it is going to
+//! sleep, so a busy consumer costs its producers that load per batch. The wake itself goes
+//! through monoio's cross-thread waker, an eventfd write. A full ring hands the message back:
+//! the caller applies back-pressure, never blocks.
 
 mod msg;
 
@@ -77,18 +78,27 @@ pub fn mesh(n: usize, capacity: usize) -> Vec<(Outbox, Inbox)> {
 }
 
 impl Outbox {
-    /// Pushes to shard `to`, ringing its doorbell; hands the message back when the ring is full.
-    pub fn send(&mut self, to: usize, msg: XMsg) -> Result<(), XMsg> {
+    /// Pushes to shard `to` without waking it (see [`Outbox::ring`]); hands the message back
+    /// when the ring is full.
+    pub fn push(&mut self, to: usize, msg: XMsg) -> Result<(), XMsg> {
         let Some(tx) = self.tx.get_mut(to).and_then(Option::as_mut) else {
             return Err(msg);
         };
-        match tx.push(msg) {
-            Ok(()) => {
-                self.bells[to].ring();
-                Ok(())
-            }
-            Err(rtrb::PushError::Full(m)) => Err(m),
-        }
+        tx.push(msg).map_err(|rtrb::PushError::Full(m)| m)
+    }
+
+    /// Rings shard `to`'s doorbell after a batch of pushes: a consumer that went to sleep
+    /// before seeing them is woken.
+    pub fn ring(&self, to: usize) {
+        self.bells[to].ring();
+    }
+
+    /// Pushes and rings at once.
+    #[cfg(test)]
+    pub fn send(&mut self, to: usize, msg: XMsg) -> Result<(), XMsg> {
+        self.push(to, msg)?;
+        self.ring(to);
+        Ok(())
     }
 
     /// Messages waiting in the ring to `to`, for metrics.

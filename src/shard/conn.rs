@@ -286,7 +286,11 @@ fn read(
     };
     let mut total = 0;
     let mut eof = false;
-    while total < READ_BUDGET {
+    // A plain socket that gave less than the room offered is drained for now: the next read
+    // would only say EAGAIN (a system call per readiness event), the next readiness wait says
+    // when more came.
+    let mut drained = false;
+    while total < READ_BUDGET && !drained {
         let got = match transport {
             None => sock::recv(stream, &mut buf, READ_CHUNK),
             Some(t) => {
@@ -309,6 +313,7 @@ fn read(
             Ok(n) => {
                 total += n;
                 sh.stats.bytes_in.add(n as i64);
+                drained = transport.is_none() && buf.len() < buf.capacity();
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -23,6 +23,9 @@ pub(super) struct Mesh {
     blocked_readers: Vec<Rc<ConnLink>>,
     /// Messages this shard sends itself.
     self_queue: VecDeque<XMsg>,
+    /// Shards pushed to since their doorbell was last rung (the pump rings them once per pass:
+    /// one fence per batch, not per message).
+    unrung: Vec<usize>,
     /// The pump, while it sleeps.
     pump_waker: Option<Waker>,
     stats: Arc<Stats>,
@@ -37,6 +40,7 @@ impl Mesh {
             backlogged: 0,
             blocked_readers: Vec::new(),
             self_queue: VecDeque::new(),
+            unrung: Vec::new(),
             pump_waker: None,
             stats,
         }
@@ -59,7 +63,12 @@ impl Mesh {
             self.backlogged += 1;
             return;
         }
-        if let Err(msg) = self.outbox.send(to, msg) {
+        self.push(to, msg);
+    }
+
+    /// Pushes to another shard's ring (or its backlog when full), to be rung with the batch.
+    fn push(&mut self, to: usize, msg: XMsg) {
+        if let Err(msg) = self.outbox.push(to, msg) {
             self.stats.ring_full.inc();
             tracing::debug!(
                 from = self.id,
@@ -69,6 +78,16 @@ impl Mesh {
             self.backlog[to].push_back(msg);
             self.backlogged += 1;
             self.wake_pump();
+        } else if !self.unrung.contains(&to) {
+            self.unrung.push(to);
+            self.wake_pump();
+        }
+    }
+
+    /// Rings the doorbell of every shard pushed to since the last time (the pump, each pass).
+    pub fn ring_bells(&mut self) {
+        for to in self.unrung.drain(..) {
+            self.outbox.ring(to);
         }
     }
 
@@ -108,12 +127,16 @@ impl Mesh {
     /// connections that stopped reading.
     pub fn retry_backlog(&mut self) {
         for to in 0..self.shards() {
+            let before = self.backlog[to].len();
             while let Some(msg) = self.backlog[to].pop_front() {
-                if let Err(msg) = self.outbox.send(to, msg) {
+                if let Err(msg) = self.outbox.push(to, msg) {
                     self.backlog[to].push_front(msg);
                     break;
                 }
                 self.backlogged -= 1;
+            }
+            if self.backlog[to].len() < before {
+                self.outbox.ring(to);
             }
         }
         if !self.blocked() {
@@ -137,9 +160,9 @@ impl Mesh {
         out.extend(self.self_queue.drain(..));
     }
 
-    /// Work is waiting for the pump (its own messages, or a backlog to retry).
+    /// Work is waiting for the pump (its own messages, doorbells to ring, a backlog to retry).
     pub fn pump_due(&self) -> bool {
-        !self.self_queue.is_empty() || self.blocked()
+        !self.self_queue.is_empty() || !self.unrung.is_empty() || self.blocked()
     }
 
     /// The pump goes to sleep; a message to itself or a full ring wakes it.

@@ -501,6 +501,7 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             sh.mesh.retry_backlog();
             sh.store_answered();
             sh.flush_store();
+            sh.mesh.ring_bells();
         }
         for (req, reply) in control.take() {
             let closing = matches!(req, crate::control::Request::Persist);
