@@ -21,7 +21,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
     let v5 = protocol.is_v5();
     match packet {
         Packet::Publish(p) => {
-            put_publish_header(buf, p, protocol);
+            put_publish_header(buf, &p.as_out(), protocol);
             buf.put_slice(&p.payload);
         }
         Packet::Connect(c) => {
@@ -36,7 +36,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
             buf.put_u8((c.session_present && protocol != Protocol::V31) as u8);
             if v5 {
                 buf.put_u8(c.reason as u8);
-                put_props(buf, &c.properties);
+                put_props(buf, c.properties.as_deref());
             } else {
                 buf.put_u8(c.reason.v3_connack_code());
             }
@@ -50,7 +50,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
             put_varint(buf, remaining);
             buf.put_u16(s.packet_id);
             if v5 {
-                put_props(buf, &s.properties);
+                put_props(buf, s.properties.as_deref());
             }
             for (filter, o) in &s.filters {
                 put_binary(buf, filter.as_bytes());
@@ -68,7 +68,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
             put_varint(buf, remaining);
             buf.put_u16(s.packet_id);
             if v5 {
-                put_props(buf, &s.properties);
+                put_props(buf, s.properties.as_deref());
             }
             for r in &s.reasons {
                 buf.put_u8(if v5 || !r.is_error() { *r as u8 } else { 0x80 });
@@ -79,7 +79,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
             put_varint(buf, remaining);
             buf.put_u16(u.packet_id);
             if v5 {
-                put_props(buf, &u.properties);
+                put_props(buf, u.properties.as_deref());
             }
             for filter in &u.filters {
                 put_binary(buf, filter.as_bytes());
@@ -90,7 +90,7 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
             put_varint(buf, remaining);
             buf.put_u16(u.packet_id);
             if v5 {
-                put_props(buf, &u.properties);
+                put_props(buf, u.properties.as_deref());
                 for r in &u.reasons {
                     buf.put_u8(*r as u8);
                 }
@@ -104,26 +104,26 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
 }
 
 /// The length of a PUBLISH's variable header (topic, packet id, properties).
-fn publish_var_header_len(p: &Publish, protocol: Protocol) -> usize {
+fn publish_var_header_len(p: &PublishRef<'_>, protocol: Protocol) -> usize {
     let mut n = field_len(p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
         n += 2;
     }
     if protocol.is_v5() {
-        n += props_len(&p.properties);
+        n += props_len(p.properties);
     }
     n
 }
 
 /// Bytes a PUBLISH takes on the wire, payload included.
-pub fn publish_len(p: &Publish, protocol: Protocol) -> usize {
+pub fn publish_len(p: &PublishRef<'_>, protocol: Protocol) -> usize {
     let remaining = publish_var_header_len(p, protocol) + p.payload.len();
     1 + varint_len(remaining) + remaining
 }
 
 /// Writes a PUBLISH's fixed and variable header; the payload (`p.payload.len()` bytes, counted in
 /// the remaining length) is for the caller to send after it, by reference or by copy.
-pub fn put_publish_header(buf: &mut BytesMut, p: &Publish, protocol: Protocol) {
+pub fn put_publish_header(buf: &mut BytesMut, p: &PublishRef<'_>, protocol: Protocol) {
     let remaining = publish_var_header_len(p, protocol) + p.payload.len();
     let first = 0x30 | (p.dup as u8) << 3 | (p.qos as u8) << 1 | p.retain as u8;
     buf.reserve(1 + varint_len(remaining) + remaining - p.payload.len());
@@ -134,17 +134,17 @@ pub fn put_publish_header(buf: &mut BytesMut, p: &Publish, protocol: Protocol) {
         buf.put_u16(p.packet_id.unwrap_or(0));
     }
     if protocol.is_v5() {
-        put_props(buf, &p.properties);
+        put_props(buf, p.properties);
     }
 }
 
 fn body_len(packet: &Packet, protocol: Protocol) -> usize {
     let v5 = protocol.is_v5();
-    let v5_props = |p: &Props| if v5 { props_len(p) } else { 0 };
+    let v5_props = |p: &Props| if v5 { props_len(p.as_deref()) } else { 0 };
     match packet {
         Packet::Connect(c) => connect_len(c),
         Packet::ConnAck(c) => 2 + v5_props(&c.properties),
-        Packet::Publish(p) => publish_var_header_len(p, protocol) + p.payload.len(),
+        Packet::Publish(p) => publish_var_header_len(&p.as_out(), protocol) + p.payload.len(),
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             2 + reason_tail_len(a.reason, &a.properties, v5)
         }
@@ -165,7 +165,7 @@ fn body_len(packet: &Packet, protocol: Protocol) -> usize {
         }
         Packet::UnsubAck(u) => {
             2 + if v5 {
-                props_len(&u.properties) + u.reasons.len()
+                props_len(u.properties.as_deref()) + u.reasons.len()
             } else {
                 0
             }
@@ -183,7 +183,7 @@ fn reason_tail_len(reason: ReasonCode, props: &Props, v5: bool) -> usize {
     } else if props.is_none() {
         1
     } else {
-        1 + props_len(props)
+        1 + props_len(props.as_deref())
     }
 }
 
@@ -194,7 +194,7 @@ fn put_reason_tail(buf: &mut BytesMut, first: u8, reason: ReasonCode, props: &Pr
         buf.put_u8(reason as u8);
     }
     if len >= 2 {
-        put_props(buf, props);
+        put_props(buf, props.as_deref());
     }
 }
 
@@ -205,7 +205,7 @@ fn put_pub_resp(buf: &mut BytesMut, first: u8, a: &PubResp, remaining: usize, v5
     if v5 && remaining > 2 {
         buf.put_u8(a.reason as u8);
         if remaining > 3 {
-            put_props(buf, &a.properties);
+            put_props(buf, a.properties.as_deref());
         }
     }
 }
@@ -214,12 +214,12 @@ fn connect_len(c: &Connect) -> usize {
     let v5 = c.protocol.is_v5();
     let mut n = field_len(c.protocol.name().as_bytes()) + 1 + 1 + 2;
     if v5 {
-        n += props_len(&c.properties);
+        n += props_len(c.properties.as_deref());
     }
     n += field_len(c.client_id.as_bytes());
     if let Some(w) = &c.will {
         if v5 {
-            n += props_len(&w.properties);
+            n += props_len(w.properties.as_deref());
         }
         n += field_len(w.topic.as_bytes()) + field_len(&w.payload);
     }
@@ -240,12 +240,12 @@ fn put_connect(buf: &mut BytesMut, c: &Connect) {
     buf.put_u8(flags);
     buf.put_u16(c.keep_alive);
     if v5 {
-        put_props(buf, &c.properties);
+        put_props(buf, c.properties.as_deref());
     }
     put_binary(buf, c.client_id.as_bytes());
     if let Some(w) = &c.will {
         if v5 {
-            put_props(buf, &w.properties);
+            put_props(buf, w.properties.as_deref());
         }
         put_binary(buf, w.topic.as_bytes());
         put_binary(buf, &w.payload);

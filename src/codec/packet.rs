@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::{Props, ReasonCode};
+use super::{Properties, Props, ReasonCode};
 
 /// Protocol version, fixed by CONNECT for the life of a connection.
 #[derive(
@@ -130,6 +130,36 @@ pub struct Publish {
     pub packet_id: Option<u16>,
     pub properties: Props,
     pub payload: Bytes,
+}
+
+impl Publish {
+    /// The packet as [`PublishRef`] borrows it, to encode.
+    pub fn as_out(&self) -> PublishRef<'_> {
+        PublishRef {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: &self.topic,
+            packet_id: self.packet_id,
+            properties: self.properties.as_deref(),
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A PUBLISH to encode, borrowing its parts from wherever they live: a decoded [`Publish`], or a
+/// message and one subscriber's delivery of it, so that a delivery is written without touching
+/// the reference counts of the shared topic and payload.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Empty only in v5 when a topic alias stands for it.
+    pub topic: &'a str,
+    pub packet_id: Option<u16>,
+    pub properties: Option<&'a Properties>,
+    pub payload: &'a Bytes,
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape.

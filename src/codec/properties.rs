@@ -445,12 +445,12 @@ impl Properties {
 }
 
 /// Bytes the property block takes on the wire, its length prefix included.
-pub fn props_len(props: &Props) -> usize {
-    let body = props.as_ref().map_or(0, |p| p.body_len());
+pub fn props_len(props: Option<&Properties>) -> usize {
+    let body = props.map_or(0, |p| p.body_len());
     varint_len(body) + body
 }
 
-pub fn put_props(buf: &mut impl BufMut, props: &Props) {
+pub fn put_props(buf: &mut impl BufMut, props: Option<&Properties>) {
     match props {
         None => buf.put_u8(0),
         Some(p) => {

@@ -173,10 +173,14 @@ fn drive<'a, S: Stream>(
         let mut writable = None;
         let mut eof = false;
         loop {
+            // Read once per turn of the loop, and only when needed: a clock read is a
+            // measurable part of a message's cost.
+            let mut clock = None;
+            let mut now = || *clock.get_or_insert_with(Instant::now);
             match flush(stream, link, transport) {
                 Ok(0) => {}
                 Ok(n) => {
-                    link.touch(Instant::now());
+                    link.touch(now());
                     shard.borrow().stats.bytes_out.add(n as i64);
                 }
                 Err(_) => return false,
@@ -189,7 +193,7 @@ fn drive<'a, S: Stream>(
             let drained = link.out.borrow().len() <= shard.borrow().cfg.mqtt.max_outbound_bytes / 2;
             if drained {
                 if let Some(key) = link.session() {
-                    shard.borrow_mut().pump_session(key, Instant::now());
+                    shard.borrow_mut().pump_session(key, now());
                 }
             }
             // Plain TCP with no split frame held: hibernating is up to the shard's conditions.
@@ -199,11 +203,8 @@ fn drive<'a, S: Stream>(
             }
             if let Some(until) = link.take_throttle() {
                 // Boxed: monoio's timer is 640 bytes, and inline it would sit in every idle task.
-                Box::pin(monoio::time::sleep(
-                    until.saturating_duration_since(Instant::now()),
-                ))
-                .await;
-                decode_all(&mut shard.borrow_mut(), link, &mut partial);
+                Box::pin(monoio::time::sleep(until.saturating_duration_since(now()))).await;
+                decode_all(&mut shard.borrow_mut(), link, &mut partial, Instant::now());
                 continue;
             }
             let (want_read, ring_blocked) = {
@@ -264,7 +265,7 @@ fn drive<'a, S: Stream>(
                 eof = read(shard, stream, link, &mut partial, transport);
             } else if discriminant(&link.state.get()) != state_before && !partial.is_empty() {
                 // Packets that arrived behind the CONNECT wait in `partial` until it is granted.
-                decode_all(&mut shard.borrow_mut(), link, &mut partial);
+                decode_all(&mut shard.borrow_mut(), link, &mut partial, Instant::now());
             }
         }
     }
@@ -284,6 +285,7 @@ fn read(
     } else {
         std::mem::take(partial)
     };
+    let now = Instant::now();
     let mut total = 0;
     let mut eof = false;
     // A plain socket that gave less than the room offered is drained for now: the next read
@@ -306,7 +308,7 @@ fn read(
         match got {
             Ok(0) => {
                 // TLS and WebSocket may hand over their last packets with the close itself.
-                decode_all(&mut sh, link, &mut buf);
+                decode_all(&mut sh, link, &mut buf, now);
                 eof = true;
                 break;
             }
@@ -327,9 +329,9 @@ fn read(
             }
         }
         if link.session().is_some() {
-            link.heard(Instant::now());
+            link.heard(now);
         }
-        if !decode_all(&mut sh, link, &mut buf) {
+        if !decode_all(&mut sh, link, &mut buf, now) {
             break;
         }
     }
@@ -367,9 +369,10 @@ fn keep_partial(mut buf: BytesMut) -> (BytesMut, Option<BytesMut>) {
     (kept, Some(buf))
 }
 
-/// Decodes and handles every whole packet in `buf`; false when reading must pause (closing, a
-/// CONNECT waiting for its password verdict or grant, or a throttled publisher).
-fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut) -> bool {
+/// Decodes and handles every whole packet in `buf` (read at `now`); false when reading must
+/// pause (closing, a CONNECT waiting for its password verdict or grant, or a throttled
+/// publisher).
+fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut, now: Instant) -> bool {
     let max = sh.cfg.mqtt.max_packet_size as usize;
     loop {
         if link.is_closing() || link.state.get().awaits_connect() || link.throttled() {
@@ -377,7 +380,7 @@ fn decode_all(sh: &mut Shard, link: &Rc<ConnLink>, buf: &mut BytesMut) -> bool {
         }
         match decode(buf, link.protocol.get(), max) {
             Ok(Some(packet)) => {
-                if let Err(close) = sh.handle(link, packet) {
+                if let Err(close) = sh.handle(link, packet, now) {
                     refuse(sh, link, close);
                     return false;
                 }

@@ -326,7 +326,7 @@ impl Shard {
             }
         }
         if ends {
-            self.redispatch_shared(&mut session);
+            self.redispatch_shared(&mut session, now);
             self.release_exclusives(&session);
             self.journal_end(&session);
             return None;
@@ -424,7 +424,7 @@ impl Shard {
         }));
         tracing::debug!(client = %c.client_id, peer = %link.peer, session_present, "connected");
         self.client_event(&c.client_id, link.peer, true, Some(&c), now);
-        self.resend_inflight(key);
+        self.resend_inflight(key, now);
         self.auto_subscribe(key, &link, &c.client_id, c.username.as_deref(), now);
         self.pump_session(key, now);
     }
@@ -477,7 +477,7 @@ impl Shard {
     }
 
     /// Re-sends unacknowledged messages of a resumed session: PUBLISH with DUP, or PUBREL.
-    fn resend_inflight(&mut self, key: usize) {
+    fn resend_inflight(&mut self, key: usize, now: Instant) {
         let Some(slot) = self.sessions.get_mut(key) else {
             return;
         };
@@ -500,8 +500,14 @@ impl Shard {
                         continue;
                     };
                     let d = f.delivery.clone();
-                    let written =
-                        super::route::write_publish(&mut slot.session, &link, Some(pid), &d, true);
+                    let written = super::route::write_publish(
+                        &mut slot.session,
+                        &link,
+                        Some(pid),
+                        &d,
+                        true,
+                        now,
+                    );
                     self.stats.count_sent(written, d.qos);
                 }
                 OutState::Released => {
@@ -580,7 +586,7 @@ impl Shard {
         if let Some(will) = session.will.take() {
             self.publish_will(*will, session.client_id.clone(), now);
         }
-        self.redispatch_shared(&mut session);
+        self.redispatch_shared(&mut session, now);
         self.release_exclusives(&session);
         self.journal_end(&session);
         let home = self.home_of(&session.client_id);
@@ -620,7 +626,7 @@ impl Shard {
             now,
         );
         self.stats.wills.inc();
-        self.publish_message(Arc::new(msg));
+        self.publish_message(Arc::new(msg), now);
     }
 }
 

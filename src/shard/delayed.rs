@@ -171,7 +171,7 @@ impl Shard {
         while let Some((id, m)) = self.delayed.take_due(wall) {
             self.forget_delayed(id);
             self.stats.delayed_published.inc();
-            self.publish_message(Arc::new(m.message(now)));
+            self.publish_message(Arc::new(m.message(now)), now);
         }
     }
 

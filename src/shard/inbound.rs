@@ -117,8 +117,13 @@ fn protocol_error(why: &str) -> Close {
 }
 
 impl Shard {
-    /// Handles one decoded packet from `link`.
-    pub(super) fn handle(&mut self, link: &Rc<ConnLink>, packet: Packet) -> Result<(), Close> {
+    /// Handles one decoded packet from `link`, read at `now`.
+    pub(super) fn handle(
+        &mut self,
+        link: &Rc<ConnLink>,
+        packet: Packet,
+        now: Instant,
+    ) -> Result<(), Close> {
         let key = match (link.state.get(), packet) {
             (LinkState::New, Packet::Connect(c)) => return self.on_connect(link, c),
             (LinkState::New, _) => return Err(protocol_error("first packet is not CONNECT")),
@@ -129,7 +134,6 @@ impl Shard {
             _ => return Ok(()),
         };
         let (key, packet) = key;
-        let now = Instant::now();
         if !self.trace.clients.is_empty() {
             self.trace_packet(key, &packet);
         }
@@ -555,7 +559,7 @@ impl Shard {
                     client_id,
                     now,
                 );
-                self.publish_message(Arc::new(msg));
+                self.publish_message(Arc::new(msg), now);
                 ReasonCode::Success
             }
         };

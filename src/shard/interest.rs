@@ -131,6 +131,7 @@ impl Interest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topic::Levels;
 
     #[test]
     fn shard_set_ops() {
@@ -151,11 +152,12 @@ mod tests {
         i.apply(&"a/+".into(), 2, true);
         i.apply(&"$share/g/a/#".into(), 1, true);
         let mut shards = ShardSet::default();
-        i.plain.for_each_match("a/b", |s| shards.union(s));
+        i.plain
+            .for_each_match(&Levels::new("a/b"), |s| shards.union(s));
         assert_eq!(shards.iter().collect::<Vec<_>>(), [2]);
         let mut groups = Vec::new();
         i.shared
-            .for_each_match("a/b", |g| groups.extend(g.keys().cloned()));
+            .for_each_match(&Levels::new("a/b"), |g| groups.extend(g.keys().cloned()));
         assert_eq!(groups, [ByteString::from("$share/g/a/#")]);
         i.apply(&"a/+".into(), 2, false);
         i.apply(&"$share/g/a/#".into(), 1, false);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use crate::codec::{encode, put_publish_header, Connect, Packet, Protocol, Publish, ReasonCode};
+use crate::codec::{encode, put_publish_header, Connect, Packet, Protocol, PublishRef, ReasonCode};
 
 /// Payloads at least this big are written by reference rather than copied.
 const BY_REFERENCE: usize = 1024;
@@ -68,7 +68,7 @@ impl OutBuf {
         self.len += self.head.len() - before;
     }
 
-    pub fn publish(&mut self, p: &Publish, protocol: Protocol) {
+    pub fn publish(&mut self, p: &PublishRef<'_>, protocol: Protocol) {
         let before = self.head.len();
         put_publish_header(&mut self.head, p, protocol);
         self.len += self.head.len() - before + p.payload.len();
@@ -76,7 +76,7 @@ impl OutBuf {
             self.seal_head();
             self.chunks.push_back(p.payload.clone());
         } else {
-            self.head.extend_from_slice(&p.payload);
+            self.head.extend_from_slice(p.payload);
         }
     }
 
@@ -236,7 +236,7 @@ impl ConnLink {
         self.wake();
     }
 
-    pub fn send_publish(&self, p: &Publish) {
+    pub fn send_publish(&self, p: &PublishRef<'_>) {
         self.out.borrow_mut().publish(p, self.protocol.get());
         self.wake();
     }
@@ -318,7 +318,7 @@ impl ConnLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::QoS;
+    use crate::codec::{Publish, QoS};
 
     #[test]
     fn outbuf_keeps_order_across_copied_and_referenced_payloads() {
@@ -336,8 +336,8 @@ mod tests {
             payload: Bytes::from(vec![7u8; 2000]),
             ..small.clone()
         };
-        out.publish(&small, Protocol::V311);
-        out.publish(&big, Protocol::V311);
+        out.publish(&small.as_out(), Protocol::V311);
+        out.publish(&big.as_out(), Protocol::V311);
         out.packet(&Packet::PingResp, Protocol::V311);
         let total = out.len();
         let flat: Vec<u8> = out.slices().iter().flat_map(|s| s.to_vec()).collect();

@@ -250,11 +250,11 @@ impl Shard {
         self.mesh.send(to, msg);
     }
 
-    fn handle_xmsg(&mut self, msg: XMsg) {
+    fn handle_xmsg(&mut self, msg: XMsg, now: Instant) {
         match msg {
             XMsg::Publish { msg, confirm } => {
                 let before = self.durable.produced_count();
-                self.deliver_local(&msg);
+                self.deliver_local(&msg, now);
                 self.confirm_stored(confirm, before);
             }
             XMsg::Shared {
@@ -263,7 +263,7 @@ impl Shard {
                 confirm,
             } => {
                 let before = self.durable.produced_count();
-                self.deliver_shared_local(&group, msg);
+                self.deliver_shared_local(&group, msg, now);
                 self.confirm_stored(confirm, before);
             }
             XMsg::Stored { token, stored } => self.stored_elsewhere(token, stored),
@@ -291,7 +291,7 @@ impl Shard {
                 shard,
                 token,
                 clean_start,
-            } => self.on_claim(client_id, shard, token, clean_start, Instant::now()),
+            } => self.on_claim(client_id, shard, token, clean_start, now),
             XMsg::Takeover {
                 client_id,
                 shard,
@@ -492,8 +492,9 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
         {
             let mut sh = shard.borrow_mut();
             sh.mesh.take_own(&mut batch);
+            let now = Instant::now();
             for msg in batch.drain(..) {
-                sh.handle_xmsg(msg);
+                sh.handle_xmsg(msg, now);
             }
             for (verdict, link) in sh.waiting.verdicts() {
                 sh.password_checked(verdict, link);

@@ -12,36 +12,45 @@ use bytestring::ByteString;
 use super::link::ConnLink;
 use super::strategy::Choice;
 use super::{Shard, SubEntry};
-use crate::codec::{publish_len, Publish, QoS};
+use crate::codec::{publish_len, Properties, PublishRef, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
 use crate::stats::DropReason;
 use crate::store::Op;
+use crate::topic::Levels;
 
 /// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
-/// ids; the payload is shared, not copied.
+/// ids. Written from the message by reference: the shared topic and payload are not cloned (a
+/// payload past `link`'s by-reference size is queued by reference, the rest copied).
 pub(super) fn write_publish(
     session: &mut Session,
     link: &ConnLink,
     pid: Option<u16>,
     d: &Delivery,
     dup: bool,
+    now: Instant,
 ) -> bool {
-    let mut publish = Publish {
-        dup,
-        qos: d.qos,
-        retain: d.retain,
-        topic: d.msg.topic.clone(),
-        packet_id: pid,
-        properties: None,
-        payload: d.msg.payload.clone(),
-    };
+    let mut props = None;
     if session.protocol.is_v5() {
         let mut p = d.msg.props.as_deref().cloned().unwrap_or_default();
-        p.message_expiry_interval = d.msg.remaining_expiry(Instant::now());
+        p.message_expiry_interval = d.msg.remaining_expiry(now);
         p.subscription_identifiers = d.sub_ids.clone();
-        if !p.is_empty() {
-            publish.properties = Some(Box::new(p));
+        props = (!p.is_empty()).then_some(p);
+    }
+    fn publish<'a>(
+        d: &'a Delivery,
+        (dup, packet_id): (bool, Option<u16>),
+        topic: &'a str,
+        properties: Option<&'a Properties>,
+    ) -> PublishRef<'a> {
+        PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            properties,
+            payload: &d.msg.payload,
         }
     }
     // Sized with the full topic and room for an alias property: an upper bound, checked before
@@ -49,7 +58,10 @@ pub(super) fn write_publish(
     // maximum (v5) pay for the sizing.
     let limited = session.max_packet_size != u32::MAX;
     if limited
-        && publish_len(&publish, session.protocol) + ALIAS_PROPERTY_LEN
+        && publish_len(
+            &publish(d, (dup, pid), &d.msg.topic, props.as_ref()),
+            session.protocol,
+        ) + ALIAS_PROPERTY_LEN
             > session.max_packet_size as usize
     {
         session.dropped += 1;
@@ -58,16 +70,14 @@ pub(super) fn write_publish(
         }
         return false;
     }
-    if let Some((alias, with_topic)) = session.alias_for(&publish.topic) {
-        publish
-            .properties
-            .get_or_insert_with(Box::default)
-            .topic_alias = Some(alias);
+    let mut topic: &str = &d.msg.topic;
+    if let Some((alias, with_topic)) = session.alias_for(&d.msg.topic) {
+        props.get_or_insert_with(Properties::default).topic_alias = Some(alias);
         if !with_topic {
-            publish.topic = ByteString::new();
+            topic = "";
         }
     }
-    link.send_publish(&publish);
+    link.send_publish(&publish(d, (dup, pid), topic, props.as_ref()));
     true
 }
 
@@ -76,7 +86,7 @@ const ALIAS_PROPERTY_LEN: usize = 4;
 
 impl Shard {
     /// Stores a retained message (and tells every replica), then routes the message.
-    pub(super) fn publish_message(&mut self, msg: Arc<Message>) {
+    pub(super) fn publish_message(&mut self, msg: Arc<Message>, now: Instant) {
         if !self.trace.topics.is_empty() {
             self.trace_publish(&msg);
         }
@@ -87,7 +97,7 @@ impl Shard {
             self.stats.retained.set(self.retained.len() as i64);
             self.mesh.broadcast(|| XMsg::Retain(stored.clone()));
         }
-        self.route(msg);
+        self.route(msg, now);
     }
 
     /// The retained-message limits: payload size, and the count for a topic not yet stored.
@@ -131,9 +141,10 @@ impl Shard {
         }
     }
 
-    fn route(&mut self, msg: Arc<Message>) {
+    fn route(&mut self, msg: Arc<Message>, now: Instant) {
         let choice = self.choice(&msg);
-        let (shards, groups) = self.router.targets(&msg.topic, &choice);
+        let levels = Levels::new(&msg.topic);
+        let (shards, groups) = self.router.targets(&levels, &choice);
         for shard in shards.iter() {
             if shard != self.id {
                 let confirm = self.durable.confirm();
@@ -146,21 +157,27 @@ impl Shard {
                 );
             }
         }
-        self.deliver_local(&msg);
+        self.deliver_matches(&msg, &levels, now);
         for (group, shard) in groups {
-            self.dispatch_shared(group, shard, msg.clone());
+            self.dispatch_shared(group, shard, msg.clone(), now);
         }
     }
 
     /// Sends a message to the shared group's shard whose turn it is (round robin over shards
     /// with members; `None`: it has none).
-    fn dispatch_shared(&mut self, group: ByteString, shard: Option<usize>, msg: Arc<Message>) {
+    fn dispatch_shared(
+        &mut self,
+        group: ByteString,
+        shard: Option<usize>,
+        msg: Arc<Message>,
+        now: Instant,
+    ) {
         let Some(shard) = shard else {
             self.stats.dropped(DropReason::NoMember);
             return;
         };
         if shard == self.id {
-            self.deliver_shared_local(&group, msg);
+            self.deliver_shared_local(&group, msg, now);
         } else {
             let confirm = self.durable.confirm();
             self.send(
@@ -180,7 +197,12 @@ impl Shard {
     }
 
     /// Delivers to one member of a local shared group, as the strategy picks it.
-    pub(super) fn deliver_shared_local(&mut self, group: &ByteString, msg: Arc<Message>) {
+    pub(super) fn deliver_shared_local(
+        &mut self,
+        group: &ByteString,
+        msg: Arc<Message>,
+        now: Instant,
+    ) {
         let limit = self.cfg.mqtt.max_outbound_bytes;
         let sessions = &self.sessions;
         let ready = |e: &SubEntry| {
@@ -202,13 +224,17 @@ impl Shard {
             seq: 0,
             msg,
         };
-        self.deliver_to(member.session, d, Instant::now());
+        self.deliver_to(member.session, d, now);
     }
 
     /// Delivers to this shard's own subscribers: one copy per session.
-    pub(super) fn deliver_local(&mut self, msg: &Arc<Message>) {
-        let hits = self.router.local_matches(&msg.topic);
-        let now = Instant::now();
+    pub(super) fn deliver_local(&mut self, msg: &Arc<Message>, now: Instant) {
+        self.deliver_matches(msg, &Levels::new(&msg.topic), now);
+    }
+
+    /// Delivers to this shard's own subscribers of the name split in `levels`.
+    fn deliver_matches(&mut self, msg: &Arc<Message>, levels: &Levels<'_>, now: Instant) {
+        let hits = self.router.local_matches(levels);
         let mut i = 0;
         while i < hits.len() {
             let key = hits[i].session;
@@ -264,7 +290,7 @@ impl Shard {
                     self.durable.produced();
                 }
                 if let Some(link) = link {
-                    let written = write_publish(&mut slot.session, &link, pid, &d, false);
+                    let written = write_publish(&mut slot.session, &link, pid, &d, false, now);
                     self.stats.count_sent(written, d.qos);
                 }
             }
@@ -301,7 +327,7 @@ impl Shard {
             let Some((pid, d)) = slot.session.next_queued(now) else {
                 break;
             };
-            let written = write_publish(&mut slot.session, &link, pid, &d, false);
+            let written = write_publish(&mut slot.session, &link, pid, &d, false, now);
             self.stats.count_sent(written, d.qos);
         }
         if slot.session.stored.is_some() {
@@ -310,11 +336,11 @@ impl Shard {
     }
 
     /// Gives a leaving session's unacknowledged shared-subscription messages to other members.
-    pub(super) fn redispatch_shared(&mut self, session: &mut Session) {
+    pub(super) fn redispatch_shared(&mut self, session: &mut Session, now: Instant) {
         for d in session.take_shared() {
             if let Some(group) = d.group {
                 let shard = self.router.group_shard(&group, &self.choice(&d.msg));
-                self.dispatch_shared(group, shard, d.msg);
+                self.dispatch_shared(group, shard, d.msg, now);
             }
         }
     }

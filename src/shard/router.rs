@@ -12,7 +12,7 @@ use std::cell::Cell;
 use super::interest::{Interest, ShardSet};
 use super::strategy::{Choice, Index};
 use super::SubEntry;
-use crate::topic::{parse_shared, routing_filter, Trie};
+use crate::topic::{parse_shared, routing_filter, Levels, Trie};
 
 /// The members of one shared subscription group on this shard (oldest first), and whose turn
 /// is next.
@@ -46,7 +46,7 @@ impl Router {
     /// The shards with plain subscribers matching `topic` (this one included), and the shared
     /// groups (full `$share/...` filters) matching it anywhere, each with the shard whose turn
     /// it is (taken in the same walk).
-    pub fn targets(&self, topic: &str, choice: &Choice) -> (ShardSet, GroupTargets) {
+    pub fn targets(&self, topic: &Levels<'_>, choice: &Choice) -> (ShardSet, GroupTargets) {
         let mut shards = ShardSet::default();
         self.interest
             .plain
@@ -98,11 +98,15 @@ impl Router {
 
     /// This shard's subscriptions matching `topic`, grouped by session. Hand the vector back
     /// with [`Router::recycle`].
-    pub fn local_matches(&mut self, topic: &str) -> Vec<SubEntry> {
+    pub fn local_matches(&mut self, topic: &Levels<'_>) -> Vec<SubEntry> {
         let mut hits = std::mem::take(&mut self.scratch);
-        self.subs
-            .for_each_match(topic, |entries| hits.extend(entries.iter().copied()));
-        if hits.len() > 1 {
+        let mut filters = 0;
+        self.subs.for_each_match(topic, |entries| {
+            filters += 1;
+            hits.extend(entries.iter().copied());
+        });
+        // One filter holds each session once: only several can name a session twice.
+        if filters > 1 {
             hits.sort_unstable_by_key(|e| e.session);
         }
         hits

@@ -73,7 +73,7 @@ impl Sim {
         sh.mesh.take_own(&mut batch);
         let moved = !batch.is_empty();
         for msg in batch {
-            sh.handle_xmsg(msg);
+            sh.handle_xmsg(msg, Instant::now());
         }
         let backlogged = sh.mesh.blocked();
         sh.mesh.retry_backlog();
@@ -106,7 +106,7 @@ impl Sim {
             0,
         ));
         link.protocol.set(c.protocol);
-        let r = self.shards[shard].handle(&link, Packet::Connect(Box::new(c)));
+        let r = self.shards[shard].handle(&link, Packet::Connect(Box::new(c)), Instant::now());
         assert!(r.is_ok(), "CONNECT refused");
         link
     }
@@ -136,7 +136,7 @@ impl Sim {
         let p = decode(&mut buf, link.protocol.get(), usize::MAX)
             .expect("decodes")
             .expect("whole");
-        let r = self.shards[shard].handle(link, p);
+        let r = self.shards[shard].handle(link, p, Instant::now());
         assert!(r.is_ok(), "packet refused");
     }
 

@@ -55,7 +55,7 @@ impl Shard {
             ByteString::from_static("$SYS"),
             now,
         );
-        self.publish_message(Arc::new(msg));
+        self.publish_message(Arc::new(msg), now);
     }
 
     /// Publishes the broker-wide statistics (shard 0 only).

@@ -1,10 +1,12 @@
 //! Topic names and filters: the validation rules of the specification, shared-subscription
 //! parsing (`$share/group/filter`, `$queue/filter`), `$exclusive/filter`, rewrite rules, and the trie that matches
-//! a name against many filters.
+//! a name (split once into [`Levels`]) against many filters.
 
+mod levels;
 mod rewrite;
 mod trie;
 
+pub use levels::Levels;
 pub use rewrite::{RewriteAction, RewriteRule, Rewriter, Rewriting, RuleSpec};
 pub use trie::Trie;
 

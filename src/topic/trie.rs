@@ -1,13 +1,16 @@
 //! A topic trie: one node per filter level, `+` and `#` as their own branches, and a slot of
 //! type `S` where a filter ends. The shard keeps one with its subscribers and one with the
 //! interest of every shard; both match a name in one walk, cost bound by the name's levels and
-//! the wildcards met, not by the number of filters.
+//! the wildcards met, not by the number of filters. Children are keyed by the level's hash
+//! from [`Levels`], so a name split and hashed once serves every trie it is matched in.
 
-use ahash::AHashMap;
+use hashbrown::HashTable;
+
+use super::levels::{level_hash, Level, Levels};
 
 #[derive(Debug)]
 struct Node<S> {
-    children: AHashMap<Box<str>, Node<S>>,
+    children: HashTable<(Box<str>, Node<S>)>,
     plus: Option<Box<Node<S>>>,
     /// The slot of the filter ending in `#` at this level.
     hash: Option<S>,
@@ -18,7 +21,7 @@ struct Node<S> {
 impl<S> Default for Node<S> {
     fn default() -> Self {
         Self {
-            children: AHashMap::new(),
+            children: HashTable::new(),
             plus: None,
             hash: None,
             value: None,
@@ -32,6 +35,38 @@ impl<S> Node<S> {
             && self.plus.is_none()
             && self.hash.is_none()
             && self.value.is_none()
+    }
+
+    fn child(&self, level: &str, hash: u64) -> Option<&Node<S>> {
+        self.children
+            .find(hash, |(k, _)| &**k == level)
+            .map(|(_, n)| n)
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<S>> {
+        self.children
+            .find_mut(level_hash(level), |(k, _)| &**k == level)
+            .map(|(_, n)| n)
+    }
+
+    fn child_or_insert(&mut self, level: &str) -> &mut Node<S> {
+        let hash = level_hash(level);
+        let entry = self
+            .children
+            .entry(hash, |(k, _)| &**k == level, |(k, _)| level_hash(k));
+        &mut entry
+            .or_insert_with(|| (level.into(), Node::default()))
+            .into_mut()
+            .1
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        if let Ok(e) = self
+            .children
+            .find_entry(level_hash(level), |(k, _)| &**k == level)
+        {
+            e.remove();
+        }
     }
 }
 
@@ -64,7 +99,7 @@ impl<S: Default> Trie<S> {
             }
             node = match level {
                 "+" => node.plus.get_or_insert_with(Box::default),
-                l => node.children.entry(l.into()).or_default(),
+                l => node.child_or_insert(l),
             };
         }
         if node.value.is_none() {
@@ -93,7 +128,7 @@ impl<S> Trie<S> {
             }
             node = match level {
                 "+" => node.plus.as_deref()?,
-                l => node.children.get(l)?,
+                l => node.child(l, level_hash(l))?,
             };
         }
         node.value.as_ref()
@@ -115,35 +150,27 @@ impl<S> Trie<S> {
         result
     }
 
-    /// Calls `f` with the slot of every filter that matches `name`. Wildcards at the first
-    /// level never match a name that starts with `$`.
-    pub fn for_each_match(&self, name: &str, mut f: impl FnMut(&S)) {
-        let dollar = name.starts_with('$');
-        let mut levels: smallvec::SmallVec<[&str; 16]> = name.split('/').collect();
-        levels.reverse();
-        walk(&self.root, &mut levels, dollar, &mut f);
+    /// Calls `f` with the slot of every filter that matches the name split in `name`.
+    /// Wildcards at the first level never match a name that starts with `$`.
+    pub fn for_each_match(&self, name: &Levels<'_>, mut f: impl FnMut(&S)) {
+        walk(&self.root, name.levels(), name.dollar(), &mut f);
     }
 }
 
-fn walk<S>(
-    node: &Node<S>,
-    rest: &mut smallvec::SmallVec<[&str; 16]>,
-    dollar: bool,
-    f: &mut impl FnMut(&S),
-) {
+fn walk<S>(node: &Node<S>, rest: &[Level<'_>], dollar: bool, f: &mut impl FnMut(&S)) {
     let wild_ok = !dollar;
     if let Some(h) = &node.hash {
         if wild_ok {
             f(h);
         }
     }
-    let Some(level) = rest.pop() else {
+    let Some((level, rest)) = rest.split_first() else {
         if let Some(v) = &node.value {
             f(v);
         }
         return;
     };
-    if let Some(child) = node.children.get(level) {
+    if let Some(child) = node.child(level.name, level.hash) {
         walk(child, rest, false, f);
     }
     if wild_ok {
@@ -151,7 +178,6 @@ fn walk<S>(
             walk(plus, rest, false, f);
         }
     }
-    rest.push(level);
 }
 
 /// Returns (f's result, whether the slot was removed). Prunes emptied nodes on the way back.
@@ -177,12 +203,12 @@ fn update_at<S, R>(
         }
         out
     } else {
-        let Some(child) = node.children.get_mut(level) else {
+        let Some(child) = node.child_mut(level) else {
             return (None, false);
         };
         let out = update_at(child, rest, f, empty);
         if child.is_empty() {
-            node.children.remove(level);
+            node.remove_child(level);
         }
         out
     };
@@ -253,7 +279,7 @@ mod tests {
             prop_assert_eq!(trie.len(), distinct.len());
             for n in &names {
                 let mut got = Vec::new();
-                trie.for_each_match(n, |v| got.extend(v.iter().copied()));
+                trie.for_each_match(&Levels::new(n), |v| got.extend(v.iter().copied()));
                 got.sort();
                 let mut want: Vec<usize> = live.iter().filter(|(_, f)| super::super::matches(f, n)).map(|(i, _)| *i).collect();
                 want.sort();

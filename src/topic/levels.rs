@@ -1,0 +1,54 @@
+//! A topic name split into its levels once per publish, each level with its hash, so that every
+//! trie walk of that publish (the shard's own subscribers, the interest table's plain and
+//! shared filters) looks levels up without splitting or hashing the name again. Level hashes
+//! come from one process-wide hasher (a random seed per process, so clients cannot aim for
+//! collisions), which makes a hash taken here valid in every trie on every shard.
+
+use std::sync::OnceLock;
+
+use smallvec::SmallVec;
+
+/// The hash of one topic level, as every trie keys its children.
+pub(crate) fn level_hash(level: &str) -> u64 {
+    static STATE: OnceLock<ahash::RandomState> = OnceLock::new();
+    STATE.get_or_init(ahash::RandomState::new).hash_one(level)
+}
+
+/// One level of a name and its hash.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Level<'a> {
+    pub name: &'a str,
+    pub hash: u64,
+}
+
+/// A topic name's levels, split and hashed once.
+#[derive(Debug)]
+pub struct Levels<'a> {
+    levels: SmallVec<[Level<'a>; 16]>,
+    /// The name starts with `$`: wildcards at the first level do not match it.
+    dollar: bool,
+}
+
+impl<'a> Levels<'a> {
+    pub fn new(name: &'a str) -> Levels<'a> {
+        let levels = name
+            .split('/')
+            .map(|name| Level {
+                name,
+                hash: level_hash(name),
+            })
+            .collect();
+        Levels {
+            levels,
+            dollar: name.starts_with('$'),
+        }
+    }
+
+    pub(crate) fn levels(&self) -> &[Level<'a>] {
+        &self.levels
+    }
+
+    pub(crate) fn dollar(&self) -> bool {
+        self.dollar
+    }
+}
