@@ -39,6 +39,12 @@ impl ShardSet {
         self.0.iter().all(|w| *w == 0)
     }
 
+    pub fn contains(&self, shard: usize) -> bool {
+        self.0
+            .get(shard / 64)
+            .is_some_and(|w| w & (1 << (shard % 64)) != 0)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().enumerate().flat_map(|(i, w)| {
             (0..64)
@@ -139,6 +145,7 @@ mod tests {
         s.set(1, true);
         s.set(70, true);
         assert_eq!(s.iter().collect::<Vec<_>>(), [1, 70]);
+        assert!(s.contains(70) && s.contains(1) && !s.contains(2) && !s.contains(200));
         assert_eq!(s.nth(3), Some(70));
         s.set(70, false);
         assert_eq!(s.len(), 1);

@@ -144,7 +144,10 @@ impl Shard {
     fn route(&mut self, msg: Arc<Message>, now: Instant) {
         let choice = self.choice(&msg);
         let levels = Levels::new(&msg.topic);
-        let (shards, groups) = self.router.targets(&levels, &choice);
+        // Alone, the shard needs no interest table to know where plain subscribers are: its
+        // own trie says. With others, it walks its trie only if the table says it has some.
+        let alone = self.shards == 1;
+        let (shards, groups) = self.router.targets(&levels, &choice, !alone);
         for shard in shards.iter() {
             if shard != self.id {
                 let confirm = self.durable.confirm();
@@ -157,7 +160,9 @@ impl Shard {
                 );
             }
         }
-        self.deliver_matches(&msg, &levels, now);
+        if alone || shards.contains(self.id) {
+            self.deliver_matches(&msg, &levels, now);
+        }
         for (group, shard) in groups {
             self.dispatch_shared(group, shard, msg.clone(), now);
         }

@@ -43,14 +43,21 @@ pub(super) struct Router {
 }
 
 impl Router {
-    /// The shards with plain subscribers matching `topic` (this one included), and the shared
-    /// groups (full `$share/...` filters) matching it anywhere, each with the shard whose turn
-    /// it is (taken in the same walk).
-    pub fn targets(&self, topic: &Levels<'_>, choice: &Choice) -> (ShardSet, GroupTargets) {
+    /// The shards with plain subscribers matching `topic` (this one included; none looked up
+    /// without `plain`), and the shared groups (full `$share/...` filters) matching it
+    /// anywhere, each with the shard whose turn it is (taken in the same walk).
+    pub fn targets(
+        &self,
+        topic: &Levels<'_>,
+        choice: &Choice,
+        plain: bool,
+    ) -> (ShardSet, GroupTargets) {
         let mut shards = ShardSet::default();
-        self.interest
-            .plain
-            .for_each_match(topic, |s| shards.union(s));
+        if plain {
+            self.interest
+                .plain
+                .for_each_match(topic, |s| shards.union(s));
+        }
         let mut groups = GroupTargets::new();
         self.interest.shared.for_each_match(topic, |g| {
             groups.extend(

@@ -153,7 +153,9 @@ impl<S> Trie<S> {
     /// Calls `f` with the slot of every filter that matches the name split in `name`.
     /// Wildcards at the first level never match a name that starts with `$`.
     pub fn for_each_match(&self, name: &Levels<'_>, mut f: impl FnMut(&S)) {
-        walk(&self.root, name.levels(), name.dollar(), &mut f);
+        if self.len > 0 {
+            walk(&self.root, name.levels(), name.dollar(), &mut f);
+        }
     }
 }
 
