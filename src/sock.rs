@@ -90,6 +90,12 @@ pub fn recv_up_to(stream: &impl AsRawFd, buf: &mut BytesMut, max: usize) -> io::
     Ok(n)
 }
 
+/// A connection waiting on the listening socket, accepted now (`WouldBlock`: none waits).
+pub fn accept(listener: &impl AsRawFd) -> io::Result<(std::os::fd::OwnedFd, socket2::SockAddr)> {
+    let (socket, addr) = with_sock(listener, |l| l.accept())?;
+    Ok((socket.into(), addr))
+}
+
 /// Ends this side's writing (a FIN) while reads go on.
 pub fn shutdown_write(stream: &impl AsRawFd) -> io::Result<()> {
     with_sock(stream, |s| s.shutdown(std::net::Shutdown::Write))

@@ -29,11 +29,16 @@ use crate::sock::{self, Stream};
 const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A listening socket connections are accepted from.
-pub(super) trait Accept {
+/// A listening socket connections are accepted from: a readiness wait, then every connection
+/// waiting is taken without another wait (a burst of connects is accepted in one loop tick,
+/// not one per tick).
+pub(super) trait Accept: std::os::fd::AsRawFd {
     type Stream: Stream;
-    /// The next connection and its client's address (a Unix socket's client: [`UNIX_PEER`]).
-    fn next(&self) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + '_;
+    /// Ready when connections wait (or the socket failed).
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> + '_;
+    /// A waiting connection and its client's address (a Unix socket's client: [`UNIX_PEER`]);
+    /// `WouldBlock` when none waits.
+    fn take(&self) -> std::io::Result<(Self::Stream, SocketAddr)>;
 }
 
 /// The address a Unix-socket client has in logs, `ctl` and ACL `ip` rules: it is on this
@@ -43,37 +48,60 @@ pub const UNIX_PEER: SocketAddr =
 
 impl Accept for TcpListener {
     type Stream = TcpStream;
-    fn next(&self) -> impl Future<Output = std::io::Result<(TcpStream, SocketAddr)>> + '_ {
-        self.accept()
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        self.readable(false)
+    }
+    fn take(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (fd, addr) = sock::accept(self)?;
+        let peer = addr.as_socket().unwrap_or(UNIX_PEER);
+        Ok((TcpStream::from_std(std::net::TcpStream::from(fd))?, peer))
     }
 }
 
 impl Accept for UnixListener {
     type Stream = UnixStream;
-    async fn next(&self) -> std::io::Result<(UnixStream, SocketAddr)> {
-        self.accept().await.map(|(stream, _)| (stream, UNIX_PEER))
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        self.readable(false)
+    }
+    fn take(&self) -> std::io::Result<(UnixStream, SocketAddr)> {
+        let (fd, _) = sock::accept(self)?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        Ok((UnixStream::from_std(stream)?, UNIX_PEER))
     }
 }
 
+/// Connections accepted per readiness event before other tasks get a turn.
+const ACCEPT_BATCH: usize = 256;
+
 pub async fn accept_loop<L: Accept>(shard: Rc<RefCell<Shard>>, listener: L, index: usize) {
     loop {
-        match listener.next().await {
-            Ok((stream, peer)) => {
-                let proxied = shard
-                    .borrow()
-                    .listeners
-                    .get(index)
-                    .is_some_and(|l| l.cfg.proxy_protocol);
-                if proxied {
-                    monoio::spawn(super::proxied::accept(shard.clone(), stream, peer, index));
-                } else if let Some(conn) = admit(&shard, &stream, peer, index) {
-                    monoio::spawn(serve(shard.clone(), stream, conn));
+        let mut failed = listener.ready().await.err();
+        for _ in 0..ACCEPT_BATCH {
+            match listener.take() {
+                Ok((stream, peer)) => {
+                    let proxied = shard
+                        .borrow()
+                        .listeners
+                        .get(index)
+                        .is_some_and(|l| l.cfg.proxy_protocol);
+                    if proxied {
+                        monoio::spawn(super::proxied::accept(shard.clone(), stream, peer, index));
+                    } else if let Some(conn) = admit(&shard, &stream, peer, index) {
+                        monoio::spawn(serve(shard.clone(), stream, conn));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                monoio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+        }
+        if let Some(e) = failed {
+            // Out of descriptors, most often: the socket stays ready, so wait a little.
+            tracing::warn!(error = %e, "accept failed");
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 }
@@ -168,10 +196,12 @@ fn drive<'a, S: Stream>(
 ) -> impl Future<Output = bool> + 'a {
     async move {
         let mut partial = BytesMut::new();
+        // What already came (a CONNECT sent right behind the handshake, a resumed client's
+        // packet) is read before the first readiness wait: one loop tick sooner.
+        let mut eof = read(shard, stream, link, &mut partial, transport);
         let mut readable = pin!(Some(stream.readable()));
         // Boxed, and only while output waits for room: inline it would sit in every idle task.
         let mut writable = None;
-        let mut eof = false;
         loop {
             // Read once per turn of the loop, and only when needed: a clock read is a
             // measurable part of a message's cost.
