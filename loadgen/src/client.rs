@@ -18,6 +18,9 @@ use ringmq::sock;
 use crate::session::Session;
 use crate::target::TargetArgs;
 
+const SMALL_READ: usize = 1024;
+const BIG_READ: usize = 16 * 1024;
+
 pub struct Client {
     stream: TcpStream,
     inbuf: BytesMut,
@@ -25,6 +28,9 @@ pub struct Client {
     /// messages), handed out first by `try_next`.
     early: VecDeque<Packet>,
     out: BytesMut,
+    /// Bytes a read offers: small until a read fills it (a client that only connects holds
+    /// about a kilobyte, not a 16 KiB buffer a million times over), then `BIG_READ`.
+    read_room: usize,
     pub proto: Protocol,
     /// The CONNACK's: the broker resumed a session it kept for this client id.
     pub session_present: bool,
@@ -97,6 +103,7 @@ impl Client {
                 inbuf: BytesMut::new(),
                 early: VecDeque::new(),
                 out: BytesMut::new(),
+                read_room: SMALL_READ,
                 proto: connect.protocol,
                 session_present: false,
             };
@@ -220,8 +227,9 @@ impl Client {
     /// Reads what the socket holds now; false at end of stream.
     pub fn fill(&mut self) -> io::Result<bool> {
         loop {
-            match sock::recv(&self.stream, &mut self.inbuf, 16 * 1024) {
+            match sock::recv(&self.stream, &mut self.inbuf, self.read_room) {
                 Ok(0) => return Ok(false),
+                Ok(n) if n >= self.read_room => self.read_room = BIG_READ,
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

@@ -54,7 +54,11 @@ pub struct Row {
     /// Median deliveries per broker CPU-second (conn: broker RSS bytes per held connection, on
     /// the first, fresh run).
     pub efficiency: Option<f64>,
+    /// Median p99 latency: of deliveries, or (conn) of CONNACKs.
     pub p99_us: u64,
+    /// conn: median connections made per broker CPU-second while connecting, and its ratio.
+    pub connects_per_cpu_sec: Option<f64>,
+    pub connects_per_cpu_sec_ratio: Option<f64>,
     pub lost: u64,
     pub duplicated: u64,
     pub rate_ratio: f64,
@@ -136,7 +140,15 @@ pub fn run(
         .iter()
         .position(|b| b.name == base_name)
         .ok_or_else(|| anyhow::anyhow!("no broker named {base_name}"))?;
+    let connect_eff = |reports: &[Report]| {
+        let v: Vec<f64> = reports
+            .iter()
+            .filter_map(Report::connects_per_cpu_sec)
+            .collect();
+        (conn && !v.is_empty()).then(|| median(v))
+    };
     let (base_rate, base_eff) = summarize(&runs[base_idx]);
+    let base_connect_eff = connect_eff(&runs[base_idx]);
     let rows = brokers
         .iter()
         .zip(runs)
@@ -145,14 +157,22 @@ pub fn run(
             let p99 = median(
                 reports
                     .iter()
-                    .map(|r| r.latency.percentiles().p99 as f64)
+                    .map(|r| {
+                        let l = if conn { &r.connect_latency } else { &r.latency };
+                        l.percentiles().p99 as f64
+                    })
                     .collect(),
             ) as u64;
+            let connects_per_cpu_sec = connect_eff(&reports);
             Row {
                 broker: b.name.clone(),
                 rate,
                 efficiency: eff,
                 p99_us: p99,
+                connects_per_cpu_sec,
+                connects_per_cpu_sec_ratio: connects_per_cpu_sec
+                    .zip(base_connect_eff)
+                    .map(|(e, be)| e / be),
                 lost: reports.iter().map(Report::lost).sum(),
                 duplicated: reports.iter().map(|r| r.duplicated).sum(),
                 rate_ratio: if base_rate > 0.0 {
@@ -185,27 +205,37 @@ pub fn shortfall(rows: &[Row]) -> Option<String> {
 }
 
 pub fn print(rows: &[Row], conn: bool) {
-    let (rate, eff) = if conn {
-        ("conn/s", "RSS B/conn")
+    let (rate, eff, p99) = if conn {
+        ("conn/s", "RSS B/conn", "CONNACK p99 us")
     } else {
-        ("msg/s", "msg/CPU-s")
+        ("msg/s", "msg/CPU-s", "p99 us")
     };
-    println!(
-        "{:<14} {:>12} {:>8} {:>14} {:>8} {:>10} {:>8} {:>6}",
-        "broker", rate, "ratio", eff, "ratio", "p99 us", "lost", "dup"
+    let num = |v: Option<f64>| v.map_or("-".into(), |e| format!("{e:.0}"));
+    let ratio = |v: Option<f64>| v.map_or("-".into(), |e| format!("{e:.2}x"));
+    print!(
+        "{:<14} {:>12} {:>8} {:>14} {:>8}",
+        "broker", rate, "ratio", eff, "ratio"
     );
+    if conn {
+        print!(" {:>12} {:>8}", "conn/CPU-s", "ratio");
+    }
+    println!(" {:>14} {:>8} {:>6}", p99, "lost", "dup");
     for r in rows {
-        println!(
-            "{:<14} {:>12.0} {:>7.2}x {:>14} {:>8} {:>10} {:>8} {:>6}",
+        print!(
+            "{:<14} {:>12.0} {:>7.2}x {:>14} {:>8}",
             r.broker,
             r.rate,
             r.rate_ratio,
-            r.efficiency.map_or("-".into(), |e| format!("{e:.0}")),
-            r.efficiency_ratio
-                .map_or("-".into(), |e| format!("{e:.2}x")),
-            r.p99_us,
-            r.lost,
-            r.duplicated
+            num(r.efficiency),
+            ratio(r.efficiency_ratio)
         );
+        if conn {
+            print!(
+                " {:>12} {:>8}",
+                num(r.connects_per_cpu_sec),
+                ratio(r.connects_per_cpu_sec_ratio)
+            );
+        }
+        println!(" {:>14} {:>8} {:>6}", r.p99_us, r.lost, r.duplicated);
     }
 }

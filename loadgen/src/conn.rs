@@ -170,6 +170,7 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(20));
     }
     let connect_secs = started.elapsed().as_secs_f64();
+    let connected = target.broker_pid.and_then(crate::broker::sample);
     crate::procs::ready_then_wait(target, progress);
     // A child's hold is timed by its parent, which says when it is over.
     let held = if target.child.is_some() {
@@ -194,6 +195,9 @@ pub fn run(
     }
     r.connections_wanted = local;
     r.connect_secs = connect_secs;
+    if let (Some(b), Some(c)) = (before, connected) {
+        r.connect_cpu_secs = c.cpu_secs - b.cpu_secs;
+    }
     r.broker = held.and_then(|h| h.usage(before));
     Ok(r)
 }

@@ -106,6 +106,9 @@ pub struct Report {
     pub connected: u64,
     pub still_open: u64,
     pub connect_secs: f64,
+    /// The broker's CPU time from the first connect until every CONNACK came (0: not sampled).
+    #[serde(default)]
+    pub connect_cpu_secs: f64,
     /// When the first connection was up and when the last one was released (or found closed),
     /// in Unix nanoseconds; 0 when none was.
     #[serde(default)]
@@ -174,6 +177,11 @@ impl Report {
         } else {
             0.0
         }
+    }
+
+    /// Connections made per broker CPU-second while they were being made.
+    pub fn connects_per_cpu_sec(&self) -> Option<f64> {
+        (self.connect_cpu_secs > 0.0).then(|| self.connected as f64 / self.connect_cpu_secs)
     }
 
     /// Seconds from the first connection up to the last one released.
