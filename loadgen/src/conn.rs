@@ -213,7 +213,7 @@ async fn worker(
     let slice = target.slice();
     let clients: Vec<usize> = slice.clients(t, args.connections).collect();
     let per_worker = args.rate / (slice.procs * slice.threads) as f64;
-    let pending = Rc::new(Cell::new(0usize));
+    let pending = Rc::new(Pending::default());
     let out = Rc::new(RefCell::new(Report::default()));
     let hist = Rc::new(RefCell::new(histogram()));
     let start = Instant::now();
@@ -227,10 +227,8 @@ async fn worker(
                 monoio::time::sleep(ahead).await;
             }
         }
-        while pending.get() >= args.max_pending {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
-        pending.set(pending.get() + 1);
+        pending.below(args.max_pending).await;
+        pending.start();
         let source = source_for(&sources, i);
         let ctx = (
             target.clone(),
@@ -254,7 +252,7 @@ async fn worker(
                 source,
             )
             .await;
-            pending.set(pending.get() - 1);
+            pending.done();
             let mut client = match result {
                 Ok(c) => c,
                 Err(e) => {
@@ -303,6 +301,38 @@ async fn worker(
     let mut o = std::mem::take(&mut *out.borrow_mut());
     o.connect_latency = Latency::from_hist(&hist.borrow());
     o
+}
+
+/// The handshakes in flight, and the spawner waiting for one to end when `--max-pending` are:
+/// it starts the next the moment one ends (a timer's millisecond would leave the pool short).
+#[derive(Default)]
+struct Pending {
+    n: Cell<usize>,
+    waiting: Cell<Option<std::task::Waker>>,
+}
+
+impl Pending {
+    async fn below(&self, max: usize) {
+        std::future::poll_fn(|cx| {
+            if self.n.get() < max {
+                return std::task::Poll::Ready(());
+            }
+            self.waiting.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    fn start(&self) {
+        self.n.set(self.n.get() + 1);
+    }
+
+    fn done(&self) {
+        self.n.set(self.n.get() - 1);
+        if let Some(w) = self.waiting.take() {
+            w.wake();
+        }
+    }
 }
 
 /// Keeps the connection alive until released, then checks it still answers a PINGREQ.

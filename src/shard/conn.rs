@@ -365,6 +365,7 @@ fn read(
             break;
         }
     }
+    sh.handle_own(now);
     if link.is_closing() {
         buf.clear();
     }

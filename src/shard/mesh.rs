@@ -160,6 +160,11 @@ impl Mesh {
         out.extend(self.self_queue.drain(..));
     }
 
+    /// The oldest message this shard sent itself.
+    pub fn pop_own(&mut self) -> Option<XMsg> {
+        self.self_queue.pop_front()
+    }
+
     /// Work is waiting for the pump (its own messages, doorbells to ring, a backlog to retry).
     pub fn pump_due(&self) -> bool {
         !self.self_queue.is_empty() || !self.unrung.is_empty() || self.blocked()

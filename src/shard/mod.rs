@@ -322,6 +322,14 @@ impl Shard {
         }
     }
 
+    /// Handles what the shard sent itself, in order, without waiting for the pump: a CONNECT
+    /// whose client id is homed here is claimed and granted in the same loop tick.
+    fn handle_own(&mut self, now: Instant) {
+        while let Some(msg) = self.mesh.pop_own() {
+            self.handle_xmsg(msg, now);
+        }
+    }
+
     /// Whether a connected, idle, plain-TCP link with nothing pending may hibernate now.
     fn may_hibernate(&self, link: &ConnLink) -> bool {
         let after = self.cfg.broker.hibernate_after;
