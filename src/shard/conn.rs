@@ -366,6 +366,11 @@ fn read(
         }
     }
     sh.handle_own(now);
+    if !link.state.get().awaits_connect() && !buf.is_empty() {
+        // A CONNECT granted just now, by its own shard: what came behind it goes on.
+        decode_all(&mut sh, link, &mut buf, now);
+        sh.handle_own(now);
+    }
     if link.is_closing() {
         buf.clear();
     }
