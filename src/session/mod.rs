@@ -42,6 +42,18 @@ pub struct Delivery {
     /// Its key in the store (per session, from 1); 0 while not stored.
     #[serde(default)]
     pub seq: u64,
+    /// The publish whose acknowledgement waits for this delivery to be stored (the shard's
+    /// obligation id), while the publish is still owed one: acknowledged by the subscriber
+    /// before it was collected for the store, the delivery releases that wait instead.
+    #[serde(skip)]
+    pub owed: Option<u64>,
+}
+
+/// A delivery flow ended by the subscriber's acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// The obligation it answered to, when it ended before the store heard of it.
+    pub owed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +160,9 @@ impl Session {
     /// persistent).
     pub fn keep_stored(&mut self, epoch: u64) {
         let mut log = StoreLog::new(epoch, 0);
+        // What they were owed to was decided without them (they were not stored then).
         for (pid, f) in self.inflight.iter_mut() {
+            f.delivery.owed = None;
             f.delivery.seq = log.next_seq();
             log.push(DeliveryOp::Put {
                 seq: f.delivery.seq,
@@ -163,6 +177,7 @@ impl Session {
             }
         }
         for d in self.queue.iter_mut() {
+            d.owed = None;
             d.seq = log.next_seq();
             log.push(DeliveryOp::Put {
                 seq: d.seq,
@@ -198,17 +213,26 @@ impl Session {
             .count();
     }
 
-    fn log_del(&mut self, seq: u64) {
-        if let Some(log) = self.stored.as_mut() {
-            log.del(seq);
+    /// The store need not hear of delivery `seq` again; true when its `Put` had not been
+    /// collected (and so never reaches the store).
+    fn log_del(&mut self, seq: u64) -> bool {
+        self.stored.as_mut().is_some_and(|log| log.del(seq))
+    }
+
+    /// Ends the in-flight delivery `pid`.
+    fn finish(&mut self, pid: u16) -> Completed {
+        let Some(f) = self.inflight.remove(&pid) else {
+            return Completed { owed: None };
+        };
+        let uncollected = self.log_del(f.delivery.seq);
+        Completed {
+            owed: f.delivery.owed.filter(|_| uncollected),
         }
     }
 
     /// Forgets an in-flight delivery that can never be sent (over the client's packet size).
     pub fn abandon(&mut self, pid: u16) {
-        if let Some(f) = self.inflight.remove(&pid) {
-            self.log_del(f.delivery.seq);
-        }
+        self.finish(pid);
     }
 
     /// Resets what belongs to a connection rather than the session: its outbound window (the
@@ -359,14 +383,11 @@ impl Session {
         }
     }
 
-    /// PUBACK (QoS 1) or PUBCOMP (QoS 2 after PUBREL) ends a flow; false if no such flow.
-    pub fn complete(&mut self, pid: u16, expect: OutState, qos: QoS) -> bool {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2 after PUBREL) ends a flow; `None` if no such flow.
+    pub fn complete(&mut self, pid: u16, expect: OutState, qos: QoS) -> Option<Completed> {
         match self.inflight.get(&pid) {
-            Some(f) if f.state == expect && f.delivery.qos == qos => {
-                self.abandon(pid);
-                true
-            }
-            _ => false,
+            Some(f) if f.state == expect && f.delivery.qos == qos => Some(self.finish(pid)),
+            _ => None,
         }
     }
 
@@ -467,13 +488,14 @@ mod tests {
             sub_ids: SubIds::new(),
             group: None,
             seq: 0,
+            owed: None,
         }
     }
 
     /// What the store would be handed: each op's kind and seq.
     fn logged(s: &mut Session) -> Vec<(&'static str, u64)> {
         let log = s.stored.as_mut().expect("stored");
-        log.drain_ops()
+        log.drain_ops(true)
             .map(|op| match op {
                 DeliveryOp::Put { seq, pid, .. } => {
                     (if pid.is_some() { "put-sent" } else { "put" }, seq)
@@ -507,14 +529,20 @@ mod tests {
             s.admit(delivery(QoS::AtLeastOnce), true, &limits),
             Admit::Queued
         ));
-        assert!(s.complete(first, OutState::Published, QoS::AtLeastOnce));
+        assert!(s
+            .complete(first, OutState::Published, QoS::AtLeastOnce)
+            .is_some());
         assert!(s.received(second));
-        assert!(s.complete(second, OutState::Released, QoS::ExactlyOnce));
+        assert!(s
+            .complete(second, OutState::Released, QoS::ExactlyOnce)
+            .is_some());
         // The third is sent now that the window has room: its Put says so.
         assert!(s.next_queued(Instant::now()).is_some());
         assert_eq!(logged(&mut s), [("put-sent", 3)]);
         let third = s.inflight.keys().copied().next().expect("in flight");
-        assert!(s.complete(third, OutState::Published, QoS::AtLeastOnce));
+        assert!(s
+            .complete(third, OutState::Published, QoS::AtLeastOnce)
+            .is_some());
         assert_eq!(logged(&mut s), [("del", 3)]);
     }
 
@@ -541,7 +569,9 @@ mod tests {
         ));
         assert_eq!(s.dropped, 1);
         assert!(s.next_queued(Instant::now()).is_none(), "window full");
-        assert!(s.complete(1, OutState::Published, QoS::AtLeastOnce));
+        assert!(s
+            .complete(1, OutState::Published, QoS::AtLeastOnce)
+            .is_some());
         let (pid, _) = s.next_queued(Instant::now()).expect("queued one fits now");
         assert_eq!(pid, Some(3));
     }
@@ -592,11 +622,14 @@ mod tests {
             panic!("expected send");
         };
         assert!(
-            !s.complete(pid, OutState::Released, QoS::ExactlyOnce),
+            s.complete(pid, OutState::Released, QoS::ExactlyOnce)
+                .is_none(),
             "PUBCOMP before PUBREC"
         );
         assert!(s.received(pid));
-        assert!(s.complete(pid, OutState::Released, QoS::ExactlyOnce));
+        assert!(s
+            .complete(pid, OutState::Released, QoS::ExactlyOnce)
+            .is_some());
         assert!(s.inflight.is_empty());
     }
 

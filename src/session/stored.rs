@@ -2,9 +2,11 @@
 //! last collected them, and whether its own record (subscriptions, will, expiry, inbound QoS 2
 //! ids) must be written again. The session records them as it changes, so no path that moves a
 //! message (queued, sent, acknowledged, expired, handed to another group member) can forget to;
-//! the shard collects them into one batch for the storage thread once it has held them for the
-//! commit window, and a delivery made and done with meanwhile leaves nothing in the log. Clean
-//! sessions have none of this.
+//! the shard collects them into batches for the storage thread, one per commit window, and a
+//! delivery made and done with meanwhile leaves nothing in the log. A batch takes only what was
+//! already in the log when the previous batch was taken, so every delivery waits at least one
+//! whole window before the store hears of it (a delivery made at the end of a window would
+//! otherwise have no time to be acknowledged). Clean sessions have none of this.
 
 use super::Delivery;
 
@@ -32,6 +34,9 @@ pub struct StoreLog {
     pub epoch: u64,
     next_seq: u64,
     ops: Vec<DeliveryOp>,
+    /// How many of `ops` (from the front) were there when the last batch was taken: the next
+    /// batch takes these.
+    aged: usize,
     /// The `seq` of the first `Put` in `ops` (the lowest: they are logged in order).
     first_put: Option<u64>,
     meta_dirty: bool,
@@ -44,6 +49,7 @@ impl StoreLog {
             epoch,
             next_seq: last_seq,
             ops: Vec::new(),
+            aged: 0,
             first_put: None,
             meta_dirty: true,
         }
@@ -74,14 +80,29 @@ impl StoreLog {
 
     /// The delivery `seq` is done with. One whose `Put` is still in the log never reaches the
     /// store: its ops are dropped instead (the shard holds its log for the commit window, so
-    /// a message acknowledged within it costs the store nothing).
-    pub(super) fn del(&mut self, seq: u64) {
+    /// a message acknowledged within it costs the store nothing), and true says so.
+    pub(super) fn del(&mut self, seq: u64) -> bool {
         if seq == 0 {
-            return;
+            return false;
         }
         match self.uncollected_put(seq) {
-            Some(_) => self.ops.retain(|op| op_seq(op) != seq),
-            None => self.ops.push(DeliveryOp::Del { seq }),
+            Some(_) => {
+                let aged = self.aged;
+                let mut at = 0;
+                let mut removed_aged = 0;
+                self.ops.retain(|op| {
+                    let keep = op_seq(op) != seq;
+                    removed_aged += usize::from(!keep && at < aged);
+                    at += 1;
+                    keep
+                });
+                self.aged -= removed_aged;
+                true
+            }
+            None => {
+                self.ops.push(DeliveryOp::Del { seq });
+                false
+            }
         }
     }
 
@@ -113,10 +134,17 @@ impl StoreLog {
         std::mem::take(&mut self.meta_dirty)
     }
 
-    /// Takes the waiting delivery ops, keeping the log's capacity for the next ones.
-    pub fn drain_ops(&mut self) -> std::vec::Drain<'_, DeliveryOp> {
-        self.first_put = None;
-        self.ops.drain(..)
+    /// Takes the delivery ops for a batch, keeping the log's capacity for the next ones:
+    /// with `all`, every one (a session leaving the shard, a shutdown); else those that were
+    /// already there at the last batch, the rest waiting for the next.
+    pub fn drain_ops(&mut self, all: bool) -> std::vec::Drain<'_, DeliveryOp> {
+        let taken = if all { self.ops.len() } else { self.aged };
+        self.aged = self.ops.len() - taken;
+        self.first_put = self.ops[taken..].iter().find_map(|op| match op {
+            DeliveryOp::Put { seq, .. } => Some(*seq),
+            _ => None,
+        });
+        self.ops.drain(..taken)
     }
 }
 
@@ -126,5 +154,78 @@ fn op_seq(op: &DeliveryOp) -> u64 {
         | DeliveryOp::Sent { seq, .. }
         | DeliveryOp::Released { seq, .. }
         | DeliveryOp::Del { seq } => *seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+    use crate::session::Message;
+    use std::sync::Arc;
+
+    fn put(log: &mut StoreLog) -> u64 {
+        let seq = log.next_seq();
+        let msg = Message::new(
+            "t".into(),
+            bytes::Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+            None,
+            "p".into(),
+            std::time::Instant::now(),
+        );
+        let delivery = Delivery {
+            msg: Arc::new(msg),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Default::default(),
+            group: None,
+            seq,
+            owed: None,
+        };
+        log.push(DeliveryOp::Put {
+            seq,
+            delivery,
+            pid: Some(1),
+        });
+        seq
+    }
+
+    fn taken(log: &mut StoreLog, all: bool) -> Vec<(bool, u64)> {
+        log.drain_ops(all)
+            .map(|op| (matches!(op, DeliveryOp::Put { .. }), op_seq(&op)))
+            .collect()
+    }
+
+    /// A batch takes what was in the log at the previous batch: every delivery waits a whole
+    /// window, and one done with meanwhile never reaches the store, before or after it aged.
+    #[test]
+    fn a_delivery_waits_one_batch_before_it_is_taken() {
+        let mut log = StoreLog::new(1, 0);
+        let a = put(&mut log);
+        assert!(
+            taken(&mut log, false).is_empty(),
+            "too young for this batch"
+        );
+        let b = put(&mut log);
+        assert_eq!(taken(&mut log, false), [(true, a)]);
+        let c = put(&mut log);
+        assert!(log.del(b), "b aged but was not taken: dropped");
+        assert!(log.del(c), "c is young: dropped");
+        assert!(taken(&mut log, false).is_empty());
+        assert!(!log.del(a), "a was taken: the store hears of its end");
+        assert!(
+            taken(&mut log, false).is_empty(),
+            "its end waits a batch too"
+        );
+        assert_eq!(taken(&mut log, false), [(false, a)]);
+        let d = put(&mut log);
+        assert_eq!(
+            taken(&mut log, true),
+            [(true, d)],
+            "all: a departure or a shutdown"
+        );
+        assert!(log.ops.is_empty());
     }
 }

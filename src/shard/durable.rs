@@ -11,6 +11,13 @@
 //!
 //! Acknowledgements leave in the order the publishes came (MQTT-4.6.0-2): each waits in its
 //! connection's ack queue until it and everything before it is decided.
+//!
+//! A publish whose only kept effect on a shard is deliveries to persistent sessions owes the
+//! store nothing once every one of them is acknowledged by its subscriber before the shard
+//! collected it for the store (the commit window): the message was delivered, and no record
+//! of it is ever written. Such a publish is an obligation (`Owed`): released, as stored, by
+//! the last of those acknowledgements, or by its ticket when one came too late. With online
+//! persistent subscribers the publisher's PUBACK so waits for them, not for the disk.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -76,6 +83,35 @@ pub struct AckRef {
     id: u64,
 }
 
+/// What a decided obligation or ticket sends on.
+enum Release {
+    Ack(AckRef),
+    /// Answer another shard's publish.
+    Reply {
+        shard: usize,
+        token: u64,
+    },
+    /// The local part of a publish that also waits for other shards.
+    Local(u64),
+}
+
+/// A publish waiting only on deliveries to persistent sessions made under its obligation id.
+struct Owed {
+    /// Deliveries not yet acknowledged.
+    left: u32,
+    /// The ticket that releases it if they are not acknowledged before it is sent.
+    ticket: u64,
+    release: Release,
+}
+
+/// What a publish being routed made that needs the store, when all of it was deliveries to
+/// persistent sessions under obligation `ob` (which `end` hands to the acknowledgement).
+#[derive(Debug, Clone, Copy)]
+pub struct Owing {
+    ob: u64,
+    puts: u32,
+}
+
 /// What a stored (or failed) ticket releases.
 enum Deferred {
     Ack(AckRef),
@@ -90,6 +126,8 @@ enum Deferred {
     SubAck(u64),
     /// The answer to an admin request whose change the store keeps.
     Control(SyncSender<Reply>, Reply),
+    /// An obligation, unless its deliveries were all acknowledged first.
+    Owed(u64),
 }
 
 /// A publish waiting for other shards (and maybe this shard's ticket).
@@ -122,24 +160,31 @@ pub enum Done {
     },
 }
 
-/// The publish being routed now: how many other shards must confirm it.
+/// The publish being routed now: how many other shards must confirm it, and what it made here.
 struct Publishing {
     token: Option<u64>,
     remote: u32,
     produced: u64,
+    /// Its obligation id, and the deliveries to persistent sessions it made under it.
+    ob: u64,
+    puts: u32,
 }
 
 /// How an acknowledgement is to wait.
 pub enum Wait {
     /// Nothing was stored: it goes now (behind any waiting before it).
     Now,
-    /// This shard's open ticket must be stored first.
-    Ticket,
-    /// Other shards must confirm (token), and this shard's ticket when `local`.
+    /// A session record changed: this shard's open ticket must be stored first.
+    Record,
+    /// Deliveries were made: the ticket that will carry them must be stored first (the next
+    /// one: deliveries wait a window before they are collected), or (`owed`) only they.
+    Ticket { owed: Option<Owing> },
+    /// Other shards must confirm (token), and this shard's part when `local` (as for Ticket).
     Shards {
         token: u64,
         remote: u32,
         local: bool,
+        owed: Option<Owing>,
     },
 }
 
@@ -164,6 +209,16 @@ pub struct Durable {
     ticket: u64,
     /// What waits for a ticket, in ticket order.
     deferred: VecDeque<(u64, Deferred)>,
+    /// Of them, those at the open ticket that still wait for it (an obligation released
+    /// early does not): with none, and no changes, there is no batch to send.
+    waiting_open: usize,
+    /// What waits for the ticket after the open one (the publishes whose deliveries the open
+    /// batch does not take yet), and how many of them still wait.
+    next: Vec<Deferred>,
+    waiting_next: usize,
+    /// Obligations not yet released, by id.
+    owed: AHashMap<u64, Owed>,
+    next_ob: u64,
     pending: AHashMap<u64, Pending>,
     results: Vec<(u64, bool)>,
     /// Deliveries to persistent sessions (and retained changes) made so far.
@@ -187,6 +242,11 @@ impl Durable {
             timed: false,
             ticket: 1,
             deferred: VecDeque::new(),
+            waiting_open: 0,
+            next: Vec::new(),
+            waiting_next: 0,
+            owed: AHashMap::new(),
+            next_ob: 0,
             pending: AHashMap::new(),
             results: Vec::new(),
             produced: 0,
@@ -223,14 +283,16 @@ impl Durable {
         self.open.push(op);
     }
 
-    /// Adds a session's waiting changes to the open batch.
+    /// Adds a session's waiting changes to the open batch: all of them, or its record and
+    /// the deliveries aged a window.
     pub fn collect(
         &mut self,
         session: &mut Session,
         connected: bool,
         deadlines: (Option<Instant>, Option<Instant>),
+        all: bool,
     ) {
-        crate::store::session_ops(session, connected, deadlines, &mut self.open);
+        crate::store::session_ops(session, connected, deadlines, all, &mut self.open);
     }
 
     /// Something this tick stored for the publish being routed (a persistent delivery, a
@@ -239,19 +301,32 @@ impl Durable {
         self.produced += 1;
     }
 
-    /// How many such things were made so far (to see whether a delivery made one).
-    pub fn produced_count(&self) -> u64 {
-        self.produced
-    }
-
-    /// Starts routing a publish that will be acknowledged.
+    /// Starts routing a publish that will be acknowledged (or confirmed to another shard).
     pub fn begin(&mut self) {
         if self.journaled() {
+            self.next_ob += 1;
             self.publishing = Some(Publishing {
                 token: None,
                 remote: 0,
                 produced: self.produced,
+                ob: self.next_ob,
+                puts: 0,
             });
+        }
+    }
+
+    /// The obligation id of the publish being routed: a delivery to a persistent session
+    /// carries it (see [`Durable::produced_put`]).
+    pub fn owed(&self) -> Option<u64> {
+        self.publishing.as_ref().map(|p| p.ob)
+    }
+
+    /// The publish being routed put a delivery in a persistent session's log under its
+    /// obligation id.
+    pub fn produced_put(&mut self) {
+        self.produced += 1;
+        if let Some(p) = self.publishing.as_mut() {
+            p.puts += 1;
         }
     }
 
@@ -272,15 +347,86 @@ impl Durable {
         let Some(p) = self.publishing.take() else {
             return Wait::Now;
         };
-        let local = self.produced > p.produced;
+        let made = self.produced - p.produced;
+        let local = made > 0;
+        let owed = (local && made == u64::from(p.puts)).then_some(Owing {
+            ob: p.ob,
+            puts: p.puts,
+        });
         match p.token {
             Some(token) => Wait::Shards {
                 token,
                 remote: p.remote,
                 local,
+                owed,
             },
-            None if local => Wait::Ticket,
+            None if local => Wait::Ticket { owed },
             None => Wait::Now,
+        }
+    }
+
+    /// Queues `d` for the open ticket.
+    fn defer(&mut self, d: Deferred) {
+        self.deferred.push_back((self.ticket, d));
+        self.waiting_open += 1;
+    }
+
+    /// Queues `release` for the ticket that will carry the deliveries made now (the next),
+    /// as an obligation when `owed` says it is one.
+    fn defer_release(&mut self, release: Release, owed: Option<Owing>) {
+        let d = match owed {
+            Some(o) => {
+                let ticket = self.ticket + 1;
+                self.owed.insert(
+                    o.ob,
+                    Owed {
+                        left: o.puts,
+                        ticket,
+                        release,
+                    },
+                );
+                Deferred::Owed(o.ob)
+            }
+            None => match release {
+                Release::Ack(at) => Deferred::Ack(at),
+                Release::Reply { shard, token } => Deferred::Reply { shard, token },
+                Release::Local(token) => Deferred::Local(token),
+            },
+        };
+        self.next.push(d);
+        self.waiting_next += 1;
+    }
+
+    /// A delivery made under obligation `ob` was acknowledged before the store heard of it:
+    /// once all of them were, the obligation is released as stored.
+    pub fn delivered(&mut self, ob: u64, out: &mut Vec<Done>) {
+        let Some(o) = self.owed.get_mut(&ob) else {
+            return;
+        };
+        o.left = o.left.saturating_sub(1);
+        if o.left > 0 {
+            return;
+        }
+        let Some(o) = self.owed.remove(&ob) else {
+            return;
+        };
+        if o.ticket == self.ticket {
+            self.waiting_open = self.waiting_open.saturating_sub(1);
+        } else if o.ticket == self.ticket + 1 {
+            self.waiting_next = self.waiting_next.saturating_sub(1);
+        }
+        self.release(o.release, true, out);
+    }
+
+    fn release(&mut self, r: Release, stored: bool, out: &mut Vec<Done>) {
+        match r {
+            Release::Ack(ack) => decide(ack, stored, out),
+            Release::Reply { shard, token } => out.push(Done::Reply {
+                shard,
+                token,
+                stored,
+            }),
+            Release::Local(token) => self.settle(token, stored, out),
         }
     }
 
@@ -302,16 +448,17 @@ impl Durable {
         match wait {
             // Behind an undecided one (a decided front is always sent at once): it goes with it.
             Wait::Now => {}
-            Wait::Ticket => self.deferred.push_back((self.ticket, Deferred::Ack(at))),
+            Wait::Record => self.defer(Deferred::Ack(at)),
+            Wait::Ticket { owed } => self.defer_release(Release::Ack(at), owed),
             Wait::Shards {
                 token,
                 remote,
                 local,
+                owed,
             } => {
                 let remaining = remote + u32::from(local);
                 if local {
-                    self.deferred
-                        .push_back((self.ticket, Deferred::Local(token)));
+                    self.defer_release(Release::Local(token), owed);
                 }
                 self.pending.insert(
                     token,
@@ -327,22 +474,24 @@ impl Durable {
 
     /// The SUBACK with `token` waits for this tick's batch.
     pub fn when_stored(&mut self, token: u64) {
-        self.deferred
-            .push_back((self.ticket, Deferred::SubAck(token)));
+        self.defer(Deferred::SubAck(token));
     }
 
     /// An admin request's answer waits for this tick's batch (which holds its change).
     pub fn answer_when_stored(&mut self, to: SyncSender<Reply>, answer: Reply) {
-        self.deferred
-            .push_back((self.ticket, Deferred::Control(to, answer)));
+        self.defer(Deferred::Control(to, answer));
     }
 
-    /// Another shard's publish came with a confirmation token: answer once what it created
-    /// here is stored (now, when nothing was).
-    pub fn reply_when_stored(&mut self, shard: usize, token: u64, created: bool) -> Option<Done> {
-        if created {
-            self.deferred
-                .push_back((self.ticket, Deferred::Reply { shard, token }));
+    /// Ends routing another shard's publish that came with a confirmation token (begun with
+    /// [`Durable::begin`]): it is answered once what it created here is stored, or its
+    /// deliveries acknowledged (now, when it created nothing).
+    pub fn reply_when_stored(&mut self, shard: usize, token: u64) -> Option<Done> {
+        let (local, owed) = match self.end() {
+            Wait::Ticket { owed } => (true, owed),
+            _ => (false, None),
+        };
+        if local {
+            self.defer_release(Release::Reply { shard, token }, owed);
             return None;
         }
         Some(Done::Reply {
@@ -424,6 +573,10 @@ impl Durable {
         let ops = std::mem::take(&mut self.open);
         let ticket = self.ticket;
         self.ticket += 1;
+        // What waited for the next ticket now waits for the open one.
+        let open = self.ticket;
+        self.deferred.extend(self.next.drain(..).map(|d| (open, d)));
+        self.waiting_open = std::mem::take(&mut self.waiting_next);
         if !link.send(Batch {
             shard: self.shard,
             ticket,
@@ -436,7 +589,7 @@ impl Durable {
     /// Whether the open batch has anything to send: changes, or acknowledgements waiting for
     /// its ticket.
     pub fn flush_due(&self) -> bool {
-        !self.open.is_empty() || self.deferred.back().is_some_and(|(t, _)| *t == self.ticket)
+        !self.open.is_empty() || self.waiting_open > 0 || self.waiting_next > 0
     }
 
     /// Whether the store has answered.
@@ -468,6 +621,11 @@ impl Durable {
                         });
                     }
                     Deferred::Local(token) => self.settle(token, stored, out),
+                    Deferred::Owed(ob) => {
+                        if let Some(o) = self.owed.remove(&ob) {
+                            self.release(o.release, stored, out);
+                        }
+                    }
                     Deferred::SubAck(token) => out.push(Done::SubAck { token, stored }),
                     Deferred::Control(to, answer) => out.push(Done::Control { to, answer, stored }),
                 }

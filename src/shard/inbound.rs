@@ -140,17 +140,13 @@ impl Shard {
         match packet {
             Packet::Publish(p) => self.on_publish(key, link, p, now),
             Packet::PubAck(a) => {
-                self.with_session(key, |s| {
-                    s.complete(a.packet_id, OutState::Published, QoS::AtLeastOnce)
-                });
+                self.complete_flow(key, a.packet_id, OutState::Published, QoS::AtLeastOnce);
                 self.pump_session(key, now);
                 Ok(())
             }
             Packet::PubRec(a) => {
                 let known = if a.reason.is_error() {
-                    self.with_session(key, |s| {
-                        s.complete(a.packet_id, OutState::Published, QoS::ExactlyOnce)
-                    });
+                    self.complete_flow(key, a.packet_id, OutState::Published, QoS::ExactlyOnce);
                     None
                 } else {
                     self.with_session(key, |s| s.received(a.packet_id))
@@ -182,7 +178,7 @@ impl Shard {
                     ReasonCode::PacketIdentifierNotFound
                 };
                 let wait = if known && stored {
-                    Wait::Ticket
+                    Wait::Record
                 } else {
                     Wait::Now
                 };
@@ -195,9 +191,7 @@ impl Shard {
                 Ok(())
             }
             Packet::PubComp(a) => {
-                self.with_session(key, |s| {
-                    s.complete(a.packet_id, OutState::Released, QoS::ExactlyOnce)
-                });
+                self.complete_flow(key, a.packet_id, OutState::Released, QoS::ExactlyOnce);
                 self.pump_session(key, now);
                 Ok(())
             }
@@ -324,6 +318,7 @@ impl Shard {
                     sub_ids,
                     group: None,
                     seq: 0,
+                    owed: None,
                 },
                 now,
             );

@@ -253,18 +253,22 @@ impl Shard {
     fn handle_xmsg(&mut self, msg: XMsg, now: Instant) {
         match msg {
             XMsg::Publish { msg, confirm } => {
-                let before = self.durable.produced_count();
+                if confirm.is_some() {
+                    self.durable.begin();
+                }
                 self.deliver_local(&msg, now);
-                self.confirm_stored(confirm, before);
+                self.confirm_stored(confirm);
             }
             XMsg::Shared {
                 group,
                 msg,
                 confirm,
             } => {
-                let before = self.durable.produced_count();
+                if confirm.is_some() {
+                    self.durable.begin();
+                }
                 self.deliver_shared_local(&group, msg, now);
-                self.confirm_stored(confirm, before);
+                self.confirm_stored(confirm);
             }
             XMsg::Stored { token, stored } => self.stored_elsewhere(token, stored),
             XMsg::Ban(ban) => self.on_ban(ban),

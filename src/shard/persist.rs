@@ -11,8 +11,9 @@ use bytestring::ByteString;
 use super::durable::{send_ack, AckKind, Done};
 use super::link::LinkState;
 use super::{SessionSlot, Shard, TimerKind};
+use crate::codec::QoS;
 use crate::ring::XMsg;
-use crate::session::{Message, Session, StoreLog};
+use crate::session::{Message, OutState, Session, StoreLog};
 use crate::store::record::DelayedMessage;
 use crate::store::{Op, RestoredSession};
 
@@ -137,26 +138,35 @@ impl Shard {
     /// A session leaves for another shard: what it owes the store goes now, and the batch with
     /// it, so that the store hears the new shard's changes after these.
     pub(super) fn journal_departure(&mut self, session: &mut Session) {
-        self.durable.collect(session, false, (None, None));
-        self.flush_store_now();
+        self.durable.collect(session, false, (None, None), true);
+        self.flush_store_now(false);
     }
 
     /// Sends what waits for the store once it has been held for the commit window.
     pub(super) fn flush_store(&mut self) {
         let waiting = self.store_waiting();
         if self.durable.hold_over(waiting) {
-            self.flush_store_now();
+            self.flush_store_now(false);
         }
     }
 
-    /// Collects every touched session's changes and sends the batch to the storage thread.
-    pub(super) fn flush_store_now(&mut self) {
-        while let Some(slot) = self.sessions.pop_dirty() {
+    /// Collects every touched session's changes (`all` of them, or the records and the
+    /// deliveries aged a window) and sends the batch to the storage thread. A session with
+    /// deliveries left for the next batch stays listed.
+    pub(super) fn flush_store_now(&mut self, all: bool) {
+        let mut left = Vec::new();
+        while let Some((key, slot)) = self.sessions.pop_dirty() {
             let (connected, deadlines) = (slot.link.is_some(), slot.deadlines());
             self.durable
-                .collect(&mut slot.session, connected, deadlines);
+                .collect(&mut slot.session, connected, deadlines, all);
+            if slot.session.stored.as_ref().is_some_and(|l| l.is_dirty()) {
+                left.push(key);
+            }
         }
         self.durable.flush();
+        for key in left {
+            self.touch(key);
+        }
     }
 
     /// Whether anything waits for the store: a change, or an acknowledgement.
@@ -169,18 +179,35 @@ impl Shard {
         self.durable.answered() || self.durable.hold_due(self.store_waiting())
     }
 
-    /// Another shard's publish was delivered here with a confirmation token: it is answered
-    /// once what it queued for persistent sessions is stored (at once when it queued nothing).
-    pub(super) fn confirm_stored(&mut self, confirm: Option<u64>, produced_before: u64) {
+    /// Another shard's publish was delivered here (between `durable.begin` and this) with a
+    /// confirmation token: it is answered once what it queued for persistent sessions is
+    /// stored or acknowledged (at once when it queued nothing).
+    pub(super) fn confirm_stored(&mut self, confirm: Option<u64>) {
         let Some(token) = confirm else {
             return;
         };
-        let created = self.durable.produced_count() > produced_before;
         let (shard, from) = (super::token_shard(token), self.id);
         debug_assert_ne!(shard, from, "a shard confirms only others' publishes");
-        match self.durable.reply_when_stored(shard, token, created) {
+        match self.durable.reply_when_stored(shard, token) {
             Some(done) => self.carry_out(done),
             None => self.mesh.wake_pump(),
+        }
+    }
+
+    /// The subscriber of session `key` ended delivery flow `pid` (`expect`ed in that state, at
+    /// `qos`): a publish waiting only on such deliveries may be acknowledged now.
+    pub(super) fn complete_flow(&mut self, key: usize, pid: u16, expect: OutState, qos: QoS) {
+        let Some(slot) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let done = slot.session.complete(pid, expect, qos);
+        if slot.session.stored.is_some() {
+            self.touch(key);
+        }
+        if let Some(ob) = done.and_then(|c| c.owed) {
+            let mut out = Vec::new();
+            self.durable.delivered(ob, &mut out);
+            out.into_iter().for_each(|d| self.carry_out(d));
         }
     }
 
@@ -252,7 +279,8 @@ impl Shard {
                 slot.session.keep_stored(epoch);
                 sessions += 1;
                 let deadlines = slot.deadlines();
-                self.durable.collect(&mut slot.session, false, deadlines);
+                self.durable
+                    .collect(&mut slot.session, false, deadlines, true);
             }
             if self.id == 0 {
                 let mut all = Vec::new();
@@ -276,7 +304,7 @@ impl Shard {
                 .filter(|(_, s)| s.session.stored.is_some())
                 .count();
         }
-        self.flush_store_now();
+        self.flush_store_now(true);
         self.durable.close();
         serde_json::json!({ "sessions": sessions, "retained": retained })
     }

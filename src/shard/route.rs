@@ -227,6 +227,7 @@ impl Shard {
             sub_ids: member.id.into_iter().collect(),
             group: Some(group.clone()),
             seq: 0,
+            owed: None,
             msg,
         };
         self.deliver_to(member.session, d, now);
@@ -270,6 +271,7 @@ impl Shard {
                     sub_ids,
                     group: None,
                     seq: 0,
+                    owed: None,
                 };
                 self.deliver_to(key, d, now);
             }
@@ -278,7 +280,7 @@ impl Shard {
     }
 
     /// Hands one delivery to a session: written now, queued, or dropped (and counted).
-    pub(super) fn deliver_to(&mut self, key: usize, d: Delivery, now: Instant) {
+    pub(super) fn deliver_to(&mut self, key: usize, mut d: Delivery, now: Instant) {
         let limit = self.cfg.mqtt.max_outbound_bytes;
         let limits = self.limits();
         let Some(slot) = self.sessions.get_mut(key) else {
@@ -289,10 +291,13 @@ impl Shard {
         }
         let link = slot.link.clone().filter(|l| l.out.borrow().len() < limit);
         let stored = slot.session.stored.is_some();
+        if stored {
+            d.owed = self.durable.owed();
+        }
         match slot.session.admit(d, link.is_some(), &limits) {
             Admit::Send(pid, d) => {
                 if stored && pid.is_some() {
-                    self.durable.produced();
+                    self.durable.produced_put();
                 }
                 if let Some(link) = link {
                     let written = write_publish(&mut slot.session, &link, pid, &d, false, now);
@@ -301,7 +306,7 @@ impl Shard {
             }
             Admit::Queued => {
                 if stored {
-                    self.durable.produced();
+                    self.durable.produced_put();
                 }
                 // Queued behind earlier messages while the connection has room: they move now.
                 if link.is_some() {

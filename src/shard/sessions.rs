@@ -114,14 +114,15 @@ impl SessionTable {
         !self.dirty.is_empty()
     }
 
-    /// The next listed slot, unlisted (a key whose slot was reused meanwhile yields that
-    /// slot, whose log is collected just the same; one whose slot is gone is skipped).
-    pub fn pop_dirty(&mut self) -> Option<&mut SessionSlot> {
+    /// The next listed slot and its key, unlisted (a key whose slot was reused meanwhile
+    /// yields that slot, whose log is collected just the same; one whose slot is gone is
+    /// skipped).
+    pub fn pop_dirty(&mut self) -> Option<(usize, &mut SessionSlot)> {
         while let Some(key) = self.dirty.pop() {
             if self.slots.get(key).is_some_and(|s| s.listed) {
                 let slot = self.slots.get_mut(key)?;
                 slot.listed = false;
-                return Some(slot);
+                return Some((key, slot));
             }
         }
         None

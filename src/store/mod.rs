@@ -331,7 +331,7 @@ impl Store {
             }
             epoch += 1 << 16;
             s.keep_stored(epoch);
-            session_ops(&mut s, false, (None, None), &mut ops);
+            session_ops(&mut s, false, (None, None), true, &mut ops);
         }
         ops.extend(old.retained.into_iter().map(Op::Retain));
         let mut folded = writer::Folded::new(self);
@@ -365,11 +365,13 @@ impl Store {
 }
 
 /// The changes a session's log holds, as store changes: its record when it changed (with
-/// whether it is connected and its offline deadlines: expiry, will), then its deliveries'.
+/// whether it is connected and its offline deadlines: expiry, will), then its deliveries'
+/// (all of them, or those aged one batch: [`crate::session::StoreLog::drain_ops`]).
 pub fn session_ops(
     session: &mut Session,
     connected: bool,
     deadlines: (Option<Instant>, Option<Instant>),
+    all: bool,
     out: &mut Vec<Op>,
 ) {
     let Some(log) = session.stored.as_mut() else {
@@ -386,7 +388,7 @@ pub fn session_ops(
         });
     }
     if let Some(log) = session.stored.as_mut() {
-        out.extend(log.drain_ops().map(|op| Op::Delivery { epoch, op }));
+        out.extend(log.drain_ops(all).map(|op| Op::Delivery { epoch, op }));
     }
 }
 

@@ -202,6 +202,7 @@ impl StoredDelivery {
             sub_ids: self.sub_ids,
             group: self.group,
             seq,
+            owed: None,
         })
     }
 }

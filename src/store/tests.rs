@@ -94,7 +94,7 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
             };
             l.session.subscriptions.insert(format!("f/{f}").into(), sub);
             l.session.meta_changed();
-            session_ops(&mut l.session, false, (None, None), &mut ops);
+            session_ops(&mut l.session, false, (None, None), true, &mut ops);
             let e = l.session.stored.as_ref().map_or(0, |x| x.epoch);
             let filters = l
                 .session
@@ -136,6 +136,7 @@ fn apply(s: &Step, live: &mut BTreeMap<usize, Live>, m: &mut Model, epoch: &mut 
                             sub_ids: SubIds::new(),
                             group: None,
                             seq: l.next_seq,
+                            owed: None,
                         },
                         pid,
                     }

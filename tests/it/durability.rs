@@ -127,6 +127,75 @@ fn acknowledged_messages_survive_kill_9(shards: usize, toml: &str) {
     assert!(kept.retain && &kept.payload[..] == b"kept");
 }
 
+/// Online persistent subscribers: a publish whose deliveries they all acknowledged within the
+/// commit window is acknowledged without a store write (the message was delivered), and one
+/// they did not acknowledge only once its deliveries are stored. Killed at once after the
+/// last PUBACK, the broker brings back exactly the messages the subscribers had not
+/// acknowledged, on every subscriber's shard.
+fn online_subscribers_lose_nothing_acknowledged(shards: usize) {
+    const N: usize = 200;
+    const ACKED: usize = 100;
+    const INFLIGHT: usize = 32;
+    const SUBS: usize = 3;
+    let b = Broker::with_toml(shards, BASE);
+    let subscribers: Vec<_> = (0..SUBS)
+        .map(|i| {
+            let (mut s, _) = Raw::connect(b.port, Protocol::V311, &format!("on-{i}"), false);
+            s.subscribe("o/#", QoS::AtLeastOnce);
+            // The first ACKED are acknowledged as they come; then the window fills unacknowledged.
+            std::thread::spawn(move || {
+                for k in 0..ACKED + INFLIGHT {
+                    let p = s.recv_publish();
+                    assert_eq!(&p.payload[..], payloads("m-", N)[k], "in order");
+                    if k < ACKED {
+                        s.ack(&p);
+                    }
+                }
+                s
+            })
+        })
+        .collect();
+    let (mut p, _) = Raw::connect(b.port, Protocol::V5, "on-pub", true);
+    for (i, m) in payloads("m-", N).iter().enumerate() {
+        let a = p.publish_acked("o/x", m, QoS::AtLeastOnce, (i + 1) as u16);
+        assert_eq!(a.reason, ReasonCode::Success);
+    }
+    let held: Vec<Raw> = subscribers
+        .into_iter()
+        .map(|t| t.join().expect("subscriber"))
+        .collect();
+    // No wait for the store: every PUBACK was the promise.
+    let dir = b.kill9();
+    drop(held);
+    let b = Broker::launch(shards, BASE, dir, &[]);
+    assert_eq!(
+        b.metric("ringmq_store_restored_messages"),
+        Some((SUBS * (N - ACKED)) as f64),
+        "{shards} shards: what was acknowledged by the subscribers is not kept"
+    );
+    for i in 0..SUBS {
+        let (mut s, ack) = Raw::connect(b.port, Protocol::V311, &format!("on-{i}"), false);
+        assert!(ack.session_present);
+        let (got, dups) = receive(&mut s, N - ACKED);
+        assert_eq!(
+            got,
+            payloads("m-", N)[ACKED..],
+            "{shards} shards, subscriber {i}"
+        );
+        assert_eq!(dups, 0);
+    }
+}
+
+#[test]
+fn online_subscribers_lose_nothing_acknowledged_on_one_shard() {
+    online_subscribers_lose_nothing_acknowledged(1);
+}
+
+#[test]
+fn online_subscribers_lose_nothing_acknowledged_on_four_shards() {
+    online_subscribers_lose_nothing_acknowledged(4);
+}
+
 #[test]
 fn acknowledged_messages_survive_kill_9_on_one_shard() {
     acknowledged_messages_survive_kill_9(1, BASE);
@@ -495,6 +564,7 @@ fn an_older_versions_files_are_imported_once_and_removed() {
         sub_ids: Default::default(),
         group: None,
         seq: 0,
+        owed: None,
     };
     assert!(matches!(s.admit(d, false, &limits), Admit::Queued));
     let sessions = serde_json::to_vec(&vec![s]).expect("json");
