@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: checks formatting and clippy first (they fail
 # fast), installs what the tests need (Mosquitto for side-by-side runs and its mosquitto_passwd,
-# Chromium, shellcheck, cargo-deb, a Python venv with paho-mqtt, cryptography and PyYAML, Node's
-# MQTT.js and playwright-core), then runs the Rust tests, the integration suite again on the
-# epoll driver, the Python and Node client tests, the dashboard in headless Chromium, the package
-# tests (.deb, Dockerfile steps, Grafana and Prometheus files), checks that the benchmarks still
-# build, fuzzes each fuzz target for a minute, runs `ringmq doctor` and the benchmark CI in smoke
-# mode.
+# Chromium, Firefox ESR, shellcheck, cargo-deb, a Python venv with paho-mqtt, cryptography and
+# PyYAML, Node's MQTT.js, ws and playwright-core), then runs the Rust tests, the integration suite
+# again on the epoll driver, the Python and Node client tests, the dashboard in headless Chromium
+# and Firefox, the package tests (.deb, Dockerfile steps, Grafana and Prometheus files), checks
+# that the benchmarks still build, fuzzes each fuzz target for a minute, runs `ringmq doctor` and
+# the benchmark CI in smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,7 @@ command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v firefox-esr >/dev/null || missing+=(firefox-esr)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
@@ -33,8 +34,9 @@ if ! command -v cargo-deb >/dev/null; then
   cargo install cargo-deb --locked
 fi
 
-if [ ! -d tests/node/node_modules/mqtt ] || [ ! -d tests/node/node_modules/playwright-core ]; then
-  echo "== installing MQTT.js and playwright-core (tests/node)"
+if [ ! -d tests/node/node_modules/mqtt ] || [ ! -d tests/node/node_modules/playwright-core ] \
+  || [ ! -d tests/node/node_modules/ws ]; then
+  echo "== installing MQTT.js, ws and playwright-core (tests/node)"
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 fi
 
@@ -58,8 +60,9 @@ RINGMQ_BROKER__DRIVER=epoll cargo test --test it
 echo "== python and node client tests (paho-mqtt, MQTT.js)"
 RINGMQ_BIN="$PWD/target/debug/ringmq" .venv/bin/python -m pytest -q tests/python
 
-echo "== the dashboard in headless Chromium (screenshots in target/dashboard-screenshots/)"
+echo "== the dashboard in headless Chromium and Firefox (screenshots in target/dashboard-screenshots/)"
 RINGMQ_BIN="$PWD/target/debug/ringmq" node --test tests/node/dashboard.test.js
+RINGMQ_BIN="$PWD/target/debug/ringmq" node --test tests/node/dashboard.firefox.test.js
 
 echo "== packages: the .deb (cargo deb --no-build --fast), the Dockerfile's steps, Grafana and alert rules"
 .venv/bin/python -m pytest -q -rs tests/packaging
