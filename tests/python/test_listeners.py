@@ -1,7 +1,8 @@
-"""TLS, mutual TLS, WebSocket and secure WebSocket listeners with real clients: paho-mqtt over
-TLS (a CA made here with `cryptography`), client certificates accepted and refused, a wrong
-hostname and an expired certificate refused by the client, paho over ws and wss, and MQTT.js
-from Node over ws. Every run crosses listener types: what goes in on one comes out on TCP."""
+"""TLS, mutual TLS, WebSocket, secure WebSocket and Unix-socket listeners with real clients:
+paho-mqtt over TLS (a CA made here with `cryptography`), client certificates accepted and
+refused, a wrong hostname and an expired certificate refused by the client, paho over ws, wss
+and a Unix socket, and MQTT.js from Node over ws. Every run crosses listener types: what goes
+in on one comes out on TCP."""
 import datetime
 import queue
 import ssl
@@ -78,10 +79,11 @@ def listeners(certs, tmp_path_factory):
         f'[listeners.expired]\ntype = "tls"\nbind = "127.0.0.1:{ports["expired"]}"\n'
         f'certfile = "{certs}/expired.pem"\nkeyfile = "{certs}/server.key"\n'
         f'[listeners.ws]\ntype = "ws"\nbind = "127.0.0.1:{ports["ws"]}"\n'
-        f'[listeners.wss]\ntype = "wss"\nbind = "127.0.0.1:{ports["wss"]}"\n{tls}')
+        f'[listeners.wss]\ntype = "wss"\nbind = "127.0.0.1:{ports["wss"]}"\n{tls}'
+        f'[listeners.unix]\ntype = "unix"\nsocket_path = "{work}/mqtt.sock"\n')
     proc, log = start_broker(["--config", str(cfg), "--shards", "2", "--data-dir", str(work / "data")],
                              ports["wss"], work / "broker.log")
-    yield ports
+    yield {**ports, "unix": str(work / "mqtt.sock")}
     stop_broker(proc, log)
 
 
@@ -127,13 +129,17 @@ def round_trip(c, tag):
     c.disconnect()
 
 
-@pytest.mark.parametrize("kind", ["tls", "ws", "wss"])
+@pytest.mark.parametrize("kind", ["tls", "ws", "wss", "unix"])
 def test_paho_crosses_listener_types(listeners, certs, kind):
     echo = tcp_echo(listeners["tcp"], f"{kind}/out", f"{kind}/back")
-    c = client(f"paho-{kind}", "websockets" if kind in ("ws", "wss") else "tcp")
+    transport = {"ws": "websockets", "wss": "websockets", "unix": "unix"}.get(kind, "tcp")
+    c = client(f"paho-{kind}", transport)
     if kind in ("tls", "wss"):
         c.tls_set(ca_certs=str(certs / "ca.pem"))
-    assert run(c, "localhost", listeners[kind]) == 0
+    if kind == "unix":
+        assert run(c, listeners["unix"], 1883) == 0  # paho wants a port; a Unix socket has none
+    else:
+        assert run(c, "localhost", listeners[kind]) == 0
     round_trip(c, kind)
     echo.loop_stop()
     echo.disconnect()
