@@ -218,6 +218,8 @@ pub struct Durable {
     waiting_next: usize,
     /// Obligations not yet released, by id.
     owed: AHashMap<u64, Owed>,
+    /// A list for what a decision releases, lent out and given back (see `take_list`).
+    list: Vec<Done>,
     next_ob: u64,
     pending: AHashMap<u64, Pending>,
     results: Vec<(u64, bool)>,
@@ -246,6 +248,7 @@ impl Durable {
             next: Vec::new(),
             waiting_next: 0,
             owed: AHashMap::new(),
+            list: Vec::new(),
             next_ob: 0,
             pending: AHashMap::new(),
             results: Vec::new(),
@@ -475,6 +478,15 @@ impl Durable {
     /// The SUBACK with `token` waits for this tick's batch.
     pub fn when_stored(&mut self, token: u64) {
         self.defer(Deferred::SubAck(token));
+    }
+
+    /// An empty list to collect what a decision releases into; give it back when done.
+    pub fn take_list(&mut self) -> Vec<Done> {
+        std::mem::take(&mut self.list)
+    }
+
+    pub fn give_list(&mut self, list: Vec<Done>) {
+        self.list = list;
     }
 
     /// An admin request's answer waits for this tick's batch (which holds its change).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::durable::{send_ack, AckKind, Done};
+use super::durable::{send_ack, AckKind, Done, Durable};
 use super::link::LinkState;
 use super::{SessionSlot, Shard, TimerKind};
 use crate::codec::QoS;
@@ -205,28 +205,33 @@ impl Shard {
             self.touch(key);
         }
         if let Some(ob) = done.and_then(|c| c.owed) {
-            let mut out = Vec::new();
-            self.durable.delivered(ob, &mut out);
-            out.into_iter().for_each(|d| self.carry_out(d));
+            self.release_with(|durable, out| durable.delivered(ob, out));
         }
     }
 
     /// Another shard confirmed (or failed) its part of a publish of this shard's.
     pub(super) fn stored_elsewhere(&mut self, token: u64, stored: bool) {
-        let mut done = Vec::new();
-        self.durable.settle(token, stored, &mut done);
-        done.into_iter().for_each(|d| self.carry_out(d));
+        self.release_with(|durable, out| durable.settle(token, stored, out));
     }
 
     /// Carries out what the store's answers release: acknowledgements (refusals for what it
     /// could not keep) and answers to other shards.
     pub(super) fn store_answered(&mut self) {
-        if !self.durable.answered() {
-            return;
+        if self.durable.answered() {
+            self.release_with(Durable::take_done);
         }
-        let mut done = Vec::new();
-        self.durable.take_done(&mut done);
-        done.into_iter().for_each(|d| self.carry_out(d));
+    }
+
+    /// Lets `f` decide what waited on the store (into the list it is given), then carries that
+    /// out. The list is the store state's own, kept between calls: the acknowledgement path,
+    /// taken for every message, allocates nothing.
+    fn release_with(&mut self, f: impl FnOnce(&mut Durable, &mut Vec<Done>)) {
+        let mut done = self.durable.take_list();
+        f(&mut self.durable, &mut done);
+        for d in done.drain(..) {
+            self.carry_out(d);
+        }
+        self.durable.give_list(done);
     }
 
     fn carry_out(&mut self, d: Done) {
