@@ -25,6 +25,8 @@ pub struct Broker {
     pub bound: Vec<(String, crate::config::Endpoint)>,
     /// How the broker was started: a reload reads the same file and flags again.
     pub args: RunArgs,
+    /// This node's side of the cluster, in one.
+    pub cluster: Option<crate::cluster::Reporter>,
 }
 
 impl Broker {

@@ -7,6 +7,8 @@
 //! - [`retained`]: the retained-message store.
 //! - [`banned`]: banned clients (client id, username, peer address), each shard's replica.
 //! - [`store`]: the crash-safe store (fjall) and its storage thread, fed by the shards.
+//! - [`cluster`]: several nodes as one broker: Raft (openraft) on a side thread for membership,
+//!   routes, retained messages and the session registry; publishes forwarded between nodes.
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
 //! - [`sock`]: non-blocking socket I/O after readiness waits; the crate's only `unsafe` (an fd
@@ -36,6 +38,7 @@ pub mod auth;
 pub mod banned;
 pub mod broker;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod control;

@@ -65,6 +65,14 @@ pub fn bind(cfg: &Config, shards: usize) -> Result<Bound, String> {
     })
 }
 
+/// `n` sockets on `addr` with SO_REUSEPORT (one per shard), the port claimed first.
+pub fn reuseport(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, String> {
+    let addr = claim_port(addr)?;
+    (0..n)
+        .map(|_| reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
+        .collect()
+}
+
 fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

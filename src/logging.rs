@@ -44,8 +44,7 @@ impl LogControl {
 
     /// Sets a new level or filter; a bad one is refused and the old one kept.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter =
-            EnvFilter::try_new(level).map_err(|e| format!("bad log level {level:?}: {e}"))?;
+        let filter = filter(level).map_err(|e| format!("bad log level {level:?}: {e}"))?;
         self.handle
             .reload(filter)
             .map_err(|e| format!("cannot change the log level: {e}"))?;
@@ -70,10 +69,21 @@ fn terminal<S: std::io::Write + IsTerminal + Send + 'static>(
     (fmt::writer::BoxMakeWriter::new(nb), ansi, Some(guard))
 }
 
+/// The filter for `level`. The Raft engine (openraft) logs every vote and membership step at
+/// info: it says only warnings unless the level names it (`info,openraft=info`).
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    if level.contains("openraft") {
+        return Ok(f);
+    }
+    let quiet = "openraft=warn".parse().map_err(|e| format!("{e}"))?;
+    Ok(f.add_directive(quiet))
+}
+
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(cfg: &LogConfig) -> Result<LogControl, String> {
     let level = std::env::var("RINGMQ_LOG").unwrap_or_else(|_| cfg.level.clone());
-    let filter = EnvFilter::try_new(&level).map_err(|e| format!("log.level: {e}"))?;
+    let filter = filter(&level).map_err(|e| format!("log.level: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     // Every output goes through a writer thread: a shard never waits on a slow terminal, pipe
     // or disk to log a line.

@@ -33,7 +33,7 @@ const GAUGES: [Summed; 4] = [
     }),
 ];
 
-const COUNTERS: [Summed; 14] = [
+const COUNTERS: [Summed; 15] = [
     (
         "banned_refused_total",
         "counter",
@@ -101,6 +101,12 @@ const COUNTERS: [Summed; 14] = [
         |s| &s.rate_limited,
     ),
     ("wills_total", "counter", "Wills published.", |s| &s.wills),
+    (
+        "cluster_evictions_total",
+        "counter",
+        "Connections closed because their client id connected again on another node.",
+        |s| &s.cluster_evictions,
+    ),
     (
         "hibernate_failures_total",
         "counter",

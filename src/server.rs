@@ -13,13 +13,14 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::cli::RunArgs;
+use crate::cluster::ShardLink;
 use crate::config::{Config, Driver, DurabilityMode, Endpoint};
 use crate::control::{Handle, Queue, TraceSet};
 use crate::daemon::PidFile;
 use crate::listen::{ListenSocket, SocketFiles};
 use crate::logging::LogControl;
 use crate::session::Message;
-use crate::shard::{home_of, Boot, Listener, Restore};
+use crate::shard::{home_of, Boot, ClusterBoot, Listener, Restore};
 use crate::stats::Shared;
 use crate::store::legacy::Legacy;
 use crate::store::{Store, StoreLink, StoreStats, Writer};
@@ -101,7 +102,9 @@ pub fn serve(
     let cfg = Arc::new(cfg);
     let ends = crate::ring::mesh(shards, cfg.broker.ring_capacity);
     let bells = ends.first().map(|(_, i)| i.bells()).ok_or("no shards")?;
-    let (writer, links, saved) = open_store(&cfg, bells, &shared.store)?;
+    let (writer, links, saved, db) = open_store(&cfg, bells.clone(), &shared.store)?;
+    let mut clustered = start_cluster(&cfg, &db, bells, shards)?;
+    let cluster = clustered.as_ref().map(|(c, _)| c.clone());
     let queues: Vec<Arc<Queue>> = ends
         .iter()
         .enumerate()
@@ -122,6 +125,7 @@ pub fn serve(
             checks,
             driver: io,
             store,
+            cluster: clustered.as_mut().map(|(_, boots)| boots.remove(0)),
         };
         let core = (cfg.broker.pin_cores && !cores.is_empty()).then(|| cores[id % cores.len()]);
         let t = std::thread::Builder::new()
@@ -150,6 +154,7 @@ pub fn serve(
         driver,
         bound,
         args,
+        cluster,
     });
     if cfg.admin.enabled {
         let addr = crate::admin::start(broker.clone())?;
@@ -206,11 +211,15 @@ pub fn serve(
 /// version's files once, reads everything back before any listener opens (split by home
 /// shard), and starts the storage thread. With `durability.mode = "off"` the store is emptied
 /// once read: it is written again only at the next graceful shutdown.
+/// The storage thread, each shard's way to it and its share of what was kept, and the store's
+/// database (the cluster keeps its Raft log there too).
+type Opened = (Writer, Vec<StoreLink>, Vec<Restore>, fjall::Database);
+
 fn open_store(
     cfg: &Config,
     bells: Arc<[crate::ring::Doorbell]>,
     stats: &Arc<StoreStats>,
-) -> Result<(Writer, Vec<StoreLink>, Vec<Restore>), String> {
+) -> Result<Opened, String> {
     let dir = &cfg.broker.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| format!("broker.data_dir {}: {e}", dir.display()))?;
     let store = Store::open(dir, &cfg.durability)?;
@@ -292,9 +301,42 @@ fn open_store(
             .sessions
             .push(s);
     }
+    let db = store.database();
     let (writer, links) = crate::store::spawn(store, &cfg.durability, bells, stats.clone())
         .map_err(|e| e.to_string())?;
-    Ok((writer, links, parts))
+    Ok((writer, links, parts, db))
+}
+
+/// In a cluster: starts the cluster thread, and makes each shard's way to it and its socket on
+/// `cluster.rpc_listen`.
+fn start_cluster(
+    cfg: &Config,
+    db: &fjall::Database,
+    bells: Arc<[crate::ring::Doorbell]>,
+    shards: usize,
+) -> Result<Option<(crate::cluster::Reporter, Vec<ClusterBoot>)>, String> {
+    if !cfg.cluster.enabled {
+        return Ok(None);
+    }
+    let links: Vec<Arc<ShardLink>> = (0..shards)
+        .map(|i| Arc::new(ShardLink::new(i, bells.clone())))
+        .collect();
+    let rpc = crate::listen::reuseport(cfg.cluster.rpc_listen, shards)?;
+    let reporter = crate::cluster::start(&cfg.cluster, &cfg.broker.node_name, db, links.clone())?;
+    let cookie = cfg.cluster.cookie.clone().unwrap_or_default();
+    let boots = links
+        .into_iter()
+        .zip(rpc)
+        .map(|(link, rpc)| ClusterBoot {
+            reporter: reporter.clone(),
+            link,
+            name: cfg.broker.node_name.clone(),
+            cookie: cookie.clone(),
+            rpc: Some(rpc),
+        })
+        .collect();
+    tracing::info!(node = %cfg.broker.node_name, listen = %cfg.cluster.listen, rpc = %cfg.cluster.rpc_listen, "cluster node started");
+    Ok(Some((reporter, boots)))
 }
 
 /// The password checker threads (`auth.password_threads`, 0: one per four CPUs) and each

@@ -129,6 +129,8 @@ pub struct Stats {
     /// Clients slowed down or disconnected for their publish rate.
     pub rate_limited: Counter,
     pub wills: Counter,
+    /// Connections closed because the same client id connected again on another node.
+    pub cluster_evictions: Counter,
     /// How late the shard's event loop ran, in microseconds (last sample).
     pub loop_lag_us: Counter,
     /// 1 while the shard refuses new connections for overload.

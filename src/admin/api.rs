@@ -95,6 +95,10 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
         )),
         (Method::Get, "alarms") => ok(broker.shared.alarms.json()),
         (Method::Get, "health") => ok(json!({ "status": "ok" })),
+        (Method::Get, "cluster") => match &broker.cluster {
+            Some(c) => ok(serde_json::to_value(c.summary()).map_err(|e| fail(e.to_string()))?),
+            None => Err(Answer::error(404, "this node is not in a cluster")),
+        },
         (Method::Get, "status") => ok(status(broker).map_err(fail)?),
         (Method::Get, "stats") => ok(super::counters::stats(broker)),
         (Method::Get, "config") => ok(redacted(

@@ -32,6 +32,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub overload: OverloadConfig,
     pub durability: DurabilityConfig,
+    pub cluster: ClusterConfig,
     pub delayed: DelayedConfig,
     pub admin: AdminConfig,
     pub sys: SysConfig,
@@ -52,6 +53,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             overload: OverloadConfig::default(),
             durability: DurabilityConfig::default(),
+            cluster: ClusterConfig::default(),
             delayed: DelayedConfig::default(),
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
@@ -176,6 +178,21 @@ impl Config {
             }
             if l.kind.is_ws() && !l.path.starts_with('/') {
                 return bad(&key("path"), "must start with /");
+            }
+        }
+        if self.cluster.enabled {
+            let c = &self.cluster;
+            if c.cookie.as_deref().is_none_or(|k| k.len() < 16) {
+                return bad(
+                    "cluster.cookie",
+                    "a cluster needs a cookie of 16 bytes or more",
+                );
+            }
+            if c.node_timeout_ms < 500 {
+                return bad("cluster.node_timeout_ms", "must be at least 500");
+            }
+            if let Some(s) = c.seeds.iter().find(|s| s.rsplit_once(':').is_none()) {
+                return bad("cluster.seeds", &format!("{s:?} is not host:port"));
             }
         }
         if self.broker.ring_capacity < 16 {

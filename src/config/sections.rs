@@ -366,6 +366,55 @@ impl Default for DelayedConfig {
     }
 }
 
+/// Several nodes serving as one broker (`[cluster]`): who this node is, where its peers are,
+/// and the secret they share.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Where this node takes its peers' consensus and control requests.
+    pub listen: SocketAddr,
+    /// Where this node takes the publishes its peers forward (every shard accepts on it).
+    pub rpc_listen: SocketAddr,
+    /// The addresses peers reach `listen` and `rpc_listen` at, when they are not those
+    /// (a wildcard bind, a NAT); default: the listen addresses themselves.
+    pub advertise: Option<SocketAddr>,
+    pub advertise_rpc: Option<SocketAddr>,
+    /// Other nodes' `listen` addresses (`host:port`, names resolved at start): this node joins
+    /// the cluster they form, or forms it when its name is the least among them and none is up.
+    pub seeds: Vec<String>,
+    /// `voter` (takes part in consensus) or `learner` (replicates the state, never votes).
+    pub role: ClusterRole,
+    /// The secret every node must prove it holds (EMQX's cookie); required when enabled.
+    pub cookie: Option<String>,
+    /// Milliseconds a peer may stay silent before its routes are dropped.
+    pub node_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4370)),
+            rpc_listen: SocketAddr::from(([127, 0, 0, 1], 5370)),
+            advertise: None,
+            advertise_rpc: None,
+            seeds: Vec::new(),
+            role: ClusterRole::Voter,
+            cookie: None,
+            node_timeout_ms: 5000,
+        }
+    }
+}
+
+/// A node's part in the cluster's consensus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterRole {
+    Voter,
+    Learner,
+}
+
 /// What a crash costs (`[durability]`): where acknowledged state lives and when it is synced.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -56,6 +56,9 @@ pub enum XMsg {
     Grant(Grant),
     /// To the home shard: the session of `client_id` claimed with `token` has ended.
     Release { client_id: ByteString, token: u64 },
+    /// To the shard holding `client_id` under claim `token`: a newer connection on another
+    /// node took the id; close this one (0x8E).
+    Evict { client_id: ByteString, token: u64 },
     /// A ban made on the sending shard, for every replica (it kicks matching clients).
     Ban(Arc<crate::banned::Ban>),
     /// A ban lifted on the sending shard.

@@ -57,7 +57,7 @@ impl Shard {
             }
         }
         // Like a SUBACK: the retained messages wait until the other shards know the filters.
-        let waiting = new_interest * (self.shards - 1);
+        let waiting = self.interest_answers(new_interest);
         let pending = self
             .pending_reply(key, None, waiting)
             .with_retained(retained);

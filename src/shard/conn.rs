@@ -241,7 +241,7 @@ fn drive<'a, S: Stream>(
                 let sh = shard.borrow();
                 let out_full = link.out.borrow().len() > sh.cfg.mqtt.max_outbound_bytes;
                 let claiming = link.state.get().awaits_connect();
-                let ring_blocked = sh.mesh.blocked();
+                let ring_blocked = sh.blocked();
                 (!out_full && !claiming && !ring_blocked, ring_blocked)
             };
             let want_write = !link.out.borrow().is_empty()
@@ -266,7 +266,7 @@ fn drive<'a, S: Stream>(
                         }
                     }
                 } else if ring_blocked {
-                    if !shard.borrow().mesh.blocked() {
+                    if !shard.borrow().blocked() {
                         return Poll::Ready(Event::Output);
                     }
                     shard.borrow_mut().mesh.wait_for_ring(link);

@@ -245,7 +245,8 @@ impl Shard {
             self.send(shard, XMsg::Grant(g));
             return;
         }
-        match self.homes.claim(client_id.clone(), shard, token) {
+        let epoch = self.cluster_claim(&client_id);
+        match self.homes.claim(client_id.clone(), shard, token, epoch) {
             None => self.send(
                 shard,
                 XMsg::Grant(Grant {

@@ -33,6 +33,8 @@ use crate::control::Reply;
 use crate::session::Session;
 use crate::store::{Batch, Op, StoreLink};
 
+use super::remote::Answers;
+
 /// Which acknowledgement. A PUBCOMP waits for the inbound QoS 2 id's removal to be stored: a
 /// stale id after a crash would make the client's next message with it look like a duplicate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,11 @@ enum Release {
     },
     /// The local part of a publish that also waits for other shards.
     Local(u64),
+    /// Answer another node's forwarded publish (its frame `seq` on that connection).
+    Peer {
+        to: Rc<Answers>,
+        seq: u64,
+    },
 }
 
 /// A publish waiting only on deliveries to persistent sessions made under its obligation id.
@@ -114,14 +121,8 @@ pub struct Owing {
 
 /// What a stored (or failed) ticket releases.
 enum Deferred {
-    Ack(AckRef),
-    /// Another shard's publish, queued here for persistent sessions: answer it.
-    Reply {
-        shard: usize,
-        token: u64,
-    },
-    /// The local part of a publish that also waits for other shards.
-    Local(u64),
+    /// An acknowledgement or an answer to another shard or node.
+    Release(Release),
     /// A SUBACK waiting (among others) for the store.
     SubAck(u64),
     /// The answer to an admin request whose change the store keeps.
@@ -134,7 +135,7 @@ enum Deferred {
 struct Pending {
     remaining: u32,
     failed: bool,
-    ack: AckRef,
+    release: Release,
 }
 
 /// What the shard does once the store has answered.
@@ -152,6 +153,12 @@ pub enum Done {
     },
     /// The store answered for the SUBACK with this token.
     SubAck { token: u64, stored: bool },
+    /// Answer frame `seq` of another node's forwarding connection.
+    Peer {
+        to: Rc<Answers>,
+        seq: u64,
+        stored: bool,
+    },
     /// Send this answer to an admin request (an error when its change was not stored).
     Control {
         to: SyncSender<Reply>,
@@ -390,11 +397,7 @@ impl Durable {
                 );
                 Deferred::Owed(o.ob)
             }
-            None => match release {
-                Release::Ack(at) => Deferred::Ack(at),
-                Release::Reply { shard, token } => Deferred::Reply { shard, token },
-                Release::Local(token) => Deferred::Local(token),
-            },
+            None => Deferred::Release(release),
         };
         self.next.push(d);
         self.waiting_next += 1;
@@ -430,6 +433,7 @@ impl Durable {
                 stored,
             }),
             Release::Local(token) => self.settle(token, stored, out),
+            Release::Peer { to, seq } => out.push(Done::Peer { to, seq, stored }),
         }
     }
 
@@ -448,11 +452,32 @@ impl Durable {
             link: link.clone(),
             id,
         };
+        // Behind an undecided one (a decided front is always sent at once): it goes with it.
+        if !matches!(wait, Wait::Now) {
+            self.wait_for(Release::Ack(at), wait);
+        }
+    }
+
+    /// Answers frame `seq` of another node's forwarding connection once its publish is decided
+    /// (now, when `wait` says so).
+    pub fn answer_peer(&mut self, to: Rc<Answers>, seq: u64, wait: Wait) -> Option<Done> {
+        if matches!(wait, Wait::Now) {
+            return Some(Done::Peer {
+                to,
+                seq,
+                stored: true,
+            });
+        }
+        self.wait_for(Release::Peer { to, seq }, wait);
+        None
+    }
+
+    /// Queues `release` for what `wait` says (not `Wait::Now`).
+    fn wait_for(&mut self, release: Release, wait: Wait) {
         match wait {
-            // Behind an undecided one (a decided front is always sent at once): it goes with it.
             Wait::Now => {}
-            Wait::Record => self.defer(Deferred::Ack(at)),
-            Wait::Ticket { owed } => self.defer_release(Release::Ack(at), owed),
+            Wait::Record => self.defer(Deferred::Release(release)),
+            Wait::Ticket { owed } => self.defer_release(release, owed),
             Wait::Shards {
                 token,
                 remote,
@@ -468,7 +493,7 @@ impl Durable {
                     Pending {
                         remaining,
                         failed: false,
-                        ack: at,
+                        release,
                     },
                 );
             }
@@ -498,19 +523,16 @@ impl Durable {
     /// [`Durable::begin`]): it is answered once what it created here is stored, or its
     /// deliveries acknowledged (now, when it created nothing).
     pub fn reply_when_stored(&mut self, shard: usize, token: u64) -> Option<Done> {
-        let (local, owed) = match self.end() {
-            Wait::Ticket { owed } => (true, owed),
-            _ => (false, None),
-        };
-        if local {
-            self.defer_release(Release::Reply { shard, token }, owed);
-            return None;
+        let wait = self.end();
+        if matches!(wait, Wait::Now) {
+            return Some(Done::Reply {
+                shard,
+                token,
+                stored: true,
+            });
         }
-        Some(Done::Reply {
-            shard,
-            token,
-            stored: true,
-        })
+        self.wait_for(Release::Reply { shard, token }, wait);
+        None
     }
 
     /// One part of a publish waiting for other shards is decided: another shard's answer, or
@@ -523,7 +545,7 @@ impl Durable {
         p.failed |= !stored;
         if p.remaining == 0 {
             if let Some(p) = self.pending.remove(&token) {
-                decide(p.ack, !p.failed, out);
+                self.release(p.release, !p.failed, out);
             }
         }
     }
@@ -624,15 +646,7 @@ impl Durable {
                     break;
                 };
                 match d {
-                    Deferred::Ack(ack) => decide(ack, stored, out),
-                    Deferred::Reply { shard, token } => {
-                        out.push(Done::Reply {
-                            shard,
-                            token,
-                            stored,
-                        });
-                    }
-                    Deferred::Local(token) => self.settle(token, stored, out),
+                    Deferred::Release(r) => self.release(r, stored, out),
                     Deferred::Owed(ob) => {
                         if let Some(o) = self.owed.remove(&ob) {
                             self.release(o.release, stored, out);

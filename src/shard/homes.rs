@@ -19,24 +19,43 @@ struct Flap {
 
 #[derive(Default)]
 pub(super) struct Homes {
-    /// Client id -> (owning shard, claim token).
-    owners: AHashMap<ByteString, (usize, u64)>,
+    /// Client id -> (owning shard, claim token, the claim's cluster epoch: 0 outside a
+    /// cluster and for sessions restored from the store).
+    owners: AHashMap<ByteString, (usize, u64, u64)>,
     flapping: AHashMap<ByteString, Flap>,
 }
 
 impl Homes {
-    /// Records `shard`'s claim `token` on `client_id`; the previous owner, if any.
-    pub fn claim(&mut self, client_id: ByteString, shard: usize, token: u64) -> Option<usize> {
+    /// Records `shard`'s claim `token` (cluster `epoch`) on `client_id`; the previous owner,
+    /// if any.
+    pub fn claim(
+        &mut self,
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+        epoch: u64,
+    ) -> Option<usize> {
         self.owners
-            .insert(client_id, (shard, token))
-            .map(|(owner, _)| owner)
+            .insert(client_id, (shard, token, epoch))
+            .map(|(owner, ..)| owner)
     }
 
     /// The session claimed with `token` ended: the id is free, unless claimed again since.
-    pub fn release(&mut self, client_id: &str, token: u64) {
-        if self.owners.get(client_id).is_some_and(|(_, t)| *t == token) {
-            self.owners.remove(client_id);
+    /// The ended claim's epoch, when it was freed.
+    pub fn release(&mut self, client_id: &str, token: u64) -> Option<u64> {
+        let (_, t, epoch) = *self.owners.get(client_id)?;
+        if t != token {
+            return None;
         }
+        self.owners.remove(client_id);
+        Some(epoch)
+    }
+
+    /// The shard and claim token holding `client_id`, when its claim's epoch is `epoch` or
+    /// older (a cluster eviction of that connection, or of one before it).
+    pub fn claimed_by(&self, client_id: &str, epoch: u64) -> Option<(usize, u64)> {
+        let (shard, token, e) = *self.owners.get(client_id)?;
+        (e != 0 && e <= epoch).then_some((shard, token))
     }
 
     /// Counts a CONNECT for `client_id`; true when it is the one too many (the id is to be

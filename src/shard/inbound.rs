@@ -250,16 +250,16 @@ impl Shard {
             // Granted to a session that is gone: free it again.
             self.release_exclusive(&filter, &claim.client_id, None);
         }
-        let shards = self.shards;
+        let answers = made.map_or(0, |(_, first)| self.interest_answers(usize::from(first)));
         let Some(p) = self.pending_replies.get_mut(&token) else {
             return;
         };
-        if let Some((existed, first)) = made {
+        if let Some((existed, _)) = made {
             let options = claim.sub.options;
             if let Some(Packet::SubAck(suback)) = p.reply.as_mut() {
                 suback.reasons[claim.index] = granted(options.qos);
             }
-            p.waiting += usize::from(first) * (shards - 1);
+            p.waiting += answers;
             if options.wants_retained(existed) {
                 p.retained.push((filter, options));
             }
@@ -708,7 +708,7 @@ impl Shard {
         if stored {
             self.durable.when_stored(token);
         }
-        let waiting = new_interest * (self.shards - 1) + usize::from(stored) + claims.len();
+        let waiting = self.interest_answers(new_interest) + usize::from(stored) + claims.len();
         let mut pending = self
             .pending_reply(key, Some(Packet::SubAck(suback)), waiting)
             .with_retained(retained);

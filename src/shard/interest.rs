@@ -39,6 +39,20 @@ impl ShardSet {
         self.0.iter().all(|w| *w == 0)
     }
 
+    /// The members below `n` (this node's shards, without the remote nodes after them).
+    pub fn below(&self, n: usize) -> ShardSet {
+        let mut s = self.clone();
+        for (i, w) in s.0.iter_mut().enumerate() {
+            let first = i * 64;
+            if first >= n {
+                *w = 0;
+            } else if n - first < 64 {
+                *w &= (1u64 << (n - first)) - 1;
+            }
+        }
+        s
+    }
+
     pub fn contains(&self, shard: usize) -> bool {
         self.0
             .get(shard / 64)
@@ -75,11 +89,17 @@ pub struct SharedRoute {
 }
 
 impl SharedRoute {
-    /// The shard with members that `choice` picks; `None` when there is none.
-    pub fn pick_shard(&self, choice: &Choice) -> Option<usize> {
-        let n = self.shards.len();
+    /// The shard (or remote node) with members that `choice` picks, among those below
+    /// `within` when given (a publish another node forwarded picks among this node's shards);
+    /// `None` when there is none.
+    pub fn pick_shard(&self, choice: &Choice, within: Option<usize>) -> Option<usize> {
+        let set = match within {
+            Some(n) => std::borrow::Cow::Owned(self.shards.below(n)),
+            None => std::borrow::Cow::Borrowed(&self.shards),
+        };
+        let n = set.len();
         (n > 0)
-            .then(|| self.shards.nth(choice.shard(n, &self.turn)))
+            .then(|| set.nth(choice.shard(n, &self.turn)))
             .flatten()
     }
 }
@@ -146,6 +166,9 @@ mod tests {
         s.set(70, true);
         assert_eq!(s.iter().collect::<Vec<_>>(), [1, 70]);
         assert!(s.contains(70) && s.contains(1) && !s.contains(2) && !s.contains(200));
+        assert_eq!(s.below(70).iter().collect::<Vec<_>>(), [1]);
+        assert_eq!(s.below(71).iter().collect::<Vec<_>>(), [1, 70]);
+        assert_eq!(s.below(1).len(), 0);
         assert_eq!(s.nth(3), Some(70));
         s.set(70, false);
         assert_eq!(s.len(), 1);

@@ -123,8 +123,7 @@ impl Mesh {
         self.backlog[to].len()
     }
 
-    /// Moves what the rings now take out of the backlog; once it is empty, wakes the
-    /// connections that stopped reading.
+    /// Moves what the rings now take out of the backlog.
     pub fn retry_backlog(&mut self) {
         for to in 0..self.shards() {
             let before = self.backlog[to].len();
@@ -139,11 +138,13 @@ impl Mesh {
                 self.outbox.ring(to);
             }
         }
-        if !self.blocked() {
-            for link in self.blocked_readers.drain(..) {
-                link.ring_waiting.set(false);
-                link.wake();
-            }
+    }
+
+    /// Wakes the connections that stopped reading for a full ring (their wait is over).
+    pub fn wake_readers(&mut self) {
+        for link in self.blocked_readers.drain(..) {
+            link.ring_waiting.set(false);
+            link.wake();
         }
     }
 

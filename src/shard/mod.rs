@@ -10,7 +10,8 @@
 //!   groups, and this shard's replica of the interest table.
 //! - `sessions::SessionTable`: session slots, the client-id index, will and expiry timers.
 //! - `waiting::Waiting`: CONNECTs waiting for a password verdict or a grant.
-//! - `homes::Homes`: the client ids homed here (owner and claim token), flapping counts.
+//! - `homes::Homes`: the client ids homed here (owner, claim token and cluster epoch),
+//!   flapping counts.
 //! - [`crate::retained::RetainedStore`]: this shard's replica of the retained messages.
 //!
 //! The connection side: `conn` (the task: reads, decodes, writes), `link` (what the task and
@@ -21,7 +22,9 @@
 //! `strategy` (how a shared group picks its member), `exclusive` (the arbiter of `$exclusive/`
 //! filters), `auto_subscribe` (subscriptions made at CONNECT), `delayed` (`$delayed/` messages
 //! held until due), `bans` (the banned-clients list), `admin` (the control plane), `persist`,
-//! `sys` and `sys_broker`, `capabilities` (what the `[mqtt]` switches let clients use).
+//! `sys` and `sys_broker`, `capabilities` (what the `[mqtt]` switches let clients use). In a
+//! cluster: `remote` (other nodes' routes, publishes forwarded to and from them) and
+//! `registry` (this node's claims in the cluster's session registry, evictions).
 //!
 //! # How a PUBLISH crosses them
 //! `conn` decodes it and `inbound` checks it (aliases, limits, ACL, rate, the backlog bound)
@@ -53,6 +56,8 @@ mod mesh;
 mod persist;
 mod proxied;
 mod rate;
+mod registry;
+mod remote;
 mod route;
 mod router;
 mod sessions;
@@ -88,6 +93,7 @@ use crate::retained::RetainedStore;
 use crate::ring::{Inbox, Outbox, XMsg};
 use crate::session::SessionLimits;
 use crate::stats::{Shared, Stats};
+use std::net::TcpListener as StdTcpListener;
 
 use homes::Homes;
 
@@ -170,6 +176,8 @@ pub(crate) struct Shard {
     delayed: delayed::DelayedSet,
     /// This shard's replica of the bans.
     bans: crate::banned::BanList,
+    /// Its side of the cluster, when there is one.
+    remote: Option<remote::Remote>,
 }
 
 impl Shard {
@@ -185,6 +193,7 @@ impl Shard {
             checks,
             driver: _,
             store,
+            cluster,
         } = boot;
         let journaled = cfg.durability.mode != crate::config::DurabilityMode::Off;
         let hold = Duration::from_micros(cfg.durability.commit_window_us);
@@ -223,6 +232,7 @@ impl Shard {
             durable: durable::Durable::new(id, store, journaled, hold),
             delayed: delayed::DelayedSet::new(id),
             bans: crate::banned::BanList::default(),
+            remote: cluster.map(|c| remote::Remote::new(c.reporter, c.link, &c.name, &c.cookie)),
         }
     }
 
@@ -304,8 +314,11 @@ impl Shard {
             } => self.on_takeover(client_id, shard, token, clean_start),
             XMsg::Grant(g) => self.on_grant(g),
             XMsg::Release { client_id, token } => {
-                self.homes.release(&client_id, token);
+                if let Some(epoch) = self.homes.release(&client_id, token) {
+                    self.cluster_release(&client_id, epoch);
+                }
             }
+            XMsg::Evict { client_id, token } => self.evicted(&client_id, token),
             XMsg::ExclusiveClaim {
                 filter,
                 client_id,
@@ -323,6 +336,21 @@ impl Shard {
                 ack,
             } => self.on_exclusive_release(filter, client_id, ack),
             XMsg::ExclusiveReleased(token) => self.reply_answered(token, true),
+        }
+    }
+
+    /// Whether publishers are read no more: a ring to another shard, or a forwarding
+    /// connection to another node, has too much waiting.
+    fn blocked(&self) -> bool {
+        self.mesh.blocked() || self.remote.as_ref().is_some_and(|r| r.blocked())
+    }
+
+    /// Retries what waits for full rings; once nothing blocks, the connections that stopped
+    /// reading read again.
+    fn unblock(&mut self) {
+        self.mesh.retry_backlog();
+        if !self.blocked() {
+            self.mesh.wake_readers();
         }
     }
 
@@ -453,6 +481,19 @@ pub struct Boot {
     pub driver: crate::config::Driver,
     /// This shard's way to the storage thread.
     pub store: crate::store::StoreLink,
+    /// Its way to the cluster thread, in a cluster.
+    pub cluster: Option<ClusterBoot>,
+}
+
+/// What a shard starts with in a cluster.
+pub struct ClusterBoot {
+    pub reporter: crate::cluster::Reporter,
+    pub link: Arc<crate::cluster::ShardLink>,
+    /// This node's name and the cluster's cookie.
+    pub name: String,
+    pub cookie: String,
+    /// Its socket on `cluster.rpc_listen` (taken when the shard starts).
+    pub rpc: Option<StdTcpListener>,
 }
 
 /// Runs a shard on the current thread until a shutdown closes it.
@@ -470,8 +511,14 @@ pub fn run(
             driver = crate::driver::current().name(),
             "shard running"
         );
+        let mut boot = boot;
+        let rpc = boot.cluster.as_mut().and_then(|c| c.rpc.take());
         let shard = Rc::new(RefCell::new(Shard::new(boot, outbox)));
         shard.borrow_mut().restore(saved);
+        if let Some(rpc) = rpc {
+            let listener = monoio::net::TcpListener::from_std(rpc)?;
+            monoio::spawn(remote::accept_loop(shard.clone(), listener));
+        }
         for (i, l) in sockets.into_iter().enumerate() {
             match l {
                 ListenSocket::Tcp(l) => {
@@ -511,10 +558,19 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             for (verdict, link) in sh.waiting.verdicts() {
                 sh.password_checked(verdict, link);
             }
-            sh.mesh.retry_backlog();
+            sh.unblock();
+            sh.cluster_answered();
             sh.store_answered();
             sh.flush_store();
             sh.mesh.ring_bells();
+        }
+        let starting = shard
+            .borrow_mut()
+            .remote
+            .as_mut()
+            .map(remote::Remote::take_starting);
+        for fw in starting.into_iter().flatten() {
+            monoio::spawn(remote::forward_task(shard.clone(), fw));
         }
         for (req, reply) in control.take() {
             let closing = matches!(req, crate::control::Request::Persist);
@@ -531,7 +587,7 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
                 return;
             }
         }
-        let backlogged = shard.borrow().mesh.blocked();
+        let backlogged = shard.borrow().blocked();
         if backlogged {
             monoio::time::sleep(Duration::from_millis(1)).await;
             continue;
@@ -547,7 +603,10 @@ async fn pump(shard: Rc<RefCell<Shard>>, mut inbox: Inbox) {
             // the rings: a side thread that rang before it was armed must not be missed.
             inbox.poll_wait(cx, || {
                 let sh = shard.borrow();
-                !control.is_empty() || sh.waiting.verdicts_ready() || sh.durable.answered()
+                !control.is_empty()
+                    || sh.waiting.verdicts_ready()
+                    || sh.durable.answered()
+                    || sh.remote.as_ref().is_some_and(|r| !r.link().is_empty())
             })
         })
         .await;

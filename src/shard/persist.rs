@@ -90,7 +90,7 @@ impl Shard {
         let token = self.token();
         let client_id = session.client_id.clone();
         let key = self.insert_session(SessionSlot::new(session, None, token));
-        self.homes.claim(client_id, self.id, token);
+        self.homes.claim(client_id, self.id, token, 0);
         self.resubscribe(key);
         key
     }
@@ -234,7 +234,7 @@ impl Shard {
         self.durable.give_list(done);
     }
 
-    fn carry_out(&mut self, d: Done) {
+    pub(super) fn carry_out(&mut self, d: Done) {
         {
             match d {
                 Done::Ack { link, ack, stored } => {
@@ -253,6 +253,7 @@ impl Shard {
                     stored,
                 } => self.send(shard, XMsg::Stored { token, stored }),
                 Done::SubAck { token, stored } => self.reply_answered(token, stored),
+                Done::Peer { to, seq, stored } => to.done(seq, stored),
                 Done::Control { to, answer, stored } => {
                     let answer = answer.and_then(|v| {
                         stored

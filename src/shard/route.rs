@@ -16,6 +16,7 @@ use crate::codec::{publish_len, Properties, PublishRef, QoS};
 use crate::ring::XMsg;
 use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
 use crate::stats::DropReason;
+use crate::store::record::{wall_now, StoredMessage};
 use crate::store::Op;
 use crate::topic::Levels;
 
@@ -92,6 +93,7 @@ impl Shard {
         }
         if msg.retain && self.may_retain(&msg) {
             let stored = Arc::new(msg.compacted());
+            self.report_retained(&stored);
             self.journal_retained(&stored);
             self.retained.set(stored.clone());
             self.stats.retained.set(self.retained.len() as i64);
@@ -142,25 +144,41 @@ impl Shard {
     }
 
     fn route(&mut self, msg: Arc<Message>, now: Instant) {
+        self.route_within(msg, now, false);
+    }
+
+    /// Routes a publish another node forwarded: to this node's shards only.
+    pub(super) fn route_local(&mut self, msg: Arc<Message>, now: Instant) {
+        self.route_within(msg, now, true);
+    }
+
+    /// Routes to this node's shards and (unless `local`) to the remote nodes with
+    /// subscribers, once each.
+    fn route_within(&mut self, msg: Arc<Message>, now: Instant, local: bool) {
         let choice = self.choice(&msg);
         let levels = Levels::new(&msg.topic);
         // Alone, the shard needs no interest table to know where plain subscribers are: its
         // own trie says. With others, it walks its trie only if the table says it has some.
-        let alone = self.shards == 1;
-        let (shards, groups) = self.router.targets(&levels, &choice, !alone);
-        for shard in shards.iter() {
-            if shard != self.id {
+        let alone = self.shards == 1 && self.remote.is_none();
+        let within = local.then_some(self.shards);
+        let (targets, groups) = self.router.targets(&levels, &choice, !alone, within);
+        let me = self.id;
+        for t in targets.iter().filter(|t| *t != me) {
+            if t < self.shards {
                 let confirm = self.durable.confirm();
                 self.send(
-                    shard,
+                    t,
                     XMsg::Publish {
                         msg: msg.clone(),
                         confirm,
                     },
                 );
+            } else if !local {
+                let confirm = self.durable.confirm();
+                self.forward(t - self.shards, &msg, None, confirm, now);
             }
         }
-        if alone || shards.contains(self.id) {
+        if alone || targets.contains(self.id) {
             self.deliver_matches(&msg, &levels, now);
         }
         for (group, shard) in groups {
@@ -168,8 +186,37 @@ impl Shard {
         }
     }
 
-    /// Sends a message to the shared group's shard whose turn it is (round robin over shards
-    /// with members; `None`: it has none).
+    /// Forwards to the remote node in `slot` (for one member of `group` there, when given);
+    /// `confirm`: the token the publish's acknowledgement waits on.
+    fn forward(
+        &self,
+        slot: usize,
+        msg: &Message,
+        group: Option<ByteString>,
+        confirm: Option<u64>,
+        now: Instant,
+    ) {
+        if let Some(remote) = &self.remote {
+            let stored = StoredMessage::of(msg, now, wall_now());
+            remote.forward(slot, stored, group.map(|g| g.to_string()), confirm);
+        }
+    }
+
+    /// A shared group's message another node forwarded: to one member on this node.
+    pub(super) fn dispatch_local_shared(
+        &mut self,
+        group: ByteString,
+        msg: Arc<Message>,
+        now: Instant,
+    ) {
+        let shard = self
+            .router
+            .group_shard(&group, &self.choice(&msg), Some(self.shards));
+        self.dispatch_shared(group, shard, msg, now);
+    }
+
+    /// Sends a message to the shared group's member whose turn it is (a shard, or a remote
+    /// node; `None`: it has none).
     fn dispatch_shared(
         &mut self,
         group: ByteString,
@@ -183,6 +230,9 @@ impl Shard {
         };
         if shard == self.id {
             self.deliver_shared_local(&group, msg, now);
+        } else if shard >= self.shards {
+            let confirm = self.durable.confirm();
+            self.forward(shard - self.shards, &msg, Some(group), confirm, now);
         } else {
             let confirm = self.durable.confirm();
             self.send(
@@ -349,16 +399,28 @@ impl Shard {
     pub(super) fn redispatch_shared(&mut self, session: &mut Session, now: Instant) {
         for d in session.take_shared() {
             if let Some(group) = d.group {
-                let shard = self.router.group_shard(&group, &self.choice(&d.msg));
+                let shard = self.router.group_shard(&group, &self.choice(&d.msg), None);
                 self.dispatch_shared(group, shard, d.msg, now);
             }
         }
     }
 
+    /// How many answers a reply waits for after `first` filters became this shard's first
+    /// interest: one from each other shard and, in a cluster, one once every node routes them.
+    pub(super) fn interest_answers(&self, first: usize) -> usize {
+        first * (self.shards - 1 + usize::from(self.remote.is_some()))
+    }
+
     /// Applies an interest change here and tells every other shard; with `ack`, each of them
-    /// answers (for a SUBACK that waits until the subscription is visible everywhere).
+    /// answers (for a SUBACK that waits until the subscription is visible everywhere), and so
+    /// does the cluster once every node has the route.
     fn interest_changed(&mut self, filter: &ByteString, add: bool, ack: Option<u64>) {
         self.router.apply_interest(filter, self.id, add);
+        if let Some(remote) = &self.remote {
+            let filter = filter.to_string();
+            let ack = ack.map(|token| (self.id, token));
+            remote.report(crate::cluster::Event::Interest { filter, add, ack });
+        }
         let shard = self.id;
         self.mesh.broadcast(|| XMsg::Interest {
             filter: filter.clone(),

@@ -43,14 +43,16 @@ pub(super) struct Router {
 }
 
 impl Router {
-    /// The shards with plain subscribers matching `topic` (this one included; none looked up
-    /// without `plain`), and the shared groups (full `$share/...` filters) matching it
-    /// anywhere, each with the shard whose turn it is (taken in the same walk).
+    /// The shards (and remote nodes) with plain subscribers matching `topic` (this one
+    /// included; none looked up without `plain`), and the shared groups (full `$share/...`
+    /// filters) matching it anywhere, each with the member whose turn it is (taken in the same
+    /// walk; among those below `within` when given).
     pub fn targets(
         &self,
         topic: &Levels<'_>,
         choice: &Choice,
         plain: bool,
+        within: Option<usize>,
     ) -> (ShardSet, GroupTargets) {
         let mut shards = ShardSet::default();
         if plain {
@@ -62,14 +64,20 @@ impl Router {
         self.interest.shared.for_each_match(topic, |g| {
             groups.extend(
                 g.iter()
-                    .map(|(name, route)| (name.clone(), route.pick_shard(choice))),
+                    .map(|(name, route)| (name.clone(), route.pick_shard(choice, within))),
             );
         });
         (shards, groups)
     }
 
-    /// The shard with members of `group` that `choice` picks; `None` when it has none.
-    pub fn group_shard(&self, group: &ByteString, choice: &Choice) -> Option<usize> {
+    /// The member (shard or remote node) of `group` that `choice` picks, among those below
+    /// `within` when given; `None` when it has none.
+    pub fn group_shard(
+        &self,
+        group: &ByteString,
+        choice: &Choice,
+        within: Option<usize>,
+    ) -> Option<usize> {
         let Some(Ok((_, inner))) = parse_shared(group) else {
             return None;
         };
@@ -77,7 +85,18 @@ impl Router {
             .shared
             .get(inner)?
             .get(group)?
-            .pick_shard(choice)
+            .pick_shard(choice, within)
+    }
+
+    /// Member `member` (a remote node's slot) has no interest in anything any more.
+    pub fn forget_member(&mut self, member: usize) {
+        self.interest.plain.for_each_slot(|s| s.set(member, false));
+        self.interest.shared.for_each_slot(|groups| {
+            for route in groups.values_mut() {
+                route.shards.set(member, false);
+            }
+            groups.retain(|_, route| !route.shards.is_empty());
+        });
     }
 
     /// The local member of `group` to deliver to, as `choice` picks it: round robin and

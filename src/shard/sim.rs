@@ -53,6 +53,7 @@ impl Sim {
                 checks,
                 driver: crate::config::Driver::Epoll,
                 store,
+                cluster: None,
             };
             shards.push(Shard::new(boot, outbox));
             inboxes.push(inbox);
@@ -76,7 +77,7 @@ impl Sim {
             sh.handle_xmsg(msg, Instant::now());
         }
         let backlogged = sh.mesh.blocked();
-        sh.mesh.retry_backlog();
+        sh.unblock();
         moved || backlogged
     }
 

@@ -153,6 +153,11 @@ impl Store {
         })
     }
 
+    /// The database, for other keyspaces kept beside the broker's (the cluster's Raft log).
+    pub fn database(&self) -> Database {
+        self.db.clone()
+    }
+
     /// Reads every session, delivery and retained message back. Records of ended sessions and
     /// expired messages are deleted on the way.
     pub fn recover(&self, now: Instant) -> Result<Recovered, String> {

@@ -150,6 +150,23 @@ impl<S> Trie<S> {
         result
     }
 
+    /// Calls `f` with every filter's slot.
+    pub fn for_each_slot(&mut self, mut f: impl FnMut(&mut S)) {
+        fn visit<S>(node: &mut Node<S>, f: &mut impl FnMut(&mut S)) {
+            node.hash
+                .iter_mut()
+                .chain(node.value.iter_mut())
+                .for_each(&mut *f);
+            for (_, child) in node.children.iter_mut() {
+                visit(child, f);
+            }
+            if let Some(plus) = node.plus.as_deref_mut() {
+                visit(plus, f);
+            }
+        }
+        visit(&mut self.root, &mut f);
+    }
+
     /// Calls `f` with the slot of every filter that matches the name split in `name`.
     /// Wildcards at the first level never match a name that starts with `$`.
     pub fn for_each_match(&self, name: &Levels<'_>, mut f: impl FnMut(&S)) {

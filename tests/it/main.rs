@@ -6,6 +6,7 @@
 mod alarms;
 mod banned;
 mod clients;
+mod cluster;
 mod daemon;
 mod dashboard;
 mod delayed;

@@ -1,0 +1,182 @@
+//! The Raft log and vote, kept in the broker's store (fjall, the data dir) so that a node that
+//! restarts comes back with its log and its vote: keyspace `raft_log` holds entries by index
+//! (big-endian, so they sort), `raft_meta` the vote, the last committed and the last purged
+//! log ids. Writes are synced before openraft is told they are done (a vote or an entry that
+//! vanished after a crash could elect two leaders).
+
+// openraft's storage traits fix the error type (`StorageError`, a large enum): the helpers
+// here return it as the traits do.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use fjall::{Database, Keyspace, PersistMode};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{storage_error, Entry, LogId, StorageError, Types, Vote};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"purged";
+
+/// The log, readable from any task (a clone is a reader).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Database,
+    log: Keyspace,
+    meta: Keyspace,
+}
+
+fn encode(v: &impl Serialize) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(v).map_err(storage_error)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StorageError> {
+    postcard::from_bytes(b).map_err(storage_error)
+}
+
+impl LogStore {
+    pub fn open(db: &Database) -> Result<LogStore, String> {
+        let ks = |name: &str| {
+            db.keyspace(name, fjall::KeyspaceCreateOptions::default)
+                .map_err(|e| format!("the store's {name}: {e}"))
+        };
+        Ok(LogStore {
+            log: ks("raft_log")?,
+            meta: ks("raft_meta")?,
+            db: db.clone(),
+        })
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(storage_error)? {
+            Some(v) => decode(&v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta(&self, key: &[u8], v: &impl Serialize) -> Result<(), StorageError> {
+        self.meta
+            .insert(key.to_vec(), encode(v)?)
+            .map_err(storage_error)?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::SyncAll).map_err(storage_error)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        match self.log.last_key_value() {
+            Some(kv) => {
+                let (_, v) = kv.into_inner().map_err(storage_error)?;
+                decode(&v).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Removes the entries with indexes in `range`.
+    fn remove(&self, range: (Bound<[u8; 8]>, Bound<[u8; 8]>)) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for kv in self.log.range(range) {
+            let (k, _) = kv.into_inner().map_err(storage_error)?;
+            batch.remove(&self.log, k);
+        }
+        batch.commit().map_err(storage_error)?;
+        self.sync()
+    }
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn bounds(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    let map = |b: Bound<&u64>| match b {
+        Bound::Included(i) => Bound::Included(key(*i)),
+        Bound::Excluded(i) => Bound::Excluded(key(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (map(range.start_bound()), map(range.end_bound()))
+}
+
+impl RaftLogReader<Types> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.log
+            .range(bounds(range))
+            .map(|kv| {
+                let (_, v) = kv.into_inner().map_err(storage_error)?;
+                decode(&v)
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<Types> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Types>, StorageError> {
+        let purged: Option<LogId> = self.get_meta(PURGED)?;
+        let last = self.last_entry()?.map(|e| e.log_id).or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta(VOTE, vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.put_meta(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<Types>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = self.db.batch();
+        for e in entries {
+            batch.insert(&self.log, key(e.log_id.index), encode(&e)?);
+        }
+        batch.commit().map_err(storage_error)?;
+        let synced = self.db.persist(PersistMode::SyncAll);
+        callback.log_io_completed(synced.map_err(std::io::Error::other));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove(bounds(log_id.index..))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.put_meta(PURGED, &log_id)?;
+        self.remove(bounds(..=log_id.index))
+    }
+}

@@ -1,0 +1,429 @@
+//! Several ringmq nodes serving as one broker (`[cluster]`).
+//!
+//! # How it is built
+//! - Membership, every node's routes, the retained messages and the session registry are
+//!   replicated by Raft: [openraft](https://crates.io/crates/openraft), whose log, vote and
+//!   snapshots live in the broker's store ([`log_store`], [`state`]), so a node that restarts
+//!   with its data dir comes back with them and catches up from the leader's log.
+//! - The engine runs on its own thread with a small tokio runtime ([`node`]), beside the shards;
+//!   peers reach it on `cluster.listen` ([`net`]), every connection proving the cookie first
+//!   ([`wire`]). Shards report their routes' 0 <-> 1 changes to it ([`Event`]); it hands them
+//!   what the applied log changed ([`ToShard`]), through a queue per shard rung by the shard's
+//!   doorbell. No shard ever waits on consensus.
+//! - Routes are (filter, node): a node proposes only its own changes, batched, and every node
+//!   applies the log to its own copy, held by each shard in its interest table beside the
+//!   shards' own entries (a remote node is one more member of a filter's set). Matching a
+//!   publish never asks the network.
+//! - A publish that remote nodes have subscribers for is forwarded once per node, by the shard
+//!   that took it, over that shard's own connection to the node's `cluster.rpc_listen`
+//!   (`shard::remote`); the receiving node routes it to its own shards as a local forward.
+//! - The leader pings every member; one silent past `cluster.node_timeout_ms` has its routes
+//!   dropped (`Command::Down`) until it comes back and sends them again.
+
+mod log_store;
+pub mod net;
+pub mod node;
+pub mod state;
+pub mod types;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use crate::config::{ClusterConfig, ClusterRole};
+use crate::ring::Doorbell;
+use state::Effect;
+pub use types::{node_id, NodeId, NodeInfo, Retained};
+
+/// What a shard tells the cluster thread.
+#[derive(Debug)]
+pub enum Event {
+    /// The shard gained its first (`add`) or lost its last subscriber to `filter`; with
+    /// `ack` (shard, token), the shard waits for [`ToShard::Answered`] once the cluster has it.
+    Interest {
+        filter: String,
+        add: bool,
+        ack: Option<(usize, u64)>,
+    },
+    /// A retained message set or cleared on this node.
+    Retain(Retained),
+    /// Send this node's whole route set again.
+    Resend,
+    /// `client_id` connected here, its connection's epoch `epoch` (written behind: the
+    /// CONNECT does not wait for it).
+    Claim { client_id: String, epoch: u64 },
+    /// The session of `client_id` claimed with `epoch` ended here.
+    Release { client_id: String, epoch: u64 },
+}
+
+/// What the cluster thread tells a shard.
+#[derive(Debug, Clone)]
+pub enum ToShard {
+    /// Remote node `node` is reached through slot `slot` (a member of the interest table's sets
+    /// after this node's shards), its forwarded publishes going to `rpc`.
+    Node {
+        slot: usize,
+        node: NodeId,
+        name: String,
+        rpc: String,
+    },
+    /// The node in `slot` left the cluster.
+    Gone { slot: usize },
+    /// The cluster dropped the routes of the node in `slot` (it was silent): what waited for
+    /// its answers is settled.
+    Down { slot: usize },
+    /// The node in `slot` gained (`add`) or lost its route to `filter`.
+    Route {
+        filter: String,
+        slot: usize,
+        add: bool,
+    },
+    /// Every remote route known so far is void (a snapshot replaced the state).
+    Reset,
+    /// A retained message set or cleared, in the order the cluster agreed.
+    Retain(Retained),
+    /// What waited on `Event::Interest`'s token is done.
+    Answered(u64),
+    /// To `client_id`'s home shard: its connection claimed with `epoch` (or an older one)
+    /// lost the id to a newer connection on another node.
+    Evict { client_id: String, epoch: u64 },
+}
+
+/// One shard's queue of what the cluster thread tells it.
+pub struct ShardLink {
+    items: Mutex<Vec<ToShard>>,
+    bells: Arc<[Doorbell]>,
+    shard: usize,
+}
+
+impl ShardLink {
+    pub fn new(shard: usize, bells: Arc<[Doorbell]>) -> ShardLink {
+        ShardLink {
+            items: Mutex::default(),
+            bells,
+            shard,
+        }
+    }
+
+    fn push(&self, m: ToShard) {
+        self.items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(m);
+        self.bells[self.shard].ring();
+    }
+
+    /// Whether anything waits (looked at by the pump before it sleeps).
+    pub fn is_empty(&self) -> bool {
+        self.items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Takes what waits, in order.
+    pub fn take(&self) -> Vec<ToShard> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The shards' queues, and the slot each remote node has in their interest tables.
+pub struct Shards {
+    links: Vec<Arc<ShardLink>>,
+    slots: Mutex<BTreeMap<NodeId, usize>>,
+}
+
+impl Shards {
+    pub fn new(links: Vec<Arc<ShardLink>>) -> Shards {
+        Shards {
+            links,
+            slots: Mutex::default(),
+        }
+    }
+
+    fn answer(&self, shard: usize, token: u64) {
+        if let Some(l) = self.links.get(shard) {
+            l.push(ToShard::Answered(token));
+        }
+    }
+
+    /// To the home shard of `client_id`.
+    fn to_home(&self, client_id: &str, m: ToShard) {
+        let home = crate::shard::home_of(client_id, self.links.len());
+        if let Some(l) = self.links.get(home) {
+            l.push(m);
+        }
+    }
+
+    fn broadcast(&self, m: ToShard) {
+        for l in &self.links {
+            l.push(m.clone());
+        }
+    }
+
+    /// The slot of remote node `node`, given one when it has none.
+    fn slot(&self, node: NodeId) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = slots.get(&node) {
+            return *s;
+        }
+        let free = (0..).find(|s| !slots.values().any(|v| v == s)).unwrap_or(0);
+        slots.insert(node, free);
+        free
+    }
+
+    /// The members changed: each remote one's slot and address to every shard, and the slots
+    /// of those that left freed.
+    fn members(&self, me: NodeId, members: &BTreeMap<NodeId, NodeInfo>) {
+        let gone: Vec<(NodeId, usize)> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(n, _)| !members.contains_key(n))
+            .map(|(n, s)| (*n, *s))
+            .collect();
+        for (node, slot) in gone {
+            self.slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&node);
+            self.broadcast(ToShard::Gone { slot });
+        }
+        for (node, info) in members.iter().filter(|(n, _)| **n != me) {
+            let slot = self.slot(*node);
+            self.broadcast(ToShard::Node {
+                slot,
+                node: *node,
+                name: info.name.clone(),
+                rpc: info.rpc.clone(),
+            });
+        }
+    }
+
+    /// Hands an applied change to the shards.
+    fn apply(&self, me: NodeId, e: Effect) {
+        match e {
+            Effect::Route { node, filter, add } if node != me => {
+                let slot = self.slot(node);
+                self.broadcast(ToShard::Route { filter, slot, add });
+            }
+            Effect::Retain(r) => self.broadcast(ToShard::Retain(r)),
+            Effect::Reset => self.broadcast(ToShard::Reset),
+            Effect::Down(node) if node != me => {
+                let slot = self.slot(node);
+                self.broadcast(ToShard::Down { slot });
+            }
+            Effect::Evict {
+                client_id,
+                node,
+                epoch,
+            } if node == me => {
+                let home = client_id.clone();
+                self.to_home(&home, ToShard::Evict { client_id, epoch });
+            }
+            Effect::Route { .. }
+            | Effect::Evict { .. }
+            | Effect::Down(_)
+            | Effect::Membership
+            | Effect::Applied => {}
+        }
+    }
+}
+
+/// The cluster as `ctl`, the API and `/metrics` see it (refreshed as the log is applied).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Summary {
+    pub node: String,
+    pub leader: Option<String>,
+    pub members: Vec<MemberSummary>,
+    pub routes: usize,
+    pub retained: usize,
+    pub sessions: usize,
+    pub last_applied: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberSummary {
+    pub name: String,
+    pub addr: String,
+    pub rpc: String,
+    pub voter: bool,
+    pub routes: usize,
+    /// Its routes were dropped for silence.
+    pub down: bool,
+}
+
+impl Summary {
+    fn refresh(&mut self, core: &node::Core) {
+        let m = core.machine.lock().unwrap_or_else(PoisonError::into_inner);
+        let voters: Vec<NodeId> = m.membership.voter_ids().collect();
+        let metrics = core.raft.metrics().borrow().clone();
+        let names: BTreeMap<NodeId, String> = m
+            .membership
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.name.clone()))
+            .collect();
+        self.leader = metrics.current_leader.and_then(|l| names.get(&l).cloned());
+        self.members = m
+            .membership
+            .membership()
+            .nodes()
+            .map(|(id, n)| MemberSummary {
+                name: n.name.clone(),
+                addr: n.addr.clone(),
+                rpc: n.rpc.clone(),
+                voter: voters.contains(id),
+                routes: m.data.routes.get(id).map_or(0, |r| r.len()),
+                down: m.data.down.contains(id),
+            })
+            .collect();
+        self.routes = m.data.routes.values().map(|r| r.len()).sum();
+        self.retained = m.data.retained.len();
+        self.sessions = m.data.sessions.len();
+        self.last_applied = m.last_applied.map(|l| l.index);
+    }
+}
+
+/// The numbered frames this node took from each sending shard of each node: a frame sent again
+/// after a reconnection (whichever shard it now lands on) is taken once.
+#[derive(Default)]
+pub struct Streams(Mutex<std::collections::HashMap<(NodeId, u32), (u64, u64)>>);
+
+impl Streams {
+    /// Whether frame `seq` of (`node`, `shard`, `life`) is new (and from now on taken).
+    pub fn take(&self, node: NodeId, shard: u32, life: u64, seq: u64) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (l, last) = m.entry((node, shard)).or_insert((life, 0));
+        if *l != life {
+            *l = life;
+            *last = 0;
+        }
+        let fresh = seq > *last;
+        *last = (*last).max(seq);
+        fresh
+    }
+}
+
+/// The running cluster side of this node: where shards report, what the admin reads.
+pub struct Cluster {
+    events: UnboundedSender<Event>,
+    summary: Arc<Mutex<Summary>>,
+    streams: Streams,
+}
+
+impl Cluster {
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// Reports a shard's event (never blocks: the cluster thread takes it when it can).
+    pub fn send(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// A shard's way to the cluster thread.
+pub type Reporter = Arc<Cluster>;
+
+/// Starts this node's cluster thread: binds `cluster.listen` (an error if it cannot), opens the
+/// Raft log in the store's database, and joins or forms the cluster in the background.
+pub fn start(
+    cfg: &ClusterConfig,
+    name: &str,
+    db: &fjall::Database,
+    links: Vec<Arc<ShardLink>>,
+) -> Result<Reporter, String> {
+    let cookie: Arc<str> = cfg.cookie.clone().unwrap_or_default().into();
+    let listener =
+        StdListener::bind(cfg.listen).map_err(|e| format!("cluster.listen {}: {e}", cfg.listen))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = cfg
+        .advertise
+        .unwrap_or(listener.local_addr().map_err(|e| e.to_string())?);
+    let rpc = cfg.advertise_rpc.unwrap_or(cfg.rpc_listen);
+    let info = NodeInfo {
+        name: name.to_string(),
+        addr: addr.to_string(),
+        rpc: rpc.to_string(),
+    };
+    let (effects_tx, effects_rx) = unbounded_channel();
+    let log = log_store::LogStore::open(db)?;
+    let (machine_store, machine) = state::StateStore::open(db, effects_tx)?;
+    let raft_cfg = node::raft_config(cfg.node_timeout_ms)?;
+    let (events_tx, events_rx) = unbounded_channel();
+    let summary = Arc::new(Mutex::new(Summary {
+        node: name.to_string(),
+        ..Summary::default()
+    }));
+    let cluster = Arc::new(Cluster {
+        events: events_tx.clone(),
+        summary: summary.clone(),
+        streams: Streams::default(),
+    });
+    let voter = cfg.role == ClusterRole::Voter;
+    let seeds = cfg.seeds.clone();
+    let timeout = Duration::from_millis(cfg.node_timeout_ms);
+    let shards = Arc::new(Shards::new(links));
+    std::thread::Builder::new()
+        .name("ringmq-cluster".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster: no runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let me = node_id(&info.name);
+                let network = net::Network {
+                    cookie: cookie.clone(),
+                    me,
+                };
+                let raft = match types::Raft::new(me, raft_cfg, network, log, machine_store).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster: the Raft engine did not start");
+                        return;
+                    }
+                };
+                let core = Arc::new(node::Core::new(raft, info, cookie, voter, machine, timeout));
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster: cannot listen");
+                        return;
+                    }
+                };
+                tokio::spawn(net::serve(listener, core.clone()));
+                tokio::spawn(node::watch_loop(core.clone(), timeout));
+                tokio::spawn(node::effect_loop(
+                    core.clone(),
+                    effects_rx,
+                    shards.clone(),
+                    events_tx,
+                    summary,
+                ));
+                node::join(&core, &seeds).await;
+                node::propose_loop(core, events_rx, shards).await;
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(cluster)
+}

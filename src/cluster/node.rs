@@ -1,0 +1,644 @@
+//! This node in the cluster, on its own thread with a small tokio runtime (openraft needs one):
+//! the Raft engine, the service peers talk to, joining (or forming) the cluster from the
+//! seeds, the proposer that turns this node's route changes and retained messages into
+//! commands (in order, batched, retried until the cluster takes them), and the leader's
+//! watch over silent nodes. What the applied log changes is handed to the shards
+//! ([`super::ShardLink`]); no shard ever waits on any of this.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::{ChangeMembers, Config, ServerState};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::net::Peer;
+use super::state::{Effect, Machine};
+use super::types::{node_id, Command, NodeId, NodeInfo, Raft, Reply};
+use super::wire::{Request, Response, Status};
+use super::{Event, Shards, Summary};
+
+/// How long a control call to a peer may take.
+const CALL: Duration = Duration::from_secs(3);
+
+/// What the service and the loops share.
+pub struct Core {
+    pub raft: Raft,
+    me: NodeId,
+    info: NodeInfo,
+    cookie: Arc<str>,
+    voter: bool,
+    pub machine: Arc<Mutex<Machine>>,
+    /// When each peer last answered this node's ping (the leader's failure detector).
+    heard: Mutex<HashMap<NodeId, Instant>>,
+    /// `cluster.node_timeout_ms`.
+    timeout: Duration,
+}
+
+fn errors(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Core {
+    pub fn new(
+        raft: Raft,
+        info: NodeInfo,
+        cookie: Arc<str>,
+        voter: bool,
+        machine: Arc<Mutex<Machine>>,
+        timeout: Duration,
+    ) -> Core {
+        Core {
+            timeout,
+            me: node_id(&info.name),
+            raft,
+            info,
+            cookie,
+            voter,
+            machine,
+            heard: Mutex::default(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    fn machine(&self) -> std::sync::MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The members as the applied membership has them.
+    pub fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        self.machine()
+            .membership
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
+    fn is_member(&self) -> bool {
+        self.machine()
+            .membership
+            .membership()
+            .get_node(&self.me)
+            .is_some()
+    }
+
+    /// Answers a peer's request.
+    pub async fn handle(&self, peer: NodeId, req: Request) -> Response {
+        match req {
+            Request::Append(r) => Response::Append(self.raft.append_entries(r).await),
+            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
+            Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
+            Request::Write(cmd) => Response::Write(self.write(cmd).await),
+            Request::Applied(index) => Response::Applied(self.applied(index).await),
+            Request::Join { node, info, voter } => {
+                Response::Join(self.admit(node, info, voter).await)
+            }
+            Request::Remove(node) => Response::Remove(self.remove(node).await),
+            Request::Status => Response::Status(self.status()),
+            Request::Ping => {
+                self.heard_from(peer);
+                Response::Pong
+            }
+        }
+    }
+
+    fn heard_from(&self, peer: NodeId) {
+        self.heard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, Instant::now());
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            node: self.me,
+            name: self.info.name.clone(),
+            member: self.is_member(),
+            leader: self.raft.metrics().borrow().current_leader,
+        }
+    }
+
+    /// (As the leader) makes `node` a learner, then a voter if asked.
+    async fn admit(&self, node: NodeId, info: NodeInfo, voter: bool) -> Result<(), String> {
+        tracing::info!(node = %info, voter, "a node asks to join the cluster");
+        self.raft
+            .add_learner(node, info, true)
+            .await
+            .map_err(errors)?;
+        if voter {
+            let ids = BTreeSet::from([node]);
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                .await
+                .map_err(errors)?;
+        }
+        Ok(())
+    }
+
+    /// (As the leader) removes `node` from the membership, voter or learner.
+    async fn remove(&self, node: NodeId) -> Result<(), String> {
+        let ids = BTreeSet::from([node]);
+        let voters: BTreeSet<NodeId> = self.machine().membership.voter_ids().collect();
+        if voters.contains(&node) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+                .await
+                .map_err(errors)?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map_err(errors)
+            .map(|_| ())
+    }
+
+    /// Proposes `cmd` as the leader: its log index and answer once committed.
+    async fn write(&self, cmd: Command) -> Result<(u64, Reply), String> {
+        self.raft
+            .client_write(cmd)
+            .await
+            .map(|r| (r.log_id.index, r.data))
+            .map_err(errors)
+    }
+
+    /// Whether this node has applied the log up to `index` (waiting up to half the node
+    /// timeout for it).
+    async fn applied(&self, index: u64) -> bool {
+        self.raft
+            .wait(Some(self.timeout / 2))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .is_ok()
+    }
+
+    /// Waits until every member not dropped for silence has applied the log up to `index`
+    /// (each bounded by the node timeout), so that what was committed there is seen by all.
+    pub async fn applied_everywhere(&self, index: u64, peers: &mut Peers) {
+        let down = self.machine().data.down.clone();
+        for node in self.members().into_keys().filter(|n| !down.contains(n)) {
+            if node == self.me {
+                self.applied(index).await;
+            } else if let Err(e) = peers.call(self, node, &Request::Applied(index)).await {
+                tracing::debug!(node = format!("{node:x}"), error = %e, "a node did not say it applied an entry");
+            }
+        }
+    }
+
+    /// Proposes `cmd`: here when this node leads, else through the leader; its log index and
+    /// answer once committed. An error when there is no leader (a minority side) or it could
+    /// not be reached.
+    pub async fn propose(&self, cmd: Command, peers: &mut Peers) -> Result<(u64, Reply), String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.me => self.write(cmd).await,
+            Some(l) => match peers.call(self, l, &Request::Write(cmd)).await {
+                Ok(Response::Write(r)) => r,
+                Ok(_) => Err("the leader answered something else".into()),
+                Err(e) => Err(e),
+            },
+            None => Err("no leader: this node cannot reach a majority of the cluster".into()),
+        }
+    }
+}
+
+/// This node's connections to its peers for control calls.
+#[derive(Default)]
+pub struct Peers(HashMap<NodeId, Peer>);
+
+impl Peers {
+    pub async fn call(
+        &mut self,
+        core: &Core,
+        to: NodeId,
+        req: &Request,
+    ) -> Result<Response, String> {
+        let addr = core
+            .members()
+            .get(&to)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| format!("node {to:x} is not a member"))?;
+        let peer = self
+            .0
+            .entry(to)
+            .or_insert_with(|| Peer::new(to, &addr, core.cookie.clone(), core.me));
+        peer.call(req, CALL).await.map_err(errors)
+    }
+
+    /// Calls a seed by address (it may not be a member yet).
+    pub async fn call_addr(core: &Core, addr: &str, req: &Request) -> Result<Response, String> {
+        let mut p = Peer::new(0, addr, core.cookie.clone(), core.me);
+        p.call(req, CALL).await.map_err(errors)
+    }
+}
+
+/// The Raft settings: heartbeats often enough that a leader's death is noticed well within
+/// `node_timeout_ms`.
+pub fn raft_config(node_timeout_ms: u64) -> Result<Arc<Config>, String> {
+    let heartbeat = (node_timeout_ms / 10).clamp(50, 500);
+    let cfg = Config {
+        cluster_name: "ringmq".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: heartbeat * 3,
+        election_timeout_max: heartbeat * 6,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    cfg.validate().map(Arc::new).map_err(errors)
+}
+
+/// Joins the cluster the seeds form, or forms it: a node with state of its own is a member
+/// already; a new one asks a seed that is a member to admit it; when none is, the node whose
+/// name is the least among all that answer forms the cluster alone, and the others join it.
+pub async fn join(core: &Core, seeds: &[String]) {
+    let initialized = core.raft.is_initialized().await.unwrap_or(false);
+    if initialized {
+        return;
+    }
+    if seeds.is_empty() {
+        form(core).await;
+        return;
+    }
+    loop {
+        let mut names = vec![core.info.name.clone()];
+        let mut answered = 0;
+        for seed in seeds {
+            match Peers::call_addr(core, seed, &Request::Status).await {
+                Ok(Response::Status(s)) if s.member => {
+                    let req = Request::Join {
+                        node: core.me,
+                        info: core.info.clone(),
+                        voter: core.voter,
+                    };
+                    match Peers::call_addr(core, seed, &req).await {
+                        Ok(Response::Join(Ok(()))) => {
+                            tracing::info!(seed, "joined the cluster");
+                            return;
+                        }
+                        other => {
+                            tracing::info!(seed, answer = ?other, "a seed did not admit this node yet")
+                        }
+                    }
+                }
+                Ok(Response::Status(s)) => {
+                    answered += 1;
+                    names.push(s.name);
+                }
+                other => tracing::debug!(seed, answer = ?other, "a seed is not reachable yet"),
+            }
+        }
+        let least = names.iter().min() == Some(&core.info.name);
+        if answered == seeds.len() && least && core.voter {
+            form(core).await;
+            return;
+        }
+        if core.raft.is_initialized().await.unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn form(core: &Core) {
+    let members = BTreeMap::from([(core.me, core.info.clone())]);
+    match core.raft.initialize(members).await {
+        Ok(()) => tracing::info!(node = %core.info, "formed the cluster"),
+        Err(e) => tracing::info!(error = %e, "not forming a cluster"),
+    }
+}
+
+/// This node's routes as its shards report them, and the changes not yet taken by the cluster.
+#[derive(Default)]
+struct Routes {
+    /// Filter -> how many of this node's shards have subscribers to it.
+    shards: HashMap<String, u32>,
+    add: BTreeSet<String>,
+    remove: BTreeSet<String>,
+    /// The whole set must be sent again (at start, and after the cluster dropped it).
+    resend: bool,
+}
+
+impl Routes {
+    fn shard_changed(&mut self, filter: String, add: bool) {
+        let n = self.shards.entry(filter.clone()).or_default();
+        let was = *n;
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        match (was, *n) {
+            (0, 1) if !self.remove.remove(&filter) => {
+                self.add.insert(filter);
+            }
+            (1, 0) => {
+                self.shards.remove(&filter);
+                if !self.add.remove(&filter) {
+                    self.remove.insert(filter);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A command the cluster did not take, merged back into what came since (a set is sent
+    /// again whole).
+    fn put_back(&mut self, cmd: Command) {
+        match cmd {
+            Command::Routes { add, remove, .. } => {
+                for f in add {
+                    if !self.remove.remove(&f) {
+                        self.add.insert(f);
+                    }
+                }
+                for f in remove {
+                    if !self.add.remove(&f) {
+                        self.remove.insert(f);
+                    }
+                }
+            }
+            Command::RouteSet { .. } => self.resend = true,
+            _ => {}
+        }
+    }
+
+    /// The next command to propose, if any.
+    fn next(&mut self, me: NodeId) -> Option<Command> {
+        if self.resend {
+            self.add.clear();
+            self.remove.clear();
+            return Some(Command::RouteSet {
+                node: me,
+                filters: self.shards.keys().cloned().collect(),
+            });
+        }
+        if self.add.is_empty() && self.remove.is_empty() {
+            return None;
+        }
+        Some(Command::Routes {
+            node: me,
+            add: std::mem::take(&mut self.add).into_iter().collect(),
+            remove: std::mem::take(&mut self.remove).into_iter().collect(),
+        })
+    }
+}
+
+/// This node's session registry changes not yet taken by the cluster: at most one pending
+/// change per client id (a release cancels the claim it ends when that was never sent), so
+/// what waits while there is no leader is bounded by the clients connected here.
+struct Registry {
+    /// The node has not yet told the cluster it started (which voids its earlier claims: its
+    /// connections did not survive).
+    started: bool,
+    claims: HashMap<String, u64>,
+    releases: HashMap<String, u64>,
+}
+
+impl Registry {
+    fn claim(&mut self, client_id: String, epoch: u64) {
+        self.releases.remove(&client_id);
+        self.claims.insert(client_id, epoch);
+    }
+
+    fn release(&mut self, client_id: String, epoch: u64) {
+        if self.claims.get(&client_id) == Some(&epoch) {
+            self.claims.remove(&client_id);
+        } else {
+            self.releases.insert(client_id, epoch);
+        }
+    }
+
+    /// A command the cluster did not take, merged back under what came since.
+    fn put_back(&mut self, cmd: Command) {
+        if let Command::Sessions {
+            started,
+            claims,
+            releases,
+            ..
+        } = cmd
+        {
+            self.started |= started;
+            for (c, e) in releases {
+                if !self.claims.contains_key(&c) {
+                    self.releases.entry(c).or_insert(e);
+                }
+            }
+            for (c, e) in claims {
+                if !self.releases.contains_key(&c) {
+                    self.claims.entry(c).or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn next(&mut self, me: NodeId) -> Option<Command> {
+        if !self.started && self.claims.is_empty() && self.releases.is_empty() {
+            return None;
+        }
+        Some(Command::Sessions {
+            node: me,
+            started: std::mem::take(&mut self.started),
+            claims: self.claims.drain().collect(),
+            releases: self.releases.drain().collect(),
+        })
+    }
+}
+
+/// Turns what the shards report into commands, one at a time, until the cluster takes each.
+/// A shard's first subscriber to a filter waits (its SUBACK does) until the route is applied on
+/// every live node, so a publish anywhere right after it is routed here; when the cluster
+/// cannot take the change (no leader) it is answered at once, the subscription working locally.
+pub async fn propose_loop(
+    core: Arc<Core>,
+    mut events: UnboundedReceiver<Event>,
+    shards: Arc<Shards>,
+) {
+    let mut routes = Routes {
+        resend: true,
+        ..Routes::default()
+    };
+    let mut retained = Vec::new();
+    let mut sessions = Registry {
+        started: true,
+        claims: HashMap::new(),
+        releases: HashMap::new(),
+    };
+    let mut waiting = Vec::new();
+    let mut peers = Peers::default();
+    let mut failing = false;
+    loop {
+        // Take everything waiting, then propose (batching while a proposal is under way).
+        let first = if failing {
+            tokio::time::timeout(Duration::from_millis(200), events.recv())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            match events.recv().await {
+                Some(e) => Some(e),
+                None => return,
+            }
+        };
+        for e in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| events.try_recv().ok()))
+        {
+            match e {
+                Event::Interest { filter, add, ack } => {
+                    routes.shard_changed(filter, add);
+                    waiting.extend(ack);
+                }
+                Event::Retain(r) => retained.push(r),
+                Event::Resend => routes.resend = true,
+                Event::Claim { client_id, epoch } => sessions.claim(client_id, epoch),
+                Event::Release { client_id, epoch } => sessions.release(client_id, epoch),
+            }
+        }
+        failing = false;
+        let mut committed = None;
+        while let Some(cmd) = routes.next(core.me) {
+            let resend = matches!(cmd, Command::RouteSet { .. });
+            match core.propose(cmd.clone(), &mut peers).await {
+                Ok((index, _)) => committed = Some(index),
+                Err(e) => {
+                    tracing::debug!(error = %e, "route change not taken yet: will retry");
+                    routes.put_back(cmd);
+                    failing = true;
+                    break;
+                }
+            }
+            if resend {
+                routes.resend = false;
+            }
+        }
+        if let Some(index) = committed {
+            core.applied_everywhere(index, &mut peers).await;
+        }
+        for (shard, token) in waiting.drain(..) {
+            shards.answer(shard, token);
+        }
+        if let Some(cmd) = sessions.next(core.me).filter(|_| !failing) {
+            if let Err(e) = core.propose(cmd.clone(), &mut peers).await {
+                tracing::debug!(error = %e, "session registry change not taken yet: will retry");
+                sessions.put_back(cmd);
+                failing = true;
+            }
+        }
+        while !failing && !retained.is_empty() {
+            let r = retained.remove(0);
+            if let Err(e) = core.propose(Command::Retain(r.clone()), &mut peers).await {
+                tracing::debug!(error = %e, "retained message not taken yet: will retry");
+                retained.insert(0, r);
+                failing = true;
+            }
+        }
+    }
+}
+
+/// The leader pings every member; one silent past `timeout` has its routes dropped.
+pub async fn watch_loop(core: Arc<Core>, timeout: Duration) {
+    let mut peers = Peers::default();
+    let mut told: BTreeSet<NodeId> = BTreeSet::new();
+    let every = (timeout / 5).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        let leading = core.raft.metrics().borrow().state == ServerState::Leader;
+        if !leading {
+            told.clear();
+            continue;
+        }
+        let now = Instant::now();
+        for node in core.members().keys().copied().filter(|n| *n != core.me) {
+            if let Ok(Response::Pong) = peers.call(&core, node, &Request::Ping).await {
+                core.heard_from(node);
+                told.remove(&node);
+                continue;
+            }
+            let since = core
+                .heard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(node)
+                .or_insert(now)
+                .elapsed();
+            let down = core.machine().data.down.contains(&node);
+            if since > timeout && !down && told.insert(node) {
+                tracing::warn!(
+                    node = format!("{node:x}"),
+                    silent_ms = since.as_millis() as u64,
+                    "a node is silent: dropping its routes"
+                );
+                if let Err(e) = core.propose(Command::Down { node }, &mut peers).await {
+                    tracing::info!(error = %e, "could not drop a silent node's routes");
+                    told.remove(&node);
+                }
+            }
+        }
+    }
+}
+
+/// Hands what the applied log changed to the shards; when this node's own routes were dropped
+/// (it was cut off), asks the proposer to send them again.
+pub async fn effect_loop(
+    core: Arc<Core>,
+    mut effects: UnboundedReceiver<Effect>,
+    shards: Arc<Shards>,
+    resend: tokio::sync::mpsc::UnboundedSender<Event>,
+    summary: Arc<Mutex<Summary>>,
+) {
+    let mut members: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
+    loop {
+        let Some(first) = effects.recv().await else {
+            return;
+        };
+        let now = core.members();
+        if now != members {
+            shards.members(core.me, &now);
+            members = now;
+        }
+        for e in std::iter::once(first).chain(std::iter::from_fn(|| effects.try_recv().ok())) {
+            if let Effect::Down(node) = &e {
+                if *node == core.me {
+                    tracing::warn!("the cluster dropped this node's routes: sending them again");
+                    let _ = resend.send(Event::Resend);
+                }
+            }
+            shards.apply(core.me, e);
+        }
+        summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refresh(&core);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_routes_change_only_on_the_first_and_last_shard_and_cancel_out() {
+        let mut r = Routes::default();
+        r.shard_changed("a/#".into(), true);
+        r.shard_changed("a/#".into(), true);
+        r.shard_changed("b".into(), true);
+        r.shard_changed("b".into(), false);
+        match r.next(7) {
+            Some(Command::Routes { node, add, remove }) => {
+                assert_eq!((node, add, remove), (7, vec!["a/#".to_string()], vec![]));
+            }
+            other => panic!("{other:?}"),
+        }
+        r.shard_changed("a/#".into(), false);
+        assert!(r.next(7).is_none(), "one shard still has it");
+        r.shard_changed("a/#".into(), false);
+        assert!(matches!(r.next(7), Some(Command::Routes { remove, .. }) if remove == ["a/#"]));
+        r.resend = true;
+        r.shard_changed("c".into(), true);
+        assert!(matches!(r.next(7), Some(Command::RouteSet { filters, .. }) if filters == ["c"]));
+    }
+}

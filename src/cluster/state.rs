@@ -1,0 +1,381 @@
+//! The replicated state (the Raft state machine): every node's routes, the retained messages,
+//! the session registry, and the nodes whose routes were dropped for silence. Every node applies
+//! the same committed log to its own copy, so matching a publish never asks the network. What
+//! an applied entry changes for this node's shards is sent on as an [`Effect`]; a snapshot
+//! installed from the leader replaces everything, and the shards are told to start again from
+//! it ([`Effect::Reset`]). Snapshots are kept in the store (keyspace `raft_snapshot`), so a
+//! restarted node replays only the log after its last one.
+
+// openraft's storage traits fix the error type (`StorageError`, a large enum): the helpers
+// here return it as the traits do.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use fjall::{Database, Keyspace, PersistMode};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::types::{
+    storage_error, Command, Entry, LogId, NodeId, Reply, Retained, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, Types,
+};
+
+/// What the cluster agreed on.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Replicated {
+    /// Each node's routes (filters with at least one subscriber there).
+    pub routes: BTreeMap<NodeId, BTreeSet<String>>,
+    /// Nodes whose routes were dropped for silence, until they send their route set.
+    pub down: BTreeSet<NodeId>,
+    pub retained: BTreeMap<String, Retained>,
+    /// Client id -> the node its session is on and that session life's epoch.
+    pub sessions: HashMap<String, (NodeId, u64)>,
+}
+
+/// What applying the log changed for this node's shards.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Node `node` gained (`add`) or lost its route to `filter`.
+    Route {
+        node: NodeId,
+        filter: String,
+        add: bool,
+    },
+    Retain(Retained),
+    /// The connection of `client_id` on `node` that claimed it with `epoch` (or an older one)
+    /// lost it to a newer connection on another node: `node` closes it (0x8E).
+    Evict {
+        client_id: String,
+        node: NodeId,
+        epoch: u64,
+    },
+    /// Node `node`'s routes were dropped for silence (it is told, so it sends them again).
+    Down(NodeId),
+    /// The membership changed.
+    Membership,
+    /// Entries were applied (what the status shows is brought up to date).
+    Applied,
+    /// A snapshot replaced the state: every remote route known so far is void; what the new
+    /// state holds follows as `Route` and `Retain` effects.
+    Reset,
+}
+
+/// The state machine, shared with the node's loop (which reads it for status).
+#[derive(Debug, Default)]
+pub struct Machine {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub data: Replicated,
+}
+
+/// The state machine as openraft holds it.
+#[derive(Clone)]
+pub struct StateStore {
+    machine: Arc<Mutex<Machine>>,
+    effects: UnboundedSender<Effect>,
+    db: Database,
+    snapshots: Keyspace,
+}
+
+/// A snapshot as kept in the store.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+const CURRENT: &[u8] = b"current";
+
+impl Replicated {
+    /// `client_id` connected on `node` with `epoch`: the newer of it and the registered claim
+    /// keeps the id; a claim on another node that loses is evicted.
+    fn claim(&mut self, client_id: String, node: NodeId, epoch: u64, effects: &mut Vec<Effect>) {
+        let previous = self.sessions.get(&client_id).copied();
+        let won = previous.is_none_or(|(_, e)| e <= epoch);
+        let loser = match previous {
+            Some((n, e)) if n != node => Some(if won { (n, e) } else { (node, epoch) }),
+            _ => None,
+        };
+        if won {
+            self.sessions.insert(client_id.clone(), (node, epoch));
+        }
+        if let Some((node, epoch)) = loser {
+            effects.push(Effect::Evict {
+                client_id,
+                node,
+                epoch,
+            });
+        }
+    }
+}
+
+impl Machine {
+    fn apply(&mut self, cmd: Command, effects: &mut Vec<Effect>) -> Reply {
+        let d = &mut self.data;
+        match cmd {
+            Command::Routes { node, add, remove } => {
+                let set = d.routes.entry(node).or_default();
+                for filter in add {
+                    if set.insert(filter.clone()) {
+                        effects.push(Effect::Route {
+                            node,
+                            filter,
+                            add: true,
+                        });
+                    }
+                }
+                for filter in remove {
+                    if set.remove(&filter) {
+                        effects.push(Effect::Route {
+                            node,
+                            filter,
+                            add: false,
+                        });
+                    }
+                }
+            }
+            Command::RouteSet { node, filters } => {
+                d.down.remove(&node);
+                let new: BTreeSet<String> = filters.into_iter().collect();
+                let old = d.routes.insert(node, new.clone()).unwrap_or_default();
+                for filter in old.difference(&new) {
+                    effects.push(Effect::Route {
+                        node,
+                        filter: filter.clone(),
+                        add: false,
+                    });
+                }
+                for filter in new.difference(&old) {
+                    effects.push(Effect::Route {
+                        node,
+                        filter: filter.clone(),
+                        add: true,
+                    });
+                }
+            }
+            Command::Down { node } => {
+                if d.down.insert(node) {
+                    for filter in d.routes.remove(&node).unwrap_or_default() {
+                        effects.push(Effect::Route {
+                            node,
+                            filter,
+                            add: false,
+                        });
+                    }
+                    effects.push(Effect::Down(node));
+                }
+            }
+            Command::Retain(r) => {
+                if r.stored.is_none() {
+                    d.retained.remove(&r.topic);
+                } else {
+                    d.retained.insert(r.topic.clone(), r.clone());
+                }
+                effects.push(Effect::Retain(r));
+            }
+            Command::Sessions {
+                node,
+                started,
+                claims,
+                releases,
+            } => {
+                if started {
+                    d.sessions.retain(|_, (n, _)| *n != node);
+                }
+                for (client_id, epoch) in claims {
+                    d.claim(client_id, node, epoch, effects);
+                }
+                for (client_id, epoch) in releases {
+                    if d.sessions.get(&client_id) == Some(&(node, epoch)) {
+                        d.sessions.remove(&client_id);
+                    }
+                }
+            }
+        }
+        Reply::Done
+    }
+
+    /// Every effect that rebuilds the shards' view from this state.
+    fn replay(&self, effects: &mut Vec<Effect>) {
+        effects.push(Effect::Reset);
+        effects.push(Effect::Membership);
+        for (node, filters) in &self.data.routes {
+            for filter in filters {
+                effects.push(Effect::Route {
+                    node: *node,
+                    filter: filter.clone(),
+                    add: true,
+                });
+            }
+        }
+        effects.extend(self.data.retained.values().cloned().map(Effect::Retain));
+    }
+}
+
+impl StateStore {
+    /// The state machine over the store's `raft_snapshot` keyspace, starting from the last
+    /// snapshot kept there; what applying changes goes to `effects`.
+    pub fn open(
+        db: &Database,
+        effects: UnboundedSender<Effect>,
+    ) -> Result<(StateStore, Arc<Mutex<Machine>>), String> {
+        let snapshots = db
+            .keyspace("raft_snapshot", fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| format!("the store's raft_snapshot: {e}"))?;
+        let mut machine = Machine::default();
+        if let Some(v) = snapshots.get(CURRENT).map_err(|e| e.to_string())? {
+            let kept: Kept = postcard::from_bytes(&v).map_err(|e| e.to_string())?;
+            machine.data = postcard::from_bytes(&kept.data).map_err(|e| e.to_string())?;
+            machine.last_applied = kept.meta.last_log_id;
+            machine.membership = kept.meta.last_membership.clone();
+            let mut replay = Vec::new();
+            machine.replay(&mut replay);
+            for e in replay {
+                let _ = effects.send(e);
+            }
+        }
+        let machine = Arc::new(Mutex::new(machine));
+        let store = StateStore {
+            machine: machine.clone(),
+            effects,
+            db: db.clone(),
+            snapshots,
+        };
+        Ok((store, machine))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, effects: Vec<Effect>) {
+        for e in effects {
+            let _ = self.effects.send(e);
+        }
+    }
+
+    fn keep(&self, kept: &Kept) -> Result<(), StorageError> {
+        let v = postcard::to_allocvec(kept).map_err(storage_error)?;
+        self.snapshots
+            .insert(CURRENT.to_vec(), v)
+            .map_err(storage_error)?;
+        self.db.persist(PersistMode::SyncAll).map_err(storage_error)
+    }
+
+    fn current(&self) -> Result<Option<Kept>, StorageError> {
+        match self.snapshots.get(CURRENT).map_err(storage_error)? {
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(storage_error),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<Types> for StateStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = {
+            let m = self.lock();
+            let data = postcard::to_allocvec(&m.data).map_err(storage_error)?;
+            let id = m
+                .last_applied
+                .map_or_else(|| "empty".to_string(), |l| l.to_string());
+            let meta = SnapshotMeta {
+                last_log_id: m.last_applied,
+                last_membership: m.membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, data)
+        };
+        let kept = Kept { meta, data };
+        self.keep(&kept)?;
+        Ok(Snapshot {
+            meta: kept.meta,
+            snapshot: Box::new(Cursor::new(kept.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<Types> for StateStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let m = self.lock();
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut effects = Vec::new();
+        let mut replies = Vec::new();
+        {
+            let mut m = self.lock();
+            for e in entries {
+                m.last_applied = Some(e.log_id);
+                let reply = match e.payload {
+                    EntryPayload::Blank => Reply::Done,
+                    EntryPayload::Normal(cmd) => m.apply(cmd, &mut effects),
+                    EntryPayload::Membership(mem) => {
+                        m.membership = StoredMembership::new(Some(e.log_id), mem);
+                        effects.push(Effect::Membership);
+                        Reply::Done
+                    }
+                };
+                replies.push(reply);
+            }
+        }
+        effects.push(Effect::Applied);
+        self.send(effects);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let replicated: Replicated = postcard::from_bytes(&data).map_err(storage_error)?;
+        let kept = Kept {
+            meta: meta.clone(),
+            data,
+        };
+        self.keep(&kept)?;
+        tracing::info!(
+            last = ?meta.last_log_id,
+            bytes = kept.data.len(),
+            "cluster: installed a snapshot from the leader (a full resync)"
+        );
+        let mut effects = Vec::new();
+        {
+            let mut m = self.lock();
+            m.data = replicated;
+            m.last_applied = meta.last_log_id;
+            m.membership = meta.last_membership.clone();
+            m.replay(&mut effects);
+        }
+        self.send(effects);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.current()?.map(|k| Snapshot {
+            meta: k.meta,
+            snapshot: Box::new(Cursor::new(k.data)),
+        }))
+    }
+}

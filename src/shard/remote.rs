@@ -1,0 +1,655 @@
+//! This shard's side of the cluster ([`crate::cluster`]): what it reports (its routes' 0 <-> 1
+//! changes, the retained messages set here), what it is told (remote nodes and their routes,
+//! which it keeps in its interest table, each remote node one more member after the local
+//! shards; retained messages in the order the cluster agreed), and its own connection to each
+//! remote node, over which it forwards the publishes that node has subscribers for, once per
+//! node. A forwarding connection is dialled, and dialled again after a failure, by a task of
+//! its own; while it is down or behind, what waits for it is bounded, and past the bound the
+//! shard stops reading its publishers (as for a full ring) rather than drop anything.
+//!
+//! A QoS 1/2 publish whose acknowledgement waits for the store (`[durability]` on) waits for
+//! each remote node too, as for another shard: its frame asks for an answer (`Back::Done`),
+//! is kept until the answer comes, and is sent again on the next connection if the last one
+//! broke first. The other end takes a numbered frame once ([`crate::cluster::Streams`]).
+//! A node whose routes the cluster drops (silent, or gone) settles what waited for it: the
+//! cluster no longer routes to it.
+//!
+//! The other end: every shard accepts on `cluster.rpc_listen` (SO_REUSEPORT), proves the cookie
+//! both ways, and routes what comes to this node's own shards only, never on to other nodes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
+use std::io::{self, ErrorKind, IoSlice};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::net::{TcpListener, TcpStream};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Shard;
+use crate::cluster::wire::{self, Answering, Back, Dialling, Forward, Hello, Proof, Welcome};
+use crate::cluster::{node_id, Event, NodeId, Reporter, ShardLink, ToShard};
+use crate::session::Message;
+use crate::sock::{self, Stream};
+use crate::store::record::{wall_now, StoredMessage};
+
+/// Bytes a forwarding connection may have waiting before the shard stops reading publishers.
+const MAX_WAITING: usize = 4 * 1024 * 1024;
+/// How long a forwarding connection waits before dialling again after a failure.
+const REDIAL: Duration = Duration::from_millis(500);
+
+/// A frame not written yet: its number, the token its publisher waits on (if any), its bytes.
+type Unsent = (u64, Option<u64>, Vec<u8>);
+
+/// This shard's connection to one remote node.
+pub(super) struct Forwarder {
+    pub node: NodeId,
+    pub name: String,
+    rpc: String,
+    /// Frames not written yet, in order: number, the confirmation token the publish's
+    /// acknowledgement waits on (if any), the frame.
+    unsent: RefCell<VecDeque<Unsent>>,
+    /// The last frame number given out, and this forwarder's life (numbers restart with one).
+    seq: Cell<u64>,
+    life: u64,
+    /// Frames written and waiting for their answer, by number: the token and the frame, sent
+    /// again on the next connection (all numbered below anything unsent).
+    awaiting: RefCell<BTreeMap<u64, (u64, Vec<u8>)>>,
+    waker: Cell<Option<Waker>>,
+    /// The node left the cluster: the task ends.
+    gone: Cell<bool>,
+}
+
+impl Forwarder {
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Bytes waiting to be written or answered.
+    fn waiting(&self) -> usize {
+        let unsent: usize = self.unsent.borrow().iter().map(|(_, _, f)| f.len()).sum();
+        let awaiting: usize = self.awaiting.borrow().values().map(|(_, f)| f.len()).sum();
+        unsent + awaiting
+    }
+
+    /// Queues a publish; with `confirm` (a token the publish's acknowledgement waits on),
+    /// kept once written until its answer comes.
+    fn publish(&self, make: impl FnOnce(u64) -> Forward, confirm: Option<u64>) {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        match wire::frame(&make(seq)) {
+            Ok(bytes) => {
+                self.unsent.borrow_mut().push_back((seq, confirm, bytes));
+                self.wake();
+            }
+            Err(e) => {
+                tracing::warn!(node = %self.name, error = %e, "a publish too large to forward")
+            }
+        }
+    }
+
+    /// The frames to write now: every unsent one, those owed an answer moved to `awaiting`.
+    fn take_unsent(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut awaiting = self.awaiting.borrow_mut();
+        for (seq, token, frame) in self.unsent.borrow_mut().drain(..) {
+            out.extend_from_slice(&frame);
+            if let Some(token) = token {
+                awaiting.insert(seq, (token, frame));
+            }
+        }
+        out
+    }
+
+    /// The tokens of every publish still waiting for an answer; every frame forgotten.
+    fn settle_all(&self) -> Vec<u64> {
+        let awaiting = std::mem::take(&mut *self.awaiting.borrow_mut());
+        let unsent = std::mem::take(&mut *self.unsent.borrow_mut());
+        let sent = awaiting.into_values().map(|(token, _)| token);
+        sent.chain(unsent.into_iter().filter_map(|(_, t, _)| t))
+            .collect()
+    }
+}
+
+/// What a forwarding connection from another node is answered with, written by its task.
+#[derive(Default)]
+pub(super) struct Answers {
+    out: RefCell<Vec<u8>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Answers {
+    /// Answers frame `seq`.
+    pub fn done(&self, seq: u64, stored: bool) {
+        if let Ok(bytes) = wire::frame(&Back::Done { seq, stored }) {
+            self.out.borrow_mut().extend_from_slice(&bytes);
+        }
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// This shard's cluster state.
+pub(super) struct Remote {
+    reporter: Reporter,
+    link: Arc<ShardLink>,
+    /// This node's id and the cookie peers must prove.
+    me: NodeId,
+    cookie: Arc<str>,
+    /// Forwarders by slot.
+    nodes: Vec<Option<Rc<Forwarder>>>,
+    /// Forwarders whose task the pump starts.
+    starting: Vec<Rc<Forwarder>>,
+    /// The last session registry epoch this shard gave out.
+    pub(super) last_epoch: u64,
+}
+
+impl Remote {
+    pub fn new(reporter: Reporter, link: Arc<ShardLink>, name: &str, cookie: &str) -> Remote {
+        Remote {
+            reporter,
+            link,
+            me: node_id(name),
+            cookie: cookie.into(),
+            nodes: Vec::new(),
+            starting: Vec::new(),
+            last_epoch: 0,
+        }
+    }
+
+    /// Forwarders made since the last call, whose task is to be started.
+    pub fn take_starting(&mut self) -> Vec<Rc<Forwarder>> {
+        std::mem::take(&mut self.starting)
+    }
+
+    pub(super) fn report(&self, e: Event) {
+        self.reporter.send(e);
+    }
+
+    pub fn link(&self) -> &ShardLink {
+        &self.link
+    }
+
+    fn forwarder(&self, slot: usize) -> Option<&Rc<Forwarder>> {
+        self.nodes.get(slot).and_then(Option::as_ref)
+    }
+
+    /// Whether a forwarding connection has too much waiting: publishers are read no more.
+    pub fn blocked(&self) -> bool {
+        self.nodes
+            .iter()
+            .flatten()
+            .any(|f| f.waiting() > MAX_WAITING)
+    }
+
+    /// Forwards a publish to the node in `slot` (`group`: for one member of that shared group
+    /// there); `confirm`: the token its acknowledgement waits on.
+    pub fn forward(
+        &self,
+        slot: usize,
+        msg: StoredMessage,
+        group: Option<String>,
+        confirm: Option<u64>,
+    ) {
+        let Some(fw) = self.forwarder(slot) else {
+            return;
+        };
+        let c = confirm.is_some();
+        fw.publish(
+            |seq| match group {
+                Some(group) => Forward::Shared {
+                    seq,
+                    group,
+                    msg,
+                    confirm: c,
+                },
+                None => Forward::Publish {
+                    seq,
+                    msg,
+                    confirm: c,
+                },
+            },
+            confirm,
+        );
+    }
+}
+
+impl Shard {
+    /// Takes what the cluster thread told this shard.
+    pub(super) fn cluster_answered(&mut self) {
+        let Some(items) = self.remote.as_ref().map(|r| r.link().take()) else {
+            return;
+        };
+        for m in items {
+            self.on_cluster(m);
+        }
+    }
+
+    fn on_cluster(&mut self, m: ToShard) {
+        let shards = self.shards;
+        match m {
+            ToShard::Node {
+                slot,
+                node,
+                name,
+                rpc,
+            } => {
+                let Some(remote) = self.remote.as_mut() else {
+                    return;
+                };
+                if remote.nodes.len() <= slot {
+                    remote.nodes.resize(slot + 1, None);
+                }
+                let same = remote.nodes[slot]
+                    .as_ref()
+                    .is_some_and(|f| f.node == node && f.rpc == rpc);
+                if same {
+                    return;
+                }
+                let old = remote.nodes[slot].take();
+                let fw = Rc::new(Forwarder {
+                    node,
+                    name,
+                    rpc,
+                    unsent: RefCell::default(),
+                    seq: Cell::new(0),
+                    life: crate::store::record::wall_now() << 16 | self.id as u64,
+                    awaiting: RefCell::default(),
+                    waker: Cell::new(None),
+                    gone: Cell::new(false),
+                });
+                remote.nodes[slot] = Some(fw.clone());
+                remote.starting.push(fw);
+                if let Some(old) = old {
+                    self.forget_forwarder(&old);
+                }
+            }
+            ToShard::Gone { slot } => {
+                if let Some(fw) = self
+                    .remote
+                    .as_mut()
+                    .and_then(|r| r.nodes.get_mut(slot)?.take())
+                {
+                    self.forget_forwarder(&fw);
+                }
+                self.router.forget_member(shards + slot);
+            }
+            ToShard::Down { slot } => {
+                if let Some(fw) = self
+                    .remote
+                    .as_ref()
+                    .and_then(|r| r.forwarder(slot).cloned())
+                {
+                    self.settle_forwarder(&fw);
+                }
+            }
+            ToShard::Route { filter, slot, add } => {
+                self.router
+                    .apply_interest(&filter.into(), shards + slot, add);
+            }
+            ToShard::Reset => {
+                for slot in 0..self.remote.as_ref().map_or(0, |r| r.nodes.len()) {
+                    self.router.forget_member(shards + slot);
+                }
+            }
+            ToShard::Retain(r) => self.cluster_retained(r),
+            ToShard::Answered(token) => self.reply_answered(token, true),
+            ToShard::Evict { client_id, epoch } => self.evict_claim(&client_id, epoch),
+        }
+    }
+
+    /// What waited for a node's answers is settled: its routes are gone, nothing more is owed
+    /// to it (its persistent sessions start anew elsewhere).
+    fn settle_forwarder(&mut self, fw: &Forwarder) {
+        for token in fw.settle_all() {
+            self.stored_elsewhere(token, true);
+        }
+    }
+
+    fn forget_forwarder(&mut self, fw: &Forwarder) {
+        fw.gone.set(true);
+        fw.wake();
+        self.settle_forwarder(fw);
+    }
+
+    /// A retained message the cluster agreed on, set in this shard's replica (shard 0 keeps it
+    /// in the store, unless this node took it: it is kept already).
+    fn cluster_retained(&mut self, r: crate::cluster::Retained) {
+        let me = self.remote.as_ref().map(|x| x.me);
+        let now = Instant::now();
+        let msg = match &r.stored {
+            Some(bytes) => {
+                let Some(m) = postcard::from_bytes::<StoredMessage>(bytes)
+                    .ok()
+                    .and_then(|sm| sm.message(now, wall_now()))
+                else {
+                    return;
+                };
+                m
+            }
+            None => Message::new(
+                r.topic.clone().into(),
+                bytes::Bytes::new(),
+                crate::codec::QoS::AtMostOnce,
+                true,
+                None,
+                bytestring::ByteString::new(),
+                now,
+            ),
+        };
+        let msg = Arc::new(msg.compacted());
+        if self.id == 0 && me != Some(r.origin) {
+            self.journal_retained(&msg);
+        }
+        self.retained.set(msg);
+        self.stats.retained.set(self.retained.len() as i64);
+    }
+
+    /// Tells the cluster of a retained message set or cleared here.
+    pub(super) fn report_retained(&self, msg: &Message) {
+        let Some(remote) = self.remote.as_ref() else {
+            return;
+        };
+        let stored = (!msg.payload.is_empty())
+            .then(|| {
+                postcard::to_allocvec(&StoredMessage::of(msg, Instant::now(), wall_now())).ok()
+            })
+            .flatten();
+        remote.report(Event::Retain(crate::cluster::Retained {
+            topic: msg.topic.to_string(),
+            stored,
+            origin: remote.me,
+        }));
+    }
+
+    /// A frame another node's shard forwarded: routed to this node's shards only (once, when
+    /// it was sent again after a reconnection); a frame asking for an answer is answered once
+    /// what it made here is stored or delivered.
+    fn take_forwarded(&mut self, f: Forward, from: &mut PeerStream) {
+        let now = Instant::now();
+        let (seq, msg, group, confirm) = match f {
+            Forward::Begin { shard, life } => {
+                from.origin = Some((shard, life));
+                return;
+            }
+            Forward::Publish { seq, msg, confirm } => (seq, msg, None, confirm),
+            Forward::Shared {
+                seq,
+                group,
+                msg,
+                confirm,
+            } => (seq, msg, Some(group), confirm),
+        };
+        let fresh = match (from.origin, &self.remote) {
+            (Some((shard, life)), Some(r)) => {
+                r.reporter.streams().take(from.node, shard, life, seq)
+            }
+            _ => true,
+        };
+        let m = msg.message(now, wall_now()).filter(|_| fresh);
+        if let Some(m) = m {
+            if confirm {
+                self.durable.begin();
+            }
+            let m = Arc::new(m);
+            match group {
+                Some(group) => self.dispatch_local_shared(group.into(), m, now),
+                None => self.route_local(m, now),
+            }
+        }
+        if confirm {
+            // A frame taken before (or expired) owes nothing more: answered at once.
+            let wait = self.durable.end();
+            if let Some(d) = self.durable.answer_peer(from.answers.clone(), seq, wait) {
+                self.carry_out(d);
+            }
+        }
+    }
+}
+
+/// What a shard knows of a forwarding connection from another node.
+struct PeerStream {
+    node: NodeId,
+    /// The sending shard and its life, once `Begin` came.
+    origin: Option<(u32, u64)>,
+    answers: Rc<Answers>,
+}
+
+async fn write_all(s: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match sock::send(s, &[IoSlice::new(data)]) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Stream::writable(s).await?,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn write_frame(s: &TcpStream, v: &impl Serialize) -> io::Result<()> {
+    let bytes = wire::frame(v).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+    write_all(s, &bytes).await
+}
+
+/// The next whole frame in `buf`, if one is there (its bytes taken).
+fn next_frame<T: DeserializeOwned>(buf: &mut BytesMut) -> io::Result<Option<T>> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let n = wire::frame_len([buf[0], buf[1], buf[2], buf[3]])
+        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+    if buf.len() < 4 + n {
+        return Ok(None);
+    }
+    let frame = buf.split_to(4 + n);
+    wire::decode(&frame[4..])
+        .map(Some)
+        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
+}
+
+/// Reads what the socket holds into `buf`; an error at the end of the stream.
+fn fill(s: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
+    loop {
+        match sock::recv(s, buf, 64 * 1024) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads one whole frame (keeping what follows it in `buf`).
+async fn read_frame<T: DeserializeOwned>(s: &TcpStream, buf: &mut BytesMut) -> io::Result<T> {
+    loop {
+        if let Some(f) = next_frame(buf)? {
+            return Ok(f);
+        }
+        Stream::readable(s).await?;
+        fill(s, buf)?;
+    }
+}
+
+/// Dials `fw`'s node and proves the cookie, sends what waits for it (frames still owed an
+/// answer first), and takes its answers; again after every failure, until the node leaves.
+pub(super) async fn forward_task(shard: Rc<RefCell<Shard>>, fw: Rc<Forwarder>) {
+    let (cookie, me, id) = match shard.borrow().remote.as_ref() {
+        Some(r) => (r.cookie.clone(), r.me, shard.borrow().id as u32),
+        None => return,
+    };
+    while !fw.gone.get() {
+        if let Err(e) = forward_once(&shard, &fw, &cookie, me, id).await {
+            tracing::debug!(node = %fw.name, error = %e, "forwarding connection failed");
+        }
+        if !fw.gone.get() {
+            monoio::time::sleep(REDIAL).await;
+        }
+    }
+}
+
+async fn forward_once(
+    shard: &Rc<RefCell<Shard>>,
+    fw: &Forwarder,
+    cookie: &str,
+    me: NodeId,
+    id: u32,
+) -> io::Result<()> {
+    let addr = fw
+        .rpc
+        .parse()
+        .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("{}: {e}", fw.rpc)))?;
+    let s = sock::connect(addr, None).await?;
+    let (dialling, hello) = Dialling::start(cookie, me);
+    write_frame(&s, &hello).await?;
+    let mut buf = BytesMut::new();
+    let welcome: Welcome = read_frame(&s, &mut buf).await?;
+    let (proof, _) = dialling
+        .finish(&welcome)
+        .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))?;
+    write_frame(&s, &proof).await?;
+    write_frame(
+        &s,
+        &Forward::Begin {
+            shard: id,
+            life: fw.life,
+        },
+    )
+    .await?;
+    // What was sent and never answered goes again, before anything newer.
+    let again: Vec<u8> = fw
+        .awaiting
+        .borrow()
+        .values()
+        .flat_map(|(_, f)| f.iter().copied())
+        .collect();
+    write_all(&s, &again).await?;
+    tracing::info!(node = %fw.name, "forwarding to a node");
+    let mut readable = std::pin::pin!(Some(Stream::readable(&s)));
+    loop {
+        let answers = poll_fn(|cx| {
+            if let Some(r) = readable.as_mut().as_pin_mut() {
+                if let Poll::Ready(r) = std::future::Future::poll(r, cx) {
+                    return Poll::Ready(r.map(|()| true));
+                }
+            }
+            if fw.gone.get() || !fw.unsent.borrow().is_empty() {
+                return Poll::Ready(Ok(false));
+            }
+            fw.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await?;
+        if fw.gone.get() {
+            return Ok(());
+        }
+        if answers {
+            readable.set(Some(Stream::readable(&s)));
+            fill(&s, &mut buf)?;
+            while let Some(Back::Done { seq, stored }) = next_frame::<Back>(&mut buf)? {
+                let owed = fw.awaiting.borrow_mut().remove(&seq);
+                if let Some((token, _)) = owed {
+                    shard.borrow_mut().stored_elsewhere(token, stored);
+                }
+            }
+        }
+        let data = fw.take_unsent();
+        write_all(&s, &data).await?;
+    }
+}
+
+/// Accepts other nodes' forwarding connections on this shard.
+pub(super) async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, from)) => {
+                monoio::spawn(serve_peer(shard.clone(), s, from));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster rpc accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve_peer(shard: Rc<RefCell<Shard>>, s: TcpStream, from: std::net::SocketAddr) {
+    let (cookie, me) = match shard.borrow().remote.as_ref() {
+        Some(r) => (r.cookie.clone(), r.me),
+        None => return,
+    };
+    if let Err(e) = sock::prepare(&s) {
+        tracing::debug!(%from, error = %e, "cluster rpc socket setup failed");
+        return;
+    }
+    let mut buf = BytesMut::new();
+    let handshake = async {
+        let hello: Hello = read_frame(&s, &mut buf).await?;
+        let (answering, welcome) = Answering::start(&cookie, me, &hello)
+            .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))?;
+        write_frame(&s, &welcome).await?;
+        let proof: Proof = read_frame(&s, &mut buf).await?;
+        answering
+            .finish(&proof)
+            .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))
+    };
+    let timed = monoio::time::timeout(Duration::from_secs(5), handshake).await;
+    let node = match timed {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(e)) => {
+            tracing::warn!(%from, error = %e, "refused a forwarding connection");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut stream = PeerStream {
+        node,
+        origin: None,
+        answers: Rc::default(),
+    };
+    if let Err(e) = take_frames(&shard, &s, &mut buf, &mut stream).await {
+        tracing::debug!(%from, error = %e, "forwarding connection from a node ended");
+    }
+}
+
+/// Takes a peer's frames and writes their answers, until the connection ends.
+async fn take_frames(
+    shard: &Rc<RefCell<Shard>>,
+    s: &TcpStream,
+    buf: &mut BytesMut,
+    stream: &mut PeerStream,
+) -> io::Result<()> {
+    let answers = stream.answers.clone();
+    let mut readable = std::pin::pin!(Some(Stream::readable(s)));
+    loop {
+        while let Some(f) = next_frame::<Forward>(buf)? {
+            shard.borrow_mut().take_forwarded(f, stream);
+        }
+        let data = std::mem::take(&mut *answers.out.borrow_mut());
+        write_all(s, &data).await?;
+        poll_fn(|cx| {
+            if let Some(r) = readable.as_mut().as_pin_mut() {
+                if let Poll::Ready(r) = std::future::Future::poll(r, cx) {
+                    return Poll::Ready(r);
+                }
+            }
+            if !answers.out.borrow().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            answers.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await?;
+        readable.set(Some(Stream::readable(s)));
+        fill(s, buf)?;
+    }
+}

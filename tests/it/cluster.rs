@@ -1,0 +1,343 @@
+//! A cluster of three real nodes on loopback (their cluster ports on 127.0.0.1, .2 and .3),
+//! driven by raw clients on different nodes: publishes cross nodes at every QoS, to wildcard
+//! and shared subscribers, retained messages and wills are seen everywhere, a killed node's
+//! routes are dropped within the configured time, and a node restarted on its data dir rejoins
+//! from its own log.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use ringmq::codec::*;
+
+const COOKIE: &str = "cluster-test-cookie-0123456789";
+/// `cluster.node_timeout_ms` in these tests.
+const NODE_TIMEOUT_MS: u64 = 1500;
+
+/// One node's fixed addresses (kept across its restarts).
+struct Seat {
+    name: String,
+    listen: String,
+    rpc: String,
+}
+
+pub struct Cluster {
+    seats: Vec<Seat>,
+    shards: usize,
+    /// `None` while a node is down.
+    pub nodes: Vec<Option<Broker>>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes seeded with each other and waits until they agree on one cluster.
+    pub fn start(n: usize, shards: usize) -> Cluster {
+        let seats: Vec<Seat> = (1..=n)
+            .map(|i| Seat {
+                name: format!("n{i}@127.0.0.{i}"),
+                listen: format!("127.0.0.{i}:{}", free_port()),
+                rpc: format!("127.0.0.{i}:{}", free_port()),
+            })
+            .collect();
+        let mut c = Cluster {
+            seats,
+            shards,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let b = c.launch(i, tempdir::Dir::new());
+            c.nodes.push(Some(b));
+        }
+        c.wait_agreed(n);
+        c
+    }
+
+    fn toml(&self, i: usize) -> String {
+        let me = &self.seats[i];
+        let seeds: Vec<String> = self
+            .seats
+            .iter()
+            .filter(|s| s.name != me.name)
+            .map(|s| format!("{:?}", s.listen))
+            .collect();
+        format!(
+            "[broker]\npin_cores = false\nnode_name = {:?}\n\n[cluster]\nenabled = true\n\
+             listen = {:?}\nrpc_listen = {:?}\nseeds = [{}]\ncookie = {COOKIE:?}\n\
+             node_timeout_ms = {NODE_TIMEOUT_MS}\n",
+            me.name,
+            me.listen,
+            me.rpc,
+            seeds.join(", ")
+        )
+    }
+
+    fn launch(&self, i: usize, dir: tempdir::Dir) -> Broker {
+        Broker::launch(self.shards, &self.toml(i), dir, &[])
+    }
+
+    pub fn node(&self, i: usize) -> &Broker {
+        self.nodes[i].as_ref().expect("node is up")
+    }
+
+    /// The node's view of the cluster (`GET /api/v1/cluster`).
+    pub fn view(&self, i: usize) -> serde_json::Value {
+        let (status, body) = self.node(i).api("GET", "/api/v1/cluster", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Waits until every running node sees `members` members, the same leader and the same
+    /// applied log.
+    pub fn wait_agreed(&self, members: usize) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let views: Vec<serde_json::Value> = up.iter().map(|i| self.view(*i)).collect();
+            let agreed = views.iter().all(|v| {
+                v["members"].as_array().map_or(0, Vec::len) == members
+                    && !v["leader"].is_null()
+                    && v["leader"] == views[0]["leader"]
+                    && v["members"] == views[0]["members"]
+                    && v["last_applied"] == views[0]["last_applied"]
+            });
+            if agreed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes never agreed: {views:#?}\n{}",
+                self.node(up[0]).log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills node `i` with SIGKILL; its scratch dir, to start it again.
+    pub fn kill9(&mut self, i: usize) -> tempdir::Dir {
+        self.nodes[i].take().expect("node is up").kill9()
+    }
+
+    /// Starts node `i` again on its data dir.
+    pub fn restart(&mut self, i: usize, dir: tempdir::Dir) {
+        let b = self.launch(i, dir);
+        self.nodes[i] = Some(b);
+    }
+}
+
+fn v5(port: u16, id: &str) -> Raw {
+    Raw::connect(port, Protocol::V5, id, true).0
+}
+
+/// Reads one publish and acknowledges it (QoS 1 and 2 alike).
+fn take(c: &mut Raw) -> Publish {
+    let p = c.recv_publish();
+    c.ack(&p);
+    p
+}
+
+#[test]
+fn publishes_cross_nodes_at_every_qos_to_wildcard_subscribers_right_after_the_suback() {
+    let cl = Cluster::start(3, 2);
+    let mut b = v5(cl.node(1).port, "sub-b");
+    let mut c = v5(cl.node(2).port, "sub-c");
+    let mut a = v5(cl.node(0).port, "pub-a");
+    // The SUBACK comes once every node routes the filter here: no wait after it.
+    b.subscribe("room/+/temp", QoS::ExactlyOnce);
+    c.subscribe("room/#", QoS::AtLeastOnce);
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let payload = format!("m{i}");
+        if qos == QoS::AtMostOnce {
+            a.publish("room/1/temp", payload.as_bytes(), qos, 0);
+            a.sync();
+        } else {
+            let r = a.publish_acked("room/1/temp", payload.as_bytes(), qos, i as u16);
+            assert_eq!(r.reason, ReasonCode::Success);
+        }
+        for (who, sub, granted) in [
+            ("B", &mut b, QoS::ExactlyOnce),
+            ("C", &mut c, QoS::AtLeastOnce),
+        ] {
+            let p = take(sub);
+            assert_eq!(&p.topic[..], "room/1/temp", "{who}");
+            assert_eq!(&p.payload[..], payload.as_bytes(), "{who}");
+            assert_eq!(
+                p.qos,
+                qos.min(granted),
+                "{who} gets min(published, granted)"
+            );
+        }
+    }
+    // Neither wildcard matches this one: nothing crosses.
+    a.publish_acked("hall/1/temp", b"x", QoS::AtLeastOnce, 9);
+    b.expect_silence(Duration::from_millis(300));
+    // Unsubscribing on C removes its route: B alone gets the next one.
+    c.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 3,
+        filters: vec!["room/#".into()],
+        properties: None,
+    }));
+    assert!(matches!(c.recv(), Some(Packet::UnsubAck(_))));
+    eventually("the route of C is gone from A", || {
+        cl.view(0)["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .all(|m| m["routes"].as_u64() == Some(u64::from(m["name"] == "n2@127.0.0.2")))
+    });
+    a.publish_acked("room/2/temp", b"y", QoS::AtLeastOnce, 10);
+    assert_eq!(&take(&mut b).payload[..], b"y");
+    c.expect_silence(Duration::from_millis(300));
+}
+
+#[test]
+fn shared_groups_pick_one_member_cluster_wide_and_retained_and_wills_are_seen_everywhere() {
+    let cl = Cluster::start(3, 1);
+    let mut b = v5(cl.node(1).port, "share-b");
+    let mut c = v5(cl.node(2).port, "share-c");
+    b.subscribe("$share/g/jobs", QoS::AtLeastOnce);
+    c.subscribe("$share/g/jobs", QoS::AtLeastOnce);
+    let mut a = v5(cl.node(0).port, "jobs-a");
+    let n = 40;
+    for i in 0..n {
+        a.publish_acked("jobs", format!("{i}").as_bytes(), QoS::AtLeastOnce, i + 1);
+    }
+    let mut got = Vec::new();
+    for sub in [&mut b, &mut c] {
+        while let Ok(Some(Packet::Publish(p))) = sub.recv_within(Duration::from_millis(500)) {
+            sub.ack(&p);
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    got.sort_by_key(|s| s.parse::<u32>().unwrap_or(0));
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(
+        got, want,
+        "each message went to exactly one member of the group"
+    );
+
+    // A retained message set on A is there for a subscriber on C.
+    let r = Publish {
+        retain: true,
+        ..publish("state/door", b"open", QoS::AtLeastOnce, 50)
+    };
+    a.send(&Packet::Publish(r));
+    assert!(matches!(a.recv(), Some(Packet::PubAck(_))));
+    eventually("C holds the retained message", || {
+        cl.view(2)["retained"].as_u64() == Some(1)
+    });
+    let mut late = v5(cl.node(2).port, "late-c");
+    late.subscribe("state/#", QoS::AtLeastOnce);
+    let p = take(&mut late);
+    assert_eq!(
+        (&p.topic[..], &p.payload[..], p.retain),
+        ("state/door", &b"open"[..], true)
+    );
+
+    // A will published on B's node reaches a subscriber on A.
+    a.subscribe("wills/#", QoS::AtLeastOnce);
+    let mut connect = connect_packet(Protocol::V5, "dies-b", true);
+    connect.will = Some(will("wills/dies-b", b"gone", QoS::AtLeastOnce));
+    let (dying, ack) = Raw::connect_with(cl.node(1).port, connect);
+    assert_eq!(ack.reason, ReasonCode::Success);
+    dying.drop_connection();
+    let p = take(&mut a);
+    assert_eq!(
+        (&p.topic[..], &p.payload[..]),
+        ("wills/dies-b", &b"gone"[..])
+    );
+}
+
+#[test]
+fn a_killed_node_loses_its_routes_in_time_and_rejoins_from_its_own_log() {
+    let mut cl = Cluster::start(3, 1);
+    let mut c = v5(cl.node(2).port, "on-c");
+    c.subscribe("alerts/#", QoS::AtLeastOnce);
+    let routes_of = |cl: &Cluster, i: usize, name: &str| {
+        cl.view(i)["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| (m["routes"].as_u64().unwrap_or(0), m["down"] == true))
+    };
+    assert_eq!(routes_of(&cl, 0, "n3@127.0.0.3"), Some((1, false)));
+    drop(c);
+    let applied_before = cl.view(0)["last_applied"].as_u64().expect("applied");
+    let dir = cl.kill9(2);
+    let killed = Instant::now();
+    let deadline = Instant::now() + Duration::from_millis(NODE_TIMEOUT_MS * 4);
+    while routes_of(&cl, 0, "n3@127.0.0.3") != Some((0, true)) {
+        assert!(Instant::now() < deadline, "C's routes were never dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dropped_after = killed.elapsed();
+    assert!(
+        routes_of(&cl, 1, "n3@127.0.0.3").is_some(),
+        "C stays a member while it is away"
+    );
+    // Its clients go elsewhere meanwhile, and the cluster still routes between A and B.
+    let mut moved = v5(cl.node(1).port, "on-c");
+    moved.subscribe("alerts/#", QoS::AtLeastOnce);
+    let mut a = v5(cl.node(0).port, "alerter");
+    a.publish_acked("alerts/fire", b"now", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut moved).payload[..], b"now");
+
+    // Back on its data dir, C rejoins from its own log (no snapshot sent) and routes again.
+    cl.restart(2, dir);
+    cl.wait_agreed(3);
+    assert!(
+        cl.view(2)["last_applied"].as_u64().expect("applied") > applied_before,
+        "C caught up"
+    );
+    let log = cl.node(2).log_text();
+    assert!(
+        !log.contains("installed a snapshot") && !log.contains("formed the cluster"),
+        "C caught up from its log:\n{log}"
+    );
+    let mut back = v5(cl.node(2).port, "back-c");
+    back.subscribe("alerts/#", QoS::AtLeastOnce);
+    assert_eq!(routes_of(&cl, 0, "n3@127.0.0.3"), Some((1, false)));
+    a.publish_acked("alerts/flood", b"later", QoS::AtLeastOnce, 2);
+    assert_eq!(&take(&mut back).payload[..], b"later");
+    assert_eq!(&take(&mut moved).payload[..], b"later");
+    eprintln!("routes of a killed node dropped after {dropped_after:?}");
+}
+
+#[test]
+fn a_client_id_connected_again_on_another_node_closes_the_older_connection() {
+    let cl = Cluster::start(3, 2);
+    let sessions = |cl: &Cluster, i: usize| cl.view(i)["sessions"].as_u64();
+    let mut first = v5(cl.node(0).port, "roamer");
+    eventually("the registry has the claim on every node", || {
+        (0..3).all(|i| sessions(&cl, i) == Some(1))
+    });
+    // The same id on C: the CONNACK does not wait for the registry, and A closes its older
+    // connection once the claim is applied there.
+    let mut second = v5(cl.node(2).port, "roamer");
+    assert!(
+        matches!(&first.until_closed()[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SessionTakenOver),
+        "the older connection gets 0x8E"
+    );
+    assert_eq!(
+        cl.node(0).metric("ringmq_cluster_evictions_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        cl.node(2).metric("ringmq_cluster_evictions_total"),
+        Some(0.0)
+    );
+    // The newer one keeps working.
+    second.subscribe("roam/#", QoS::AtLeastOnce);
+    let mut b = v5(cl.node(1).port, "roam-pub");
+    b.publish_acked("roam/1", b"here", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut second).payload[..], b"here");
+    // Its session ends with its connection: the registry lets the id go.
+    second.disconnect();
+    b.disconnect();
+    eventually("the registry is empty on every node", || {
+        (0..3).all(|i| sessions(&cl, i) == Some(0))
+    });
+}
