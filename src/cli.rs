@@ -212,6 +212,21 @@ pub enum CtlCommand {
     /// Log every packet of a client, or every publish to a topic filter.
     #[command(subcommand)]
     Trace(TraceCmd),
+    /// The cluster this node is in: its members, leader and routes; join, leave, remove.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members (voter or learner, routes, whether dropped for silence), leader, applied log.
+    Status,
+    /// Join the cluster that the node at `seed` (its `cluster.listen` address) is in.
+    Join { seed: String },
+    /// Leave the cluster (this node goes on serving its own clients alone).
+    Leave,
+    /// Remove another node, by its name, from the cluster (a node that is gone for good).
+    Remove { node: String },
 }
 
 #[derive(Debug, Subcommand)]

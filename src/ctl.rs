@@ -8,8 +8,8 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use crate::cli::{
-    BannedCmd, ClientsCmd, ConfigCmd, CtlArgs, CtlCommand, DelayedCmd, LogCmd, RetainedCmd,
-    SubscriptionsCmd, TopicsCmd, TraceCmd,
+    BannedCmd, ClientsCmd, ClusterCmd, ConfigCmd, CtlArgs, CtlCommand, DelayedCmd, LogCmd,
+    RetainedCmd, SubscriptionsCmd, TopicsCmd, TraceCmd,
 };
 
 /// One admin API request: the path under `/api/v1/`, and the JSON body.
@@ -90,6 +90,14 @@ fn call_for(cmd: &CtlCommand) -> Call {
             json!({ "kind": "topic", "value": filter, "on": !off }),
         ),
         CtlCommand::Trace(TraceCmd::List) => Get("trace".into()),
+        CtlCommand::Cluster(ClusterCmd::Status) => Get("cluster".into()),
+        CtlCommand::Cluster(ClusterCmd::Join { seed }) => {
+            Post("cluster/join".into(), json!({ "seed": seed }))
+        }
+        CtlCommand::Cluster(ClusterCmd::Leave) => Post("cluster/leave".into(), Value::Null),
+        CtlCommand::Cluster(ClusterCmd::Remove { node }) => {
+            Delete(format!("cluster/nodes/{}", enc(node)))
+        }
     }
 }
 

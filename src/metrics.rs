@@ -262,6 +262,9 @@ pub fn render(b: &Broker) -> String {
         }
     }
     store_metrics(&mut o, &g.store, b.config().durability.mode.name());
+    if let Some(c) = &b.cluster {
+        cluster_metrics(&mut o, &c.summary());
+    }
     o.family(
         "memory_resident_bytes",
         "gauge",
@@ -273,6 +276,84 @@ pub fn render(b: &Broker) -> String {
         crate::stats::Shared::rss_bytes(),
     );
     o.0
+}
+
+/// The cluster's families: members, routes, registry, and per peer its link, routes,
+/// messages forwarded and (on the leader) replication lag.
+fn cluster_metrics(o: &mut Out, s: &crate::cluster::Summary) {
+    let gauges: [(&str, &str, usize); 5] = [
+        (
+            "cluster_members",
+            "Members of the cluster this node is in.",
+            s.members.len(),
+        ),
+        (
+            "cluster_leader",
+            "1 while this node leads the cluster.",
+            usize::from(s.leader.as_deref() == Some(s.node.as_str())),
+        ),
+        (
+            "cluster_routes",
+            "Routes (filter, node) in the replicated table.",
+            s.routes,
+        ),
+        (
+            "cluster_sessions",
+            "Client ids in the cluster's session registry.",
+            s.sessions,
+        ),
+        (
+            "cluster_retained",
+            "Retained messages in the replicated state.",
+            s.retained,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        o.family(name, "gauge", help);
+        o.value(name, "", v);
+    }
+    o.family(
+        "cluster_applied_index",
+        "gauge",
+        "The last Raft log index this node applied.",
+    );
+    o.value("cluster_applied_index", "", s.last_applied.unwrap_or(0));
+    let peers = || s.members.iter().filter(|m| m.name != s.node);
+    type PeerValue = fn(&crate::cluster::MemberSummary) -> Option<u64>;
+    let families: [(&str, &str, &str, PeerValue); 4] = [
+        (
+            "cluster_peer_up",
+            "gauge",
+            "1 unless the peer's routes were dropped for silence.",
+            |m| Some(u64::from(!m.down)),
+        ),
+        (
+            "cluster_peer_routes",
+            "gauge",
+            "Routes the peer holds.",
+            |m| Some(m.routes as u64),
+        ),
+        (
+            "cluster_forwarded_total",
+            "counter",
+            "Messages this node forwarded to the peer.",
+            |m| Some(m.forwarded),
+        ),
+        (
+            "cluster_peer_lag_entries",
+            "gauge",
+            "Log entries the peer has yet to replicate (reported by the leader).",
+            |m| m.lag,
+        ),
+    ];
+    for (name, kind, help, f) in families {
+        o.family(name, kind, help);
+        for m in peers() {
+            if let Some(v) = f(m) {
+                o.value(name, &format!("node=\"{}\"", m.name), v);
+            }
+        }
+    }
 }
 
 /// The store's families: what it wrote, synced and failed, its lag and size, what the last

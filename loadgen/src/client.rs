@@ -81,10 +81,22 @@ impl Client {
         keep_alive: u16,
         source: Option<IpAddr>,
     ) -> Result<Client, ConnectFailure> {
+        Client::open_at(target, target.addr, client_id, session, keep_alive, source).await
+    }
+
+    /// As [`Client::open`], to `addr` rather than the target's address.
+    pub async fn open_at(
+        target: &TargetArgs,
+        addr: SocketAddr,
+        client_id: String,
+        session: Session,
+        keep_alive: u16,
+        source: Option<IpAddr>,
+    ) -> Result<Client, ConnectFailure> {
         // Every scenario validates --mqtt before it starts a client.
         let protocol = target.protocol().unwrap_or(Protocol::V311);
         let connect = session.connect(protocol, &client_id, keep_alive);
-        Client::connect(target.addr, source, connect, target.connect_timeout()).await
+        Client::connect(addr, source, connect, target.connect_timeout()).await
     }
 
     /// TCP connect, CONNECT, and wait for CONNACK (within `timeout`).

@@ -44,6 +44,10 @@ pub struct PubSubArgs {
     /// prefix); `$share/g/...` works. Default: as --pub-topic's.
     #[arg(long)]
     pub sub_topic: Option<String>,
+    /// Where the subscribers connect (default: --addr): another node of a cluster, so every
+    /// message crosses between nodes.
+    #[arg(long)]
+    pub sub_addr: Option<std::net::SocketAddr>,
     #[arg(long, default_value_t = 0)]
     pub qos: u8,
     /// Payload bytes (at least 20: publisher id, sequence, timestamp).
@@ -405,7 +409,8 @@ async fn subscriber(j: usize, ctx: &Ctx, source: Option<std::net::IpAddr>) -> an
         hist,
     } = ctx;
     let id = args.session.subscriber_id(j);
-    let mut c = Client::open(target, id, args.session(), 60, source).await?;
+    let addr = args.sub_addr.unwrap_or(target.addr);
+    let mut c = Client::open_at(target, addr, id, args.session(), 60, source).await?;
     let filter = args.filter_of(j);
     anyhow::ensure!(c.subscribe(&filter, qos(args.qos)).await?, "no SUBACK");
     let _up = progress.connection_up();

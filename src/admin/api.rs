@@ -83,6 +83,21 @@ fn found(v: Value, what: &str) -> Result<Answer, Answer> {
     }
 }
 
+fn clustered(broker: &Broker) -> Result<&crate::cluster::Reporter, Answer> {
+    broker
+        .cluster
+        .as_ref()
+        .ok_or_else(|| Answer::error(404, "this node is not in a cluster"))
+}
+
+/// An operator's change to the membership, carried out by the cluster thread.
+fn cluster_op(broker: &Broker, op: crate::cluster::Admin) -> Result<Answer, Answer> {
+    match clustered(broker)?.admin(op) {
+        Ok(done) => ok(json!({ "done": done })),
+        Err(e) => Err(Answer::error(409, e)),
+    }
+}
+
 fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<Answer, Answer> {
     let h = &broker.handle;
     let fail = |e: String| Answer::error(500, e);
@@ -95,10 +110,25 @@ fn handle(broker: &Broker, method: &Method, path: &str, body: &Value) -> Result<
         )),
         (Method::Get, "alarms") => ok(broker.shared.alarms.json()),
         (Method::Get, "health") => ok(json!({ "status": "ok" })),
-        (Method::Get, "cluster") => match &broker.cluster {
-            Some(c) => ok(serde_json::to_value(c.summary()).map_err(|e| fail(e.to_string()))?),
-            None => Err(Answer::error(404, "this node is not in a cluster")),
-        },
+        (Method::Get, "cluster") => {
+            ok(serde_json::to_value(clustered(broker)?.summary())
+                .map_err(|e| fail(e.to_string()))?)
+        }
+        (Method::Post, "cluster/join") => {
+            let seed = body["seed"].as_str().unwrap_or_default().to_string();
+            if seed.is_empty() {
+                return Err(Answer::error(
+                    400,
+                    "a seed is needed: {\"seed\": \"host:port\"}",
+                ));
+            }
+            cluster_op(broker, crate::cluster::Admin::Join(seed))
+        }
+        (Method::Post, "cluster/leave") => cluster_op(broker, crate::cluster::Admin::Leave),
+        (Method::Delete, p) if p.starts_with("cluster/nodes/") => {
+            let name = decode(&p["cluster/nodes/".len()..]);
+            cluster_op(broker, crate::cluster::Admin::Remove(name))
+        }
         (Method::Get, "status") => ok(status(broker).map_err(fail)?),
         (Method::Get, "stats") => ok(super::counters::stats(broker)),
         (Method::Get, "config") => ok(redacted(

@@ -22,6 +22,35 @@ use super::types::{storage_error, Entry, LogId, StorageError, Types, Vote};
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
+/// Set when the node left its cluster (`ctl cluster leave`): its Raft state is dropped at the
+/// next start.
+const LEFT: &[u8] = b"left";
+
+/// The keyspaces that hold this node's Raft state.
+const KEYSPACES: [&str; 3] = ["raft_log", "raft_meta", "raft_snapshot"];
+
+/// When the store is marked as having left its cluster, empties the Raft state (log, vote,
+/// snapshots) so the node starts as a new one; whether it did.
+pub fn forget_if_left(db: &Database) -> Result<bool, String> {
+    let meta = db
+        .keyspace("raft_meta", fjall::KeyspaceCreateOptions::default)
+        .map_err(|e| format!("the store's raft_meta: {e}"))?;
+    if meta.get(LEFT).map_err(|e| e.to_string())?.is_none() {
+        return Ok(false);
+    }
+    for name in KEYSPACES {
+        let ks = db
+            .keyspace(name, fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| format!("the store's {name}: {e}"))?;
+        let keys: Vec<fjall::UserKey> = ks.iter().filter_map(|kv| kv.key().ok()).collect();
+        for k in keys {
+            ks.remove(k).map_err(|e| e.to_string())?;
+        }
+    }
+    db.persist(PersistMode::SyncAll)
+        .map_err(|e| e.to_string())?;
+    Ok(true)
+}
 
 /// The log, readable from any task (a clone is a reader).
 #[derive(Clone)]
@@ -50,6 +79,12 @@ impl LogStore {
             meta: ks("raft_meta")?,
             db: db.clone(),
         })
+    }
+
+    /// Marks the store as having left the cluster (see [`forget_if_left`]).
+    pub fn mark_left(&self) -> Result<(), StorageError> {
+        self.meta.insert(LEFT, [1u8]).map_err(storage_error)?;
+        self.sync()
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {

@@ -29,6 +29,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +59,17 @@ pub enum Event {
     Claim { client_id: String, epoch: u64 },
     /// The session of `client_id` claimed with `epoch` ended here.
     Release { client_id: String, epoch: u64 },
+}
+
+/// An operator's change to the membership (`ringmq ctl cluster ...`).
+#[derive(Debug)]
+pub enum Admin {
+    /// Join the cluster of the node at this `cluster.listen` address.
+    Join(String),
+    /// This node leaves the cluster.
+    Leave,
+    /// Remove the node with this name.
+    Remove(String),
 }
 
 /// What the cluster thread tells a shard.
@@ -249,6 +261,8 @@ pub struct Summary {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberSummary {
+    #[serde(skip)]
+    pub id: NodeId,
     pub name: String,
     pub addr: String,
     pub rpc: String,
@@ -256,6 +270,10 @@ pub struct MemberSummary {
     pub routes: usize,
     /// Its routes were dropped for silence.
     pub down: bool,
+    /// Messages this node forwarded to it.
+    pub forwarded: u64,
+    /// (Seen from the leader only) log entries it has not yet replicated.
+    pub lag: Option<u64>,
 }
 
 impl Summary {
@@ -270,17 +288,24 @@ impl Summary {
             .map(|(id, n)| (*id, n.name.clone()))
             .collect();
         self.leader = metrics.current_leader.and_then(|l| names.get(&l).cloned());
+        let last = metrics.last_log_index.unwrap_or(0);
+        let replication = metrics.replication.clone().unwrap_or_default();
         self.members = m
             .membership
             .membership()
             .nodes()
             .map(|(id, n)| MemberSummary {
+                id: *id,
                 name: n.name.clone(),
                 addr: n.addr.clone(),
                 rpc: n.rpc.clone(),
                 voter: voters.contains(id),
                 routes: m.data.routes.get(id).map_or(0, |r| r.len()),
                 down: m.data.down.contains(id),
+                forwarded: 0,
+                lag: replication
+                    .get(id)
+                    .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index))),
             })
             .collect();
         self.routes = m.data.routes.values().map(|r| r.len()).sum();
@@ -313,8 +338,12 @@ impl Streams {
 /// The running cluster side of this node: where shards report, what the admin reads.
 pub struct Cluster {
     events: UnboundedSender<Event>,
+    admin: UnboundedSender<(Admin, std::sync::mpsc::SyncSender<Result<String, String>>)>,
     summary: Arc<Mutex<Summary>>,
     streams: Streams,
+    /// Messages forwarded to each node, one counter per (node, shard) so shards never share a
+    /// cache line for it.
+    forwarded: Mutex<Vec<(NodeId, Arc<AtomicU64>)>>,
 }
 
 impl Cluster {
@@ -322,21 +351,69 @@ impl Cluster {
         &self.streams
     }
 
+    /// Carries out an operator's change to the membership (on the admin thread: it waits for
+    /// the cluster thread's answer, up to a minute). What was done, or why not.
+    pub fn admin(&self, op: Admin) -> Result<String, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.admin
+            .send((op, tx))
+            .map_err(|_| "the cluster thread has stopped".to_string())?;
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| "the cluster did not answer in time".to_string())?
+    }
+
     /// Reports a shard's event (never blocks: the cluster thread takes it when it can).
     pub fn send(&self, e: Event) {
         let _ = self.events.send(e);
     }
 
-    pub fn summary(&self) -> Summary {
-        self.summary
+    /// A shard's counter of messages forwarded to `node`.
+    pub fn forward_counter(&self, node: NodeId) -> Arc<AtomicU64> {
+        let c = Arc::new(AtomicU64::new(0));
+        self.forwarded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .push((node, c.clone()));
+        c
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut s = self
+            .summary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let forwarded = self
+            .forwarded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for m in &mut s.members {
+            m.forwarded = forwarded
+                .iter()
+                .filter(|(n, _)| *n == m.id)
+                .map(|(_, c)| c.load(Ordering::Relaxed))
+                .sum();
+        }
+        s
     }
 }
 
 /// A shard's way to the cluster thread.
 pub type Reporter = Arc<Cluster>;
+
+/// This node was removed from its cluster at its own request: the Raft engine stops (a node
+/// outside the membership must not call elections), the shards forget every other node, and the
+/// store is marked so that the next start begins without the old Raft state (ready to join).
+async fn left(core: &node::Core, log: &log_store::LogStore, shards: &Shards) {
+    if let Err(e) = log.mark_left() {
+        tracing::error!(error = %e, "could not mark the store as having left the cluster");
+    }
+    if let Err(e) = core.raft.shutdown().await {
+        tracing::warn!(error = %e, "the Raft engine did not stop cleanly");
+    }
+    shards.members(core.id(), &BTreeMap::new());
+    tracing::warn!("left the cluster: serving this node's clients alone until restarted");
+}
 
 /// Starts this node's cluster thread: binds `cluster.listen` (an error if it cannot), opens the
 /// Raft log in the store's database, and joins or forms the cluster in the background.
@@ -360,18 +437,25 @@ pub fn start(
         rpc: rpc.to_string(),
     };
     let (effects_tx, effects_rx) = unbounded_channel();
+    if log_store::forget_if_left(db)? {
+        tracing::info!("this node left its cluster: starting without its Raft state");
+    }
     let log = log_store::LogStore::open(db)?;
+    let left_log = log.clone();
     let (machine_store, machine) = state::StateStore::open(db, effects_tx)?;
     let raft_cfg = node::raft_config(cfg.node_timeout_ms)?;
     let (events_tx, events_rx) = unbounded_channel();
+    let (admin_tx, mut admin_rx) = unbounded_channel();
     let summary = Arc::new(Mutex::new(Summary {
         node: name.to_string(),
         ..Summary::default()
     }));
     let cluster = Arc::new(Cluster {
         events: events_tx.clone(),
+        admin: admin_tx,
         summary: summary.clone(),
         streams: Streams::default(),
+        forwarded: Mutex::default(),
     });
     let voter = cfg.role == ClusterRole::Voter;
     let seeds = cfg.seeds.clone();
@@ -413,6 +497,17 @@ pub fn start(
                 };
                 tokio::spawn(net::serve(listener, core.clone()));
                 tokio::spawn(node::watch_loop(core.clone(), timeout));
+                let (admin_core, admin_shards) = (core.clone(), shards.clone());
+                tokio::spawn(async move {
+                    while let Some((op, answer)) = admin_rx.recv().await {
+                        let leaving = matches!(op, Admin::Leave);
+                        let done = admin_core.admin(op).await;
+                        if leaving && done.is_ok() {
+                            left(&admin_core, &left_log, &admin_shards).await;
+                        }
+                        let _ = answer.send(done);
+                    }
+                });
                 tokio::spawn(node::effect_loop(
                     core.clone(),
                     effects_rx,

@@ -160,6 +160,73 @@ impl Core {
             .map(|_| ())
     }
 
+    /// Carries out an operator's change to the membership; what was done.
+    pub async fn admin(&self, op: super::Admin) -> Result<String, String> {
+        use super::Admin;
+        let members = self.members();
+        let others = members.keys().filter(|n| **n != self.me).count();
+        match op {
+            Admin::Join(_) if self.is_member() && others > 0 => Err(format!(
+                "this node is a member of a cluster of {} nodes: `ctl cluster leave` first",
+                others + 1
+            )),
+            Admin::Join(_) if self.is_member() => Err(
+                "this node formed a cluster of its own (it had no seeds): to join another, start \
+                 it on an empty data dir with the seed in cluster.seeds"
+                    .into(),
+            ),
+            Admin::Join(seed) => {
+                match Peers::call_addr(self, &seed, &Request::Status).await? {
+                    Response::Status(s) if s.member => {}
+                    _ => return Err(format!("{seed} is not a member of a cluster")),
+                }
+                let req = Request::Join {
+                    node: self.me,
+                    info: self.info.clone(),
+                    voter: self.voter,
+                };
+                match Peers::call_addr(self, &seed, &req).await? {
+                    Response::Join(Ok(())) => Ok(format!("joined the cluster through {seed}")),
+                    Response::Join(Err(e)) => Err(e),
+                    _ => Err(format!("{seed} answered something else")),
+                }
+            }
+            Admin::Leave => self
+                .removed(self.me)
+                .await
+                .map(|()| "left the cluster".into()),
+            Admin::Remove(name) => {
+                let node = members
+                    .iter()
+                    .find(|(_, n)| n.name == name)
+                    .map(|(id, _)| *id)
+                    .ok_or_else(|| format!("no member is named {name}"))?;
+                self.removed(node).await.map(|()| format!("removed {name}"))
+            }
+        }
+    }
+
+    /// Has the leader remove `node` (this one or another). A leader that removes itself steps
+    /// down once it is no longer a voter: the rest is asked of the next leader.
+    async fn removed(&self, node: NodeId) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout * 10;
+        let mut peers = Peers::default();
+        loop {
+            let done = match self.leader() {
+                Ok(l) if l == self.me => self.remove(node).await,
+                Ok(l) => match peers.call(self, l, &Request::Remove(node)).await {
+                    Ok(Response::Remove(r)) => r,
+                    other => Err(format!("the leader did not remove it: {other:?}")),
+                },
+                Err(e) => Err(e),
+            };
+            if done.is_ok() || Instant::now() > deadline {
+                return done;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Proposes `cmd` as the leader: its log index and answer once committed.
     async fn write(&self, cmd: Command) -> Result<(u64, Reply), String> {
         self.raft
@@ -196,16 +263,23 @@ impl Core {
     /// answer once committed. An error when there is no leader (a minority side) or it could
     /// not be reached.
     pub async fn propose(&self, cmd: Command, peers: &mut Peers) -> Result<(u64, Reply), String> {
-        let leader = self.raft.metrics().borrow().current_leader;
-        match leader {
-            Some(l) if l == self.me => self.write(cmd).await,
-            Some(l) => match peers.call(self, l, &Request::Write(cmd)).await {
-                Ok(Response::Write(r)) => r,
-                Ok(_) => Err("the leader answered something else".into()),
-                Err(e) => Err(e),
-            },
-            None => Err("no leader: this node cannot reach a majority of the cluster".into()),
+        let leader = self.leader()?;
+        if leader == self.me {
+            return self.write(cmd).await;
         }
+        match peers.call(self, leader, &Request::Write(cmd)).await? {
+            Response::Write(r) => r,
+            other => Err(format!("the leader did not take it: {other:?}")),
+        }
+    }
+
+    /// The leader this node knows of; an error when it knows none (a minority side).
+    fn leader(&self) -> Result<NodeId, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .ok_or_else(|| "no leader: this node cannot reach a majority of the cluster".into())
     }
 }
 
@@ -592,8 +666,11 @@ pub async fn effect_loop(
 ) {
     let mut members: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
     loop {
-        let Some(first) = effects.recv().await else {
-            return;
+        // Once a second without anything applied, the status (a peer's lag) is refreshed.
+        let first = match tokio::time::timeout(Duration::from_secs(1), effects.recv()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(_) => Effect::Applied,
         };
         let now = core.members();
         if now != members {

@@ -92,6 +92,14 @@ struct Kept {
 const CURRENT: &[u8] = b"current";
 
 impl Replicated {
+    /// A membership change: what nodes no longer in the cluster had is dropped (the shards
+    /// forget their routes when told of the membership).
+    fn keep_nodes(&mut self, members: &BTreeSet<NodeId>) {
+        self.routes.retain(|n, _| members.contains(n));
+        self.down.retain(|n| members.contains(n));
+        self.sessions.retain(|_, (n, _)| members.contains(n));
+    }
+
     /// `client_id` connected on `node` with `epoch`: the newer of it and the registered claim
     /// keeps the id; a claim on another node that loses is evicted.
     fn claim(&mut self, client_id: String, node: NodeId, epoch: u64, effects: &mut Vec<Effect>) {
@@ -322,6 +330,7 @@ impl RaftStateMachine<Types> for StateStore {
                     EntryPayload::Blank => Reply::Done,
                     EntryPayload::Normal(cmd) => m.apply(cmd, &mut effects),
                     EntryPayload::Membership(mem) => {
+                        m.data.keep_nodes(&mem.nodes().map(|(id, _)| *id).collect());
                         m.membership = StoredMembership::new(Some(e.log_id), mem);
                         effects.push(Effect::Membership);
                         Reply::Done
@@ -377,5 +386,68 @@ impl RaftStateMachine<Types> for StateStore {
             meta: k.meta,
             snapshot: Box::new(Cursor::new(k.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions(
+        m: &mut Machine,
+        node: NodeId,
+        started: bool,
+        claims: &[(&str, u64)],
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let cmd = Command::Sessions {
+            node,
+            started,
+            claims: claims.iter().map(|(c, e)| (c.to_string(), *e)).collect(),
+            releases: Vec::new(),
+        };
+        m.apply(cmd, &mut effects);
+        effects
+    }
+
+    fn evicted(effects: &[Effect]) -> Vec<(String, NodeId, u64)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Evict {
+                    client_id,
+                    node,
+                    epoch,
+                } => Some((client_id.clone(), *node, *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_newer_claim_keeps_the_id_and_the_other_node_evicts_its_connection() {
+        let mut m = Machine::default();
+        assert!(evicted(&sessions(&mut m, 1, false, &[("c", 10)])).is_empty());
+        // A newer connection on node 2: node 1's is evicted.
+        let e = sessions(&mut m, 2, false, &[("c", 20)]);
+        assert_eq!(evicted(&e), [("c".to_string(), 1, 10)]);
+        // An older claim arriving late (a healed partition) loses, and is itself evicted.
+        let e = sessions(&mut m, 3, false, &[("c", 15)]);
+        assert_eq!(evicted(&e), [("c".to_string(), 3, 15)]);
+        assert_eq!(m.data.sessions.get("c"), Some(&(2, 20)));
+        // A claim on the same node is a local takeover: nothing to evict elsewhere.
+        assert!(evicted(&sessions(&mut m, 2, false, &[("c", 30)])).is_empty());
+        // A release of an older life does not free the id; node 2's start voids its claims.
+        let mut effects = Vec::new();
+        let release = Command::Sessions {
+            node: 2,
+            started: false,
+            claims: Vec::new(),
+            releases: vec![("c".into(), 20)],
+        };
+        m.apply(release, &mut effects);
+        assert_eq!(m.data.sessions.get("c"), Some(&(2, 30)));
+        sessions(&mut m, 2, true, &[]);
+        assert!(m.data.sessions.is_empty());
     }
 }

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
 use std::io::{self, ErrorKind, IoSlice};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -63,6 +64,8 @@ pub(super) struct Forwarder {
     waker: Cell<Option<Waker>>,
     /// The node left the cluster: the task ends.
     gone: Cell<bool>,
+    /// Messages queued for it (this shard's share of `ringmq_cluster_forwarded_total`).
+    forwarded: Arc<AtomicU64>,
 }
 
 impl Forwarder {
@@ -87,6 +90,7 @@ impl Forwarder {
         match wire::frame(&make(seq)) {
             Ok(bytes) => {
                 self.unsent.borrow_mut().push_back((seq, confirm, bytes));
+                self.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.wake();
             }
             Err(e) => {
@@ -265,6 +269,7 @@ impl Shard {
                     awaiting: RefCell::default(),
                     waker: Cell::new(None),
                     gone: Cell::new(false),
+                    forwarded: remote.reporter.forward_counter(node),
                 });
                 remote.nodes[slot] = Some(fw.clone());
                 remote.starting.push(fw);

@@ -93,11 +93,19 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let views: Vec<serde_json::Value> = up.iter().map(|i| self.view(*i)).collect();
+            // What every node must agree on of each member (its forwarded count and lag are
+            // this node's own view).
+            let agreed_on = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+                let list = v["members"].as_array().cloned().unwrap_or_default();
+                list.iter()
+                    .map(|m| serde_json::json!([m["name"], m["voter"], m["routes"], m["down"]]))
+                    .collect()
+            };
             let agreed = views.iter().all(|v| {
                 v["members"].as_array().map_or(0, Vec::len) == members
                     && !v["leader"].is_null()
                     && v["leader"] == views[0]["leader"]
-                    && v["members"] == views[0]["members"]
+                    && agreed_on(v) == agreed_on(&views[0])
                     && v["last_applied"] == views[0]["last_applied"]
             });
             if agreed {
@@ -115,6 +123,11 @@ impl Cluster {
     /// Kills node `i` with SIGKILL; its scratch dir, to start it again.
     pub fn kill9(&mut self, i: usize) -> tempdir::Dir {
         self.nodes[i].take().expect("node is up").kill9()
+    }
+
+    /// Stops node `i` (SIGTERM, waited for); its scratch dir, to start it again.
+    pub fn stop(&mut self, i: usize) -> tempdir::Dir {
+        self.nodes[i].take().expect("node is up").terminate().1
     }
 
     /// Starts node `i` again on its data dir.
@@ -190,6 +203,20 @@ fn publishes_cross_nodes_at_every_qos_to_wildcard_subscribers_right_after_the_su
     a.publish_acked("room/2/temp", b"y", QoS::AtLeastOnce, 10);
     assert_eq!(&take(&mut b).payload[..], b"y");
     c.expect_silence(Duration::from_millis(300));
+    // A's count of what it forwarded matches what B and C received from it.
+    let forwarded = |node: &str| {
+        cl.node(0).metric(&format!(
+            "ringmq_cluster_forwarded_total{{node=\"{node}\"}}"
+        ))
+    };
+    assert_eq!(forwarded("n2@127.0.0.2"), Some(4.0), "3 + room/2/temp to B");
+    assert_eq!(forwarded("n3@127.0.0.3"), Some(3.0), "3 to C");
+    assert_eq!(cl.node(0).metric("ringmq_cluster_members"), Some(3.0));
+    assert_eq!(
+        cl.node(0)
+            .metric("ringmq_cluster_peer_up{node=\"n2@127.0.0.2\"}"),
+        Some(1.0)
+    );
 }
 
 #[test]
@@ -340,4 +367,56 @@ fn a_client_id_connected_again_on_another_node_closes_the_older_connection() {
     eventually("the registry is empty on every node", || {
         (0..3).all(|i| sessions(&cl, i) == Some(0))
     });
+}
+
+#[test]
+fn the_operator_sees_the_members_removes_a_dead_node_and_a_node_leaves_and_comes_back() {
+    let mut cl = Cluster::start(3, 1);
+    let names = |cl: &Cluster, i: usize| -> Vec<String> {
+        let v = cl.node(i).ctl_json(&["cluster", "status"]);
+        let mut n: Vec<String> = v["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["name"].as_str().expect("name").to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&cl, 0),
+        ["n1@127.0.0.1", "n2@127.0.0.2", "n3@127.0.0.3"]
+    );
+    let (ok, out, _) = cl.node(1).ctl(&["cluster", "status"]);
+    assert!(ok && out.contains("n3@127.0.0.3"), "{out}");
+    // A member cannot join another cluster without leaving first.
+    let (ok, _, err) = cl.node(0).ctl(&["cluster", "join", "127.0.0.9:1"]);
+    assert!(!ok && err.contains("leave"), "{err}");
+
+    // C leaves: the others go on as two, C serves its own clients alone.
+    let (ok, out, err) = cl.node(2).ctl(&["cluster", "leave"]);
+    assert!(ok, "{out}{err}");
+    eventually("A and B see two members", || {
+        names(&cl, 0).len() == 2 && names(&cl, 1).len() == 2
+    });
+    let mut alone = v5(cl.node(2).port, "alone-sub");
+    alone.subscribe("local/#", QoS::AtLeastOnce);
+    let mut p = v5(cl.node(2).port, "alone-pub");
+    p.publish_acked("local/1", b"still here", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut alone).payload[..], b"still here");
+    drop((alone, p));
+    // Restarted, it starts without its old Raft state and joins again through its seeds.
+    let dir = cl.stop(2);
+    cl.restart(2, dir);
+    cl.wait_agreed(3);
+    assert!(cl.node(2).log_text().contains("left its cluster"));
+
+    // B is killed for good; the operator removes it by name.
+    drop(cl.kill9(1));
+    let (ok, out, err) = cl.node(0).ctl(&["cluster", "remove", "n2@127.0.0.2"]);
+    assert!(ok, "{out}{err}");
+    cl.wait_agreed(2);
+    assert_eq!(names(&cl, 0), ["n1@127.0.0.1", "n3@127.0.0.3"]);
+    let (ok, _, err) = cl.node(0).ctl(&["cluster", "remove", "nobody"]);
+    assert!(!ok && err.contains("no member"), "{err}");
 }

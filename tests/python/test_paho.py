@@ -1,5 +1,6 @@
 """paho-mqtt against ringmq: the everyday client, with its 1.x callback API and its 2.x API,
-over MQTT 3.1.1 and 5.0. A subscriber answering a request on another topic must just work."""
+over MQTT 3.1.1 and 5.0. A subscriber answering a request on another topic must just work, on
+one broker and across two nodes of a cluster."""
 import queue
 import threading
 
@@ -20,7 +21,8 @@ def started(client, port):
     return client
 
 
-def test_request_reply_v311_with_the_1x_api(broker):
+def test_request_reply_v311_with_the_1x_api(endpoints):
+    at_responder, at_requester = endpoints
     responder = mqtt.Client(CallbackAPIVersion.VERSION1, client_id="responder", protocol=mqtt.MQTTv311)
     subscribed = threading.Event()
 
@@ -29,7 +31,7 @@ def test_request_reply_v311_with_the_1x_api(broker):
 
     responder.on_message = on_message
     responder.on_subscribe = lambda client, userdata, mid, granted: subscribed.set()
-    started(responder, broker)
+    started(responder, at_responder)
     responder.subscribe("svc/request/+", qos=1)
     assert subscribed.wait(TIMEOUT)
 
@@ -38,7 +40,7 @@ def test_request_reply_v311_with_the_1x_api(broker):
     got_suback = threading.Event()
     requester.on_message = lambda client, userdata, msg: replies.put((msg.topic, msg.payload))
     requester.on_subscribe = lambda client, userdata, mid, granted: got_suback.set()
-    started(requester, broker)
+    started(requester, at_requester)
     requester.subscribe("svc/reply/#", qos=1)
     assert got_suback.wait(TIMEOUT)
     for i in range(20):
@@ -50,7 +52,8 @@ def test_request_reply_v311_with_the_1x_api(broker):
         c.disconnect()
 
 
-def test_request_reply_v5_with_the_2x_api(broker):
+def test_request_reply_v5_with_the_2x_api(endpoints):
+    at_responder, at_requester = endpoints
     responder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="r5", protocol=mqtt.MQTTv5)
     subscribed = threading.Event()
 
@@ -61,7 +64,7 @@ def test_request_reply_v5_with_the_2x_api(broker):
 
     responder.on_message = on_message
     responder.on_subscribe = lambda client, userdata, mid, reason_codes, props: subscribed.set()
-    started(responder, broker)
+    started(responder, at_responder)
     responder.subscribe("rpc/upper", qos=2)
     assert subscribed.wait(TIMEOUT)
 
@@ -71,7 +74,7 @@ def test_request_reply_v5_with_the_2x_api(broker):
     requester.on_message = lambda client, userdata, msg: replies.put(
         (msg.payload, msg.properties.CorrelationData, msg.qos))
     requester.on_subscribe = lambda client, userdata, mid, reason_codes, props: got_suback.set()
-    started(requester, broker)
+    started(requester, at_requester)
     requester.subscribe("rpc/answers", qos=2)
     assert got_suback.wait(TIMEOUT)
     for i in range(10):
