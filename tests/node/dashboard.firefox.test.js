@@ -12,10 +12,11 @@ const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
-const net = require("node:net");
 const os = require("node:os");
 const path = require("node:path");
 const mqtt = require("mqtt");
+const helpers = require("./helpers");
+const { freePort, listening } = helpers;
 const WebSocket = require("ws");
 
 const ROOT = path.resolve(__dirname, "../..");
@@ -65,31 +66,7 @@ const PREFS = {
 let broker, firefox, bidi, dir, mqttPort, adminPort, base, ctx;
 const clients = {};
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
-
-async function until(what, check) {
-  const deadline = Date.now() + WAIT;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-const listening = (port) =>
-  new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1", () => { s.end(); resolve(true); });
-    s.on("error", () => resolve(false));
-  });
+const until = (what, check) => helpers.until(what, check, WAIT, 100);
 
 function connect(clientId) {
   return new Promise((resolve, reject) => {
