@@ -251,9 +251,20 @@ impl Shard {
             self.release_exclusive(&filter, &claim.client_id, None);
         }
         let answers = made.map_or(0, |(_, first)| self.interest_answers(usize::from(first)));
+        // The subscription joins this tick's batch, later than the one the SUBSCRIBE waited
+        // for: a kept session's SUBACK waits for this one too.
+        let stored = made.is_some()
+            && self
+                .sessions
+                .get(key)
+                .is_some_and(|s| s.session.stored.is_some());
+        if stored {
+            self.durable.when_stored(token);
+        }
         let Some(p) = self.pending_replies.get_mut(&token) else {
             return;
         };
+        p.waiting += usize::from(stored);
         if let Some((existed, _)) = made {
             let options = claim.sub.options;
             if let Some(Packet::SubAck(suback)) = p.reply.as_mut() {

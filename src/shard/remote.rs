@@ -61,6 +61,9 @@ pub(super) struct Forwarder {
     /// Frames written and waiting for their answer, by number: the token and the frame, sent
     /// again on the next connection (all numbered below anything unsent).
     awaiting: RefCell<BTreeMap<u64, (u64, Vec<u8>)>>,
+    /// Bytes of the frames in `unsent` and `awaiting`, kept as they change: every publisher
+    /// read asks (`Remote::blocked`).
+    waiting: Cell<usize>,
     waker: Cell<Option<Waker>>,
     /// The node left the cluster: the task ends.
     gone: Cell<bool>,
@@ -77,9 +80,7 @@ impl Forwarder {
 
     /// Bytes waiting to be written or answered.
     fn waiting(&self) -> usize {
-        let unsent: usize = self.unsent.borrow().iter().map(|(_, _, f)| f.len()).sum();
-        let awaiting: usize = self.awaiting.borrow().values().map(|(_, f)| f.len()).sum();
-        unsent + awaiting
+        self.waiting.get()
     }
 
     /// Queues a publish; with `confirm` (a token the publish's acknowledgement waits on),
@@ -89,6 +90,7 @@ impl Forwarder {
         self.seq.set(seq);
         match wire::frame(&make(seq)) {
             Ok(bytes) => {
+                self.waiting.set(self.waiting.get() + bytes.len());
                 self.unsent.borrow_mut().push_back((seq, confirm, bytes));
                 self.forwarded.fetch_add(1, Ordering::Relaxed);
                 self.wake();
@@ -105,17 +107,28 @@ impl Forwarder {
         let mut awaiting = self.awaiting.borrow_mut();
         for (seq, token, frame) in self.unsent.borrow_mut().drain(..) {
             out.extend_from_slice(&frame);
-            if let Some(token) = token {
-                awaiting.insert(seq, (token, frame));
+            match token {
+                Some(token) => {
+                    awaiting.insert(seq, (token, frame));
+                }
+                None => self.waiting.set(self.waiting.get() - frame.len()),
             }
         }
         out
+    }
+
+    /// Frame `seq` was answered: the token its publisher waits on, if it was owed one.
+    fn answered(&self, seq: u64) -> Option<u64> {
+        let (token, frame) = self.awaiting.borrow_mut().remove(&seq)?;
+        self.waiting.set(self.waiting.get() - frame.len());
+        Some(token)
     }
 
     /// The tokens of every publish still waiting for an answer; every frame forgotten.
     fn settle_all(&self) -> Vec<u64> {
         let awaiting = std::mem::take(&mut *self.awaiting.borrow_mut());
         let unsent = std::mem::take(&mut *self.unsent.borrow_mut());
+        self.waiting.set(0);
         let sent = awaiting.into_values().map(|(token, _)| token);
         sent.chain(unsent.into_iter().filter_map(|(_, t, _)| t))
             .collect()
@@ -267,6 +280,7 @@ impl Shard {
                     seq: Cell::new(0),
                     life: crate::store::record::wall_now() << 16 | self.id as u64,
                     awaiting: RefCell::default(),
+                    waiting: Cell::new(0),
                     waker: Cell::new(None),
                     gone: Cell::new(false),
                     forwarded: remote.reporter.forward_counter(node),
@@ -561,8 +575,7 @@ async fn forward_once(
             readable.set(Some(Stream::readable(&s)));
             fill(&s, &mut buf)?;
             while let Some(Back::Done { seq, stored }) = next_frame::<Back>(&mut buf)? {
-                let owed = fw.awaiting.borrow_mut().remove(&seq);
-                if let Some((token, _)) = owed {
+                if let Some(token) = fw.answered(seq) {
                     shard.borrow_mut().stored_elsewhere(token, stored);
                 }
             }
@@ -656,5 +669,56 @@ async fn take_frames(
         .await?;
         readable.set(Some(Stream::readable(s)));
         fill(s, buf)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarder() -> Forwarder {
+        Forwarder {
+            node: 1,
+            name: "n2".into(),
+            rpc: "127.0.0.2:1".into(),
+            unsent: RefCell::default(),
+            seq: Cell::new(0),
+            life: 1,
+            awaiting: RefCell::default(),
+            waiting: Cell::new(0),
+            waker: Cell::new(None),
+            gone: Cell::new(false),
+            forwarded: Arc::default(),
+        }
+    }
+
+    /// The bytes `waiting` should say, counted the slow way.
+    fn counted(fw: &Forwarder) -> usize {
+        let unsent: usize = fw.unsent.borrow().iter().map(|(_, _, f)| f.len()).sum();
+        let awaiting: usize = fw.awaiting.borrow().values().map(|(_, f)| f.len()).sum();
+        unsent + awaiting
+    }
+
+    #[test]
+    fn the_waiting_bytes_follow_every_frame_in_and_out() {
+        let fw = forwarder();
+        let frame = |seq| Forward::Begin {
+            shard: 0,
+            life: seq,
+        };
+        fw.publish(frame, Some(7));
+        fw.publish(frame, None);
+        fw.publish(frame, Some(9));
+        assert!(fw.waiting() > 0);
+        assert_eq!(fw.waiting(), counted(&fw));
+        assert!(!fw.take_unsent().is_empty());
+        assert_eq!(fw.waiting(), counted(&fw), "the unconfirmed frame is gone");
+        assert_eq!(fw.answered(1), Some(7));
+        assert_eq!(fw.answered(1), None, "an answer counts once");
+        assert_eq!(fw.answered(2), None, "never owed an answer");
+        assert_eq!(fw.waiting(), counted(&fw));
+        fw.publish(frame, Some(11));
+        assert_eq!(fw.settle_all(), [9, 11]);
+        assert_eq!(fw.waiting(), 0);
     }
 }
