@@ -33,7 +33,7 @@ const GAUGES: [Summed; 4] = [
     }),
 ];
 
-const COUNTERS: [Summed; 15] = [
+const COUNTERS: [Summed; 19] = [
     (
         "banned_refused_total",
         "counter",
@@ -106,6 +106,30 @@ const COUNTERS: [Summed; 15] = [
         "counter",
         "Connections closed because their client id connected again on another node.",
         |s| &s.cluster_evictions,
+    ),
+    (
+        "cluster_sessions_handed_over_total",
+        "counter",
+        "Persistent sessions sent to the node where their client connected again.",
+        |s| &s.cluster_sessions_out,
+    ),
+    (
+        "cluster_sessions_taken_over_total",
+        "counter",
+        "Persistent sessions received from the node that held them.",
+        |s| &s.cluster_sessions_in,
+    ),
+    (
+        "cluster_sessions_started_anew_total",
+        "counter",
+        "Resumed sessions that started anew: the node holding them was down or did not hand them over in time.",
+        |s| &s.cluster_sessions_anew,
+    ),
+    (
+        "cluster_sessions_lost_total",
+        "counter",
+        "Sessions handed over after their connection gave up waiting (dropped).",
+        |s| &s.cluster_sessions_lost,
     ),
     (
         "hibernate_failures_total",

@@ -131,6 +131,10 @@ pub struct Stats {
     pub wills: Counter,
     /// Connections closed because the same client id connected again on another node.
     pub cluster_evictions: Counter,
+    pub cluster_sessions_out: Counter,
+    pub cluster_sessions_in: Counter,
+    pub cluster_sessions_anew: Counter,
+    pub cluster_sessions_lost: Counter,
     /// How late the shard's event loop ran, in microseconds (last sample).
     pub loop_lag_us: Counter,
     /// 1 while the shard refuses new connections for overload.

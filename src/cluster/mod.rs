@@ -54,9 +54,14 @@ pub enum Event {
     Retain(Retained),
     /// Send this node's whole route set again.
     Resend,
-    /// `client_id` connected here, its connection's epoch `epoch` (written behind: the
-    /// CONNECT does not wait for it).
-    Claim { client_id: String, epoch: u64 },
+    /// `client_id` connected here, its connection's epoch `epoch` (written behind: a clean
+    /// CONNECT does not wait for it; one that `resumes` a persistent session waits for
+    /// [`ToShard::Claimed`]).
+    Claim {
+        client_id: String,
+        epoch: u64,
+        resumes: bool,
+    },
     /// The session of `client_id` claimed with `epoch` ended here.
     Release { client_id: String, epoch: u64 },
 }
@@ -101,8 +106,22 @@ pub enum ToShard {
     /// What waited on `Event::Interest`'s token is done.
     Answered(u64),
     /// To `client_id`'s home shard: its connection claimed with `epoch` (or an older one)
-    /// lost the id to a newer connection on another node.
-    Evict { client_id: String, epoch: u64 },
+    /// lost the id to a newer connection on another node; with `hand_to` (the slot of that
+    /// node and the new claim's epoch), the persistent session goes there.
+    Evict {
+        client_id: String,
+        epoch: u64,
+        hand_to: Option<(usize, u64)>,
+    },
+    /// To `client_id`'s home shard: the cluster took its claim with `epoch` that resumes a
+    /// persistent session; `handed` when a live node held the session and hands it over (the
+    /// CONNECT waits for it), else it starts here: anew (`stranded`) when a dead node held it.
+    Claimed {
+        client_id: String,
+        epoch: u64,
+        handed: bool,
+        stranded: bool,
+    },
 }
 
 /// One shard's queue of what the cluster thread tells it.
@@ -234,12 +253,36 @@ impl Shards {
                 client_id,
                 node,
                 epoch,
+                hand_to,
             } if node == me => {
                 let home = client_id.clone();
-                self.to_home(&home, ToShard::Evict { client_id, epoch });
+                let hand_to = hand_to.map(|(node, epoch)| (self.slot(node), epoch));
+                let evict = ToShard::Evict {
+                    client_id,
+                    epoch,
+                    hand_to,
+                };
+                self.to_home(&home, evict);
+            }
+            Effect::Claimed {
+                client_id,
+                node,
+                epoch,
+                from,
+                stranded,
+            } if node == me => {
+                let home = client_id.clone();
+                let claimed = ToShard::Claimed {
+                    client_id,
+                    epoch,
+                    handed: from.is_some(),
+                    stranded,
+                };
+                self.to_home(&home, claimed);
             }
             Effect::Route { .. }
             | Effect::Evict { .. }
+            | Effect::Claimed { .. }
             | Effect::Down(_)
             | Effect::Membership
             | Effect::Applied => {}

@@ -468,18 +468,23 @@ struct Registry {
     /// The node has not yet told the cluster it started (which voids its earlier claims: its
     /// connections did not survive).
     started: bool,
-    claims: HashMap<String, u64>,
+    /// Client id -> its epoch, and whether it resumes a persistent session.
+    claims: HashMap<String, (u64, bool)>,
     releases: HashMap<String, u64>,
 }
 
 impl Registry {
-    fn claim(&mut self, client_id: String, epoch: u64) {
+    fn claim(&mut self, client_id: String, epoch: u64, resumes: bool) {
         self.releases.remove(&client_id);
-        self.claims.insert(client_id, epoch);
+        self.claims.insert(client_id, (epoch, resumes));
     }
 
     fn release(&mut self, client_id: String, epoch: u64) {
-        if self.claims.get(&client_id) == Some(&epoch) {
+        if self
+            .claims
+            .get(&client_id)
+            .is_some_and(|(e, _)| *e == epoch)
+        {
             self.claims.remove(&client_id);
         } else {
             self.releases.insert(client_id, epoch);
@@ -501,9 +506,9 @@ impl Registry {
                     self.releases.entry(c).or_insert(e);
                 }
             }
-            for (c, e) in claims {
+            for (c, e, resumes) in claims {
                 if !self.releases.contains_key(&c) {
-                    self.claims.entry(c).or_insert(e);
+                    self.claims.entry(c).or_insert((e, resumes));
                 }
             }
         }
@@ -516,7 +521,7 @@ impl Registry {
         Some(Command::Sessions {
             node: me,
             started: std::mem::take(&mut self.started),
-            claims: self.claims.drain().collect(),
+            claims: self.claims.drain().map(|(c, (e, r))| (c, e, r)).collect(),
             releases: self.releases.drain().collect(),
         })
     }
@@ -568,7 +573,11 @@ pub async fn propose_loop(
                 }
                 Event::Retain(r) => retained.push(r),
                 Event::Resend => routes.resend = true,
-                Event::Claim { client_id, epoch } => sessions.claim(client_id, epoch),
+                Event::Claim {
+                    client_id,
+                    epoch,
+                    resumes,
+                } => sessions.claim(client_id, epoch, resumes),
                 Event::Release { client_id, epoch } => sessions.release(client_id, epoch),
             }
         }

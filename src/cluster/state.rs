@@ -48,11 +48,23 @@ pub enum Effect {
     },
     Retain(Retained),
     /// The connection of `client_id` on `node` that claimed it with `epoch` (or an older one)
-    /// lost it to a newer connection on another node: `node` closes it (0x8E).
+    /// lost it to a newer connection on another node: `node` closes it (0x8E), and with
+    /// `hand_to` (that node and its claim's epoch) hands the persistent session over.
     Evict {
         client_id: String,
         node: NodeId,
         epoch: u64,
+        hand_to: Option<(NodeId, u64)>,
+    },
+    /// `node`'s claim of `client_id` with `epoch`, resuming a persistent session, is taken:
+    /// `from`, the live node that held it and hands it over, if another did; `stranded`
+    /// when a dead node held it (it starts anew).
+    Claimed {
+        client_id: String,
+        node: NodeId,
+        epoch: u64,
+        from: Option<NodeId>,
+        stranded: bool,
     },
     /// Node `node`'s routes were dropped for silence (it is told, so it sends them again).
     Down(NodeId),
@@ -101,22 +113,39 @@ impl Replicated {
     }
 
     /// `client_id` connected on `node` with `epoch`: the newer of it and the registered claim
-    /// keeps the id; a claim on another node that loses is evicted.
-    fn claim(&mut self, client_id: String, node: NodeId, epoch: u64, effects: &mut Vec<Effect>) {
+    /// keeps the id; a claim on another node that loses is evicted. A winning claim that
+    /// `resumes` a persistent session has it handed over by the live node that held it.
+    fn claim(
+        &mut self,
+        (client_id, epoch, resumes): (String, u64, bool),
+        node: NodeId,
+        effects: &mut Vec<Effect>,
+    ) {
         let previous = self.sessions.get(&client_id).copied();
         let won = previous.is_none_or(|(_, e)| e <= epoch);
-        let loser = match previous {
-            Some((n, e)) if n != node => Some(if won { (n, e) } else { (node, epoch) }),
-            _ => None,
-        };
+        let elsewhere = previous.filter(|(n, _)| *n != node);
+        let loser = elsewhere.map(|(n, e)| if won { (n, e) } else { (node, epoch) });
         if won {
             self.sessions.insert(client_id.clone(), (node, epoch));
         }
-        if let Some((node, epoch)) = loser {
+        let held = elsewhere.map(|(n, _)| n).filter(|_| won && resumes);
+        let stranded = held.is_some_and(|n| self.down.contains(&n));
+        let from = held.filter(|_| !stranded);
+        if let Some((loser, lost)) = loser {
             effects.push(Effect::Evict {
+                client_id: client_id.clone(),
+                node: loser,
+                epoch: lost,
+                hand_to: from.map(|_| (node, epoch)),
+            });
+        }
+        if resumes {
+            effects.push(Effect::Claimed {
                 client_id,
                 node,
                 epoch,
+                from,
+                stranded,
             });
         }
     }
@@ -195,8 +224,8 @@ impl Machine {
                 if started {
                     d.sessions.retain(|_, (n, _)| *n != node);
                 }
-                for (client_id, epoch) in claims {
-                    d.claim(client_id, node, epoch, effects);
+                for claim in claims {
+                    d.claim(claim, node, effects);
                 }
                 for (client_id, epoch) in releases {
                     if d.sessions.get(&client_id) == Some(&(node, epoch)) {
@@ -397,20 +426,25 @@ mod tests {
         m: &mut Machine,
         node: NodeId,
         started: bool,
-        claims: &[(&str, u64)],
+        claims: &[(&str, u64, bool)],
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
         let cmd = Command::Sessions {
             node,
             started,
-            claims: claims.iter().map(|(c, e)| (c.to_string(), *e)).collect(),
+            claims: claims
+                .iter()
+                .map(|(c, e, r)| (c.to_string(), *e, *r))
+                .collect(),
             releases: Vec::new(),
         };
         m.apply(cmd, &mut effects);
         effects
     }
 
-    fn evicted(effects: &[Effect]) -> Vec<(String, NodeId, u64)> {
+    type Evicted = (String, NodeId, u64, Option<(NodeId, u64)>);
+
+    fn evicted(effects: &[Effect]) -> Vec<Evicted> {
         effects
             .iter()
             .filter_map(|e| match e {
@@ -418,7 +452,24 @@ mod tests {
                     client_id,
                     node,
                     epoch,
-                } => Some((client_id.clone(), *node, *epoch)),
+                    hand_to,
+                } => Some((client_id.clone(), *node, *epoch, *hand_to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn claimed(effects: &[Effect]) -> Vec<(NodeId, u64, Option<NodeId>)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Claimed {
+                    node,
+                    epoch,
+                    from,
+                    stranded,
+                    ..
+                } => Some((*node, *epoch, from.or(stranded.then_some(0)))),
                 _ => None,
             })
             .collect()
@@ -427,16 +478,17 @@ mod tests {
     #[test]
     fn the_newer_claim_keeps_the_id_and_the_other_node_evicts_its_connection() {
         let mut m = Machine::default();
-        assert!(evicted(&sessions(&mut m, 1, false, &[("c", 10)])).is_empty());
+        assert!(evicted(&sessions(&mut m, 1, false, &[("c", 10, false)])).is_empty());
         // A newer connection on node 2: node 1's is evicted.
-        let e = sessions(&mut m, 2, false, &[("c", 20)]);
-        assert_eq!(evicted(&e), [("c".to_string(), 1, 10)]);
+        let e = sessions(&mut m, 2, false, &[("c", 20, false)]);
+        assert_eq!(evicted(&e), [("c".to_string(), 1, 10, None)]);
+        assert!(claimed(&e).is_empty(), "a clean claim waits for nothing");
         // An older claim arriving late (a healed partition) loses, and is itself evicted.
-        let e = sessions(&mut m, 3, false, &[("c", 15)]);
-        assert_eq!(evicted(&e), [("c".to_string(), 3, 15)]);
+        let e = sessions(&mut m, 3, false, &[("c", 15, false)]);
+        assert_eq!(evicted(&e), [("c".to_string(), 3, 15, None)]);
         assert_eq!(m.data.sessions.get("c"), Some(&(2, 20)));
         // A claim on the same node is a local takeover: nothing to evict elsewhere.
-        assert!(evicted(&sessions(&mut m, 2, false, &[("c", 30)])).is_empty());
+        assert!(evicted(&sessions(&mut m, 2, false, &[("c", 30, false)])).is_empty());
         // A release of an older life does not free the id; node 2's start voids its claims.
         let mut effects = Vec::new();
         let release = Command::Sessions {
@@ -449,5 +501,28 @@ mod tests {
         assert_eq!(m.data.sessions.get("c"), Some(&(2, 30)));
         sessions(&mut m, 2, true, &[]);
         assert!(m.data.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_session_is_handed_over_by_a_live_holder_and_starts_anew_after_a_dead_one() {
+        let mut m = Machine::default();
+        let e = sessions(&mut m, 1, false, &[("p", 10, true)]);
+        assert_eq!(
+            claimed(&e),
+            [(1, 10, None)],
+            "nobody held it: it starts here"
+        );
+        let e = sessions(&mut m, 2, false, &[("p", 20, true)]);
+        assert_eq!(evicted(&e), [("p".to_string(), 1, 10, Some((2, 20)))]);
+        assert_eq!(claimed(&e), [(2, 20, Some(1))]);
+        // An older claim that loses waits for nothing and takes nothing.
+        let e = sessions(&mut m, 3, false, &[("p", 15, true)]);
+        assert_eq!(evicted(&e), [("p".to_string(), 3, 15, None)]);
+        assert_eq!(claimed(&e), [(3, 15, None)]);
+        // Its holder silent, the session cannot come: it starts anew on node 3.
+        m.apply(Command::Down { node: 2 }, &mut Vec::new());
+        let e = sessions(&mut m, 3, false, &[("p", 40, true)]);
+        assert_eq!(evicted(&e), [("p".to_string(), 2, 20, None)]);
+        assert_eq!(claimed(&e), [(3, 40, Some(0))], "stranded on a dead node");
     }
 }

@@ -66,11 +66,13 @@ pub enum Command {
     /// with its connection's epoch: a later connection has a larger one) and those in
     /// `releases` ended their session (with the epoch they claimed with). Where a client id is
     /// claimed on two nodes, the larger epoch keeps it and the other connection is closed.
-    /// `started`: the node (re)started, so none of its earlier claims holds any more.
+    /// `started`: the node (re)started, so none of its earlier claims holds any more. A claim
+    /// marked `true` resumes a persistent session, which its node waits for
+    /// ([`super::state::Effect::Claimed`]) and the node that held it hands over.
     Sessions {
         node: NodeId,
         started: bool,
-        claims: Vec<(String, u64)>,
+        claims: Vec<(String, u64, bool)>,
         releases: Vec<(String, u64)>,
     },
 }

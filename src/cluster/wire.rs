@@ -197,6 +197,14 @@ pub enum Forward {
         msg: crate::store::record::StoredMessage,
         confirm: bool,
     },
+    /// The persistent session of `client_id`, taken over on the receiving node by the
+    /// connection that claimed the id with `epoch` (none: the sender had no session to hand).
+    Session {
+        seq: u64,
+        client_id: String,
+        epoch: u64,
+        moved: Option<crate::store::record::MovedSession>,
+    },
 }
 
 /// A frame back on a forwarding connection (node to shard).

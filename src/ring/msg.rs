@@ -57,8 +57,20 @@ pub enum XMsg {
     /// To the home shard: the session of `client_id` claimed with `token` has ended.
     Release { client_id: ByteString, token: u64 },
     /// To the shard holding `client_id` under claim `token`: a newer connection on another
-    /// node took the id; close this one (0x8E).
-    Evict { client_id: ByteString, token: u64 },
+    /// node took the id; close this one (0x8E). With `hand_to` (the node's slot and its
+    /// claim's epoch) the persistent session is handed over to that node.
+    Evict {
+        client_id: ByteString,
+        token: u64,
+        hand_to: Option<(usize, u64)>,
+    },
+    /// To the home shard of `client_id`: its persistent session, handed over by another node
+    /// to the connection that claimed it with `epoch` (none: that node had none to hand).
+    Moved {
+        client_id: ByteString,
+        epoch: u64,
+        session: Option<Box<Session>>,
+    },
     /// A ban made on the sending shard, for every replica (it kicks matching clients).
     Ban(Arc<crate::banned::Ban>),
     /// A ban lifted on the sending shard.

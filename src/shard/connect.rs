@@ -245,8 +245,12 @@ impl Shard {
             self.send(shard, XMsg::Grant(g));
             return;
         }
-        let epoch = self.cluster_claim(&client_id);
+        // A persistent session this node does not hold may be on another node: its CONNECT
+        // waits for the registry.
+        let resumes = !clean_start && self.remote.is_some() && !self.homes.holds(&client_id);
+        let epoch = self.cluster_claim(&client_id, resumes);
         match self.homes.claim(client_id.clone(), shard, token, epoch) {
+            None if resumes => self.park_resume(client_id, epoch, shard, token),
             None => self.send(
                 shard,
                 XMsg::Grant(Grant {
@@ -310,7 +314,12 @@ impl Shard {
     /// will unless the session continues on the new connection within the will delay. A session
     /// with expiry 0 (clean session) lasts only as long as its connection (MQTT-3.1.2-6), so it
     /// ends here whatever the new connection asked for.
-    fn take_session(&mut self, key: usize, clean_start: bool, now: Instant) -> Option<Session> {
+    pub(super) fn take_session(
+        &mut self,
+        key: usize,
+        clean_start: bool,
+        now: Instant,
+    ) -> Option<Session> {
         let slot = self.remove_session(key);
         let mut session = slot.session;
         if let Some(link) = slot.link {

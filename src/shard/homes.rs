@@ -40,6 +40,11 @@ impl Homes {
             .map(|(owner, ..)| owner)
     }
 
+    /// Whether a session of `client_id` is claimed on this node.
+    pub fn holds(&self, client_id: &str) -> bool {
+        self.owners.contains_key(client_id)
+    }
+
     /// The session claimed with `token` ended: the id is free, unless claimed again since.
     /// The ended claim's epoch, when it was freed.
     pub fn release(&mut self, client_id: &str, token: u64) -> Option<u64> {

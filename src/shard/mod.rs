@@ -45,6 +45,7 @@ mod connect;
 mod delayed;
 mod durable;
 mod exclusive;
+mod handover;
 mod hibernate;
 mod homes;
 mod inbound;
@@ -157,6 +158,8 @@ pub(crate) struct Shard {
     waiting: Waiting,
     /// Client ids homed here: who owns each session, and the flapping counts.
     homes: Homes,
+    /// Resuming CONNECTs homed here waiting for a session from another node.
+    handovers: handover::Handovers,
     /// Local subscribers and the interest table replica.
     router: Router,
     /// Draws for the random shared-subscription strategy.
@@ -221,6 +224,7 @@ impl Shard {
             sessions: SessionTable::default(),
             waiting: Waiting::new(checks),
             homes: Homes::default(),
+            handovers: handover::Handovers::default(),
             router: Router::default(),
             rng: strategy::Rng::default(),
             retained: RetainedStore::default(),
@@ -318,7 +322,16 @@ impl Shard {
                     self.cluster_release(&client_id, epoch);
                 }
             }
-            XMsg::Evict { client_id, token } => self.evicted(&client_id, token),
+            XMsg::Evict {
+                client_id,
+                token,
+                hand_to,
+            } => self.evicted(&client_id, token, hand_to),
+            XMsg::Moved {
+                client_id,
+                epoch,
+                session,
+            } => self.session_arrived(client_id, epoch, session),
             XMsg::ExclusiveClaim {
                 filter,
                 client_id,
@@ -386,6 +399,7 @@ impl Shard {
     /// publishes, expired retained messages and bans.
     fn sweep(&mut self, now: Instant) {
         self.homes.prune_flapping(&self.cfg.limits, now);
+        self.sweep_handovers(now);
         self.release_delayed(now);
         self.purge_retained(now);
         self.bans.purge(crate::store::record::wall_now());

@@ -127,12 +127,14 @@ impl Shard {
     /// A session ended: its records go.
     pub(super) fn journal_end(&mut self, session: &Session) {
         if let Some(log) = &session.stored {
-            self.durable.push(Op::EndSession {
-                client_id: session.client_id.clone(),
-                epoch: log.epoch,
-            });
-            self.mesh.wake_pump();
+            self.journal_end_of(session.client_id.clone(), log.epoch);
         }
+    }
+
+    /// The records of `client_id`'s session life `epoch` go.
+    pub(super) fn journal_end_of(&mut self, client_id: ByteString, epoch: u64) {
+        self.durable.push(Op::EndSession { client_id, epoch });
+        self.mesh.wake_pump();
     }
 
     /// A session leaves for another shard: what it owes the store goes now, and the batch with

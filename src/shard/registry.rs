@@ -15,7 +15,9 @@ impl Shard {
     /// `client_id` connected through this home shard: its claim goes to the cluster's session
     /// registry behind the CONNECT. The claim's epoch (0 outside a cluster): the wall clock in
     /// microseconds with the shard's id below, so a later connection has a larger one.
-    pub(super) fn cluster_claim(&mut self, client_id: &str) -> u64 {
+    /// A claim that `resumes` a persistent session this node does not hold waits for the
+    /// registry ([`crate::cluster::ToShard::Claimed`]).
+    pub(super) fn cluster_claim(&mut self, client_id: &str, resumes: bool) -> u64 {
         let id = self.id as u64 & 0xff;
         let Some(remote) = &mut self.remote else {
             return 0;
@@ -28,6 +30,7 @@ impl Shard {
         remote.report(Event::Claim {
             client_id: client_id.to_string(),
             epoch,
+            resumes,
         });
         epoch
     }
@@ -43,18 +46,31 @@ impl Shard {
     }
 
     /// A newer connection on another node took `client_id`: the connection here that holds
-    /// it with claim `token` is closed with 0x8E (a clean session ends with it; a persistent
-    /// one stays here, offline, its queue kept).
-    pub(super) fn evicted(&mut self, client_id: &str, token: u64) {
-        let Some(key) = self.sessions.find(client_id) else {
+    /// it with claim `token` is closed with 0x8E. With `hand_to`, that connection resumes the
+    /// persistent session, which goes there with its queue; otherwise a clean session ends
+    /// and a persistent one stays here, offline, its queue kept.
+    pub(super) fn evicted(&mut self, client_id: &str, token: u64, hand_to: Option<(usize, u64)>) {
+        let key = self
+            .sessions
+            .find(client_id)
+            .filter(|k| self.sessions[*k].token == token);
+        let Some(key) = key else {
+            if let Some((node, epoch)) = hand_to {
+                self.hand_nothing(client_id, node, epoch);
+            }
             return;
         };
-        let slot = &self.sessions[key];
-        if slot.token != token {
-            return;
-        }
-        if let Some(link) = &slot.link {
+        if self.sessions[key].link.is_some() {
             self.stats.cluster_evictions.inc();
+        }
+        if let Some((node, epoch)) = hand_to {
+            if self.hand_over(key, node, epoch) {
+                return;
+            }
+            self.hand_nothing(client_id, node, epoch);
+        }
+        let slot = &self.sessions[key];
+        if let Some(link) = &slot.link {
             tracing::info!(client = %client_id, peer = %link.peer, "connected again on another node: closing this connection");
             link.close(Close::new(
                 ReasonCode::SessionTakenOver,
@@ -65,10 +81,27 @@ impl Shard {
 
     /// At `client_id`'s home: the connection claimed with `epoch` (or an older one) lost the id
     /// to another node; the shard holding it closes it.
-    pub(super) fn evict_claim(&mut self, client_id: &str, epoch: u64) {
-        if let Some((shard, token)) = self.homes.claimed_by(client_id, epoch) {
-            let client_id = ByteString::from(client_id);
-            self.send(shard, XMsg::Evict { client_id, token });
+    pub(super) fn evict_claim(
+        &mut self,
+        client_id: &str,
+        epoch: u64,
+        hand_to: Option<(usize, u64)>,
+    ) {
+        match self.homes.claimed_by(client_id, epoch) {
+            Some((shard, token)) => {
+                let client_id = ByteString::from(client_id);
+                let evict = XMsg::Evict {
+                    client_id,
+                    token,
+                    hand_to,
+                };
+                self.send(shard, evict);
+            }
+            None => {
+                if let Some((node, epoch)) = hand_to {
+                    self.hand_nothing(client_id, node, epoch);
+                }
+            }
         }
     }
 }

@@ -32,12 +32,15 @@ use monoio::net::{TcpListener, TcpStream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::handover::HANDED;
 use super::Shard;
 use crate::cluster::wire::{self, Answering, Back, Dialling, Forward, Hello, Proof, Welcome};
 use crate::cluster::{node_id, Event, NodeId, Reporter, ShardLink, ToShard};
+use crate::ring::XMsg;
 use crate::session::Message;
 use crate::sock::{self, Stream};
-use crate::store::record::{wall_now, StoredMessage};
+use crate::store::record::{wall_now, MovedSession, StoredMessage};
+use bytestring::ByteString;
 
 /// Bytes a forwarding connection may have waiting before the shard stops reading publishers.
 const MAX_WAITING: usize = 4 * 1024 * 1024;
@@ -207,6 +210,33 @@ impl Remote {
             .any(|f| f.waiting() > MAX_WAITING)
     }
 
+    /// Whether a forwarding connection to the node in `slot` exists.
+    pub fn reaches(&self, slot: usize) -> bool {
+        self.forwarder(slot).is_some_and(|f| !f.gone.get())
+    }
+
+    /// Sends `client_id`'s persistent session (or word that there is none) to the node in
+    /// `slot`, where the connection that claimed it with `epoch` resumes it; its answer settles
+    /// `confirm`.
+    pub fn hand_over(
+        &self,
+        slot: usize,
+        client_id: String,
+        epoch: u64,
+        moved: Option<MovedSession>,
+        confirm: Option<u64>,
+    ) {
+        if let Some(fw) = self.forwarder(slot) {
+            let session = |seq| Forward::Session {
+                seq,
+                client_id,
+                epoch,
+                moved,
+            };
+            fw.publish(session, confirm);
+        }
+    }
+
     /// Forwards a publish to the node in `slot` (`group`: for one member of that shared group
     /// there); `confirm`: the token its acknowledgement waits on.
     pub fn forward(
@@ -321,7 +351,17 @@ impl Shard {
             }
             ToShard::Retain(r) => self.cluster_retained(r),
             ToShard::Answered(token) => self.reply_answered(token, true),
-            ToShard::Evict { client_id, epoch } => self.evict_claim(&client_id, epoch),
+            ToShard::Evict {
+                client_id,
+                epoch,
+                hand_to,
+            } => self.evict_claim(&client_id, epoch, hand_to),
+            ToShard::Claimed {
+                client_id,
+                epoch,
+                handed,
+                stranded,
+            } => self.resume_claimed(&client_id, epoch, handed, stranded),
         }
     }
 
@@ -329,7 +369,20 @@ impl Shard {
     /// to it (its persistent sessions start anew elsewhere).
     fn settle_forwarder(&mut self, fw: &Forwarder) {
         for token in fw.settle_all() {
-            self.stored_elsewhere(token, true);
+            if token & HANDED != 0 {
+                self.handed_over(token, false);
+            } else {
+                self.stored_elsewhere(token, true);
+            }
+        }
+    }
+
+    /// A remote node answered the frame that carried `token`.
+    fn answered_by_peer(&mut self, token: u64, stored: bool) {
+        if token & HANDED != 0 {
+            self.handed_over(token, stored);
+        } else {
+            self.stored_elsewhere(token, stored);
         }
     }
 
@@ -392,6 +445,16 @@ impl Shard {
     /// A frame another node's shard forwarded: routed to this node's shards only (once, when
     /// it was sent again after a reconnection); a frame asking for an answer is answered once
     /// what it made here is stored or delivered.
+    /// Whether frame `seq` of this stream is new (one sent again after a broken link is not).
+    fn fresh(&self, from: &PeerStream, seq: u64) -> bool {
+        match (from.origin, &self.remote) {
+            (Some((shard, life)), Some(r)) => {
+                r.reporter.streams().take(from.node, shard, life, seq)
+            }
+            _ => true,
+        }
+    }
+
     fn take_forwarded(&mut self, f: Forward, from: &mut PeerStream) {
         let now = Instant::now();
         let (seq, msg, group, confirm) = match f {
@@ -406,13 +469,30 @@ impl Shard {
                 msg,
                 confirm,
             } => (seq, msg, Some(group), confirm),
-        };
-        let fresh = match (from.origin, &self.remote) {
-            (Some((shard, life)), Some(r)) => {
-                r.reporter.streams().take(from.node, shard, life, seq)
+            Forward::Session {
+                seq,
+                client_id,
+                epoch,
+                moved,
+            } => {
+                // Answered once taken (again when sent again: the first answer was lost).
+                from.answers.done(seq, true);
+                if self.fresh(from, seq) {
+                    let client_id = ByteString::from(client_id);
+                    let session =
+                        moved.map(|m| Box::new(m.session(client_id.clone(), now, wall_now())));
+                    let home = self.home_of(&client_id);
+                    let moved = XMsg::Moved {
+                        client_id,
+                        epoch,
+                        session,
+                    };
+                    self.send(home, moved);
+                }
+                return;
             }
-            _ => true,
         };
+        let fresh = self.fresh(from, seq);
         let m = msg.message(now, wall_now()).filter(|_| fresh);
         if let Some(m) = m {
             if confirm {
@@ -576,7 +656,7 @@ async fn forward_once(
             fill(&s, &mut buf)?;
             while let Some(Back::Done { seq, stored }) = next_frame::<Back>(&mut buf)? {
                 if let Some(token) = fw.answered(seq) {
-                    shard.borrow_mut().stored_elsewhere(token, stored);
+                    shard.borrow_mut().answered_by_peer(token, stored);
                 }
             }
         }

@@ -23,7 +23,7 @@ use bytestring::ByteString;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::config::DurabilityConfig;
-use crate::session::{DeliveryOp, Inflight, Message, OutState, Session};
+use crate::session::{DeliveryOp, Message, Session};
 use record::{DelayedMessage, Flight, StoredMessage, StoredSession};
 
 pub use writer::{spawn, Batch, StoreLink, Writer};
@@ -214,17 +214,7 @@ impl Store {
                 gone.remove(&self.flight, k);
                 continue;
             };
-            match flight {
-                Some(f) => {
-                    let state = if f.released {
-                        OutState::Released
-                    } else {
-                        OutState::Published
-                    };
-                    s.inflight.insert(f.pid, Inflight { delivery: d, state });
-                }
-                None => s.queue.push_back(d),
-            }
+            Flight::place(flight, d, s);
         }
         // Flight records whose delivery is gone: nothing of them is read again.
         for k in flights.into_keys() {

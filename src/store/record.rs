@@ -15,7 +15,7 @@ use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Props, Protocol, QoS, Will};
-use crate::session::{Delivery, Message, Session, SubIds, Subscription};
+use crate::session::{Delivery, Inflight, Message, OutState, Session, SubIds, Subscription};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn wall_now() -> u64 {
@@ -212,6 +212,64 @@ impl StoredDelivery {
 pub struct Flight {
     pub pid: u16,
     pub released: bool,
+}
+
+impl Flight {
+    /// Puts a delivery read back (from the store, or from another node) where it stood: in
+    /// the window with its packet id when it had been sent, else at the end of the queue.
+    pub fn place(flight: Option<Flight>, d: Delivery, s: &mut Session) {
+        match flight {
+            Some(f) => {
+                let state = if f.released {
+                    OutState::Released
+                } else {
+                    OutState::Published
+                };
+                s.inflight.insert(f.pid, Inflight { delivery: d, state });
+            }
+            None => s.queue.push_back(d),
+        }
+    }
+}
+
+/// A persistent session handed to another node of the cluster (a client took it over
+/// there): its record, then its deliveries, the window's with their flight state first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MovedSession {
+    pub record: StoredSession,
+    pub deliveries: Vec<(StoredDelivery, Option<Flight>)>,
+}
+
+impl MovedSession {
+    pub fn of(s: &Session, now: Instant, wall: u64) -> MovedSession {
+        let window = s.inflight.iter().map(|(pid, f)| {
+            let flight = Flight {
+                pid: *pid,
+                released: f.state == OutState::Released,
+            };
+            (StoredDelivery::of(&f.delivery, now, wall), Some(flight))
+        });
+        let queue = s
+            .queue
+            .iter()
+            .map(|d| (StoredDelivery::of(d, now, wall), None));
+        MovedSession {
+            record: StoredSession::of(s, 0, false, (None, None), now, wall),
+            deliveries: window.chain(queue).collect(),
+        }
+    }
+
+    /// The session again, without what expired on the way.
+    pub fn session(self, client_id: ByteString, now: Instant, wall: u64) -> Session {
+        let mut s = self.record.session(client_id);
+        for (d, flight) in self.deliveries {
+            if let Some(d) = d.delivery(0, now, wall) {
+                Flight::place(flight, d, &mut s);
+            }
+        }
+        s.after_restore();
+        s
+    }
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -1,8 +1,9 @@
 //! A cluster of three real nodes on loopback (their cluster ports on 127.0.0.1, .2 and .3),
 //! driven by raw clients on different nodes: publishes cross nodes at every QoS, to wildcard
-//! and shared subscribers, retained messages and wills are seen everywhere, a killed node's
-//! routes are dropped within the configured time, and a node restarted on its data dir rejoins
-//! from its own log.
+//! and shared subscribers, retained messages and wills are seen everywhere, a persistent
+//! session taken over on another node comes with its window and queue, a killed node's routes
+//! are dropped within the configured time, and a node restarted on its data dir rejoins from its
+//! own log.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,16 @@ impl Cluster {
         Broker::launch(self.shards, &self.toml(i), dir, &[])
     }
 
+    /// Node `i`'s view of member `name`: its route count, and whether it is down.
+    pub fn routes_of(&self, i: usize, name: &str) -> Option<(u64, bool)> {
+        self.view(i)["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| (m["routes"].as_u64().unwrap_or(0), m["down"] == true))
+    }
+
     pub fn node(&self, i: usize) -> &Broker {
         self.nodes[i].as_ref().expect("node is up")
     }
@@ -139,6 +150,13 @@ impl Cluster {
 
 fn v5(port: u16, id: &str) -> Raw {
     Raw::connect(port, Protocol::V5, id, true).0
+}
+
+/// A v5 CONNECT resuming (or starting) a session kept for 10 minutes.
+fn persistent(id: &str) -> Connect {
+    let mut c = connect_packet(Protocol::V5, id, false);
+    c.properties = props(|p| p.session_expiry_interval = Some(600));
+    c
 }
 
 /// Reads one publish and acknowledges it (QoS 1 and 2 alike).
@@ -282,32 +300,34 @@ fn a_killed_node_loses_its_routes_in_time_and_rejoins_from_its_own_log() {
     let mut cl = Cluster::start(3, 1);
     let mut c = v5(cl.node(2).port, "on-c");
     c.subscribe("alerts/#", QoS::AtLeastOnce);
-    let routes_of = |cl: &Cluster, i: usize, name: &str| {
-        cl.view(i)["members"]
-            .as_array()
-            .expect("members")
-            .iter()
-            .find(|m| m["name"] == name)
-            .map(|m| (m["routes"].as_u64().unwrap_or(0), m["down"] == true))
-    };
-    assert_eq!(routes_of(&cl, 0, "n3@127.0.0.3"), Some((1, false)));
+    let (kept, _) = Raw::connect_with(cl.node(2).port, persistent("kept-on-c"));
+    kept.disconnect();
+    assert_eq!(cl.routes_of(0, "n3@127.0.0.3"), Some((1, false)));
     drop(c);
     let applied_before = cl.view(0)["last_applied"].as_u64().expect("applied");
     let dir = cl.kill9(2);
     let killed = Instant::now();
     let deadline = Instant::now() + Duration::from_millis(NODE_TIMEOUT_MS * 4);
-    while routes_of(&cl, 0, "n3@127.0.0.3") != Some((0, true)) {
+    while cl.routes_of(0, "n3@127.0.0.3") != Some((0, true)) {
         assert!(Instant::now() < deadline, "C's routes were never dropped");
         std::thread::sleep(Duration::from_millis(20));
     }
     let dropped_after = killed.elapsed();
     assert!(
-        routes_of(&cl, 1, "n3@127.0.0.3").is_some(),
+        cl.routes_of(1, "n3@127.0.0.3").is_some(),
         "C stays a member while it is away"
     );
     // Its clients go elsewhere meanwhile, and the cluster still routes between A and B.
     let mut moved = v5(cl.node(1).port, "on-c");
     moved.subscribe("alerts/#", QoS::AtLeastOnce);
+    // A persistent session kept on the dead node cannot come: it starts anew, counted.
+    let (_, ack) = Raw::connect_with(cl.node(1).port, persistent("kept-on-c"));
+    assert!(!ack.session_present);
+    assert_eq!(
+        cl.node(1)
+            .metric("ringmq_cluster_sessions_started_anew_total"),
+        Some(1.0)
+    );
     let mut a = v5(cl.node(0).port, "alerter");
     a.publish_acked("alerts/fire", b"now", QoS::AtLeastOnce, 1);
     assert_eq!(&take(&mut moved).payload[..], b"now");
@@ -326,7 +346,7 @@ fn a_killed_node_loses_its_routes_in_time_and_rejoins_from_its_own_log() {
     );
     let mut back = v5(cl.node(2).port, "back-c");
     back.subscribe("alerts/#", QoS::AtLeastOnce);
-    assert_eq!(routes_of(&cl, 0, "n3@127.0.0.3"), Some((1, false)));
+    assert_eq!(cl.routes_of(0, "n3@127.0.0.3"), Some((1, false)));
     a.publish_acked("alerts/flood", b"later", QoS::AtLeastOnce, 2);
     assert_eq!(&take(&mut back).payload[..], b"later");
     assert_eq!(&take(&mut moved).payload[..], b"later");
@@ -341,9 +361,17 @@ fn a_client_id_connected_again_on_another_node_closes_the_older_connection() {
     eventually("the registry has the claim on every node", || {
         (0..3).all(|i| sessions(&cl, i) == Some(1))
     });
-    // The same id on C: the CONNACK does not wait for the registry, and A closes its older
-    // connection once the claim is applied there.
-    let mut second = v5(cl.node(2).port, "roamer");
+    // The same id on C, resuming (clean start 0, no expiry): A closes its older connection
+    // once the claim is applied there, and has no session to hand over, which it says at once.
+    let resume = connect_packet(Protocol::V5, "roamer", false);
+    let (mut second, ack) = Raw::connect_with(cl.node(2).port, resume);
+    assert!(!ack.session_present);
+    assert_eq!(
+        cl.node(2)
+            .metric("ringmq_cluster_sessions_started_anew_total"),
+        Some(0.0),
+        "C did not give up waiting for a hand-over"
+    );
     assert!(
         matches!(&first.until_closed()[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SessionTakenOver),
         "the older connection gets 0x8E"
@@ -367,6 +395,68 @@ fn a_client_id_connected_again_on_another_node_closes_the_older_connection() {
     eventually("the registry is empty on every node", || {
         (0..3).all(|i| sessions(&cl, i) == Some(0))
     });
+}
+
+#[test]
+fn a_persistent_session_taken_over_on_another_node_comes_with_its_window_and_queue() {
+    let mut cl = Cluster::start(3, 2);
+    let (a, c) = ("n1@127.0.0.1", "n3@127.0.0.3");
+    let (mut sub, ack) = Raw::connect_with(cl.node(0).port, persistent("mover"));
+    assert!(!ack.session_present);
+    sub.subscribe("move/#", QoS::AtLeastOnce);
+    let mut publ = v5(cl.node(1).port, "move-pub");
+    // One message in its window (sent, never acknowledged), five queued while it is away.
+    publ.publish_acked("move/0", b"window", QoS::AtLeastOnce, 1);
+    assert_eq!(&sub.recv_publish().payload[..], b"window");
+    sub.drop_connection();
+    cl.node(0).wait_offline("mover");
+    for i in 1..=5u16 {
+        publ.publish_acked(&format!("move/{i}"), b"queued", QoS::AtLeastOnce, i + 1);
+    }
+    // The client comes back on C: A hands the session over before C's CONNACK.
+    let (mut moved, ack) = Raw::connect_with(cl.node(2).port, persistent("mover"));
+    assert!(ack.session_present, "the session came from A");
+    let again = take(&mut moved);
+    assert!(again.dup, "the window's message is sent again with DUP");
+    assert_eq!(&again.payload[..], b"window");
+    for i in 1..=5 {
+        assert_eq!(take(&mut moved).topic, format!("move/{i}"));
+    }
+    let counted = |i: usize, m: &str| cl.node(i).metric(&format!("ringmq_cluster_sessions_{m}"));
+    assert_eq!(counted(2, "taken_over_total"), Some(1.0));
+    eventually("C's answer reached A", || {
+        counted(0, "handed_over_total") == Some(1.0)
+    });
+    let (status, _) = cl.node(0).api("GET", "/api/v1/clients/mover", None);
+    assert_eq!(status, 404, "A holds the session no more");
+    // Its subscription moved with it: the route is C's now.
+    eventually("the route moved from A to C", || {
+        cl.routes_of(1, a) == Some((0, false)) && cl.routes_of(1, c) == Some((1, false))
+    });
+    publ.publish_acked("move/6", b"after", QoS::AtLeastOnce, 7);
+    assert_eq!(&take(&mut moved).payload[..], b"after");
+    // Taken over again, back on A while connected on C: C's connection gets 0x8E.
+    let (mut back, ack) = Raw::connect_with(cl.node(0).port, persistent("mover"));
+    assert!(ack.session_present);
+    assert!(
+        matches!(&moved.until_closed()[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SessionTakenOver),
+        "the older connection gets 0x8E"
+    );
+    eventually("the route moved back to A", || {
+        cl.routes_of(1, a) == Some((1, false)) && cl.routes_of(1, c) == Some((0, false))
+    });
+    publ.publish_acked("move/7", b"home", QoS::AtLeastOnce, 8);
+    assert_eq!(&take(&mut back).payload[..], b"home");
+    back.expect_silence(Duration::from_millis(300));
+    // C's records of it went once A answered: C's next start brings nothing back.
+    eventually("A's answer reached C", || {
+        counted(2, "handed_over_total") == Some(1.0)
+    });
+    let dir = cl.stop(2);
+    cl.restart(2, dir);
+    cl.wait_agreed(3);
+    let (status, _) = cl.node(2).api("GET", "/api/v1/clients/mover", None);
+    assert_eq!(status, 404, "nothing stale comes back on C");
 }
 
 #[test]

@@ -1,0 +1,222 @@
+//! Persistent sessions that move between the nodes of a cluster. A CONNECT resuming a session
+//! this node does not hold waits at its client id's home shard until the cluster's session
+//! registry has taken its claim: the session then comes from the live node that held it (over
+//! that node's forwarding connection, with its window and queue, and is resumed here with
+//! session present), or starts here when no live node held it (counted as started anew when a
+//! dead node did). The node that lost the id closes the old connection (0x8E) and hands the
+//! session over on its forwarding connection, which sends it again after a broken link until
+//! the receiver answers; only then do its records leave this node's store (a crash before
+//! that brings it back here at the next start, never loses it). A node with nothing to hand
+//! over (a clean session, one already gone) says so, so the CONNECT waits no longer.
+
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytestring::ByteString;
+
+use super::Shard;
+use crate::cluster::wire;
+use crate::ring::{Grant, XMsg};
+use crate::session::Session;
+use crate::store::record::{self, wall_now, MovedSession};
+
+/// How long a resuming CONNECT waits for the registry and the session before it starts anew
+/// (no leader, or the holder went silent during the hand-over).
+const WAIT: Duration = Duration::from_secs(5);
+/// Marks the confirmation token of a hand-over (a publish's has this bit clear: shard ids
+/// are far below 2^15).
+pub(super) const HANDED: u64 = 1 << 63;
+/// Room in a frame for what wraps the session.
+const FRAME_SLACK: usize = 4096;
+
+/// A resuming CONNECT's claim, waiting.
+struct Parked {
+    epoch: u64,
+    shard: usize,
+    token: u64,
+    until: Instant,
+}
+
+/// This home shard's resuming claims, and this shard's sessions on their way to other nodes.
+#[derive(Default)]
+pub(super) struct Handovers {
+    waiting: AHashMap<ByteString, Parked>,
+    /// Sessions sent to another node and not yet answered, by confirmation token: the client
+    /// id and its life in this node's store (whose records go once answered).
+    handing: AHashMap<u64, (ByteString, Option<u64>)>,
+}
+
+impl Handovers {
+    /// The claim waiting on `client_id` with `epoch`, taken.
+    fn take(&mut self, client_id: &str, epoch: u64) -> Option<Parked> {
+        if self.waiting.get(client_id).is_none_or(|p| p.epoch != epoch) {
+            return None;
+        }
+        self.waiting.remove(client_id)
+    }
+}
+
+impl Shard {
+    /// At the home shard: a CONNECT resuming `client_id`'s session, which this node does not
+    /// hold, waits for the registry (and the session from the node that held it). A newer
+    /// claim replaces an older one: that CONNECT already lost the id here and passes on
+    /// whatever it is granted.
+    pub(super) fn park_resume(
+        &mut self,
+        client_id: ByteString,
+        epoch: u64,
+        shard: usize,
+        token: u64,
+    ) {
+        let parked = Parked {
+            epoch,
+            shard,
+            token,
+            until: Instant::now() + WAIT,
+        };
+        self.handovers.waiting.insert(client_id, parked);
+    }
+
+    /// The registry took the claim: without a session to wait for, the CONNECT goes ahead.
+    pub(super) fn resume_claimed(
+        &mut self,
+        client_id: &str,
+        epoch: u64,
+        handed: bool,
+        stranded: bool,
+    ) {
+        if handed {
+            return;
+        }
+        if let Some(p) = self.handovers.take(client_id, epoch) {
+            if stranded {
+                self.stats.cluster_sessions_anew.inc();
+                tracing::info!(client = %client_id, "its session is on a node that is down: it starts anew");
+            }
+            self.grant_resumed(client_id.into(), p.shard, p.token, None);
+        }
+    }
+
+    /// At the home shard: what the node that held `client_id` handed over for the claim with
+    /// `epoch`: the session, or nothing (it had none to hand).
+    pub(super) fn session_arrived(
+        &mut self,
+        client_id: ByteString,
+        epoch: u64,
+        s: Option<Box<Session>>,
+    ) {
+        if s.is_some() {
+            self.stats.cluster_sessions_in.inc();
+        }
+        match (self.handovers.take(&client_id, epoch), s) {
+            (Some(p), s) => self.grant_resumed(client_id, p.shard, p.token, s),
+            (None, Some(_)) => {
+                self.stats.cluster_sessions_lost.inc();
+                tracing::warn!(client = %client_id, "a session handed over from another node came after its connection gave up waiting: dropped");
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn grant_resumed(
+        &mut self,
+        client_id: ByteString,
+        shard: usize,
+        token: u64,
+        session: Option<Box<Session>>,
+    ) {
+        let g = Grant {
+            client_id,
+            token,
+            session,
+            refused: None,
+        };
+        self.send(shard, XMsg::Grant(g));
+    }
+
+    /// Once a second: resuming CONNECTs that waited too long start anew.
+    pub(super) fn sweep_handovers(&mut self, now: Instant) {
+        let late: Vec<ByteString> = self
+            .handovers
+            .waiting
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client_id in late {
+            if let Some(p) = self.handovers.waiting.remove(&client_id) {
+                self.stats.cluster_sessions_anew.inc();
+                tracing::warn!(client = %client_id, "the cluster did not hand the session over in time: it starts anew");
+                self.grant_resumed(client_id, p.shard, p.token, None);
+            }
+        }
+    }
+
+    /// On the node that lost `client_id` to a resuming claim (`epoch`) on the node in `slot`:
+    /// a persistent session held under claim `token` (session `key`) is taken, its connection
+    /// closed with 0x8E, and sent there; its home forgets the claim. False when it stays here:
+    /// a clean session, the node unreachable, or a session too large for a frame.
+    pub(super) fn hand_over(&mut self, key: usize, slot: usize, epoch: u64) -> bool {
+        let reachable = self.remote.as_ref().is_some_and(|r| r.reaches(slot));
+        let held = &self.sessions[key];
+        if !reachable || held.session.expiry_interval == 0 {
+            return false;
+        }
+        let (now, wall) = (Instant::now(), wall_now());
+        let moved = MovedSession::of(&held.session, now, wall);
+        if record::encode(&moved).len() + FRAME_SLACK > wire::MAX_FRAME {
+            tracing::warn!(client = %held.session.client_id, "a session too large to hand over to another node: it stays here");
+            return false;
+        }
+        let token = held.token;
+        let Some(session) = self.take_session(key, false, now) else {
+            return false;
+        };
+        self.release_exclusives(&session);
+        let client_id = session.client_id;
+        let confirm = self.token() | HANDED;
+        let life = session.stored.as_ref().map(|l| l.epoch);
+        self.handovers
+            .handing
+            .insert(confirm, (client_id.clone(), life));
+        if let Some(r) = &self.remote {
+            r.hand_over(
+                slot,
+                client_id.to_string(),
+                epoch,
+                Some(moved),
+                Some(confirm),
+            );
+        }
+        tracing::info!(client = %client_id, "handing the session over to the node it connected to");
+        let home = self.home_of(&client_id);
+        self.send(home, XMsg::Release { client_id, token });
+        true
+    }
+
+    /// Tells the node in `slot` that there is no session of `client_id` to hand to its claim
+    /// `epoch`: its CONNECT goes ahead at once.
+    pub(super) fn hand_nothing(&self, client_id: &str, slot: usize, epoch: u64) {
+        if let Some(r) = &self.remote {
+            r.hand_over(slot, client_id.to_string(), epoch, None, None);
+        }
+    }
+
+    /// The node a session was handed to answered (`taken`), or is gone: once taken, the
+    /// session's records leave this node's store; otherwise they stay, and the session comes
+    /// back here at the next start.
+    pub(super) fn handed_over(&mut self, confirm: u64, taken: bool) {
+        let Some((client_id, life)) = self.handovers.handing.remove(&confirm) else {
+            return;
+        };
+        if !taken {
+            self.stats.cluster_sessions_lost.inc();
+            tracing::warn!(client = %client_id, "the node a session was handed to went away before it answered: the session stays in this node's store until its next start");
+            return;
+        }
+        self.stats.cluster_sessions_out.inc();
+        if let Some(epoch) = life {
+            self.journal_end_of(client_id, epoch);
+        }
+    }
+}
