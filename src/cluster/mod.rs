@@ -113,15 +113,27 @@ pub enum ToShard {
         epoch: u64,
         hand_to: Option<(usize, u64)>,
     },
-    /// To `client_id`'s home shard: the cluster took its claim with `epoch` that resumes a
-    /// persistent session; `handed` when a live node held the session and hands it over (the
-    /// CONNECT waits for it), else it starts here: anew (`stranded`) when a dead node held it.
+    /// To `client_id`'s home shard: what became of its claim with `epoch` that resumes a
+    /// persistent session.
     Claimed {
         client_id: String,
         epoch: u64,
-        handed: bool,
-        stranded: bool,
+        resume: Resume,
     },
+}
+
+/// What becomes of a CONNECT resuming a persistent session this node does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// A live node held it and hands it over: the CONNECT waits for it.
+    Handed,
+    /// No other node held it: it starts here.
+    Here,
+    /// A dead node held it: it starts anew here (counted).
+    Anew,
+    /// This node cannot reach a majority: the registry cannot take the claim, and the
+    /// CONNECT is refused (0x88) rather than split the session.
+    Refused,
 }
 
 /// One shard's queue of what the cluster thread tells it.
@@ -180,6 +192,17 @@ impl Shards {
         if let Some(l) = self.links.get(shard) {
             l.push(ToShard::Answered(token));
         }
+    }
+
+    /// The registry cannot take `client_id`'s resuming claim with `epoch` (no majority).
+    fn refuse_claim(&self, client_id: String, epoch: u64) {
+        let home = client_id.clone();
+        let refused = ToShard::Claimed {
+            client_id,
+            epoch,
+            resume: Resume::Refused,
+        };
+        self.to_home(&home, refused);
     }
 
     /// To the home shard of `client_id`.
@@ -272,11 +295,15 @@ impl Shards {
                 stranded,
             } if node == me => {
                 let home = client_id.clone();
+                let resume = match (from, stranded) {
+                    (Some(_), _) => Resume::Handed,
+                    (None, true) => Resume::Anew,
+                    (None, false) => Resume::Here,
+                };
                 let claimed = ToShard::Claimed {
                     client_id,
                     epoch,
-                    handed: from.is_some(),
-                    stranded,
+                    resume,
                 };
                 self.to_home(&home, claimed);
             }
@@ -330,7 +357,7 @@ impl Summary {
             .nodes()
             .map(|(id, n)| (*id, n.name.clone()))
             .collect();
-        self.leader = metrics.current_leader.and_then(|l| names.get(&l).cloned());
+        self.leader = core.leader().ok().and_then(|l| names.get(&l).cloned());
         let last = metrics.last_log_index.unwrap_or(0);
         let replication = metrics.replication.clone().unwrap_or_default();
         self.members = m

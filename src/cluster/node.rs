@@ -122,7 +122,7 @@ impl Core {
             node: self.me,
             name: self.info.name.clone(),
             member: self.is_member(),
-            leader: self.raft.metrics().borrow().current_leader,
+            leader: self.leader().ok(),
         }
     }
 
@@ -228,12 +228,13 @@ impl Core {
     }
 
     /// Proposes `cmd` as the leader: its log index and answer once committed.
+    /// Appends `cmd` as the leader, waiting for its commit at most the node timeout: a leader
+    /// cut off from the majority never commits, and the caller must not wait for it.
     async fn write(&self, cmd: Command) -> Result<(u64, Reply), String> {
-        self.raft
-            .client_write(cmd)
-            .await
-            .map(|r| (r.log_id.index, r.data))
-            .map_err(errors)
+        match tokio::time::timeout(self.timeout, self.raft.client_write(cmd)).await {
+            Ok(r) => r.map(|r| (r.log_id.index, r.data)).map_err(errors),
+            Err(_) => Err("not committed in time: no majority acknowledges this leader".into()),
+        }
     }
 
     /// Whether this node has applied the log up to `index` (waiting up to half the node
@@ -273,13 +274,19 @@ impl Core {
         }
     }
 
-    /// The leader this node knows of; an error when it knows none (a minority side).
-    fn leader(&self) -> Result<NodeId, String> {
-        self.raft
-            .metrics()
-            .borrow()
-            .current_leader
-            .ok_or_else(|| "no leader: this node cannot reach a majority of the cluster".into())
+    /// The leader this node knows of; an error when it knows none (a minority side), or is
+    /// the leader but no majority has acknowledged it within the node timeout (openraft keeps
+    /// such a leader: it is cut off, and nothing it appends commits).
+    pub fn leader(&self) -> Result<NodeId, String> {
+        let m = self.raft.metrics().borrow().clone();
+        let cut_off = m.current_leader == Some(self.me)
+            && m.membership_config.membership().voter_ids().count() > 1
+            && m.millis_since_quorum_ack
+                .is_none_or(|ms| ms > self.timeout.as_millis() as u64);
+        match m.current_leader {
+            Some(l) if !cut_off => Ok(l),
+            _ => Err("no leader: this node cannot reach a majority of the cluster".into()),
+        }
     }
 }
 
@@ -491,6 +498,21 @@ impl Registry {
         }
     }
 
+    /// The claims resuming a persistent session, taken out (the cluster cannot take them
+    /// now: their CONNECTs are refused rather than kept waiting).
+    fn take_resuming(&mut self) -> Vec<(String, u64)> {
+        let resuming: Vec<(String, u64)> = self
+            .claims
+            .iter()
+            .filter(|(_, (_, resumes))| *resumes)
+            .map(|(c, (e, _))| (c.clone(), *e))
+            .collect();
+        for (c, _) in &resuming {
+            self.claims.remove(c);
+        }
+        resuming
+    }
+
     /// A command the cluster did not take, merged back under what came since.
     fn put_back(&mut self, cmd: Command) {
         if let Command::Sessions {
@@ -604,11 +626,17 @@ pub async fn propose_loop(
         for (shard, token) in waiting.drain(..) {
             shards.answer(shard, token);
         }
-        if let Some(cmd) = sessions.next(core.me).filter(|_| !failing) {
+        // (Taken only when it is proposed: a change taken and not proposed would be lost.)
+        if let Some(cmd) = (!failing).then(|| sessions.next(core.me)).flatten() {
             if let Err(e) = core.propose(cmd.clone(), &mut peers).await {
                 tracing::debug!(error = %e, "session registry change not taken yet: will retry");
                 sessions.put_back(cmd);
                 failing = true;
+            }
+        }
+        if failing {
+            for (client_id, epoch) in sessions.take_resuming() {
+                shards.refuse_claim(client_id, epoch);
             }
         }
         while !failing && !retained.is_empty() {

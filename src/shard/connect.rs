@@ -375,10 +375,14 @@ impl Shard {
             return;
         };
         if let Some(reason) = g.refused {
-            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: client id banned");
+            let why = match reason {
+                ReasonCode::Banned => "client id banned",
+                _ => "no majority to take the session over",
+            };
+            tracing::info!(client = %c.client_id, peer = %link.peer, ?reason, "connection refused: {why}");
             self.refuse_connect(&link, reason);
             link.state.set(LinkState::Closed);
-            link.close(Close::new(reason, "banned"));
+            link.close(Close::new(reason, why));
             return;
         }
         let props = c.properties.as_deref();

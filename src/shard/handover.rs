@@ -15,7 +15,8 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 
 use super::Shard;
-use crate::cluster::wire;
+use crate::cluster::{wire, Resume};
+use crate::codec::ReasonCode;
 use crate::ring::{Grant, XMsg};
 use crate::session::Session;
 use crate::store::record::{self, wall_now, MovedSession};
@@ -77,24 +78,35 @@ impl Shard {
         self.handovers.waiting.insert(client_id, parked);
     }
 
-    /// The registry took the claim: without a session to wait for, the CONNECT goes ahead.
-    pub(super) fn resume_claimed(
-        &mut self,
-        client_id: &str,
-        epoch: u64,
-        handed: bool,
-        stranded: bool,
-    ) {
-        if handed {
+    /// The registry took the claim (or cannot): without a session to wait for, the CONNECT
+    /// goes ahead, or is refused.
+    pub(super) fn resume_claimed(&mut self, client_id: &str, epoch: u64, resume: Resume) {
+        if resume == Resume::Handed {
             return;
         }
-        if let Some(p) = self.handovers.take(client_id, epoch) {
-            if stranded {
+        let Some(p) = self.handovers.take(client_id, epoch) else {
+            return;
+        };
+        let refused = match resume {
+            Resume::Anew => {
                 self.stats.cluster_sessions_anew.inc();
                 tracing::info!(client = %client_id, "its session is on a node that is down: it starts anew");
+                None
             }
-            self.grant_resumed(client_id.into(), p.shard, p.token, None);
-        }
+            Resume::Refused => {
+                tracing::info!(client = %client_id, "no majority to take the session's claim: the connection is refused");
+                self.homes.release(client_id, p.token);
+                Some(ReasonCode::ServerUnavailable)
+            }
+            Resume::Handed | Resume::Here => None,
+        };
+        let g = Grant {
+            client_id: client_id.into(),
+            token: p.token,
+            session: None,
+            refused,
+        };
+        self.send(p.shard, XMsg::Grant(g));
     }
 
     /// At the home shard: what the node that held `client_id` handed over for the claim with

@@ -359,9 +359,8 @@ impl Shard {
             ToShard::Claimed {
                 client_id,
                 epoch,
-                handed,
-                stranded,
-            } => self.resume_claimed(&client_id, epoch, handed, stranded),
+                resume,
+            } => self.resume_claimed(&client_id, epoch, resume),
         }
     }
 

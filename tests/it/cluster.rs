@@ -2,8 +2,9 @@
 //! driven by raw clients on different nodes: publishes cross nodes at every QoS, to wildcard
 //! and shared subscribers, retained messages and wills are seen everywhere, a persistent
 //! session taken over on another node comes with its window and queue, a killed node's routes
-//! are dropped within the configured time, and a node restarted on its data dir rejoins from its
-//! own log.
+//! are dropped within the configured time, a node restarted on its data dir rejoins from its
+//! own log, and a node left without a majority serves its own clients but refuses takeovers
+//! until the cluster is whole again.
 
 use std::time::{Duration, Instant};
 
@@ -457,6 +458,51 @@ fn a_persistent_session_taken_over_on_another_node_comes_with_its_window_and_que
     cl.wait_agreed(3);
     let (status, _) = cl.node(2).api("GET", "/api/v1/clients/mover", None);
     assert_eq!(status, 404, "nothing stale comes back on C");
+}
+
+#[test]
+fn a_node_without_a_majority_serves_its_clients_refuses_takeovers_and_converges_when_healed() {
+    let mut cl = Cluster::start(3, 1);
+    let (kept, _) = Raw::connect_with(cl.node(0).port, persistent("kept-on-a"));
+    kept.disconnect();
+    let dirs = [cl.kill9(1), cl.kill9(2)];
+    eventually("A knows it has no leader", || {
+        cl.view(0)["leader"].is_null()
+    });
+    // Its own clients go on: subscriptions (answered at once), publishes, its own sessions.
+    let mut sub = v5(cl.node(0).port, "alone-sub");
+    sub.subscribe("alone/#", QoS::AtLeastOnce);
+    let mut publ = v5(cl.node(0).port, "alone-pub");
+    publ.publish_acked("alone/1", b"still", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut sub).payload[..], b"still");
+    let (_, ack) = Raw::connect_with(cl.node(0).port, persistent("kept-on-a"));
+    assert!(
+        ack.session_present,
+        "a session held here resumes without the cluster"
+    );
+    // A session it does not hold may be on the other side: the takeover is refused (0x88),
+    // for MQTT 3.1.1 too (return code 3).
+    assert_eq!(
+        connack(cl.node(0).port, persistent("from-elsewhere")),
+        Some(ReasonCode::ServerUnavailable)
+    );
+    let v3 = connect_packet(Protocol::V311, "from-elsewhere-3", false);
+    assert_eq!(
+        connack(cl.node(0).port, v3),
+        Some(ReasonCode::ServerUnavailable)
+    );
+    // Healed, the cluster converges without an operator: one leader, A's route everywhere.
+    let [d1, d2] = dirs;
+    cl.restart(1, d1);
+    cl.restart(2, d2);
+    cl.wait_agreed(3);
+    assert_eq!(cl.routes_of(2, "n1@127.0.0.1"), Some((1, false)));
+    let mut far = v5(cl.node(2).port, "far-pub");
+    far.publish_acked("alone/2", b"healed", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut sub).payload[..], b"healed");
+    // The refused CONNECT left no claim behind: the id resumes (anew) now.
+    let (_, ack) = Raw::connect_with(cl.node(0).port, persistent("from-elsewhere"));
+    assert!(!ack.session_present);
 }
 
 #[test]
