@@ -152,7 +152,7 @@ impl Replicated {
 }
 
 impl Machine {
-    fn apply(&mut self, cmd: Command, effects: &mut Vec<Effect>) -> Reply {
+    pub fn apply(&mut self, cmd: Command, effects: &mut Vec<Effect>) -> Reply {
         let d = &mut self.data;
         match cmd {
             Command::Routes { node, add, remove } => {

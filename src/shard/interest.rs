@@ -92,7 +92,7 @@ impl SharedRoute {
     /// The shard (or remote node) with members that `choice` picks, among those below
     /// `within` when given (a publish another node forwarded picks among this node's shards);
     /// `None` when there is none.
-    pub fn pick_shard(&self, choice: &Choice, within: Option<usize>) -> Option<usize> {
+    pub(super) fn pick_shard(&self, choice: &Choice, within: Option<usize>) -> Option<usize> {
         let set = match within {
             Some(n) => std::borrow::Cow::Owned(self.shards.below(n)),
             None => std::borrow::Cow::Borrowed(&self.shards),

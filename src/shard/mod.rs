@@ -49,7 +49,7 @@ mod handover;
 mod hibernate;
 mod homes;
 mod inbound;
-mod interest;
+pub mod interest;
 mod limits;
 mod link;
 mod listener;

@@ -2,15 +2,111 @@
 //! type `S` where a filter ends. The shard keeps one with its subscribers and one with the
 //! interest of every shard; both match a name in one walk, cost bound by the name's levels and
 //! the wildcards met, not by the number of filters. Children are keyed by the level's hash
-//! from [`Levels`], so a name split and hashed once serves every trie it is matched in.
+//! from [`Levels`], so a name split and hashed once serves every trie it is matched in; a node
+//! with a few children keeps them in a list of exactly that size (see `Children`).
 
 use hashbrown::HashTable;
 
 use super::levels::{level_hash, Level, Levels};
 
+/// Children this many or fewer are a list; more, a hash table.
+const FEW: usize = 4;
+
+/// A node's children, each with its level's hash: a short list searched in order while there
+/// are few (most levels of a device tree have one or two children, and a hash table's smallest
+/// allocation holds four entries and their control bytes), a hash table once there are more.
+#[derive(Debug)]
+enum Children<S> {
+    Few(Vec<(u64, Box<str>, Node<S>)>),
+    Many(HashTable<(u64, Box<str>, Node<S>)>),
+}
+
+impl<S> Children<S> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Children::Few(v) => v.is_empty(),
+            Children::Many(t) => t.is_empty(),
+        }
+    }
+
+    fn get(&self, level: &str, hash: u64) -> Option<&Node<S>> {
+        let same = |(h, k, _): &&(u64, Box<str>, Node<S>)| *h == hash && &**k == level;
+        match self {
+            Children::Few(v) => v.iter().find(same),
+            Children::Many(t) => t.find(hash, |e| same(&e)),
+        }
+        .map(|(_, _, n)| n)
+    }
+
+    fn get_mut(&mut self, level: &str, hash: u64) -> Option<&mut Node<S>> {
+        let same = |(h, k, _): &(u64, Box<str>, Node<S>)| *h == hash && &**k == level;
+        match self {
+            Children::Few(v) => v.iter_mut().find(|e| same(e)),
+            Children::Many(t) => t.find_mut(hash, |e| same(e)),
+        }
+        .map(|(_, _, n)| n)
+    }
+
+    fn get_or_insert(&mut self, level: &str, hash: u64) -> &mut Node<S> {
+        if let Children::Few(v) = self {
+            if v.len() == FEW && !v.iter().any(|(h, k, _)| *h == hash && &**k == level) {
+                let mut t = HashTable::with_capacity(FEW + 1);
+                for e in v.drain(..) {
+                    t.insert_unique(e.0, e, |e| e.0);
+                }
+                *self = Children::Many(t);
+            }
+        }
+        match self {
+            Children::Few(v) => {
+                let i = match v.iter().position(|(h, k, _)| *h == hash && &**k == level) {
+                    Some(i) => i,
+                    None => {
+                        // Grown one at a time: a list is never wider than what it holds.
+                        v.reserve_exact(1);
+                        v.push((hash, level.into(), Node::default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[i].2
+            }
+            Children::Many(t) => {
+                let entry = t.entry(hash, |(h, k, _)| *h == hash && &**k == level, |e| e.0);
+                &mut entry
+                    .or_insert_with(|| (hash, level.into(), Node::default()))
+                    .into_mut()
+                    .2
+            }
+        }
+    }
+
+    fn remove(&mut self, level: &str, hash: u64) {
+        match self {
+            Children::Few(v) => {
+                v.retain(|(h, k, _)| !(*h == hash && &**k == level));
+                v.shrink_to_fit();
+            }
+            Children::Many(t) => {
+                if let Ok(e) = t.find_entry(hash, |(h, k, _)| *h == hash && &**k == level) {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    fn nodes_mut(&mut self) -> impl Iterator<Item = &mut Node<S>> {
+        let (few, many) = match self {
+            Children::Few(v) => (Some(v.iter_mut()), None),
+            Children::Many(t) => (None, Some(t.iter_mut())),
+        };
+        let few = few.into_iter().flatten();
+        few.chain(many.into_iter().flatten()).map(|(_, _, n)| n)
+    }
+}
+
 #[derive(Debug)]
 struct Node<S> {
-    children: HashTable<(Box<str>, Node<S>)>,
+    children: Children<S>,
     plus: Option<Box<Node<S>>>,
     /// The slot of the filter ending in `#` at this level.
     hash: Option<S>,
@@ -21,7 +117,7 @@ struct Node<S> {
 impl<S> Default for Node<S> {
     fn default() -> Self {
         Self {
-            children: HashTable::new(),
+            children: Children::Few(Vec::new()),
             plus: None,
             hash: None,
             value: None,
@@ -38,35 +134,19 @@ impl<S> Node<S> {
     }
 
     fn child(&self, level: &str, hash: u64) -> Option<&Node<S>> {
-        self.children
-            .find(hash, |(k, _)| &**k == level)
-            .map(|(_, n)| n)
+        self.children.get(level, hash)
     }
 
     fn child_mut(&mut self, level: &str) -> Option<&mut Node<S>> {
-        self.children
-            .find_mut(level_hash(level), |(k, _)| &**k == level)
-            .map(|(_, n)| n)
+        self.children.get_mut(level, level_hash(level))
     }
 
     fn child_or_insert(&mut self, level: &str) -> &mut Node<S> {
-        let hash = level_hash(level);
-        let entry = self
-            .children
-            .entry(hash, |(k, _)| &**k == level, |(k, _)| level_hash(k));
-        &mut entry
-            .or_insert_with(|| (level.into(), Node::default()))
-            .into_mut()
-            .1
+        self.children.get_or_insert(level, level_hash(level))
     }
 
     fn remove_child(&mut self, level: &str) {
-        if let Ok(e) = self
-            .children
-            .find_entry(level_hash(level), |(k, _)| &**k == level)
-        {
-            e.remove();
-        }
+        self.children.remove(level, level_hash(level));
     }
 }
 
@@ -157,7 +237,7 @@ impl<S> Trie<S> {
                 .iter_mut()
                 .chain(node.value.iter_mut())
                 .for_each(&mut *f);
-            for (_, child) in node.children.iter_mut() {
+            for child in node.children.nodes_mut() {
                 visit(child, f);
             }
             if let Some(plus) = node.plus.as_deref_mut() {
@@ -256,11 +336,16 @@ mod tests {
     use proptest::prelude::*;
 
     fn level() -> impl Strategy<Value = String> {
+        // More than `FEW` values at a level: nodes turn from lists into tables.
         prop_oneof![
-            Just("a".to_string()),
-            Just("b".to_string()),
-            Just("$s".to_string()),
-            Just(String::new())
+            4 => Just("a".to_string()),
+            4 => Just("b".to_string()),
+            1 => Just("c".to_string()),
+            1 => Just("d".to_string()),
+            1 => Just("e".to_string()),
+            1 => Just("f".to_string()),
+            2 => Just("$s".to_string()),
+            2 => Just(String::new())
         ]
     }
 
@@ -283,7 +368,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn trie_matches_brute_force(filters in prop::collection::vec(filter(), 0..20), names in prop::collection::vec(name(), 1..10), remove in prop::collection::vec(any::<prop::sample::Index>(), 0..5)) {
+        fn trie_matches_brute_force(filters in prop::collection::vec(filter(), 0..40), names in prop::collection::vec(name(), 1..10), remove in prop::collection::vec(any::<prop::sample::Index>(), 0..5)) {
             let mut trie: Trie<Vec<usize>> = Trie::default();
             let mut live: Vec<(usize, String)> = filters.iter().cloned().enumerate().collect();
             for (i, f) in &live {
