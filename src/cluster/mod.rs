@@ -29,7 +29,7 @@ pub mod wire;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -178,6 +178,8 @@ impl ShardLink {
 pub struct Shards {
     links: Vec<Arc<ShardLink>>,
     slots: Mutex<BTreeMap<NodeId, usize>>,
+    /// This node left its cluster and serves alone: no claim waits for a registry.
+    alone: AtomicBool,
 }
 
 impl Shards {
@@ -185,6 +187,7 @@ impl Shards {
         Shards {
             links,
             slots: Mutex::default(),
+            alone: AtomicBool::new(false),
         }
     }
 
@@ -194,15 +197,26 @@ impl Shards {
         }
     }
 
-    /// The registry cannot take `client_id`'s resuming claim with `epoch` (no majority).
+    /// Whether this node left its cluster (it proposes nothing more).
+    fn alone(&self) -> bool {
+        self.alone.load(Ordering::Relaxed)
+    }
+
+    /// The registry cannot take `client_id`'s resuming claim with `epoch`: refused (no
+    /// majority), or taken here when this node left its cluster and serves alone.
     fn refuse_claim(&self, client_id: String, epoch: u64) {
         let home = client_id.clone();
-        let refused = ToShard::Claimed {
+        let resume = if self.alone() {
+            Resume::Here
+        } else {
+            Resume::Refused
+        };
+        let claimed = ToShard::Claimed {
             client_id,
             epoch,
-            resume: Resume::Refused,
+            resume,
         };
-        self.to_home(&home, refused);
+        self.to_home(&home, claimed);
     }
 
     /// To the home shard of `client_id`.
@@ -482,6 +496,7 @@ async fn left(core: &node::Core, log: &log_store::LogStore, shards: &Shards) {
         tracing::warn!(error = %e, "the Raft engine did not stop cleanly");
     }
     shards.members(core.id(), &BTreeMap::new());
+    shards.alone.store(true, Ordering::Relaxed);
     tracing::warn!("left the cluster: serving this node's clients alone until restarted");
 }
 

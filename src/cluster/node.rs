@@ -227,7 +227,6 @@ impl Core {
         }
     }
 
-    /// Proposes `cmd` as the leader: its log index and answer once committed.
     /// Appends `cmd` as the leader, waiting for its commit at most the node timeout: a leader
     /// cut off from the majority never commits, and the caller must not wait for it.
     async fn write(&self, cmd: Command) -> Result<(u64, Reply), String> {
@@ -471,6 +470,7 @@ impl Routes {
 /// This node's session registry changes not yet taken by the cluster: at most one pending
 /// change per client id (a release cancels the claim it ends when that was never sent), so
 /// what waits while there is no leader is bounded by the clients connected here.
+#[derive(Default)]
 struct Registry {
     /// The node has not yet told the cluster it started (which voids its earlier claims: its
     /// connections did not survive).
@@ -602,6 +602,19 @@ pub async fn propose_loop(
                 } => sessions.claim(client_id, epoch, resumes),
                 Event::Release { client_id, epoch } => sessions.release(client_id, epoch),
             }
+        }
+        if shards.alone() {
+            // Left the cluster: nothing is proposed, nothing waits for it.
+            for (client_id, epoch) in sessions.take_resuming() {
+                shards.refuse_claim(client_id, epoch);
+            }
+            sessions = Registry::default();
+            routes = Routes::default();
+            retained.clear();
+            for (shard, token) in waiting.drain(..) {
+                shards.answer(shard, token);
+            }
+            continue;
         }
         failing = false;
         let mut committed = None;
