@@ -60,7 +60,7 @@ impl Homes {
     /// older (a cluster eviction of that connection, or of one before it).
     pub fn claimed_by(&self, client_id: &str, epoch: u64) -> Option<(usize, u64)> {
         let (shard, token, e) = *self.owners.get(client_id)?;
-        (e != 0 && e <= epoch).then_some((shard, token))
+        (e <= epoch).then_some((shard, token))
     }
 
     /// Counts a CONNECT for `client_id`; true when it is the one too many (the id is to be

@@ -90,6 +90,7 @@ impl Shard {
         let token = self.token();
         let client_id = session.client_id.clone();
         let key = self.insert_session(SessionSlot::new(session, None, token));
+        self.cluster_restored(&client_id);
         self.homes.claim(client_id, self.id, token, 0);
         self.resubscribe(key);
         key

@@ -35,9 +35,22 @@ impl Shard {
         epoch
     }
 
+    /// A session read back from the store at start is registered with epoch 0: it takes the
+    /// id only where no node claims it (a client that moved elsewhere while this node was down
+    /// keeps its newer claim), so a takeover on another node finds it here.
+    pub(super) fn cluster_restored(&self, client_id: &str) {
+        if let Some(remote) = &self.remote {
+            remote.report(Event::Claim {
+                client_id: client_id.to_string(),
+                epoch: 0,
+                resumes: false,
+            });
+        }
+    }
+
     /// The session of `client_id` claimed with `epoch` ended.
     pub(super) fn cluster_release(&self, client_id: &str, epoch: u64) {
-        if let (Some(remote), true) = (&self.remote, epoch != 0) {
+        if let Some(remote) = &self.remote {
             remote.report(Event::Release {
                 client_id: client_id.to_string(),
                 epoch,

@@ -461,6 +461,29 @@ fn a_persistent_session_taken_over_on_another_node_comes_with_its_window_and_que
 }
 
 #[test]
+fn a_session_restored_by_a_restart_is_handed_over_too() {
+    let mut cl = Cluster::start(3, 2);
+    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("restored"));
+    sub.subscribe("kept/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    cl.node(0).wait_offline("restored");
+    let mut publ = v5(cl.node(1).port, "kept-pub");
+    publ.publish_acked("kept/1", b"queued", QoS::AtLeastOnce, 1);
+    publ.disconnect();
+    // A restarts (its registry claims void): the session read back from its store is
+    // registered again, so a takeover on C still finds it there.
+    let dir = cl.kill9(0);
+    cl.restart(0, dir);
+    cl.wait_agreed(3);
+    eventually("the restored session is registered on every node", || {
+        (0..3).all(|i| cl.view(i)["sessions"].as_u64() == Some(1))
+    });
+    let (mut moved, ack) = Raw::connect_with(cl.node(2).port, persistent("restored"));
+    assert!(ack.session_present, "the session came from A's store");
+    assert_eq!(&take(&mut moved).payload[..], b"queued");
+}
+
+#[test]
 fn a_node_without_a_majority_serves_its_clients_refuses_takeovers_and_converges_when_healed() {
     let mut cl = Cluster::start(3, 1);
     let (kept, _) = Raw::connect_with(cl.node(0).port, persistent("kept-on-a"));
