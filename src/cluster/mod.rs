@@ -305,15 +305,9 @@ impl Shards {
                 client_id,
                 node,
                 epoch,
-                from,
-                stranded,
+                resume,
             } if node == me => {
                 let home = client_id.clone();
-                let resume = match (from, stranded) {
-                    (Some(_), _) => Resume::Handed,
-                    (None, true) => Resume::Anew,
-                    (None, false) => Resume::Here,
-                };
                 let claimed = ToShard::Claimed {
                     client_id,
                     epoch,

@@ -24,6 +24,7 @@ use super::types::{
     storage_error, Command, Entry, LogId, NodeId, Reply, Retained, Snapshot, SnapshotMeta,
     StorageError, StoredMembership, Types,
 };
+use super::Resume;
 
 /// What the cluster agreed on.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -57,14 +58,12 @@ pub enum Effect {
         hand_to: Option<(NodeId, u64)>,
     },
     /// `node`'s claim of `client_id` with `epoch`, resuming a persistent session, is taken:
-    /// `from`, the live node that held it and hands it over, if another did; `stranded`
-    /// when a dead node held it (it starts anew).
+    /// what becomes of the session there.
     Claimed {
         client_id: String,
         node: NodeId,
         epoch: u64,
-        from: Option<NodeId>,
-        stranded: bool,
+        resume: Resume,
     },
     /// Node `node`'s routes were dropped for silence (it is told, so it sends them again).
     Down(NodeId),
@@ -140,12 +139,16 @@ impl Replicated {
             });
         }
         if resumes {
+            let resume = match (from, stranded) {
+                (Some(_), _) => Resume::Handed,
+                (None, true) => Resume::Anew,
+                (None, false) => Resume::Here,
+            };
             effects.push(Effect::Claimed {
                 client_id,
                 node,
                 epoch,
-                from,
-                stranded,
+                resume,
             });
         }
     }
@@ -459,17 +462,16 @@ mod tests {
             .collect()
     }
 
-    fn claimed(effects: &[Effect]) -> Vec<(NodeId, u64, Option<NodeId>)> {
+    fn claimed(effects: &[Effect]) -> Vec<(NodeId, u64, Resume)> {
         effects
             .iter()
             .filter_map(|e| match e {
                 Effect::Claimed {
                     node,
                     epoch,
-                    from,
-                    stranded,
+                    resume,
                     ..
-                } => Some((*node, *epoch, from.or(stranded.then_some(0)))),
+                } => Some((*node, *epoch, *resume)),
                 _ => None,
             })
             .collect()
@@ -509,20 +511,24 @@ mod tests {
         let e = sessions(&mut m, 1, false, &[("p", 10, true)]);
         assert_eq!(
             claimed(&e),
-            [(1, 10, None)],
+            [(1, 10, Resume::Here)],
             "nobody held it: it starts here"
         );
         let e = sessions(&mut m, 2, false, &[("p", 20, true)]);
         assert_eq!(evicted(&e), [("p".to_string(), 1, 10, Some((2, 20)))]);
-        assert_eq!(claimed(&e), [(2, 20, Some(1))]);
+        assert_eq!(claimed(&e), [(2, 20, Resume::Handed)]);
         // An older claim that loses waits for nothing and takes nothing.
         let e = sessions(&mut m, 3, false, &[("p", 15, true)]);
         assert_eq!(evicted(&e), [("p".to_string(), 3, 15, None)]);
-        assert_eq!(claimed(&e), [(3, 15, None)]);
+        assert_eq!(claimed(&e), [(3, 15, Resume::Here)]);
         // Its holder silent, the session cannot come: it starts anew on node 3.
         m.apply(Command::Down { node: 2 }, &mut Vec::new());
         let e = sessions(&mut m, 3, false, &[("p", 40, true)]);
         assert_eq!(evicted(&e), [("p".to_string(), 2, 20, None)]);
-        assert_eq!(claimed(&e), [(3, 40, Some(0))], "stranded on a dead node");
+        assert_eq!(
+            claimed(&e),
+            [(3, 40, Resume::Anew)],
+            "stranded on a dead node"
+        );
     }
 }
