@@ -33,7 +33,7 @@ const GAUGES: [Summed; 4] = [
     }),
 ];
 
-const COUNTERS: [Summed; 19] = [
+const COUNTERS: [Summed; 21] = [
     (
         "banned_refused_total",
         "counter",
@@ -128,8 +128,20 @@ const COUNTERS: [Summed; 19] = [
     (
         "cluster_sessions_lost_total",
         "counter",
-        "Sessions handed over after their connection gave up waiting (dropped).",
+        "Sessions handed to a node that went away before it answered (kept in this node's store until its next start).",
         |s| &s.cluster_sessions_lost,
+    ),
+    (
+        "cluster_session_messages_merged_total",
+        "counter",
+        "Messages of a session from another node (back after a crash or a partition, or late to a hand-over) given to the session the client started here meanwhile.",
+        |s| &s.cluster_messages_merged,
+    ),
+    (
+        "cluster_session_messages_dropped_total",
+        "counter",
+        "Messages of a session moving between nodes that were dropped: expired on the way, or no session here to take them.",
+        |s| &s.cluster_messages_dropped,
     ),
     (
         "hibernate_failures_total",

@@ -135,6 +135,11 @@ pub struct Stats {
     pub cluster_sessions_in: Counter,
     pub cluster_sessions_anew: Counter,
     pub cluster_sessions_lost: Counter,
+    /// Messages of a session from another node taken into the client's session here.
+    pub cluster_messages_merged: Counter,
+    /// Messages of a session moving between nodes dropped: expired on the way, or no session
+    /// here to take them.
+    pub cluster_messages_dropped: Counter,
     /// How late the shard's event loop ran, in microseconds (last sample).
     pub loop_lag_us: Counter,
     /// 1 while the shard refuses new connections for overload.

@@ -50,7 +50,9 @@ pub enum Effect {
     Retain(Retained),
     /// The connection of `client_id` on `node` that claimed it with `epoch` (or an older one)
     /// lost it to a newer connection on another node: `node` closes it (0x8E), and with
-    /// `hand_to` (that node and its claim's epoch) hands the persistent session over.
+    /// `hand_to` (that node and its claim's epoch) hands the persistent session over: to a
+    /// connection resuming it there, or, when the claim lost to one made while `node` was
+    /// away, into the session there that the client started meanwhile.
     Evict {
         client_id: String,
         node: NodeId,
@@ -131,11 +133,20 @@ impl Replicated {
         let stranded = held.is_some_and(|n| self.down.contains(&n));
         let from = held.filter(|_| !stranded);
         if let Some((loser, lost)) = loser {
+            // A resuming winner takes the whole session from its holder: at once from a live
+            // one; from a stranded one when it is back, into the session the client started
+            // meanwhile. Likewise a claim that loses to one made while its node was away (down,
+            // or cut off) hands what its session still owes the client to the winner.
+            let hand_to = if won {
+                held.map(|_| (node, epoch))
+            } else {
+                elsewhere.filter(|(n, _)| !self.down.contains(n))
+            };
             effects.push(Effect::Evict {
                 client_id: client_id.clone(),
                 node: loser,
                 epoch: lost,
-                hand_to: from.map(|_| (node, epoch)),
+                hand_to,
             });
         }
         if resumes {
@@ -485,9 +496,10 @@ mod tests {
         let e = sessions(&mut m, 2, false, &[("c", 20, false)]);
         assert_eq!(evicted(&e), [("c".to_string(), 1, 10, None)]);
         assert!(claimed(&e).is_empty(), "a clean claim waits for nothing");
-        // An older claim arriving late (a healed partition) loses, and is itself evicted.
+        // An older claim arriving late (a healed partition) loses, and is itself evicted: what
+        // its session owes goes to the winner's.
         let e = sessions(&mut m, 3, false, &[("c", 15, false)]);
-        assert_eq!(evicted(&e), [("c".to_string(), 3, 15, None)]);
+        assert_eq!(evicted(&e), [("c".to_string(), 3, 15, Some((2, 20)))]);
         assert_eq!(m.data.sessions.get("c"), Some(&(2, 20)));
         // A claim on the same node is a local takeover: nothing to evict elsewhere.
         assert!(evicted(&sessions(&mut m, 2, false, &[("c", 30, false)])).is_empty());
@@ -517,18 +529,25 @@ mod tests {
         let e = sessions(&mut m, 2, false, &[("p", 20, true)]);
         assert_eq!(evicted(&e), [("p".to_string(), 1, 10, Some((2, 20)))]);
         assert_eq!(claimed(&e), [(2, 20, Resume::Handed)]);
-        // An older claim that loses waits for nothing and takes nothing.
+        // An older claim that loses waits for nothing and takes nothing; its node hands what
+        // its session holds to the winner.
         let e = sessions(&mut m, 3, false, &[("p", 15, true)]);
-        assert_eq!(evicted(&e), [("p".to_string(), 3, 15, None)]);
+        assert_eq!(evicted(&e), [("p".to_string(), 3, 15, Some((2, 20)))]);
         assert_eq!(claimed(&e), [(3, 15, Resume::Here)]);
-        // Its holder silent, the session cannot come: it starts anew on node 3.
+        // Its holder silent, the session cannot come: it starts anew on node 3, and node 2,
+        // back, hands it over there.
         m.apply(Command::Down { node: 2 }, &mut Vec::new());
         let e = sessions(&mut m, 3, false, &[("p", 40, true)]);
-        assert_eq!(evicted(&e), [("p".to_string(), 2, 20, None)]);
+        assert_eq!(evicted(&e), [("p".to_string(), 2, 20, Some((3, 40)))]);
         assert_eq!(
             claimed(&e),
             [(3, 40, Resume::Anew)],
             "stranded on a dead node"
         );
+        // Back from its store, node 2 registers what it held (epoch 0): the id stays node 3's,
+        // and node 2 hands the old session's messages there.
+        let e = sessions(&mut m, 2, true, &[("p", 0, false)]);
+        assert_eq!(evicted(&e), [("p".to_string(), 2, 0, Some((3, 40)))]);
+        assert_eq!(m.data.sessions.get("p"), Some(&(3, 40)));
     }
 }

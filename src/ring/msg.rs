@@ -71,6 +71,14 @@ pub enum XMsg {
         epoch: u64,
         session: Option<Box<Session>>,
     },
+    /// To the shard holding `client_id` under claim `token`: a session of the same client
+    /// that came from another node after its claim stopped waiting; what it still owes the
+    /// client goes into this session.
+    Merge {
+        client_id: ByteString,
+        token: u64,
+        session: Box<Session>,
+    },
     /// A ban made on the sending shard, for every replica (it kicks matching clients).
     Ban(Arc<crate::banned::Ban>),
     /// A ban lifted on the sending shard.

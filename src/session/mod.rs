@@ -427,6 +427,14 @@ impl Session {
 
     /// Takes every delivery that came through a shared subscription and is not yet
     /// acknowledged, for dispatch to another member.
+    /// What the session still owes its client, in order: the window's messages not yet
+    /// received (those waiting for PUBCOMP were), then the queue.
+    pub fn into_owed(self) -> Vec<Delivery> {
+        let window = self.inflight.into_values();
+        let unreceived = window.filter(|f| f.state == OutState::Published);
+        unreceived.map(|f| f.delivery).chain(self.queue).collect()
+    }
+
     pub fn take_shared(&mut self) -> Vec<Delivery> {
         let mut out: Vec<Delivery> = Vec::new();
         self.inflight.retain(|_, f| {

@@ -7,7 +7,10 @@
 //! session over on its forwarding connection, which sends it again after a broken link until
 //! the receiver answers; only then do its records leave this node's store (a crash before
 //! that brings it back here at the next start, never loses it). A node with nothing to hand
-//! over (a clean session, one already gone) says so, so the CONNECT waits no longer.
+//! over (a clean session, one already gone) says so, so the CONNECT waits no longer. A session
+//! that comes when no CONNECT waits for it (its holder was down or cut off, and is back; or it
+//! came too late) is merged: what it still owed the client joins the session the client
+//! started here meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -110,7 +113,8 @@ impl Shard {
     }
 
     /// At the home shard: what the node that held `client_id` handed over for the claim with
-    /// `epoch`: the session, or nothing (it had none to hand).
+    /// `epoch`: the session, or nothing (it had none to hand). A session no CONNECT waits for
+    /// goes to the shard of the client's session here, to be merged.
     pub(super) fn session_arrived(
         &mut self,
         client_id: ByteString,
@@ -122,12 +126,45 @@ impl Shard {
         }
         match (self.handovers.take(&client_id, epoch), s) {
             (Some(p), s) => self.grant_resumed(client_id, p.shard, p.token, s),
-            (None, Some(_)) => {
-                self.stats.cluster_sessions_lost.inc();
-                tracing::warn!(client = %client_id, "a session handed over from another node came after its connection gave up waiting: dropped");
-            }
+            (None, Some(s)) => match self.homes.claimed_by(&client_id, u64::MAX) {
+                Some((shard, token)) => {
+                    let merge = XMsg::Merge {
+                        client_id,
+                        token,
+                        session: s,
+                    };
+                    self.send(shard, merge);
+                }
+                None => self.moved_messages_dropped(&client_id, s.into_owed().len()),
+            },
             (None, None) => {}
         }
+    }
+
+    /// A session of `client_id` from another node that no claim waits for (it came late, or
+    /// from a node that lost the id while it was down or cut off): what it still owes the
+    /// client goes into the client's session here (claim `token`), so that nothing it
+    /// acknowledged to a publisher is lost.
+    pub(super) fn merge_session(&mut self, client_id: &str, token: u64, s: Session, now: Instant) {
+        let key = self
+            .sessions
+            .find(client_id)
+            .filter(|k| self.sessions[*k].token == token);
+        let owed = s.into_owed();
+        let Some(key) = key else {
+            return self.moved_messages_dropped(client_id, owed.len());
+        };
+        let n = owed.len();
+        for d in owed {
+            self.deliver_to(key, d, now);
+        }
+        self.stats.cluster_messages_merged.add(n as i64);
+        tracing::info!(client = %client_id, messages = n, "a session of this client came from another node: its messages join the client's session here");
+    }
+
+    fn moved_messages_dropped(&self, client_id: &str, n: usize) {
+        self.stats.cluster_messages_dropped.add(n as i64);
+        tracing::warn!(client = %client_id, messages = n, "a session of this client came from another node, and no session here takes its messages: dropped");
     }
 
     fn grant_resumed(

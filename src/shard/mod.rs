@@ -332,6 +332,11 @@ impl Shard {
                 epoch,
                 session,
             } => self.session_arrived(client_id, epoch, session),
+            XMsg::Merge {
+                client_id,
+                token,
+                session,
+            } => self.merge_session(&client_id, token, *session, now),
             XMsg::ExclusiveClaim {
                 filter,
                 client_id,

@@ -478,8 +478,11 @@ impl Shard {
                 from.answers.done(seq, true);
                 if self.fresh(from, seq) {
                     let client_id = ByteString::from(client_id);
-                    let session =
-                        moved.map(|m| Box::new(m.session(client_id.clone(), now, wall_now())));
+                    let session = moved.map(|m| {
+                        let (s, expired) = m.session(client_id.clone(), now, wall_now());
+                        self.stats.cluster_messages_dropped.add(expired as i64);
+                        Box::new(s)
+                    });
                     let home = self.home_of(&client_id);
                     let moved = XMsg::Moved {
                         client_id,

@@ -259,16 +259,18 @@ impl MovedSession {
         }
     }
 
-    /// The session again, without what expired on the way.
-    pub fn session(self, client_id: ByteString, now: Instant, wall: u64) -> Session {
+    /// The session again, without what expired on the way; and how many messages expired.
+    pub fn session(self, client_id: ByteString, now: Instant, wall: u64) -> (Session, u64) {
         let mut s = self.record.session(client_id);
+        let mut expired = 0;
         for (d, flight) in self.deliveries {
-            if let Some(d) = d.delivery(0, now, wall) {
-                Flight::place(flight, d, &mut s);
+            match d.delivery(0, now, wall) {
+                Some(d) => Flight::place(flight, d, &mut s),
+                None => expired += 1,
             }
         }
         s.after_restore();
-        s
+        (s, expired)
     }
 }
 

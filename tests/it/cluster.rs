@@ -4,11 +4,14 @@
 //! session taken over on another node comes with its window and queue, a killed node's routes
 //! are dropped within the configured time, a node restarted on its data dir rejoins from its
 //! own log, and a node left without a majority serves its own clients but refuses takeovers
-//! until the cluster is whole again.
+//! until the cluster is whole again. A node cut off by the network (the nodes on hosts made of
+//! network namespaces, see `netns`) is tested alive on both sides of the cut, and a node back
+//! from a crash or a cut hands the sessions its clients left behind to where they went.
 
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::netns::Lan;
 use ringmq::codec::*;
 
 const COOKIE: &str = "cluster-test-cookie-0123456789";
@@ -20,6 +23,8 @@ struct Seat {
     name: String,
     listen: String,
     rpc: String,
+    /// The network namespace it runs in (`None`: this process's).
+    ns: Option<String>,
 }
 
 pub struct Cluster {
@@ -32,13 +37,40 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes seeded with each other and waits until they agree on one cluster.
     pub fn start(n: usize, shards: usize) -> Cluster {
-        let seats: Vec<Seat> = (1..=n)
-            .map(|i| Seat {
-                name: format!("n{i}@127.0.0.{i}"),
-                listen: format!("127.0.0.{i}:{}", free_port()),
-                rpc: format!("127.0.0.{i}:{}", free_port()),
-            })
-            .collect();
+        Cluster::seated(
+            (1..=n)
+                .map(|i| Seat {
+                    name: format!("n{i}@127.0.0.{i}"),
+                    listen: format!("127.0.0.{i}:{}", free_port()),
+                    rpc: format!("127.0.0.{i}:{}", free_port()),
+                    ns: None,
+                })
+                .collect(),
+            shards,
+        )
+    }
+
+    /// Starts a node on each host of `lan` (its cluster ports on the host's bridge address,
+    /// its clients' and admin listeners on the host's own loopback).
+    pub fn on(lan: &Lan, n: usize, shards: usize) -> Cluster {
+        Cluster::seated(
+            (0..n)
+                .map(|i| {
+                    let h = lan.host(i);
+                    Seat {
+                        name: format!("n{}@{}", i + 1, h.ip),
+                        listen: format!("{}:{}", h.ip, free_port()),
+                        rpc: format!("{}:{}", h.ip, free_port()),
+                        ns: Some(h.ns.clone()),
+                    }
+                })
+                .collect(),
+            shards,
+        )
+    }
+
+    fn seated(seats: Vec<Seat>, shards: usize) -> Cluster {
+        let n = seats.len();
         let mut c = Cluster {
             seats,
             shards,
@@ -72,7 +104,13 @@ impl Cluster {
     }
 
     fn launch(&self, i: usize, dir: tempdir::Dir) -> Broker {
-        Broker::launch(self.shards, &self.toml(i), dir, &[])
+        let ns = self.seats[i].ns.as_deref();
+        Broker::launch_in(ns, self.shards, &self.toml(i), dir, &[])
+    }
+
+    /// Node `i`'s name.
+    pub fn name(&self, i: usize) -> &str {
+        &self.seats[i].name
     }
 
     /// Node `i`'s view of member `name`: its route count, and whether it is down.
@@ -484,6 +522,48 @@ fn a_session_restored_by_a_restart_is_handed_over_too() {
 }
 
 #[test]
+fn a_node_back_from_a_crash_hands_its_queue_to_the_session_its_client_started_elsewhere() {
+    let mut cl = Cluster::start(3, 2);
+    let a = cl.name(0).to_string();
+    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("stranded"));
+    sub.subscribe("owed/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    cl.node(0).wait_offline("stranded");
+    let mut publ = v5(cl.node(1).port, "owed-pub");
+    for i in 1..=3u16 {
+        publ.publish_acked(&format!("owed/{i}"), b"acked", QoS::AtLeastOnce, i);
+    }
+    publ.disconnect();
+    // A dies holding three acknowledged messages; its client comes back on C and starts anew.
+    let dir = cl.kill9(0);
+    within_ms(NODE_TIMEOUT_MS * 8, "A's routes are dropped", || {
+        cl.routes_of(1, &a) == Some((0, true))
+    });
+    let (mut moved, ack) = Raw::connect_with(cl.node(2).port, persistent("stranded"));
+    assert!(!ack.session_present, "A is down: the session starts anew");
+    // Back on its data dir, A hands the old session's messages to the client's session on C.
+    cl.restart(0, dir);
+    cl.wait_agreed(3);
+    for i in 1..=3 {
+        assert_eq!(take(&mut moved).topic, format!("owed/{i}"));
+    }
+    assert_eq!(
+        cl.node(2)
+            .metric("ringmq_cluster_session_messages_merged_total"),
+        Some(3.0)
+    );
+    eventually("C's answer reached A, which dropped the session", || {
+        cl.node(0)
+            .metric("ringmq_cluster_sessions_handed_over_total")
+            == Some(1.0)
+            && cl.node(0).api("GET", "/api/v1/clients/stranded", None).0 == 404
+    });
+    eventually("the registry still gives the id to C", || {
+        (0..3).all(|i| cl.view(i)["sessions"].as_u64() == Some(1))
+    });
+}
+
+#[test]
 fn a_node_without_a_majority_serves_its_clients_refuses_takeovers_and_converges_when_healed() {
     let mut cl = Cluster::start(3, 1);
     let (kept, _) = Raw::connect_with(cl.node(0).port, persistent("kept-on-a"));
@@ -582,4 +662,102 @@ fn the_operator_sees_the_members_removes_a_dead_node_and_a_node_leaves_and_comes
     assert_eq!(names(&cl, 0), ["n1@127.0.0.1", "n3@127.0.0.3"]);
     let (ok, _, err) = cl.node(0).ctl(&["cluster", "remove", "nobody"]);
     assert!(!ok && err.contains("no member"), "{err}");
+}
+
+/// Waits up to `ms` milliseconds for `check`.
+fn within_ms(ms: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_healed() {
+    let lan = Lan::new(3);
+    let cl = Cluster::on(&lan, 3, 1);
+    let (a, b, c) = (cl.node(0).port, cl.node(1).port, cl.node(2).port);
+    let c_name = cl.name(2).to_string();
+    let mut on_c = v5(c, "on-c");
+    on_c.subscribe("part/#", QoS::AtLeastOnce);
+    for (port, id) in [(c, "kept-on-c"), (a, "kept-on-a")] {
+        Raw::connect_with(port, persistent(id)).0.disconnect();
+    }
+    // A session on C holding an acknowledged message for its client, who is away.
+    let (mut owed, _) = Raw::connect_with(c, persistent("owed-on-c"));
+    owed.subscribe("owed/#", QoS::AtLeastOnce);
+    owed.disconnect();
+    cl.node(2).wait_offline("owed-on-c");
+    let mut from_a = v5(a, "from-a");
+    from_a.publish_acked("part/1", b"before", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut on_c).payload[..], b"before");
+    from_a.publish_acked("owed/1", b"owed", QoS::AtLeastOnce, 3);
+
+    lan.cut(2);
+    // The majority drops C's routes within the configured time and goes on: a new route, a
+    // publish from A to B, a takeover from A to B.
+    within_ms(NODE_TIMEOUT_MS * 8, "A and B drop C's routes", || {
+        (0..2).all(|i| cl.routes_of(i, &c_name) == Some((0, true)))
+    });
+    let mut on_b = v5(b, "on-b");
+    on_b.subscribe("majority/#", QoS::AtLeastOnce);
+    from_a.publish_acked("majority/1", b"goes on", QoS::AtLeastOnce, 2);
+    assert_eq!(&take(&mut on_b).payload[..], b"goes on");
+    let (_, ack) = Raw::connect_with(b, persistent("kept-on-a"));
+    assert!(ack.session_present, "the majority hands sessions over");
+    // The client of the session on C comes back on B meanwhile: it starts anew there.
+    let (mut owed, ack) = Raw::connect_with(b, persistent("owed-on-c"));
+    assert!(
+        !ack.session_present,
+        "C is cut off: the session starts anew"
+    );
+    // C, cut off, knows it has no leader. It serves its own clients (a new subscription held
+    // back from the cluster, a publish) and the sessions it holds, but refuses to take over
+    // one it does not (0x88).
+    within_ms(NODE_TIMEOUT_MS * 8, "C sees no leader", || {
+        cl.view(2)["leader"].is_null()
+    });
+    let mut late = v5(c, "late-on-c");
+    late.subscribe("late/#", QoS::AtLeastOnce);
+    let mut from_c = v5(c, "from-c");
+    from_c.publish_acked("part/2", b"local", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut on_c).payload[..], b"local");
+    let (_, ack) = Raw::connect_with(c, persistent("kept-on-c"));
+    assert!(ack.session_present, "C's own session resumes on C");
+    assert_eq!(
+        connack(c, persistent("kept-on-a")),
+        Some(ReasonCode::ServerUnavailable)
+    );
+    // One clean-session id connected on both sides, first on C.
+    let (mut twin_c, _) = Raw::connect(c, Protocol::V5, "twin", true);
+    let (mut twin_a, _) = Raw::connect(a, Protocol::V5, "twin", true);
+
+    lan.heal(2);
+    cl.wait_agreed(3);
+    // Healed without an operator: C's routes, the one held back included, are everywhere.
+    within_ms(
+        NODE_TIMEOUT_MS * 8,
+        "C's two routes are everywhere again",
+        || (0..3).all(|i| cl.routes_of(i, &c_name) == Some((2, false))),
+    );
+    // The id connected twice keeps the newer connection: C's gets 0x8E.
+    assert!(
+        matches!(&twin_c.until_closed()[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SessionTakenOver),
+        "the older twin gets 0x8E"
+    );
+    twin_a.sync();
+    // C hands the message its session held to the session the client started on B.
+    assert_eq!(&take(&mut owed).payload[..], b"owed");
+    assert_eq!(
+        cl.node(1)
+            .metric("ringmq_cluster_session_messages_merged_total"),
+        Some(1.0)
+    );
+    // Messages cross the healed link both ways.
+    let mut from_b = v5(b, "from-b");
+    from_b.publish_acked("late/1", b"healed", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut late).payload[..], b"healed");
+    from_c.publish_acked("majority/2", b"from c", QoS::AtLeastOnce, 2);
+    assert_eq!(&take(&mut on_b).payload[..], b"from c");
 }

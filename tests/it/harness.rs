@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ringmq::codec::*;
 
+use crate::netns;
+
 pub struct Broker {
     pub port: u16,
     /// The admin API's port.
@@ -106,8 +108,23 @@ impl Broker {
     /// Starts the broker in `dir` (kept across restarts: its data dir is `dir/data`), with
     /// extra environment variables.
     pub fn launch(shards: usize, toml: &str, dir: tempdir::Dir, env: &[(&str, &str)]) -> Broker {
+        Broker::launch_in(None, shards, toml, dir, env)
+    }
+
+    /// [`Broker::launch`] in network namespace `ns` (see `netns`): its listeners are on that
+    /// namespace's loopback, and this harness reaches them there.
+    pub fn launch_in(
+        ns: Option<&str>,
+        shards: usize,
+        toml: &str,
+        dir: tempdir::Dir,
+        env: &[(&str, &str)],
+    ) -> Broker {
         let port = free_port();
         let admin = free_port();
+        if let Some(ns) = ns {
+            netns::place(ns, &[port, admin]);
+        }
         let cfg = dir.0.join("ringmq.toml");
         std::fs::write(&cfg, toml).expect("config");
         let log = dir.0.join("broker.log");
@@ -123,20 +140,16 @@ impl Broker {
             cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
         }
         cmd.envs(env.iter().copied());
-        let child = cmd
-            .env("RINGMQ_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            )
-            .spawn()
-            .expect("start ringmq");
+        cmd.env("RINGMQ_LOG", "debug").stdout(Stdio::null()).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("log"),
+        );
+        let child = netns::within(admin, || cmd.spawn().expect("start ringmq"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        while netns::within(admin, || TcpStream::connect(("127.0.0.1", admin))).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "broker did not start: {}",
@@ -209,7 +222,7 @@ impl Broker {
         let url = format!("http://127.0.0.1:{}", self.admin);
         let mut all = vec!["ctl", "--url", &url];
         all.extend_from_slice(args);
-        ringmq(&all, &[])
+        netns::within(self.admin, || ringmq(&all, &[]))
     }
 
     /// `ringmq ctl --json ...`, parsed; panics unless it succeeds.
@@ -228,15 +241,17 @@ impl Broker {
             .build()
             .into();
         let url = format!("http://127.0.0.1:{}{path}", self.admin);
-        let resp = match (method, body) {
-            ("GET", _) => agent.get(&url).call(),
-            ("DELETE", _) => agent.delete(&url).call(),
-            ("PUT", b) => agent.put(&url).send(b.unwrap_or("").to_string()),
-            (_, b) => agent.post(&url).send(b.unwrap_or("").to_string()),
-        };
-        let mut resp = resp.expect("admin API answers");
-        let status = resp.status().as_u16();
-        (status, resp.body_mut().read_to_string().expect("body"))
+        netns::within(self.admin, || {
+            let resp = match (method, body) {
+                ("GET", _) => agent.get(&url).call(),
+                ("DELETE", _) => agent.delete(&url).call(),
+                ("PUT", b) => agent.put(&url).send(b.unwrap_or("").to_string()),
+                (_, b) => agent.post(&url).send(b.unwrap_or("").to_string()),
+            };
+            let mut resp = resp.expect("admin API answers");
+            let status = resp.status().as_u16();
+            (status, resp.body_mut().read_to_string().expect("body"))
+        })
     }
 
     /// The value of a metric sample in `/metrics` (`name` with its labels, as printed).
@@ -332,7 +347,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 impl Raw {
     pub fn open(port: u16, proto: Protocol) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let s = netns::within(port, || TcpStream::connect(("127.0.0.1", port))).expect("connect");
         s.set_nodelay(true).expect("nodelay");
         Raw::over(Sock::Tcp(s), proto)
     }

@@ -19,6 +19,7 @@ mod in_process;
 mod listeners;
 mod loadgen;
 mod mosquitto_parity;
+mod netns;
 mod operations;
 mod protocol;
 mod proxy_protocol;
