@@ -8,6 +8,8 @@
 //! network namespaces, see `netns`) is tested alive on both sides of the cut, and a node back
 //! from a crash or a cut hands the sessions its clients left behind to where they went.
 
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -390,6 +392,90 @@ fn a_killed_node_loses_its_routes_in_time_and_rejoins_from_its_own_log() {
     assert_eq!(&take(&mut back).payload[..], b"later");
     assert_eq!(&take(&mut moved).payload[..], b"later");
     eprintln!("routes of a killed node dropped after {dropped_after:?}");
+}
+
+/// Publishes 40 QoS 1 messages to `roll/x` through node `via`, each acknowledged; their payloads
+/// are added to `acked`.
+fn publish_acknowledged(cl: &Cluster, via: usize, acked: &mut BTreeSet<String>) {
+    let mut p = v5(cl.node(via).port, &format!("roller-{}", acked.len()));
+    for pid in 1..=40u16 {
+        let payload = format!("m{}", acked.len());
+        p.publish_acked("roll/x", payload.as_bytes(), QoS::AtLeastOnce, pid);
+        acked.insert(payload);
+    }
+    p.disconnect();
+}
+
+/// Reads until every message in `owed` has come (duplicates allowed).
+fn receive_all(sub: &mut Raw, mut owed: BTreeSet<String>) {
+    while !owed.is_empty() {
+        let p = take(sub);
+        owed.remove(&*String::from_utf8_lossy(&p.payload));
+    }
+}
+
+/// Publishes QoS 1 messages to `roll/x` on `port` as fast as they are acknowledged, until the
+/// connection ends; the payloads acknowledged with success.
+fn publish_until_closed(port: u16, tag: &str) -> BTreeSet<String> {
+    let mut acked = BTreeSet::new();
+    let mut p = v5(port, &format!("until-closed-{tag}"));
+    for pid in 1..=u16::MAX {
+        let payload = format!("{tag}-{pid}");
+        let mut out = bytes::BytesMut::new();
+        let packet = Packet::Publish(publish("roll/x", payload.as_bytes(), QoS::AtLeastOnce, pid));
+        encode(&packet, Protocol::V5, &mut out);
+        if p.stream().write_all(&out).is_err() {
+            break;
+        }
+        match p.recv_within(WAIT) {
+            Ok(Some(Packet::PubAck(a))) if a.packet_id == pid && !a.reason.is_error() => {
+                acked.insert(payload);
+            }
+            _ => break,
+        }
+    }
+    acked
+}
+
+/// Node `restarted` stops and starts again on its data dir while node `via` publishes: the
+/// messages acknowledged before, during and after (the last through the restarted node), and
+/// those a publisher on the restarted node had acknowledged until it went down.
+fn restart_while_publishing(cl: &mut Cluster, restarted: usize, via: usize) -> BTreeSet<String> {
+    let mut acked = BTreeSet::new();
+    publish_acknowledged(cl, via, &mut acked);
+    let port = cl.node(restarted).port;
+    let tag = format!("through-{restarted}");
+    let through = std::thread::spawn(move || publish_until_closed(port, &tag));
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = cl.stop(restarted);
+    let through = through.join().expect("publisher");
+    assert!(
+        through.len() > 10,
+        "the publisher was going: {}",
+        through.len()
+    );
+    acked.extend(through);
+    publish_acknowledged(cl, via, &mut acked);
+    cl.restart(restarted, dir);
+    cl.wait_agreed(3);
+    publish_acknowledged(cl, restarted, &mut acked);
+    acked
+}
+
+#[test]
+fn a_rolling_restart_loses_no_acknowledged_message_of_a_session_on_a_node_that_stays_up() {
+    let mut cl = Cluster::start(3, 2);
+    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("steady"));
+    sub.subscribe("roll/#", QoS::AtLeastOnce);
+    // C restarts while the session on A is connected, then B while it is offline.
+    let acked = restart_while_publishing(&mut cl, 2, 1);
+    receive_all(&mut sub, acked);
+    sub.disconnect();
+    cl.node(0).wait_offline("steady");
+    let acked = restart_while_publishing(&mut cl, 1, 2);
+    let (mut sub, ack) = Raw::connect_with(cl.node(0).port, persistent("steady"));
+    assert!(ack.session_present);
+    receive_all(&mut sub, acked);
 }
 
 #[test]
