@@ -4,7 +4,9 @@
 # publishers on one and the subscribers on the other, so every message is forwarded. Both
 # brokers' processes are pinned to one core and the load generator to the other; the figure is
 # messages delivered per broker CPU-second (all nodes' CPU summed, read from /proc), and the
-# ratio cluster/one node is what a message pays for crossing. Runs alternate, REPS times each.
+# ratio cluster/one node is what a message pays for crossing; the same two nodes again with
+# [cluster.tls] (mutual TLS, certificates made here with openssl) give what TLS adds. Runs
+# alternate, REPS times each.
 #
 #   bench/cluster.sh            REPS=3, 10 s per run
 #   bench/cluster.sh --smoke    one short run each: every step works
@@ -46,6 +48,17 @@ run() {
     "$out" "$before" "$after"
 }
 
+# A CA and one node certificate (SAN ringmq-cluster) for the TLS runs.
+tls=$work/certs; mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+  -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=node \
+  -keyout "$tls/node.key" -out "$tls/node.csr" 2>/dev/null
+openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 1 \
+  -extfile <(printf 'subjectAltName=DNS:ringmq-cluster\n') -out "$tls/node.pem" 2>/dev/null
+tls_toml=$(printf '[cluster.tls]\ncertfile = "%s"\nkeyfile = "%s"\ncafile = "%s"\nserver_name = "ringmq-cluster"\n' \
+  "$tls/node.pem" "$tls/node.key" "$tls/ca.pem")
+
 results=()
 for _ in $(seq "$reps"); do
   for qos in 0 1; do
@@ -54,23 +67,26 @@ for _ in $(seq "$reps"); do
     read -r got cpu lost < <(run one "$p" "$p" "$qos" "$one")
     results+=("one $qos $got $cpu $lost"); stop_all
 
-    a=$(free_port); b=$(free_port); ca="127.0.0.1:$(free_port)"; cb="127.0.0.2:$(free_port)"
-    start n1 "$a" "$(printf '[cluster]\nenabled = true\nlisten = "%s"\nrpc_listen = "127.0.0.1:%s"\nseeds = ["%s"]\ncookie = "bench-cluster-cookie-0123456789"\n' "$ca" "$(free_port)" "$cb")"; pa=$started
-    start n2 "$b" "$(printf '[cluster]\nenabled = true\nlisten = "%s"\nrpc_listen = "127.0.0.2:%s"\nseeds = ["%s"]\ncookie = "bench-cluster-cookie-0123456789"\n' "$cb" "$(free_port)" "$ca")"; pb=$started
-    wait_log "$work/n1/log" "formed the cluster|joined the cluster"
-    wait_log "$work/n2/log" "formed the cluster|joined the cluster"
-    read -r got cpu lost < <(run two "$a" "$b" "$qos" "$pa" "$pb")
-    results+=("two $qos $got $cpu $lost"); stop_all
+    for kind in two tls; do
+      extra=""; [ "$kind" = tls ] && extra=$tls_toml
+      a=$(free_port); b=$(free_port); ca="127.0.0.1:$(free_port)"; cb="127.0.0.2:$(free_port)"
+      start n1 "$a" "$(printf '[cluster]\nenabled = true\nlisten = "%s"\nrpc_listen = "127.0.0.1:%s"\nseeds = ["%s"]\ncookie = "bench-cluster-cookie-0123456789"\n%s' "$ca" "$(free_port)" "$cb" "$extra")"; pa=$started
+      start n2 "$b" "$(printf '[cluster]\nenabled = true\nlisten = "%s"\nrpc_listen = "127.0.0.2:%s"\nseeds = ["%s"]\ncookie = "bench-cluster-cookie-0123456789"\n%s' "$cb" "$(free_port)" "$ca" "$extra")"; pb=$started
+      wait_log "$work/n1/log" "formed the cluster|joined the cluster"
+      wait_log "$work/n2/log" "formed the cluster|joined the cluster"
+      read -r got cpu lost < <(run "$kind" "$a" "$b" "$qos" "$pa" "$pb")
+      results+=("$kind $qos $got $cpu $lost"); stop_all
+    done
   done
 done
 printf '%s\n' "${results[@]}" | python3 -c '
 import sys, statistics
 rows = [l.split() for l in sys.stdin]
-print("| QoS | one node msg/CPU-s | two nodes, every message crossing, msg/CPU-s | ratio | lost |")
-print("|---|---|---|---|---|")
+print("| QoS | one node msg/CPU-s | two nodes, every message crossing | ratio | crossing over TLS | ratio | lost |")
+print("|---|---|---|---|---|---|---|")
 for q in ("0", "1"):
-    per = {k: statistics.median(int(r[2]) / max(float(r[3]), 0.01) for r in rows if r[0] == k and r[1] == q) for k in ("one", "two")}
+    per = {k: statistics.median(int(r[2]) / max(float(r[3]), 0.01) for r in rows if r[0] == k and r[1] == q) for k in ("one", "two", "tls")}
     lost = sum(int(r[4]) for r in rows if r[1] == q)
-    one, two = per["one"], per["two"]
-    print(f"| {q} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | {lost} |")
+    one, two, tls = per["one"], per["two"], per["tls"]
+    print(f"| {q} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | {tls:,.0f} | {tls / one:.2f}x | {lost} |")
 '

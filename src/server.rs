@@ -13,7 +13,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::cli::RunArgs;
-use crate::cluster::ShardLink;
+use crate::cluster::{ShardLink, Trust};
 use crate::config::{Config, Driver, DurabilityMode, Endpoint};
 use crate::control::{Handle, Queue, TraceSet};
 use crate::daemon::PidFile;
@@ -322,20 +322,30 @@ fn start_cluster(
         .map(|i| Arc::new(ShardLink::new(i, bells.clone())))
         .collect();
     let rpc = crate::listen::reuseport(cfg.cluster.rpc_listen, shards)?;
-    let reporter = crate::cluster::start(&cfg.cluster, &cfg.broker.node_name, db, links.clone())?;
-    let cookie = cfg.cluster.cookie.clone().unwrap_or_default();
+    let tls = cfg
+        .cluster
+        .tls
+        .as_ref()
+        .map(crate::tls::ClusterTls::new)
+        .transpose();
+    let trust = Trust {
+        cookie: cfg.cluster.cookie.clone().unwrap_or_default().into(),
+        tls: tls.map_err(|e| format!("cluster.tls: {e}"))?,
+    };
+    let name = &cfg.broker.node_name;
+    let reporter = crate::cluster::start(&cfg.cluster, name, trust.clone(), db, links.clone())?;
     let boots = links
         .into_iter()
         .zip(rpc)
         .map(|(link, rpc)| ClusterBoot {
             reporter: reporter.clone(),
             link,
-            name: cfg.broker.node_name.clone(),
-            cookie: cookie.clone(),
+            name: name.clone(),
+            trust: trust.clone(),
             rpc: Some(rpc),
         })
         .collect();
-    tracing::info!(node = %cfg.broker.node_name, listen = %cfg.cluster.listen, rpc = %cfg.cluster.rpc_listen, "cluster node started");
+    tracing::info!(node = %name, listen = %cfg.cluster.listen, rpc = %cfg.cluster.rpc_listen, tls = cfg.cluster.tls.is_some(), "cluster node started");
     Ok(Some((reporter, boots)))
 }
 

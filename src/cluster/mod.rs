@@ -39,6 +39,7 @@ use crate::config::{ClusterConfig, ClusterRole};
 use crate::ring::Doorbell;
 use state::Effect;
 pub use types::{node_id, NodeId, NodeInfo, Retained};
+pub use wire::Trust;
 
 /// What a shard tells the cluster thread.
 #[derive(Debug)]
@@ -499,10 +500,10 @@ async fn left(core: &node::Core, log: &log_store::LogStore, shards: &Shards) {
 pub fn start(
     cfg: &ClusterConfig,
     name: &str,
+    trust: Trust,
     db: &fjall::Database,
     links: Vec<Arc<ShardLink>>,
 ) -> Result<Reporter, String> {
-    let cookie: Arc<str> = cfg.cookie.clone().unwrap_or_default().into();
     let listener =
         StdListener::bind(cfg.listen).map_err(|e| format!("cluster.listen {}: {e}", cfg.listen))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -556,7 +557,7 @@ pub fn start(
             rt.block_on(async move {
                 let me = node_id(&info.name);
                 let network = net::Network {
-                    cookie: cookie.clone(),
+                    trust: trust.clone(),
                     me,
                 };
                 let raft = match types::Raft::new(me, raft_cfg, network, log, machine_store).await {
@@ -566,7 +567,7 @@ pub fn start(
                         return;
                     }
                 };
-                let core = Arc::new(node::Core::new(raft, info, cookie, voter, machine, timeout));
+                let core = Arc::new(node::Core::new(raft, info, trust, voter, machine, timeout));
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {

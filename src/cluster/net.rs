@@ -1,8 +1,9 @@
 //! Consensus connections between nodes (tokio, on the cluster thread): the client openraft
 //! sends its replication and votes through ([`Network`], [`Peer`]), and the service that
 //! answers them and the nodes' control requests (join, remove, a command for the leader,
-//! status, ping). One authenticated TCP connection per (caller, peer), request and answer in
-//! turn; a broken one is dialled again on the next request.
+//! status, ping). One authenticated TCP connection per (caller, peer), over mutual TLS when
+//! `[cluster.tls]` is set (tokio-rustls), request and answer in turn; a broken one is dialled
+//! again on the next request.
 
 use std::io;
 use std::sync::Arc;
@@ -18,12 +19,13 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::node::Core;
 use super::types::{NodeId, NodeInfo, Types};
-use super::wire::{self, Answering, Dialling, Hello, Proof, Request, Response, Welcome};
+use super::wire::{self, Answering, Dialling, Hello, Proof, Request, Response, Trust, Welcome};
 
 /// How long a handshake may take before the connection is dropped.
 const HANDSHAKE: Duration = Duration::from_secs(5);
@@ -32,11 +34,17 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-async fn write_frame(s: &mut TcpStream, v: &impl Serialize) -> io::Result<()> {
-    s.write_all(&wire::frame(v).map_err(invalid)?).await
+/// A connection between nodes: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+type Stream = Box<dyn Io>;
+
+async fn write_frame(s: &mut Stream, v: &impl Serialize) -> io::Result<()> {
+    s.write_all(&wire::frame(v).map_err(invalid)?).await?;
+    s.flush().await
 }
 
-async fn read_frame<T: DeserializeOwned>(s: &mut TcpStream) -> io::Result<T> {
+async fn read_frame<T: DeserializeOwned>(s: &mut Stream) -> io::Result<T> {
     let mut header = [0u8; 4];
     s.read_exact(&mut header).await?;
     let mut body = vec![0u8; wire::frame_len(header).map_err(invalid)?];
@@ -45,15 +53,23 @@ async fn read_frame<T: DeserializeOwned>(s: &mut TcpStream) -> io::Result<T> {
 }
 
 /// An authenticated connection to a peer's consensus service.
-pub struct Conn(TcpStream);
+pub struct Conn(Stream);
 
 impl Conn {
-    /// Dials `addr` and proves the cookie both ways.
-    pub async fn open(addr: &str, cookie: &str, me: NodeId) -> io::Result<Conn> {
+    /// Dials `addr` (over TLS when configured) and proves the cookie both ways.
+    pub async fn open(addr: &str, trust: &Trust, me: NodeId) -> io::Result<Conn> {
         let work = async {
-            let mut s = TcpStream::connect(addr).await?;
-            s.set_nodelay(true)?;
-            let (dialling, hello) = Dialling::start(cookie, me);
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let mut s: Stream = match &trust.tls {
+                Some(tls) => {
+                    let name = tls.name_for(addr)?;
+                    let connector = TlsConnector::from(tls.client_config());
+                    Box::new(connector.connect(name, tcp).await?)
+                }
+                None => Box::new(tcp),
+            };
+            let (dialling, hello) = Dialling::start(&trust.cookie, me);
             write_frame(&mut s, &hello).await?;
             let welcome: Welcome = read_frame(&mut s).await?;
             let (proof, _) = dialling.finish(&welcome).map_err(invalid)?;
@@ -75,17 +91,17 @@ impl Conn {
 pub struct Peer {
     target: NodeId,
     addr: String,
-    cookie: Arc<str>,
+    trust: Trust,
     me: NodeId,
     conn: Option<Conn>,
 }
 
 impl Peer {
-    pub fn new(target: NodeId, addr: &str, cookie: Arc<str>, me: NodeId) -> Peer {
+    pub fn new(target: NodeId, addr: &str, trust: Trust, me: NodeId) -> Peer {
         Peer {
             target,
             addr: addr.to_string(),
-            cookie,
+            trust,
             me,
             conn: None,
         }
@@ -98,7 +114,7 @@ impl Peer {
                 Some(c) => c,
                 None => self
                     .conn
-                    .insert(Conn::open(&self.addr, &self.cookie, self.me).await?),
+                    .insert(Conn::open(&self.addr, &self.trust, self.me).await?),
             };
             conn.call(req).await
         };
@@ -180,7 +196,7 @@ impl RaftNetwork<Types> for Peer {
 /// What openraft dials peers with.
 #[derive(Clone)]
 pub struct Network {
-    pub cookie: Arc<str>,
+    pub trust: Trust,
     pub me: NodeId,
 }
 
@@ -188,7 +204,7 @@ impl RaftNetworkFactory<Types> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
-        Peer::new(target, &node.addr, self.cookie.clone(), self.me)
+        Peer::new(target, &node.addr, self.trust.clone(), self.me)
     }
 }
 
@@ -212,19 +228,26 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>) {
     }
 }
 
-/// One peer's connection: the handshake, then its requests in turn.
-async fn answer(mut s: TcpStream, core: &Core) -> io::Result<()> {
-    s.set_nodelay(true)?;
+/// One peer's connection: the handshakes (TLS when configured, then the cookie), then its
+/// requests in turn.
+async fn answer(tcp: TcpStream, core: &Core) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let trust = core.trust();
     let handshake = async {
+        let mut s: Stream = match &trust.tls {
+            Some(tls) => Box::new(TlsAcceptor::from(tls.server_config()).accept(tcp).await?),
+            None => Box::new(tcp),
+        };
         let hello: Hello = read_frame(&mut s).await?;
         let (answering, welcome) =
-            Answering::start(core.cookie(), core.id(), &hello).map_err(invalid)?;
+            Answering::start(&trust.cookie, core.id(), &hello).map_err(invalid)?;
         write_frame(&mut s, &welcome).await?;
         let proof: Proof = read_frame(&mut s).await?;
-        answering.finish(&proof).map_err(invalid)
+        let peer = answering.finish(&proof).map_err(invalid)?;
+        Ok((s, peer))
     };
-    let peer = match tokio::time::timeout(HANDSHAKE, handshake).await {
-        Ok(Ok(peer)) => peer,
+    let (mut s, peer) = match tokio::time::timeout(HANDSHAKE, handshake).await {
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "refused a cluster connection");
             return Err(e);

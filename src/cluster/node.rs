@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::net::Peer;
 use super::state::{Effect, Machine};
 use super::types::{node_id, Command, NodeId, NodeInfo, Raft, Reply};
-use super::wire::{Request, Response, Status};
+use super::wire::{Request, Response, Status, Trust};
 use super::{Event, Shards, Summary};
 
 /// How long a control call to a peer may take.
@@ -26,7 +26,7 @@ pub struct Core {
     pub raft: Raft,
     me: NodeId,
     info: NodeInfo,
-    cookie: Arc<str>,
+    trust: Trust,
     voter: bool,
     pub machine: Arc<Mutex<Machine>>,
     /// When each peer last answered this node's ping (the leader's failure detector).
@@ -43,7 +43,7 @@ impl Core {
     pub fn new(
         raft: Raft,
         info: NodeInfo,
-        cookie: Arc<str>,
+        trust: Trust,
         voter: bool,
         machine: Arc<Mutex<Machine>>,
         timeout: Duration,
@@ -53,7 +53,7 @@ impl Core {
             me: node_id(&info.name),
             raft,
             info,
-            cookie,
+            trust,
             voter,
             machine,
             heard: Mutex::default(),
@@ -64,8 +64,8 @@ impl Core {
         self.me
     }
 
-    pub fn cookie(&self) -> &str {
-        &self.cookie
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     fn machine(&self) -> std::sync::MutexGuard<'_, Machine> {
@@ -308,13 +308,13 @@ impl Peers {
         let peer = self
             .0
             .entry(to)
-            .or_insert_with(|| Peer::new(to, &addr, core.cookie.clone(), core.me));
+            .or_insert_with(|| Peer::new(to, &addr, core.trust.clone(), core.me));
         peer.call(req, CALL).await.map_err(errors)
     }
 
     /// Calls a seed by address (it may not be a member yet).
     pub async fn call_addr(core: &Core, addr: &str, req: &Request) -> Result<Response, String> {
-        let mut p = Peer::new(0, addr, core.cookie.clone(), core.me);
+        let mut p = Peer::new(0, addr, core.trust.clone(), core.me);
         p.call(req, CALL).await.map_err(errors)
     }
 }

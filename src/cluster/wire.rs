@@ -8,6 +8,8 @@
 //! talks to an impostor. The handshake is pure (messages in, messages out) so that the consensus
 //! side (tokio) and the shards (monoio) share it.
 
+use std::sync::Arc;
+
 use hmac::{Hmac, KeyInit, Mac};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,6 +27,14 @@ use super::types::{Command, NodeId, NodeInfo, Reply, Types};
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bumped when a frame's meaning changes: nodes of other versions are refused at the hello.
 pub const VERSION: u32 = 1;
+
+/// What a node proves itself with, on every connection it makes or takes: the cookie, over
+/// mutual TLS when `[cluster.tls]` is set.
+#[derive(Clone)]
+pub struct Trust {
+    pub cookie: Arc<str>,
+    pub tls: Option<Arc<crate::tls::ClusterTls>>,
+}
 
 /// The dialling side's first frame.
 #[derive(Debug, Serialize, Deserialize)]

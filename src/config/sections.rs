@@ -389,6 +389,25 @@ pub struct ClusterConfig {
     pub cookie: Option<String>,
     /// Milliseconds a peer may stay silent before its routes are dropped.
     pub node_timeout_ms: u64,
+    /// TLS on both cluster ports (`[cluster.tls]`); none: plain TCP.
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// Mutual TLS between the nodes (`[cluster.tls]`), on the consensus and the forwarding
+/// connections alike: every node shows a certificate signed by the cluster's CA, to the nodes
+/// it dials and to those dialling it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// This node's certificate chain (PEM).
+    pub certfile: PathBuf,
+    /// Its private key (PEM).
+    pub keyfile: PathBuf,
+    /// The CA (PEM) that signed the nodes' certificates.
+    pub cafile: PathBuf,
+    /// The name every node's certificate carries; default: the host of the address dialled
+    /// (an IP address or a DNS name in the certificate's subject alternative names).
+    pub server_name: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -403,6 +422,7 @@ impl Default for ClusterConfig {
             role: ClusterRole::Voter,
             cookie: None,
             node_timeout_ms: 5000,
+            tls: None,
         }
     }
 }

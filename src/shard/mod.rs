@@ -54,6 +54,7 @@ mod limits;
 mod link;
 mod listener;
 mod mesh;
+mod peer_io;
 mod persist;
 mod proxied;
 mod rate;
@@ -236,7 +237,7 @@ impl Shard {
             durable: durable::Durable::new(id, store, journaled, hold),
             delayed: delayed::DelayedSet::new(id),
             bans: crate::banned::BanList::default(),
-            remote: cluster.map(|c| remote::Remote::new(c.reporter, c.link, &c.name, &c.cookie)),
+            remote: cluster.map(|c| remote::Remote::new(c.reporter, c.link, &c.name, c.trust)),
         }
     }
 
@@ -508,9 +509,9 @@ pub struct Boot {
 pub struct ClusterBoot {
     pub reporter: crate::cluster::Reporter,
     pub link: Arc<crate::cluster::ShardLink>,
-    /// This node's name and the cluster's cookie.
+    /// This node's name, and what it proves itself with to other nodes.
     pub name: String,
-    pub cookie: String,
+    pub trust: crate::cluster::Trust,
     /// Its socket on `cluster.rpc_listen` (taken when the shard starts).
     pub rpc: Option<StdTcpListener>,
 }

@@ -20,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::poll_fn;
-use std::io::{self, ErrorKind, IoSlice};
+use std::io::{self, ErrorKind};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,16 +29,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::net::{TcpListener, TcpStream};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use super::handover::HANDED;
+use super::peer_io::{next_frame, PeerIo};
 use super::Shard;
 use crate::cluster::wire::{self, Answering, Back, Dialling, Forward, Hello, Proof, Welcome};
-use crate::cluster::{node_id, Event, NodeId, Reporter, ShardLink, ToShard};
+use crate::cluster::{node_id, Event, NodeId, Reporter, ShardLink, ToShard, Trust};
 use crate::ring::XMsg;
 use crate::session::Message;
-use crate::sock::{self, Stream};
+use crate::sock;
 use crate::store::record::{wall_now, MovedSession, StoredMessage};
 use bytestring::ByteString;
 
@@ -161,9 +160,9 @@ impl Answers {
 pub(super) struct Remote {
     reporter: Reporter,
     link: Arc<ShardLink>,
-    /// This node's id and the cookie peers must prove.
+    /// This node's id, and what peers and this node prove themselves with.
     me: NodeId,
-    cookie: Arc<str>,
+    trust: Trust,
     /// Forwarders by slot.
     nodes: Vec<Option<Rc<Forwarder>>>,
     /// Forwarders whose task the pump starts.
@@ -173,12 +172,12 @@ pub(super) struct Remote {
 }
 
 impl Remote {
-    pub fn new(reporter: Reporter, link: Arc<ShardLink>, name: &str, cookie: &str) -> Remote {
+    pub fn new(reporter: Reporter, link: Arc<ShardLink>, name: &str, trust: Trust) -> Remote {
         Remote {
             reporter,
             link,
             me: node_id(name),
-            cookie: cookie.into(),
+            trust,
             nodes: Vec::new(),
             starting: Vec::new(),
             last_epoch: 0,
@@ -524,72 +523,15 @@ struct PeerStream {
     answers: Rc<Answers>,
 }
 
-async fn write_all(s: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match sock::send(s, &[IoSlice::new(data)]) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Stream::writable(s).await?,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn write_frame(s: &TcpStream, v: &impl Serialize) -> io::Result<()> {
-    let bytes = wire::frame(v).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-    write_all(s, &bytes).await
-}
-
-/// The next whole frame in `buf`, if one is there (its bytes taken).
-fn next_frame<T: DeserializeOwned>(buf: &mut BytesMut) -> io::Result<Option<T>> {
-    if buf.len() < 4 {
-        return Ok(None);
-    }
-    let n = wire::frame_len([buf[0], buf[1], buf[2], buf[3]])
-        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-    if buf.len() < 4 + n {
-        return Ok(None);
-    }
-    let frame = buf.split_to(4 + n);
-    wire::decode(&frame[4..])
-        .map(Some)
-        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
-}
-
-/// Reads what the socket holds into `buf`; an error at the end of the stream.
-fn fill(s: &TcpStream, buf: &mut BytesMut) -> io::Result<()> {
-    loop {
-        match sock::recv(s, buf, 64 * 1024) {
-            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Reads one whole frame (keeping what follows it in `buf`).
-async fn read_frame<T: DeserializeOwned>(s: &TcpStream, buf: &mut BytesMut) -> io::Result<T> {
-    loop {
-        if let Some(f) = next_frame(buf)? {
-            return Ok(f);
-        }
-        Stream::readable(s).await?;
-        fill(s, buf)?;
-    }
-}
-
 /// Dials `fw`'s node and proves the cookie, sends what waits for it (frames still owed an
 /// answer first), and takes its answers; again after every failure, until the node leaves.
 pub(super) async fn forward_task(shard: Rc<RefCell<Shard>>, fw: Rc<Forwarder>) {
-    let (cookie, me, id) = match shard.borrow().remote.as_ref() {
-        Some(r) => (r.cookie.clone(), r.me, shard.borrow().id as u32),
+    let (trust, me, id) = match shard.borrow().remote.as_ref() {
+        Some(r) => (r.trust.clone(), r.me, shard.borrow().id as u32),
         None => return,
     };
     while !fw.gone.get() {
-        if let Err(e) = forward_once(&shard, &fw, &cookie, me, id).await {
+        if let Err(e) = forward_once(&shard, &fw, &trust, me, id).await {
             tracing::debug!(node = %fw.name, error = %e, "forwarding connection failed");
         }
         if !fw.gone.get() {
@@ -601,7 +543,7 @@ pub(super) async fn forward_task(shard: Rc<RefCell<Shard>>, fw: Rc<Forwarder>) {
 async fn forward_once(
     shard: &Rc<RefCell<Shard>>,
     fw: &Forwarder,
-    cookie: &str,
+    trust: &Trust,
     me: NodeId,
     id: u32,
 ) -> io::Result<()> {
@@ -610,21 +552,19 @@ async fn forward_once(
         .parse()
         .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("{}: {e}", fw.rpc)))?;
     let s = sock::connect(addr, None).await?;
-    let (dialling, hello) = Dialling::start(cookie, me);
-    write_frame(&s, &hello).await?;
+    let s = PeerIo::dialled(s, trust.tls.as_deref(), &fw.rpc)?;
+    let (dialling, hello) = Dialling::start(&trust.cookie, me);
+    s.write_frame(&hello).await?;
     let mut buf = BytesMut::new();
-    let welcome: Welcome = read_frame(&s, &mut buf).await?;
+    let welcome: Welcome = s.read_frame(&mut buf).await?;
     let (proof, _) = dialling
         .finish(&welcome)
         .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))?;
-    write_frame(&s, &proof).await?;
-    write_frame(
-        &s,
-        &Forward::Begin {
-            shard: id,
-            life: fw.life,
-        },
-    )
+    s.write_frame(&proof).await?;
+    s.write_frame(&Forward::Begin {
+        shard: id,
+        life: fw.life,
+    })
     .await?;
     // What was sent and never answered goes again, before anything newer.
     let again: Vec<u8> = fw
@@ -633,9 +573,9 @@ async fn forward_once(
         .values()
         .flat_map(|(_, f)| f.iter().copied())
         .collect();
-    write_all(&s, &again).await?;
+    s.write_all(&again).await?;
     tracing::info!(node = %fw.name, "forwarding to a node");
-    let mut readable = std::pin::pin!(Some(Stream::readable(&s)));
+    let mut readable = std::pin::pin!(Some(s.readable()));
     loop {
         let answers = poll_fn(|cx| {
             if let Some(r) = readable.as_mut().as_pin_mut() {
@@ -654,8 +594,8 @@ async fn forward_once(
             return Ok(());
         }
         if answers {
-            readable.set(Some(Stream::readable(&s)));
-            fill(&s, &mut buf)?;
+            readable.set(Some(s.readable()));
+            s.fill(&mut buf).await?;
             while let Some(Back::Done { seq, stored }) = next_frame::<Back>(&mut buf)? {
                 if let Some(token) = fw.answered(seq) {
                     shard.borrow_mut().answered_by_peer(token, stored);
@@ -663,7 +603,7 @@ async fn forward_once(
             }
         }
         let data = fw.take_unsent();
-        write_all(&s, &data).await?;
+        s.write_all(&data).await?;
     }
 }
 
@@ -683,21 +623,28 @@ pub(super) async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener
 }
 
 async fn serve_peer(shard: Rc<RefCell<Shard>>, s: TcpStream, from: std::net::SocketAddr) {
-    let (cookie, me) = match shard.borrow().remote.as_ref() {
-        Some(r) => (r.cookie.clone(), r.me),
+    let (trust, me) = match shard.borrow().remote.as_ref() {
+        Some(r) => (r.trust.clone(), r.me),
         None => return,
     };
     if let Err(e) = sock::prepare(&s) {
         tracing::debug!(%from, error = %e, "cluster rpc socket setup failed");
         return;
     }
+    let s = match PeerIo::accepted(s, trust.tls.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%from, error = %e, "cluster rpc TLS setup failed");
+            return;
+        }
+    };
     let mut buf = BytesMut::new();
     let handshake = async {
-        let hello: Hello = read_frame(&s, &mut buf).await?;
-        let (answering, welcome) = Answering::start(&cookie, me, &hello)
+        let hello: Hello = s.read_frame(&mut buf).await?;
+        let (answering, welcome) = Answering::start(&trust.cookie, me, &hello)
             .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))?;
-        write_frame(&s, &welcome).await?;
-        let proof: Proof = read_frame(&s, &mut buf).await?;
+        s.write_frame(&welcome).await?;
+        let proof: Proof = s.read_frame(&mut buf).await?;
         answering
             .finish(&proof)
             .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))
@@ -724,18 +671,18 @@ async fn serve_peer(shard: Rc<RefCell<Shard>>, s: TcpStream, from: std::net::Soc
 /// Takes a peer's frames and writes their answers, until the connection ends.
 async fn take_frames(
     shard: &Rc<RefCell<Shard>>,
-    s: &TcpStream,
+    s: &PeerIo,
     buf: &mut BytesMut,
     stream: &mut PeerStream,
 ) -> io::Result<()> {
     let answers = stream.answers.clone();
-    let mut readable = std::pin::pin!(Some(Stream::readable(s)));
+    let mut readable = std::pin::pin!(Some(s.readable()));
     loop {
         while let Some(f) = next_frame::<Forward>(buf)? {
             shard.borrow_mut().take_forwarded(f, stream);
         }
         let data = std::mem::take(&mut *answers.out.borrow_mut());
-        write_all(s, &data).await?;
+        s.write_all(&data).await?;
         poll_fn(|cx| {
             if let Some(r) = readable.as_mut().as_pin_mut() {
                 if let Poll::Ready(r) = std::future::Future::poll(r, cx) {
@@ -749,8 +696,8 @@ async fn take_frames(
             Poll::Pending
         })
         .await?;
-        readable.set(Some(Stream::readable(s)));
-        fill(s, buf)?;
+        readable.set(Some(s.readable()));
+        s.fill(buf).await?;
     }
 }
 

@@ -32,6 +32,8 @@ struct Seat {
 pub struct Cluster {
     seats: Vec<Seat>,
     shards: usize,
+    /// More TOML for every node, after its `[cluster]` keys.
+    extra: String,
     /// `None` while a node is down.
     pub nodes: Vec<Option<Broker>>,
 }
@@ -39,6 +41,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes seeded with each other and waits until they agree on one cluster.
     pub fn start(n: usize, shards: usize) -> Cluster {
+        Cluster::start_with(n, shards, "")
+    }
+
+    /// [`Cluster::start`] with `extra` TOML for every node, after its `[cluster]` keys.
+    pub fn start_with(n: usize, shards: usize, extra: &str) -> Cluster {
         Cluster::seated(
             (1..=n)
                 .map(|i| Seat {
@@ -49,6 +56,7 @@ impl Cluster {
                 })
                 .collect(),
             shards,
+            extra,
         )
     }
 
@@ -68,14 +76,16 @@ impl Cluster {
                 })
                 .collect(),
             shards,
+            "",
         )
     }
 
-    fn seated(seats: Vec<Seat>, shards: usize) -> Cluster {
+    fn seated(seats: Vec<Seat>, shards: usize, extra: &str) -> Cluster {
         let n = seats.len();
         let mut c = Cluster {
             seats,
             shards,
+            extra: extra.to_string(),
             nodes: Vec::new(),
         };
         for i in 0..n {
@@ -97,11 +107,12 @@ impl Cluster {
         format!(
             "[broker]\npin_cores = false\nnode_name = {:?}\n\n[cluster]\nenabled = true\n\
              listen = {:?}\nrpc_listen = {:?}\nseeds = [{}]\ncookie = {COOKIE:?}\n\
-             node_timeout_ms = {NODE_TIMEOUT_MS}\n",
+             node_timeout_ms = {NODE_TIMEOUT_MS}\n{}",
             me.name,
             me.listen,
             me.rpc,
-            seeds.join(", ")
+            seeds.join(", "),
+            self.extra
         )
     }
 
@@ -846,4 +857,58 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
     assert_eq!(&take(&mut late).payload[..], b"healed");
     from_c.publish_acked("majority/2", b"from c", QoS::AtLeastOnce, 2);
     assert_eq!(&take(&mut on_b).payload[..], b"from c");
+}
+
+/// `[cluster.tls]` with the test CA's `cert` (`make_certs` names) for the name `localhost`.
+fn cluster_tls(dir: &std::path::Path, cert: &str) -> String {
+    format!(
+        "\n[cluster.tls]\ncertfile = {:?}\nkeyfile = {:?}\ncafile = {:?}\n\
+         server_name = \"localhost\"\n",
+        dir.join(format!("{cert}.pem")),
+        dir.join(format!("{cert}.key")),
+        dir.join("ca.pem"),
+    )
+}
+
+#[test]
+fn over_cluster_tls_nodes_route_and_a_node_without_a_certificate_of_the_ca_is_refused() {
+    let certs = tempdir::Dir::new();
+    crate::listeners::make_certs(&certs.0);
+    let cl = Cluster::start_with(3, 2, &cluster_tls(&certs.0, "server"));
+    assert!(cl.node(0).log_text().contains("tls=true"));
+    // Consensus (the cluster agreed) and forwarding cross TLS.
+    let mut sub = v5(cl.node(2).port, "tls-sub");
+    sub.subscribe("secure/#", QoS::AtLeastOnce);
+    let mut publ = v5(cl.node(0).port, "tls-pub");
+    publ.publish_acked("secure/1", b"sealed", QoS::AtLeastOnce, 1);
+    assert_eq!(&take(&mut sub).payload[..], b"sealed");
+    // A node with the cookie but a certificate no CA of the cluster signed never joins.
+    let intruder = Broker::launch(
+        1,
+        &format!(
+            "[broker]\npin_cores = false\nnode_name = \"n4@127.0.0.4\"\n\n[cluster]\n\
+             enabled = true\nlisten = \"127.0.0.4:{}\"\nrpc_listen = \"127.0.0.4:{}\"\n\
+             seeds = [{:?}]\ncookie = {COOKIE:?}\nnode_timeout_ms = {NODE_TIMEOUT_MS}\n{}",
+            free_port(),
+            free_port(),
+            cl.seats[0].listen,
+            cluster_tls(&certs.0, "other"),
+        ),
+        tempdir::Dir::new(),
+        &[],
+    );
+    eventually("the seed refused the intruder's certificate", || {
+        cl.node(0)
+            .log_text()
+            .contains("refused a cluster connection error=invalid peer certificate")
+    });
+    std::thread::sleep(Duration::from_millis(NODE_TIMEOUT_MS));
+    assert_eq!(cl.view(0)["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        intruder.ctl_json(&["cluster", "status"])["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "the intruder is in no cluster"
+    );
 }
