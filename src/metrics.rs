@@ -128,7 +128,7 @@ const COUNTERS: [Summed; 21] = [
     (
         "cluster_sessions_lost_total",
         "counter",
-        "Sessions handed to a node that went away before it answered (kept in this node's store until its next start).",
+        "Sessions handed to a node that went away before it answered, or could not store them (kept in this node's store until its next start).",
         |s| &s.cluster_sessions_lost,
     ),
     (

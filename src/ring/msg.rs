@@ -65,11 +65,13 @@ pub enum XMsg {
         hand_to: Option<(usize, u64)>,
     },
     /// To the home shard of `client_id`: its persistent session, handed over by another node
-    /// to the connection that claimed it with `epoch` (none: that node had none to hand).
+    /// to the connection that claimed it with `epoch` (none: that node had none to hand);
+    /// `confirm` is told once it is stored.
     Moved {
         client_id: ByteString,
         epoch: u64,
         session: Option<Box<Session>>,
+        confirm: Option<(usize, u64)>,
     },
     /// To the shard holding `client_id` under claim `token`: a session of the same client
     /// that came from another node after its claim stopped waiting; what it still owes the
@@ -78,6 +80,7 @@ pub enum XMsg {
         client_id: ByteString,
         token: u64,
         session: Box<Session>,
+        confirm: Option<(usize, u64)>,
     },
     /// A ban made on the sending shard, for every replica (it kicks matching clients).
     Ban(Arc<crate::banned::Ban>),
@@ -114,4 +117,7 @@ pub struct Grant {
     pub session: Option<Box<Session>>,
     /// The home shard refuses the connection (a banned, flapping client id).
     pub refused: Option<crate::codec::ReasonCode>,
+    /// The shard and token to tell once `session` is stored: one handed over by another node,
+    /// whose answer (and the old node's forgetting it) waits for that.
+    pub confirm: Option<(usize, u64)>,
 }

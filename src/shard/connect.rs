@@ -241,6 +241,7 @@ impl Shard {
                 token,
                 session: None,
                 refused,
+                confirm: None,
             };
             self.send(shard, XMsg::Grant(g));
             return;
@@ -258,6 +259,7 @@ impl Shard {
                     token,
                     session: None,
                     refused: None,
+                    confirm: None,
                 }),
             ),
             Some(owner) => self.send(
@@ -306,6 +308,7 @@ impl Shard {
                 token,
                 session,
                 refused: None,
+                confirm: None,
             }),
         );
     }
@@ -364,9 +367,14 @@ impl Shard {
                     token: next.token,
                     session,
                     refused: g.refused,
+                    confirm: g.confirm,
                 }),
             );
             return;
+        }
+        if let Some((shard, token)) = g.confirm {
+            // The session's records (installed, or kept offline below) go in this tick's batch.
+            self.durable.reply_with_batch(shard, token);
         }
         let link = self.waiting.granted(g.token).filter(|l| !l.is_closing());
         let connect = link.as_ref().and_then(|l| l.connect.borrow_mut().take());

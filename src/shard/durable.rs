@@ -500,6 +500,11 @@ impl Durable {
         }
     }
 
+    /// Tells `token` on `shard` that what this tick made is stored, once this tick's batch is.
+    pub fn reply_with_batch(&mut self, shard: usize, token: u64) {
+        self.wait_for(Release::Reply { shard, token }, Wait::Record);
+    }
+
     /// The SUBACK with `token` waits for this tick's batch.
     pub fn when_stored(&mut self, token: u64) {
         self.defer(Deferred::SubAck(token));

@@ -5,8 +5,9 @@
 //! session present), or starts here when no live node held it (counted as started anew when a
 //! dead node did). The node that lost the id closes the old connection (0x8E) and hands the
 //! session over on its forwarding connection, which sends it again after a broken link until
-//! the receiver answers; only then do its records leave this node's store (a crash before
-//! that brings it back here at the next start, never loses it). A node with nothing to hand
+//! the receiver answers, and the receiver answers once the session is in its own store; only
+//! then do its records leave this node's store (a crash before that, or a receiver that could
+//! not store it, brings it back here at the next start, never loses it). A node with nothing to hand
 //! over (a clean session, one already gone) says so, so the CONNECT waits no longer. A session
 //! that comes when no CONNECT waits for it (its holder was down or cut off, and is back; or it
 //! came too late) is merged: what it still owed the client joins the session the client
@@ -108,6 +109,7 @@ impl Shard {
             token: p.token,
             session: None,
             refused,
+            confirm: None,
         };
         self.send(p.shard, XMsg::Grant(g));
     }
@@ -120,24 +122,51 @@ impl Shard {
         client_id: ByteString,
         epoch: u64,
         s: Option<Box<Session>>,
+        confirm: Option<(usize, u64)>,
     ) {
         if s.is_some() {
             self.stats.cluster_sessions_in.inc();
         }
         match (self.handovers.take(&client_id, epoch), s) {
-            (Some(p), s) => self.grant_resumed(client_id, p.shard, p.token, s),
+            (Some(p), s) => {
+                let g = Grant {
+                    client_id,
+                    token: p.token,
+                    session: s,
+                    refused: None,
+                    confirm,
+                };
+                self.send(p.shard, XMsg::Grant(g));
+            }
             (None, Some(s)) => match self.homes.claimed_by(&client_id, u64::MAX) {
                 Some((shard, token)) => {
                     let merge = XMsg::Merge {
                         client_id,
                         token,
                         session: s,
+                        confirm,
                     };
                     self.send(shard, merge);
                 }
-                None => self.moved_messages_dropped(&client_id, s.into_owed().len()),
+                None => {
+                    self.moved_messages_dropped(&client_id, s.into_owed().len());
+                    self.confirm_now(confirm);
+                }
             },
-            (None, None) => {}
+            (None, None) => self.confirm_now(confirm),
+        }
+    }
+
+    /// Tells the shard waiting on `confirm` that nothing is left to store.
+    fn confirm_now(&mut self, confirm: Option<(usize, u64)>) {
+        if let Some((shard, token)) = confirm {
+            self.send(
+                shard,
+                XMsg::Stored {
+                    token,
+                    stored: true,
+                },
+            );
         }
     }
 
@@ -145,18 +174,29 @@ impl Shard {
     /// from a node that lost the id while it was down or cut off): what it still owes the
     /// client goes into the client's session here (claim `token`), so that nothing it
     /// acknowledged to a publisher is lost.
-    pub(super) fn merge_session(&mut self, client_id: &str, token: u64, s: Session, now: Instant) {
+    pub(super) fn merge_session(
+        &mut self,
+        client_id: &str,
+        token: u64,
+        s: Session,
+        confirm: Option<(usize, u64)>,
+        now: Instant,
+    ) {
         let key = self
             .sessions
             .find(client_id)
             .filter(|k| self.sessions[*k].token == token);
         let owed = s.into_owed();
         let Some(key) = key else {
-            return self.moved_messages_dropped(client_id, owed.len());
+            self.moved_messages_dropped(client_id, owed.len());
+            return self.confirm_now(confirm);
         };
         let n = owed.len();
         for d in owed {
             self.deliver_to(key, d, now);
+        }
+        if let Some((shard, token)) = confirm {
+            self.durable.reply_with_batch(shard, token);
         }
         self.stats.cluster_messages_merged.add(n as i64);
         tracing::info!(client = %client_id, messages = n, "a session of this client came from another node: its messages join the client's session here");
@@ -165,22 +205,6 @@ impl Shard {
     fn moved_messages_dropped(&self, client_id: &str, n: usize) {
         self.stats.cluster_messages_dropped.add(n as i64);
         tracing::warn!(client = %client_id, messages = n, "a session of this client came from another node, and no session here takes its messages: dropped");
-    }
-
-    fn grant_resumed(
-        &mut self,
-        client_id: ByteString,
-        shard: usize,
-        token: u64,
-        session: Option<Box<Session>>,
-    ) {
-        let g = Grant {
-            client_id,
-            token,
-            session,
-            refused: None,
-        };
-        self.send(shard, XMsg::Grant(g));
     }
 
     /// Once a second: resuming CONNECTs that waited too long start anew.
@@ -196,7 +220,14 @@ impl Shard {
             if let Some(p) = self.handovers.waiting.remove(&client_id) {
                 self.stats.cluster_sessions_anew.inc();
                 tracing::warn!(client = %client_id, "the cluster did not hand the session over in time: it starts anew");
-                self.grant_resumed(client_id, p.shard, p.token, None);
+                let g = Grant {
+                    client_id,
+                    token: p.token,
+                    session: None,
+                    refused: None,
+                    confirm: None,
+                };
+                self.send(p.shard, XMsg::Grant(g));
             }
         }
     }

@@ -332,12 +332,14 @@ impl Shard {
                 client_id,
                 epoch,
                 session,
-            } => self.session_arrived(client_id, epoch, session),
+                confirm,
+            } => self.session_arrived(client_id, epoch, session, confirm),
             XMsg::Merge {
                 client_id,
                 token,
                 session,
-            } => self.merge_session(&client_id, token, *session, now),
+                confirm,
+            } => self.merge_session(&client_id, token, *session, confirm, now),
             XMsg::ExclusiveClaim {
                 filter,
                 client_id,

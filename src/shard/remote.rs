@@ -473,23 +473,36 @@ impl Shard {
                 epoch,
                 moved,
             } => {
-                // Answered once taken (again when sent again: the first answer was lost).
-                from.answers.done(seq, true);
-                if self.fresh(from, seq) {
-                    let client_id = ByteString::from(client_id);
-                    let session = moved.map(|m| {
-                        let (s, expired) = m.session(client_id.clone(), now, wall_now());
-                        self.stats.cluster_messages_dropped.add(expired as i64);
-                        Box::new(s)
-                    });
-                    let home = self.home_of(&client_id);
-                    let moved = XMsg::Moved {
-                        client_id,
-                        epoch,
-                        session,
-                    };
-                    self.send(home, moved);
+                if !self.fresh(from, seq) {
+                    // Sent again after a broken link: taken already, the answer was lost.
+                    from.answers.done(seq, true);
+                    return;
                 }
+                // Answered once the session is stored where it lands (at once without a
+                // store), so that the old node forgets it only then.
+                self.durable.begin();
+                let confirm = moved
+                    .as_ref()
+                    .and_then(|_| self.durable.confirm())
+                    .map(|token| (self.id, token));
+                let wait = self.durable.end();
+                if let Some(d) = self.durable.answer_peer(from.answers.clone(), seq, wait) {
+                    self.carry_out(d);
+                }
+                let client_id = ByteString::from(client_id);
+                let session = moved.map(|m| {
+                    let (s, expired) = m.session(client_id.clone(), now, wall_now());
+                    self.stats.cluster_messages_dropped.add(expired as i64);
+                    Box::new(s)
+                });
+                let home = self.home_of(&client_id);
+                let moved = XMsg::Moved {
+                    client_id,
+                    epoch,
+                    session,
+                    confirm,
+                };
+                self.send(home, moved);
                 return;
             }
         };

@@ -20,6 +20,9 @@ const COOKIE: &str = "cluster-test-cookie-0123456789";
 /// `cluster.node_timeout_ms` in these tests.
 const NODE_TIMEOUT_MS: u64 = 1500;
 
+/// The file whose presence in a node's scratch dir makes its store fail.
+const BROKEN_STORE: &str = "store-broken";
+
 /// One node's fixed addresses (kept across its restarts).
 struct Seat {
     name: String,
@@ -118,7 +121,20 @@ impl Cluster {
 
     fn launch(&self, i: usize, dir: tempdir::Dir) -> Broker {
         let ns = self.seats[i].ns.as_deref();
-        Broker::launch_in(ns, self.shards, &self.toml(i), dir, &[])
+        let broken = dir.0.join(BROKEN_STORE);
+        let broken = broken.to_str().expect("utf-8").to_string();
+        let env = [("RINGMQ_FAULT_STORE_FAILS", broken.as_str())];
+        Broker::launch_in(ns, self.shards, &self.toml(i), dir, &env)
+    }
+
+    /// Makes node `i`'s store fail its writes (as a full disk would), or write again.
+    pub fn break_store(&self, i: usize, broken: bool) {
+        let path = self.node(i).dir.0.join(BROKEN_STORE);
+        if broken {
+            std::fs::write(path, b"").expect("break the store");
+        } else {
+            std::fs::remove_file(path).expect("mend the store");
+        }
     }
 
     /// Node `i`'s name.
@@ -657,6 +673,55 @@ fn a_node_back_from_a_crash_hands_its_queue_to_the_session_its_client_started_el
     });
     eventually("the registry still gives the id to C", || {
         (0..3).all(|i| cl.view(i)["sessions"].as_u64() == Some(1))
+    });
+}
+
+#[test]
+fn a_session_the_new_node_could_not_store_stays_with_the_old_one_and_comes_later() {
+    let mut cl = Cluster::start(3, 1);
+    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("fragile"));
+    sub.subscribe("frag/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    cl.node(0).wait_offline("fragile");
+    let mut publ = v5(cl.node(1).port, "frag-pub");
+    for i in 1..=2u16 {
+        publ.publish_acked(&format!("frag/{i}"), b"acked", QoS::AtLeastOnce, i);
+    }
+    // C cannot write: it takes the session but cannot keep it, and says so; A keeps its
+    // records (counted) instead of forgetting them.
+    cl.break_store(2, true);
+    let (moved, _) = Raw::connect_with(cl.node(2).port, persistent("fragile"));
+    let lost = |cl: &Cluster| cl.node(0).metric("ringmq_cluster_sessions_lost_total");
+    eventually("A heard that C did not store the session", || {
+        lost(&cl) == Some(1.0)
+    });
+    assert_eq!(
+        cl.node(0)
+            .metric("ringmq_cluster_sessions_handed_over_total"),
+        Some(0.0)
+    );
+    drop(moved);
+    cl.break_store(2, false);
+    // A, restarted, reads the session back and hands it to C, where the client is again
+    // (C's own copy, kept in memory, sends them too: at least once).
+    let (mut again, _) = Raw::connect_with(cl.node(2).port, persistent("fragile"));
+    let dir = cl.kill9(0);
+    cl.restart(0, dir);
+    cl.wait_agreed(3);
+    eventually("A's copy of the session reached C", || {
+        cl.node(2)
+            .metric("ringmq_cluster_session_messages_merged_total")
+            == Some(2.0)
+    });
+    let mut got = BTreeSet::new();
+    while got.len() < 2 {
+        got.insert(take(&mut again).topic.to_string());
+    }
+    assert_eq!(got, BTreeSet::from(["frag/1".into(), "frag/2".into()]));
+    eventually("C stored it this time, and told A", || {
+        cl.node(0)
+            .metric("ringmq_cluster_sessions_handed_over_total")
+            == Some(1.0)
     });
 }
 
