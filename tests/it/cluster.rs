@@ -227,6 +227,20 @@ fn persistent(id: &str) -> Connect {
     c
 }
 
+/// A persistent session `id` on node `at`, subscribed to `{prefix}/#` and offline, holding `n`
+/// QoS 1 messages `{prefix}/1` to `{prefix}/n` acknowledged to a publisher on node `via`.
+fn owed_session(cl: &Cluster, at: usize, id: &str, prefix: &str, n: u16, via: usize) {
+    let (mut sub, _) = Raw::connect_with(cl.node(at).port, persistent(id));
+    sub.subscribe(&format!("{prefix}/#"), QoS::AtLeastOnce);
+    sub.disconnect();
+    cl.node(at).wait_offline(id);
+    let mut publ = v5(cl.node(via).port, &format!("{id}-pub"));
+    for i in 1..=n {
+        publ.publish_acked(&format!("{prefix}/{i}"), b"acked", QoS::AtLeastOnce, i);
+    }
+    publ.disconnect();
+}
+
 /// Reads one publish and acknowledges it (QoS 1 and 2 alike).
 fn take(c: &mut Raw) -> Publish {
     let p = c.recv_publish();
@@ -614,13 +628,7 @@ fn a_persistent_session_taken_over_on_another_node_comes_with_its_window_and_que
 #[test]
 fn a_session_restored_by_a_restart_is_handed_over_too() {
     let mut cl = Cluster::start(3, 2);
-    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("restored"));
-    sub.subscribe("kept/#", QoS::AtLeastOnce);
-    sub.disconnect();
-    cl.node(0).wait_offline("restored");
-    let mut publ = v5(cl.node(1).port, "kept-pub");
-    publ.publish_acked("kept/1", b"queued", QoS::AtLeastOnce, 1);
-    publ.disconnect();
+    owed_session(&cl, 0, "restored", "kept", 1, 1);
     // A restarts (its registry claims void): the session read back from its store is
     // registered again, so a takeover on C still finds it there.
     let dir = cl.kill9(0);
@@ -631,22 +639,14 @@ fn a_session_restored_by_a_restart_is_handed_over_too() {
     });
     let (mut moved, ack) = Raw::connect_with(cl.node(2).port, persistent("restored"));
     assert!(ack.session_present, "the session came from A's store");
-    assert_eq!(&take(&mut moved).payload[..], b"queued");
+    assert_eq!(take(&mut moved).topic, "kept/1");
 }
 
 #[test]
 fn a_node_back_from_a_crash_hands_its_queue_to_the_session_its_client_started_elsewhere() {
     let mut cl = Cluster::start(3, 2);
     let a = cl.name(0).to_string();
-    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("stranded"));
-    sub.subscribe("owed/#", QoS::AtLeastOnce);
-    sub.disconnect();
-    cl.node(0).wait_offline("stranded");
-    let mut publ = v5(cl.node(1).port, "owed-pub");
-    for i in 1..=3u16 {
-        publ.publish_acked(&format!("owed/{i}"), b"acked", QoS::AtLeastOnce, i);
-    }
-    publ.disconnect();
+    owed_session(&cl, 0, "stranded", "owed", 3, 1);
     // A dies holding three acknowledged messages; its client comes back on C and starts anew.
     let dir = cl.kill9(0);
     within_ms(NODE_TIMEOUT_MS * 8, "A's routes are dropped", || {
@@ -679,14 +679,7 @@ fn a_node_back_from_a_crash_hands_its_queue_to_the_session_its_client_started_el
 #[test]
 fn a_session_the_new_node_could_not_store_stays_with_the_old_one_and_comes_later() {
     let mut cl = Cluster::start(3, 1);
-    let (mut sub, _) = Raw::connect_with(cl.node(0).port, persistent("fragile"));
-    sub.subscribe("frag/#", QoS::AtLeastOnce);
-    sub.disconnect();
-    cl.node(0).wait_offline("fragile");
-    let mut publ = v5(cl.node(1).port, "frag-pub");
-    for i in 1..=2u16 {
-        publ.publish_acked(&format!("frag/{i}"), b"acked", QoS::AtLeastOnce, i);
-    }
+    owed_session(&cl, 0, "fragile", "frag", 2, 1);
     // C cannot write: it takes the session but cannot keep it, and says so; A keeps its
     // records (counted) instead of forgetting them.
     cl.break_store(2, true);
@@ -847,14 +840,10 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
         Raw::connect_with(port, persistent(id)).0.disconnect();
     }
     // A session on C holding an acknowledged message for its client, who is away.
-    let (mut owed, _) = Raw::connect_with(c, persistent("owed-on-c"));
-    owed.subscribe("owed/#", QoS::AtLeastOnce);
-    owed.disconnect();
-    cl.node(2).wait_offline("owed-on-c");
+    owed_session(&cl, 2, "owed-on-c", "owed", 1, 0);
     let mut from_a = v5(a, "from-a");
     from_a.publish_acked("part/1", b"before", QoS::AtLeastOnce, 1);
     assert_eq!(&take(&mut on_c).payload[..], b"before");
-    from_a.publish_acked("owed/1", b"owed", QoS::AtLeastOnce, 3);
 
     lan.cut(2);
     // The majority drops C's routes within the configured time and goes on: a new route, a
@@ -910,7 +899,7 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
     );
     twin_a.sync();
     // C hands the message its session held to the session the client started on B.
-    assert_eq!(&take(&mut owed).payload[..], b"owed");
+    assert_eq!(take(&mut owed).topic, "owed/1");
     assert_eq!(
         cl.node(1)
             .metric("ringmq_cluster_session_messages_merged_total"),
