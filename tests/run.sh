@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: checks formatting and clippy first (they fail
 # fast), installs what the tests need (Mosquitto for side-by-side runs and its mosquitto_passwd,
+# iproute2 for the network namespaces of the partition test, openssl,
 # Chromium, Firefox ESR, shellcheck, cargo-deb, a Python venv with paho-mqtt, cryptography and
 # PyYAML, Node's MQTT.js, ws and playwright-core), then runs the Rust tests, the integration suite
 # again on the epoll driver, the Python and Node client tests, the dashboard in headless Chromium
 # and Firefox, the package tests (.deb, Dockerfile steps, Grafana and Prometheus files), checks
 # that the benchmarks still build, fuzzes each fuzz target for a minute, runs `ringmq doctor` and
-# the benchmark CI in smoke mode.
+# the benchmark CI and the cluster benchmark in smoke mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ command -v npm >/dev/null || missing+=(npm)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v firefox-esr >/dev/null || missing+=(firefox-esr)
 command -v shellcheck >/dev/null || missing+=(shellcheck)
+# `ip netns` and veth for the cluster's partition test; openssl for bench/cluster.sh's TLS run.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}"
   $SUDO apt-get update -qq
@@ -79,3 +83,6 @@ target/release/ringmq doctor --connections 10000 || echo "(doctor exit status $?
 echo "== benchmark CI, smoke mode (every step runs, the report is written, no ratio gate)"
 bash bench/ci.sh --smoke
 test -s bench/report/latest.json
+
+echo "== cluster benchmark, smoke mode (one short run each: one node, two nodes, two over TLS)"
+bash bench/cluster.sh --smoke | tail -4
