@@ -425,8 +425,6 @@ impl Session {
         Some((next, true))
     }
 
-    /// Takes every delivery that came through a shared subscription and is not yet
-    /// acknowledged, for dispatch to another member.
     /// What the session still owes its client, in order: the window's messages not yet
     /// received (those waiting for PUBCOMP were), then the queue.
     pub fn into_owed(self) -> Vec<Delivery> {
@@ -435,6 +433,8 @@ impl Session {
         unreceived.map(|f| f.delivery).chain(self.queue).collect()
     }
 
+    /// Takes every delivery that came through a shared subscription and is not yet
+    /// acknowledged, for dispatch to another member.
     pub fn take_shared(&mut self) -> Vec<Delivery> {
         let mut out: Vec<Delivery> = Vec::new();
         self.inflight.retain(|_, f| {

@@ -7,11 +7,11 @@
 //! session over on its forwarding connection, which sends it again after a broken link until
 //! the receiver answers, and the receiver answers once the session is in its own store; only
 //! then do its records leave this node's store (a crash before that, or a receiver that could
-//! not store it, brings it back here at the next start, never loses it). A node with nothing to hand
-//! over (a clean session, one already gone) says so, so the CONNECT waits no longer. A session
-//! that comes when no CONNECT waits for it (its holder was down or cut off, and is back; or it
-//! came too late) is merged: what it still owed the client joins the session the client
-//! started here meanwhile.
+//! not store it, brings it back here at the next start, never loses it). A node with nothing
+//! to hand over (a clean session, one already gone) says so, so the CONNECT waits no longer. A
+//! session that comes when no CONNECT waits for it (its holder was down or cut off, and is
+//! back; or it came too late) is merged: what it still owed the client joins the session the
+//! client started here meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -128,16 +128,7 @@ impl Shard {
             self.stats.cluster_sessions_in.inc();
         }
         match (self.handovers.take(&client_id, epoch), s) {
-            (Some(p), s) => {
-                let g = Grant {
-                    client_id,
-                    token: p.token,
-                    session: s,
-                    refused: None,
-                    confirm,
-                };
-                self.send(p.shard, XMsg::Grant(g));
-            }
+            (Some(p), s) => self.grant_resumed(client_id, &p, s, confirm),
             (None, Some(s)) => match self.homes.claimed_by(&client_id, u64::MAX) {
                 Some((shard, token)) => {
                     let merge = XMsg::Merge {
@@ -155,6 +146,24 @@ impl Shard {
             },
             (None, None) => self.confirm_now(confirm),
         }
+    }
+
+    /// The waiting CONNECT `p` goes ahead, with `session` when one came.
+    fn grant_resumed(
+        &mut self,
+        client_id: ByteString,
+        p: &Parked,
+        session: Option<Box<Session>>,
+        confirm: Option<(usize, u64)>,
+    ) {
+        let g = Grant {
+            client_id,
+            token: p.token,
+            session,
+            refused: None,
+            confirm,
+        };
+        self.send(p.shard, XMsg::Grant(g));
     }
 
     /// Tells the shard waiting on `confirm` that nothing is left to store.
@@ -220,14 +229,7 @@ impl Shard {
             if let Some(p) = self.handovers.waiting.remove(&client_id) {
                 self.stats.cluster_sessions_anew.inc();
                 tracing::warn!(client = %client_id, "the cluster did not hand the session over in time: it starts anew");
-                let g = Grant {
-                    client_id,
-                    token: p.token,
-                    session: None,
-                    refused: None,
-                    confirm: None,
-                };
-                self.send(p.shard, XMsg::Grant(g));
+                self.grant_resumed(client_id, &p, None, None);
             }
         }
     }
