@@ -108,7 +108,7 @@ pub enum ToShard {
     Answered(u64),
     /// To `client_id`'s home shard: its connection claimed with `epoch` (or an older one)
     /// lost the id to a newer connection on another node; with `hand_to` (the slot of that
-    /// node and the new claim's epoch), the persistent session goes there.
+    /// node and the new claim's epoch, or [`state::MERGE`]), the persistent session goes there.
     Evict {
         client_id: String,
         epoch: u64,

@@ -38,6 +38,11 @@ pub struct Replicated {
     pub sessions: HashMap<String, (NodeId, u64)>,
 }
 
+/// The claim epoch of a hand-over no CONNECT waits for (claims from connections are never 0):
+/// the session is merged into the one its client has on that node, and a node with nothing to
+/// hand says nothing.
+pub const MERGE: u64 = 0;
+
 /// What applying the log changed for this node's shards.
 #[derive(Debug, Clone)]
 pub enum Effect {
@@ -51,8 +56,8 @@ pub enum Effect {
     /// The connection of `client_id` on `node` that claimed it with `epoch` (or an older one)
     /// lost it to a newer connection on another node: `node` closes it (0x8E), and with
     /// `hand_to` (that node and its claim's epoch) hands the persistent session over: to a
-    /// connection resuming it there, or, when the claim lost to one made while `node` was
-    /// away, into the session there that the client started meanwhile.
+    /// connection resuming it there, or (epoch [`MERGE`]), when `node` was away while the client
+    /// went there, into the session it started meanwhile.
     Evict {
         client_id: String,
         node: NodeId,
@@ -115,7 +120,9 @@ impl Replicated {
 
     /// `client_id` connected on `node` with `epoch`: the newer of it and the registered claim
     /// keeps the id; a claim on another node that loses is evicted. A winning claim that
-    /// `resumes` a persistent session has it handed over by the live node that held it.
+    /// `resumes` a persistent session has it handed over by the live node that held it, its
+    /// CONNECT waiting; a node that held it but was away (down, cut off), and a node whose claim
+    /// loses to one made meanwhile, hand theirs over to be merged ([`MERGE`]).
     fn claim(
         &mut self,
         (client_id, epoch, resumes): (String, u64, bool),
@@ -133,14 +140,16 @@ impl Replicated {
         let stranded = held.is_some_and(|n| self.down.contains(&n));
         let from = held.filter(|_| !stranded);
         if let Some((loser, lost)) = loser {
-            // A resuming winner takes the whole session from its holder: at once from a live
-            // one; from a stranded one when it is back, into the session the client started
-            // meanwhile. Likewise a claim that loses to one made while its node was away (down,
-            // or cut off) hands what its session still owes the client to the winner.
+            // A resuming winner takes the whole session from a live holder, its CONNECT
+            // waiting; a stranded holder, once back, hands it to be merged into the session the
+            // client started meanwhile. Likewise a claim that loses to one made while its node
+            // was away hands what its session still owes the client to the winner's.
             let hand_to = if won {
-                held.map(|_| (node, epoch))
+                held.map(|_| (node, if stranded { MERGE } else { epoch }))
             } else {
-                elsewhere.filter(|(n, _)| !self.down.contains(n))
+                elsewhere
+                    .filter(|(n, _)| !self.down.contains(n))
+                    .map(|(n, _)| (n, MERGE))
             };
             effects.push(Effect::Evict {
                 client_id: client_id.clone(),
@@ -499,7 +508,7 @@ mod tests {
         // An older claim arriving late (a healed partition) loses, and is itself evicted: what
         // its session owes goes to the winner's.
         let e = sessions(&mut m, 3, false, &[("c", 15, false)]);
-        assert_eq!(evicted(&e), [("c".to_string(), 3, 15, Some((2, 20)))]);
+        assert_eq!(evicted(&e), [("c".to_string(), 3, 15, Some((2, MERGE)))]);
         assert_eq!(m.data.sessions.get("c"), Some(&(2, 20)));
         // A claim on the same node is a local takeover: nothing to evict elsewhere.
         assert!(evicted(&sessions(&mut m, 2, false, &[("c", 30, false)])).is_empty());
@@ -532,13 +541,13 @@ mod tests {
         // An older claim that loses waits for nothing and takes nothing; its node hands what
         // its session holds to the winner.
         let e = sessions(&mut m, 3, false, &[("p", 15, true)]);
-        assert_eq!(evicted(&e), [("p".to_string(), 3, 15, Some((2, 20)))]);
+        assert_eq!(evicted(&e), [("p".to_string(), 3, 15, Some((2, MERGE)))]);
         assert_eq!(claimed(&e), [(3, 15, Resume::Here)]);
         // Its holder silent, the session cannot come: it starts anew on node 3, and node 2,
         // back, hands it over there.
         m.apply(Command::Down { node: 2 }, &mut Vec::new());
         let e = sessions(&mut m, 3, false, &[("p", 40, true)]);
-        assert_eq!(evicted(&e), [("p".to_string(), 2, 20, Some((3, 40)))]);
+        assert_eq!(evicted(&e), [("p".to_string(), 2, 20, Some((3, MERGE)))]);
         assert_eq!(
             claimed(&e),
             [(3, 40, Resume::Anew)],
@@ -547,7 +556,7 @@ mod tests {
         // Back from its store, node 2 registers what it held (epoch 0): the id stays node 3's,
         // and node 2 hands the old session's messages there.
         let e = sessions(&mut m, 2, true, &[("p", 0, false)]);
-        assert_eq!(evicted(&e), [("p".to_string(), 2, 0, Some((3, 40)))]);
+        assert_eq!(evicted(&e), [("p".to_string(), 2, 0, Some((3, MERGE)))]);
         assert_eq!(m.data.sessions.get("p"), Some(&(3, 40)));
     }
 }

@@ -58,7 +58,7 @@ pub enum XMsg {
     Release { client_id: ByteString, token: u64 },
     /// To the shard holding `client_id` under claim `token`: a newer connection on another
     /// node took the id; close this one (0x8E). With `hand_to` (the node's slot and its
-    /// claim's epoch) the persistent session is handed over to that node.
+    /// claim's epoch, or `MERGE`) the persistent session is handed over to that node.
     Evict {
         client_id: ByteString,
         token: u64,

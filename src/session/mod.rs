@@ -425,8 +425,8 @@ impl Session {
         Some((next, true))
     }
 
-    /// What the session still owes its client, in order: the window's messages not yet
-    /// received (those waiting for PUBCOMP were), then the queue.
+    /// What the session still owes its client: the window's messages not yet received (those
+    /// waiting for PUBCOMP were), by packet id, then the queue in order.
     pub fn into_owed(self) -> Vec<Delivery> {
         let window = self.inflight.into_values();
         let unreceived = window.filter(|f| f.state == OutState::Published);

@@ -500,9 +500,10 @@ impl Durable {
         }
     }
 
-    /// Tells `token` on `shard` that what this tick made is stored, once this tick's batch is.
+    /// Tells `token` on `shard` that what this tick made is stored, once the batch that
+    /// carries it is (the next: a session's deliveries logged now are collected with it).
     pub fn reply_with_batch(&mut self, shard: usize, token: u64) {
-        self.wait_for(Release::Reply { shard, token }, Wait::Record);
+        self.wait_for(Release::Reply { shard, token }, Wait::Ticket { owed: None });
     }
 
     /// The SUBACK with `token` waits for this tick's batch.

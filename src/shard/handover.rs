@@ -19,6 +19,7 @@ use ahash::AHashMap;
 use bytestring::ByteString;
 
 use super::Shard;
+use crate::cluster::state::MERGE;
 use crate::cluster::{wire, Resume};
 use crate::codec::ReasonCode;
 use crate::ring::{Grant, XMsg};
@@ -116,7 +117,8 @@ impl Shard {
 
     /// At the home shard: what the node that held `client_id` handed over for the claim with
     /// `epoch`: the session, or nothing (it had none to hand). A session no CONNECT waits for
-    /// goes to the shard of the client's session here, to be merged.
+    /// (epoch [`MERGE`], or one that came too late) goes to the shard of the client's session
+    /// here, to be merged.
     pub(super) fn session_arrived(
         &mut self,
         client_id: ByteString,
@@ -195,11 +197,17 @@ impl Shard {
             .sessions
             .find(client_id)
             .filter(|k| self.sessions[*k].token == token);
-        let owed = s.into_owed();
         let Some(key) = key else {
-            self.moved_messages_dropped(client_id, owed.len());
-            return self.confirm_now(confirm);
+            // The claim changed hands on the way (a takeover here meanwhile): the old node
+            // keeps the session and hands it over again at its next start.
+            tracing::info!(client = %client_id, "a session from another node found the client's session here gone: the other node keeps it");
+            if let Some((shard, token)) = confirm {
+                let stored = false;
+                self.send(shard, XMsg::Stored { token, stored });
+            }
+            return;
         };
+        let owed = s.into_owed();
         let n = owed.len();
         for d in owed {
             self.deliver_to(key, d, now);
@@ -234,10 +242,11 @@ impl Shard {
         }
     }
 
-    /// On the node that lost `client_id` to a resuming claim (`epoch`) on the node in `slot`:
-    /// a persistent session held under claim `token` (session `key`) is taken, its connection
-    /// closed with 0x8E, and sent there; its home forgets the claim. False when it stays here:
-    /// a clean session, the node unreachable, or a session too large for a frame.
+    /// On the node that lost `client_id` to a claim on the node in `slot` (a resuming one with
+    /// `epoch`, or [`MERGE`]: a claim made while this node was away): a persistent session held
+    /// under claim `token` (session `key`) is taken, its connection closed with 0x8E, and sent
+    /// there; its home forgets the claim. False when it stays here: a clean session, the node
+    /// unreachable, or a session too large for a frame.
     pub(super) fn hand_over(&mut self, key: usize, slot: usize, epoch: u64) -> bool {
         let reachable = self.remote.as_ref().is_some_and(|r| r.reaches(slot));
         let held = &self.sessions[key];
@@ -277,8 +286,11 @@ impl Shard {
     }
 
     /// Tells the node in `slot` that there is no session of `client_id` to hand to its claim
-    /// `epoch`: its CONNECT goes ahead at once.
+    /// `epoch`: its CONNECT goes ahead at once (a merge has no CONNECT waiting: nothing to say).
     pub(super) fn hand_nothing(&self, client_id: &str, slot: usize, epoch: u64) {
+        if epoch == MERGE {
+            return;
+        }
         if let Some(r) = &self.remote {
             r.hand_over(slot, client_id.to_string(), epoch, None, None);
         }
@@ -293,7 +305,7 @@ impl Shard {
         };
         if !taken {
             self.stats.cluster_sessions_lost.inc();
-            tracing::warn!(client = %client_id, "the node a session was handed to went away before it answered: the session stays in this node's store until its next start");
+            tracing::warn!(client = %client_id, "the node a session was handed to went away before it answered, or could not keep it: the session stays in this node's store until its next start");
             return;
         }
         self.stats.cluster_sessions_out.inc();

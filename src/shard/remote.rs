@@ -43,6 +43,8 @@ use bytestring::ByteString;
 
 /// Bytes a forwarding connection may have waiting before the shard stops reading publishers.
 const MAX_WAITING: usize = 4 * 1024 * 1024;
+/// How long a forwarding connection's handshakes (TCP, TLS, the cookie) may take.
+const HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long a forwarding connection waits before dialling again after a failure.
 const REDIAL: Duration = Duration::from_millis(500);
 
@@ -564,16 +566,22 @@ async fn forward_once(
         .rpc
         .parse()
         .map_err(|e| io::Error::new(ErrorKind::InvalidInput, format!("{}: {e}", fw.rpc)))?;
-    let s = sock::connect(addr, None).await?;
-    let s = PeerIo::dialled(s, trust.tls.as_deref(), &fw.rpc)?;
-    let (dialling, hello) = Dialling::start(&trust.cookie, me);
-    s.write_frame(&hello).await?;
-    let mut buf = BytesMut::new();
-    let welcome: Welcome = s.read_frame(&mut buf).await?;
-    let (proof, _) = dialling
-        .finish(&welcome)
-        .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))?;
-    s.write_frame(&proof).await?;
+    let handshake = async {
+        let s = sock::connect(addr, None).await?;
+        let s = PeerIo::dialled(s, trust.tls.as_deref(), &fw.rpc)?;
+        let (dialling, hello) = Dialling::start(&trust.cookie, me);
+        s.write_frame(&hello).await?;
+        let mut buf = BytesMut::new();
+        let welcome: Welcome = s.read_frame(&mut buf).await?;
+        let (proof, _) = dialling
+            .finish(&welcome)
+            .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))?;
+        s.write_frame(&proof).await?;
+        Ok::<_, io::Error>((s, buf))
+    };
+    let (s, mut buf) = monoio::time::timeout(HANDSHAKE, handshake)
+        .await
+        .map_err(|_| io::Error::new(ErrorKind::TimedOut, "cluster handshake"))??;
     s.write_frame(&Forward::Begin {
         shard: id,
         life: fw.life,
@@ -662,7 +670,7 @@ async fn serve_peer(shard: Rc<RefCell<Shard>>, s: TcpStream, from: std::net::Soc
             .finish(&proof)
             .map_err(|e| io::Error::new(ErrorKind::PermissionDenied, e))
     };
-    let timed = monoio::time::timeout(Duration::from_secs(5), handshake).await;
+    let timed = monoio::time::timeout(HANDSHAKE, handshake).await;
     let node = match timed {
         Ok(Ok(peer)) => peer,
         Ok(Err(e)) => {
