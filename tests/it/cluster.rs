@@ -857,11 +857,14 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
     assert_eq!(&take(&mut on_b).payload[..], b"goes on");
     let (_, ack) = Raw::connect_with(b, persistent("kept-on-a"));
     assert!(ack.session_present, "the majority hands sessions over");
-    eventually("B stored the session (with no message in it) and told A", || {
-        cl.node(0)
-            .metric("ringmq_cluster_sessions_handed_over_total")
-            == Some(1.0)
-    });
+    eventually(
+        "B stored the session (with no message in it) and told A",
+        || {
+            cl.node(0)
+                .metric("ringmq_cluster_sessions_handed_over_total")
+                == Some(1.0)
+        },
+    );
     // The client of the session on C comes back on B meanwhile: it starts anew there.
     let (mut owed, ack) = Raw::connect_with(b, persistent("owed-on-c"));
     assert!(
