@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
 
-pub use msg::{Grant, XMsg};
+pub use msg::{Confirm, Grant, XMsg};
 
 /// Wakes a sleeping shard.
 #[derive(Default)]

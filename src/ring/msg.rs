@@ -7,6 +7,10 @@ use bytestring::ByteString;
 
 use crate::session::{Message, Session};
 
+/// The shard and token to answer with `XMsg::Stored` once a session handed over by another
+/// node is stored here (that node forgets it only then).
+pub type Confirm = (usize, u64);
+
 pub enum XMsg {
     /// A publish for the receiving shard's own (non-shared) subscribers. With `confirm`, the
     /// publisher waits to acknowledge it: the receiver answers `Stored` with the token once
@@ -71,7 +75,7 @@ pub enum XMsg {
         client_id: ByteString,
         epoch: u64,
         session: Option<Box<Session>>,
-        confirm: Option<(usize, u64)>,
+        confirm: Option<Confirm>,
     },
     /// To the shard holding `client_id` under claim `token`: a session of the same client
     /// that came from another node after its claim stopped waiting; what it still owes the
@@ -80,7 +84,7 @@ pub enum XMsg {
         client_id: ByteString,
         token: u64,
         session: Box<Session>,
-        confirm: Option<(usize, u64)>,
+        confirm: Option<Confirm>,
     },
     /// A ban made on the sending shard, for every replica (it kicks matching clients).
     Ban(Arc<crate::banned::Ban>),
@@ -119,5 +123,5 @@ pub struct Grant {
     pub refused: Option<crate::codec::ReasonCode>,
     /// The shard and token to tell once `session` is stored: one handed over by another node,
     /// whose answer (and the old node's forgetting it) waits for that.
-    pub confirm: Option<(usize, u64)>,
+    pub confirm: Option<Confirm>,
 }

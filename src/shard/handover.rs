@@ -22,7 +22,7 @@ use super::Shard;
 use crate::cluster::state::MERGE;
 use crate::cluster::{wire, Resume};
 use crate::codec::ReasonCode;
-use crate::ring::{Grant, XMsg};
+use crate::ring::{Confirm, Grant, XMsg};
 use crate::session::Session;
 use crate::store::record::{self, wall_now, MovedSession};
 
@@ -124,14 +124,14 @@ impl Shard {
         client_id: ByteString,
         epoch: u64,
         s: Option<Box<Session>>,
-        confirm: Option<(usize, u64)>,
+        confirm: Option<Confirm>,
     ) {
         if s.is_some() {
             self.stats.cluster_sessions_in.inc();
         }
         match (self.handovers.take(&client_id, epoch), s) {
             (Some(p), s) => self.grant_resumed(client_id, &p, s, confirm),
-            (None, Some(s)) => match self.homes.claimed_by(&client_id, u64::MAX) {
+            (None, Some(s)) => match self.homes.holder(&client_id) {
                 Some((shard, token)) => {
                     let merge = XMsg::Merge {
                         client_id,
@@ -143,10 +143,10 @@ impl Shard {
                 }
                 None => {
                     self.moved_messages_dropped(&client_id, s.into_owed().len());
-                    self.confirm_now(confirm);
+                    self.confirm_now(confirm, true);
                 }
             },
-            (None, None) => self.confirm_now(confirm),
+            (None, None) => self.confirm_now(confirm, true),
         }
     }
 
@@ -156,7 +156,7 @@ impl Shard {
         client_id: ByteString,
         p: &Parked,
         session: Option<Box<Session>>,
-        confirm: Option<(usize, u64)>,
+        confirm: Option<Confirm>,
     ) {
         let g = Grant {
             client_id,
@@ -168,16 +168,11 @@ impl Shard {
         self.send(p.shard, XMsg::Grant(g));
     }
 
-    /// Tells the shard waiting on `confirm` that nothing is left to store.
-    fn confirm_now(&mut self, confirm: Option<(usize, u64)>) {
+    /// Answers the shard waiting on `confirm` now: nothing is left to store (`stored`), or the
+    /// session was not kept here.
+    fn confirm_now(&mut self, confirm: Option<Confirm>, stored: bool) {
         if let Some((shard, token)) = confirm {
-            self.send(
-                shard,
-                XMsg::Stored {
-                    token,
-                    stored: true,
-                },
-            );
+            self.send(shard, XMsg::Stored { token, stored });
         }
     }
 
@@ -190,22 +185,14 @@ impl Shard {
         client_id: &str,
         token: u64,
         s: Session,
-        confirm: Option<(usize, u64)>,
+        confirm: Option<Confirm>,
         now: Instant,
     ) {
-        let key = self
-            .sessions
-            .find(client_id)
-            .filter(|k| self.sessions[*k].token == token);
-        let Some(key) = key else {
+        let Some(key) = self.sessions.held(client_id, token) else {
             // The claim changed hands on the way (a takeover here meanwhile): the old node
             // keeps the session and hands it over again at its next start.
             tracing::info!(client = %client_id, "a session from another node found the client's session here gone: the other node keeps it");
-            if let Some((shard, token)) = confirm {
-                let stored = false;
-                self.send(shard, XMsg::Stored { token, stored });
-            }
-            return;
+            return self.confirm_now(confirm, false);
         };
         let owed = s.into_owed();
         let n = owed.len();

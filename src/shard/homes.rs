@@ -63,6 +63,13 @@ impl Homes {
         (e <= epoch).then_some((shard, token))
     }
 
+    /// The shard and claim token holding `client_id`, whatever its claim.
+    pub fn holder(&self, client_id: &str) -> Option<(usize, u64)> {
+        self.owners
+            .get(client_id)
+            .map(|(shard, token, _)| (*shard, *token))
+    }
+
     /// Counts a CONNECT for `client_id`; true when it is the one too many (the id is to be
     /// banned).
     pub fn flapping(&mut self, client_id: &ByteString, l: &LimitsConfig, now: Instant) -> bool {

@@ -21,7 +21,13 @@ const READ: usize = 64 * 1024;
 
 pub(super) struct PeerIo {
     s: TcpStream,
-    tls: Option<RefCell<rustls::Connection>>,
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    conn: RefCell<rustls::Connection>,
+    /// The encrypted bytes of one read, kept between reads (its capacity reused).
+    raw: RefCell<BytesMut>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -64,7 +70,10 @@ impl PeerIo {
         let tls = tls.map(|mut c| {
             // What waits to be sent is bounded by the forwarder (publishers stop being read).
             c.set_buffer_limit(None);
-            RefCell::new(c)
+            Tls {
+                conn: RefCell::new(c),
+                raw: RefCell::default(),
+            }
         });
         PeerIo { s, tls }
     }
@@ -79,8 +88,8 @@ impl PeerIo {
         match &self.tls {
             None => self.send_raw(data).await,
             Some(tls) => {
-                tls.borrow_mut().writer().write_all(data)?;
-                self.flush(tls).await
+                tls.conn.borrow_mut().writer().write_all(data)?;
+                self.flush(&tls.conn).await
             }
         }
     }
@@ -126,10 +135,11 @@ impl PeerIo {
         let Some(tls) = &self.tls else {
             return fill_raw(&self.s, buf);
         };
-        let mut raw = BytesMut::new();
-        let ended = fill_raw(&self.s, &mut raw);
         {
-            let mut c = tls.borrow_mut();
+            let mut raw = tls.raw.borrow_mut();
+            raw.clear();
+            let ended = fill_raw(&self.s, &mut raw);
+            let mut c = tls.conn.borrow_mut();
             let mut rest = &raw[..];
             while !rest.is_empty() {
                 c.read_tls(&mut rest)?;
@@ -138,9 +148,9 @@ impl PeerIo {
                     return Err(ErrorKind::UnexpectedEof.into());
                 }
             }
+            ended?;
         }
-        ended?;
-        self.flush(tls).await
+        self.flush(&tls.conn).await
     }
 
     /// Reads one whole frame (keeping what follows it in `buf`).

@@ -63,11 +63,7 @@ impl Shard {
     /// persistent session, which goes there with its queue; otherwise a clean session ends
     /// and a persistent one stays here, offline, its queue kept.
     pub(super) fn evicted(&mut self, client_id: &str, token: u64, hand_to: Option<(usize, u64)>) {
-        let key = self
-            .sessions
-            .find(client_id)
-            .filter(|k| self.sessions[*k].token == token);
-        let Some(key) = key else {
+        let Some(key) = self.sessions.held(client_id, token) else {
             if let Some((node, epoch)) = hand_to {
                 self.hand_nothing(client_id, node, epoch);
             }

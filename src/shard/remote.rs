@@ -487,10 +487,7 @@ impl Shard {
                     .as_ref()
                     .and_then(|_| self.durable.confirm())
                     .map(|token| (self.id, token));
-                let wait = self.durable.end();
-                if let Some(d) = self.durable.answer_peer(from.answers.clone(), seq, wait) {
-                    self.carry_out(d);
-                }
+                self.answer_when_kept(from, seq);
                 let client_id = ByteString::from(client_id);
                 let session = moved.map(|m| {
                     let (s, expired) = m.session(client_id.clone(), now, wall_now());
@@ -522,10 +519,16 @@ impl Shard {
         }
         if confirm {
             // A frame taken before (or expired) owes nothing more: answered at once.
-            let wait = self.durable.end();
-            if let Some(d) = self.durable.answer_peer(from.answers.clone(), seq, wait) {
-                self.carry_out(d);
-            }
+            self.answer_when_kept(from, seq);
+        }
+    }
+
+    /// Ends what frame `seq` began (`Durable::begin`) and answers it once
+    /// what it made here is kept (at once when it made nothing to wait for).
+    fn answer_when_kept(&mut self, from: &PeerStream, seq: u64) {
+        let wait = self.durable.end();
+        if let Some(d) = self.durable.answer_peer(from.answers.clone(), seq, wait) {
+            self.carry_out(d);
         }
     }
 }

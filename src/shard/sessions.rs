@@ -141,6 +141,12 @@ impl SessionTable {
         self.by_client.get(&self.slots, client_id)
     }
 
+    /// The slot of `client_id`'s session when it is held under claim `token`.
+    pub fn held(&self, client_id: &str, token: u64) -> Option<usize> {
+        self.find(client_id)
+            .filter(|k| self.slots.get(*k).is_some_and(|s| s.token == token))
+    }
+
     /// Stores a session and indexes its client id; its key.
     pub fn insert(&mut self, slot: SessionSlot) -> usize {
         let key = self.slots.insert(slot);

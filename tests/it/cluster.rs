@@ -19,6 +19,8 @@ use ringmq::codec::*;
 const COOKIE: &str = "cluster-test-cookie-0123456789";
 /// `cluster.node_timeout_ms` in these tests.
 const NODE_TIMEOUT_MS: u64 = 1500;
+/// How long a change that waits on failure detection or an election may take to show.
+const CONVERGED: Duration = Duration::from_millis(NODE_TIMEOUT_MS * 8);
 
 /// The file whose presence in a node's scratch dir makes its store fail.
 const BROKEN_STORE: &str = "store-broken";
@@ -649,7 +651,7 @@ fn a_node_back_from_a_crash_hands_its_queue_to_the_session_its_client_started_el
     owed_session(&cl, 0, "stranded", "owed", 3, 1);
     // A dies holding three acknowledged messages; its client comes back on C and starts anew.
     let dir = cl.kill9(0);
-    within_ms(NODE_TIMEOUT_MS * 8, "A's routes are dropped", || {
+    eventually_within(CONVERGED, "A's routes are dropped", || {
         cl.routes_of(1, &a) == Some((0, true))
     });
     let (mut moved, ack) = Raw::connect_with(cl.node(2).port, persistent("stranded"));
@@ -819,15 +821,6 @@ fn the_operator_sees_the_members_removes_a_dead_node_and_a_node_leaves_and_comes
     assert!(!ok && err.contains("no member"), "{err}");
 }
 
-/// Waits up to `ms` milliseconds for `check`.
-fn within_ms(ms: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_millis(ms);
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_healed() {
     let lan = Lan::new(3);
@@ -848,7 +841,7 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
     lan.cut(2);
     // The majority drops C's routes within the configured time and goes on: a new route, a
     // publish from A to B, a takeover from A to B.
-    within_ms(NODE_TIMEOUT_MS * 8, "A and B drop C's routes", || {
+    eventually_within(CONVERGED, "A and B drop C's routes", || {
         (0..2).all(|i| cl.routes_of(i, &c_name) == Some((0, true)))
     });
     let mut on_b = v5(b, "on-b");
@@ -874,7 +867,7 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
     // C, cut off, knows it has no leader. It serves its own clients (a new subscription held
     // back from the cluster, a publish) and the sessions it holds, but refuses to take over
     // one it does not (0x88).
-    within_ms(NODE_TIMEOUT_MS * 8, "C sees no leader", || {
+    eventually_within(CONVERGED, "C sees no leader", || {
         cl.view(2)["leader"].is_null()
     });
     let mut late = v5(c, "late-on-c");
@@ -895,11 +888,9 @@ fn a_cut_off_node_serves_its_own_the_majority_goes_on_and_all_converge_when_heal
     lan.heal(2);
     cl.wait_agreed(3);
     // Healed without an operator: C's routes, the one held back included, are everywhere.
-    within_ms(
-        NODE_TIMEOUT_MS * 8,
-        "C's two routes are everywhere again",
-        || (0..3).all(|i| cl.routes_of(i, &c_name) == Some((2, false))),
-    );
+    eventually_within(CONVERGED, "C's two routes are everywhere again", || {
+        (0..3).all(|i| cl.routes_of(i, &c_name) == Some((2, false)))
+    });
     // The id connected twice keeps the newer connection: C's gets 0x8E.
     assert!(
         matches!(&twin_c.until_closed()[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::SessionTakenOver),

@@ -604,8 +604,13 @@ pub fn props(f: impl FnOnce(&mut Properties)) -> Props {
 
 /// Polls `check` (a metric, a listing, a log line: something the broker shows) until it
 /// holds; panics after 5 s, naming `what`. For states no packet announces.
-pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_within(WAIT, what, check);
+}
+
+/// [`eventually`], with its own deadline.
+pub fn eventually_within(wait: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + wait;
     while !check() {
         assert!(Instant::now() < deadline, "never: {what}");
         std::thread::sleep(Duration::from_millis(10));
