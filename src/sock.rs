@@ -90,9 +90,11 @@ pub fn recv_up_to(stream: &impl AsRawFd, buf: &mut BytesMut, max: usize) -> io::
     Ok(n)
 }
 
-/// A connection waiting on the listening socket, accepted now (`WouldBlock`: none waits).
+/// A connection waiting on the listening socket, accepted now (`WouldBlock`: none waits), already
+/// non-blocking (no `fcntl` calls after it).
 pub fn accept(listener: &impl AsRawFd) -> io::Result<(std::os::fd::OwnedFd, socket2::SockAddr)> {
-    let (socket, addr) = with_sock(listener, |l| l.accept())?;
+    let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    let (socket, addr) = with_sock(listener, |l| l.accept4(flags))?;
     Ok((socket.into(), addr))
 }
 
@@ -109,21 +111,29 @@ pub fn send(stream: &impl AsRawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 /// Connects to `addr`, from `source` when given (to spread over many source addresses), with the
 /// socket non-blocking and ready for `recv` and `send`.
 pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let stream = start_connect(addr, source)?;
+    stream.writable(false).await?;
+    if let Some(e) = with_sock(&stream, |s| s.take_error())? {
+        return Err(e);
+    }
+    Ok(stream)
+}
+
+/// As [`connect`], without waiting for the handshake: for a client that speaks first. Its first
+/// `send` says `WouldBlock` while the handshake is under way (wait for writability then), or
+/// the connect's error; on loopback it most often just goes, a readiness wait and a system call
+/// less per connection in a connect burst.
+pub fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let kind = Type::STREAM.nonblocking();
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))?;
     if let Some(src) = source {
         socket.bind(&SocketAddr::new(src, 0).into())?;
     }
-    socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
-    stream.writable(false).await?;
-    if let Some(e) = with_sock(&stream, |s| s.take_error())? {
-        return Err(e);
-    }
-    Ok(stream)
+    TcpStream::from_std(std::net::TcpStream::from(socket))
 }

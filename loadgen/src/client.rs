@@ -107,9 +107,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, ConnectFailure> {
         let work = async {
-            let stream = sock::connect(addr, source)
-                .await
-                .map_err(ConnectFailure::Io)?;
+            // The CONNECT goes as soon as the socket takes it: `flush` waits for the handshake
+            // only if it is not over yet.
+            let stream = sock::start_connect(addr, source).map_err(ConnectFailure::Io)?;
             let mut c = Client {
                 stream,
                 inbuf: BytesMut::new(),

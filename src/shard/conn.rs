@@ -86,7 +86,7 @@ pub async fn accept_loop<L: Accept>(shard: Rc<RefCell<Shard>>, listener: L, inde
                         .is_some_and(|l| l.cfg.proxy_protocol);
                     if proxied {
                         monoio::spawn(super::proxied::accept(shard.clone(), stream, peer, index));
-                    } else if let Some(conn) = admit(&shard, &stream, peer, index) {
+                    } else if let Some(conn) = admit::<L::Stream>(&shard, peer, index) {
                         monoio::spawn(serve(shard.clone(), stream, conn));
                     }
                 }
@@ -111,17 +111,13 @@ enum Event {
     Output,
 }
 
-/// Prepares the socket, its link and transport, and registers the connection with the shard.
+/// Sets up a connection's link and transport and registers it with the shard. Its socket needs
+/// nothing more: `sock::accept` made it non-blocking, and it has the listener's `TCP_NODELAY`.
 pub(super) fn admit<S: Stream>(
     shard: &Rc<RefCell<Shard>>,
-    stream: &S,
     peer: SocketAddr,
     listener: usize,
 ) -> Option<Accepted> {
-    if let Err(e) = sock::prepare(stream) {
-        tracing::debug!(%peer, error = %e, "socket setup failed");
-        return None;
-    }
     let now = Instant::now();
     let mut sh = shard.borrow_mut();
     let max = sh.cfg.mqtt.max_packet_size;

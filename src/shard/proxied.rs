@@ -42,7 +42,7 @@ pub(super) async fn accept<S: Stream>(
     let failed = match header {
         Ok(Ok(source)) => {
             let client = source.unwrap_or(peer);
-            if let Some(accepted) = conn::admit(&shard, &stream, client, listener) {
+            if let Some(accepted) = conn::admit::<S>(&shard, client, listener) {
                 monoio::spawn(conn::serve(shard, stream, accepted));
             }
             return;
@@ -64,7 +64,6 @@ pub(super) async fn accept<S: Stream>(
 
 /// The source address the header names (`None`: the connection's own), reading only its bytes.
 async fn read_header(stream: &impl Stream) -> Result<Option<SocketAddr>, Failed> {
-    sock::prepare(stream).map_err(Failed::Io)?;
     let mut buf = BytesMut::new();
     loop {
         let need = match parse(&buf).map_err(Failed::Proxy)? {
