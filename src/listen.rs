@@ -136,3 +136,29 @@ impl Drop for SocketFiles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read};
+
+    use super::*;
+
+    /// What `admit` counts on: a connection accepted from a client listener is non-blocking
+    /// and has `TCP_NODELAY` without a call of its own.
+    #[test]
+    fn accepted_connections_are_non_blocking_and_have_nodelay() {
+        let listener = client_listener("127.0.0.1:0".parse().expect("addr")).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        let (fd, _) = loop {
+            match crate::sock::accept(&listener) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+                other => break other.expect("accept"),
+            }
+        };
+        let mut accepted = std::net::TcpStream::from(fd);
+        assert!(accepted.nodelay().expect("nodelay"));
+        let read = accepted.read(&mut [0; 8]).expect_err("nothing was sent");
+        assert_eq!(read.kind(), ErrorKind::WouldBlock);
+    }
+}
