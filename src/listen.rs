@@ -74,25 +74,26 @@ pub fn reuseport(addr: SocketAddr, n: usize) -> Result<Vec<TcpListener>, String>
 }
 
 fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    reuseport_socket(addr).map(Into::into)
-}
-
-/// A shard's socket for a listener of MQTT clients: accepted connections inherit its
-/// `TCP_NODELAY`, a system call less per connection.
-fn client_listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = reuseport_socket(addr)?;
-    socket.set_nodelay(true)?;
-    Ok(socket.into())
-}
-
-fn reuseport_socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     socket.set_nonblocking(true)?;
-    Ok(socket)
+    Ok(socket.into())
+}
+
+fn client_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    for_clients(reuseport_listener(addr)?)
+}
+
+/// A listening socket made ready for MQTT clients: non-blocking, and with `TCP_NODELAY`, which
+/// Linux hands to every connection it accepts (a system call less per connection; `admit`
+/// counts on it).
+pub fn for_clients(listener: TcpListener) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    socket2::SockRef::from(&listener).set_nodelay(true)?;
+    Ok(listener)
 }
 
 /// Resolves the address to a concrete port (port 0 picks one) and fails if it is in use.

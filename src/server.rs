@@ -75,7 +75,7 @@ pub fn serve(
                 .map(|socks| {
                     socks
                         .into_iter()
-                        .map(|l| l.set_nonblocking(true).map(|()| ListenSocket::Tcp(l)))
+                        .map(|l| crate::listen::for_clients(l).map(ListenSocket::Tcp))
                         .collect::<std::io::Result<Vec<_>>>()
                 })
                 .collect::<std::io::Result<Vec<_>>>()
