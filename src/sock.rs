@@ -55,15 +55,14 @@ fn with_sock<R>(stream: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -> R {
     f(SockRef::from(&fd))
 }
 
-/// Puts the socket in non-blocking mode so hand-made reads and writes never block the shard
-/// (and a TCP one in `TCP_NODELAY`: packets leave when written).
-pub fn prepare<S: Stream>(stream: &S) -> io::Result<()> {
+/// Readies a TCP socket monoio accepted (the cluster's forwarding connections): non-blocking, so
+/// hand-made reads and writes never block the shard, and `TCP_NODELAY`, so packets leave when
+/// written. A client's connection needs neither call: see `sock::accept` and
+/// `listen::for_clients`.
+pub fn prepare(stream: &TcpStream) -> io::Result<()> {
     with_sock(stream, |s| {
         s.set_nonblocking(true)?;
-        if S::TCP {
-            s.set_nodelay(true)?;
-        }
-        Ok(())
+        s.set_nodelay(true)
     })
 }
 
