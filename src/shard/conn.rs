@@ -28,6 +28,10 @@ use crate::sock::{self, Stream};
 /// Bytes read per readiness event before giving other connections a turn.
 const READ_BUDGET: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// Room below which a plain read first takes a fresh `READ_CHUNK`. The packets of a read stay
+/// slices of its buffer while their messages are in flight, so a buffer is seldom free to be
+/// reused: asking for a whole chunk at every read allocated (and soon freed) 64 KiB per read.
+const READ_ROOM: usize = 16 * 1024;
 
 /// A listening socket connections are accepted from: a readiness wait, then every connection
 /// waiting is taken without another wait (a burst of connects is accepted in one loop tick,
@@ -320,7 +324,12 @@ fn read(
     let mut drained = false;
     while total < READ_BUDGET && !drained {
         let got = match transport {
-            None => sock::recv(stream, &mut buf, READ_CHUNK),
+            None => {
+                if buf.capacity() - buf.len() < READ_ROOM {
+                    buf.reserve(READ_CHUNK);
+                }
+                sock::recv(stream, &mut buf, READ_ROOM)
+            }
             Some(t) => {
                 let got = t.recv(stream, &mut buf, link, READ_CHUNK);
                 let skipped = t.take_skipped_pongs();
