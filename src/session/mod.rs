@@ -5,6 +5,7 @@
 
 mod message;
 mod stored;
+mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::codec::{Protocol, QoS, SubOptions, Will};
 
 pub use message::{owned, Message};
 pub use stored::{DeliveryOp, StoreLog};
+pub use window::Window;
 
 /// Subscription identifiers attached to one delivery.
 pub type SubIds = SmallVec<[u32; 1]>;
@@ -116,7 +118,7 @@ pub struct Session {
     /// Topic aliases of the current connection, allocated on first use.
     #[serde(skip)]
     pub aliases: Option<Box<Aliases>>,
-    pub inflight: BTreeMap<u16, Inflight>,
+    pub inflight: Window,
     pub queue: VecDeque<Delivery>,
     /// Payload bytes in `queue` (derived: recounted after a restore).
     #[serde(skip)]
@@ -145,7 +147,7 @@ impl Session {
             max_packet_size: u32::MAX,
             alias_max_out: 0,
             aliases: None,
-            inflight: BTreeMap::new(),
+            inflight: Window::default(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             queued_qos0: 0,
@@ -167,12 +169,12 @@ impl Session {
             log.push(DeliveryOp::Put {
                 seq: f.delivery.seq,
                 delivery: f.delivery.clone(),
-                pid: Some(*pid),
+                pid: Some(pid),
             });
             if f.state == OutState::Released {
                 log.push(DeliveryOp::Released {
                     seq: f.delivery.seq,
-                    pid: *pid,
+                    pid,
                 });
             }
         }
@@ -199,7 +201,7 @@ impl Session {
     /// Recounts what a session read back from the store holds: the packet-id counter past
     /// every id in flight, the queue's bytes and QoS 0 messages.
     pub fn after_restore(&mut self) {
-        self.next_pid = self.inflight.keys().next_back().copied().unwrap_or(0);
+        self.next_pid = self.inflight.last_pid().unwrap_or(0);
         self.recount_queue();
     }
 
@@ -221,7 +223,7 @@ impl Session {
 
     /// Ends the in-flight delivery `pid`.
     fn finish(&mut self, pid: u16) -> Completed {
-        let Some(f) = self.inflight.remove(&pid) else {
+        let Some(f) = self.inflight.remove(pid) else {
             return Completed { owed: None };
         };
         let uncollected = self.log_del(f.delivery.seq);
@@ -269,7 +271,7 @@ impl Session {
     fn alloc_pid(&mut self) -> u16 {
         loop {
             self.next_pid = self.next_pid.wrapping_add(1).max(1);
-            if !self.inflight.contains_key(&self.next_pid) {
+            if !self.inflight.contains(self.next_pid) {
                 return self.next_pid;
             }
         }
@@ -298,7 +300,7 @@ impl Session {
                     pid: Some(pid),
                 });
             }
-            self.inflight.insert(
+            self.inflight.push(
                 pid,
                 Inflight {
                     delivery: d.clone(),
@@ -372,7 +374,7 @@ impl Session {
             if let Some(log) = self.stored.as_mut().filter(|_| d.seq > 0) {
                 log.push(DeliveryOp::Sent { seq: d.seq, pid });
             }
-            self.inflight.insert(
+            self.inflight.push(
                 pid,
                 Inflight {
                     delivery: d.clone(),
@@ -385,7 +387,7 @@ impl Session {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2 after PUBREL) ends a flow; `None` if no such flow.
     pub fn complete(&mut self, pid: u16, expect: OutState, qos: QoS) -> Option<Completed> {
-        match self.inflight.get(&pid) {
+        match self.inflight.get(pid) {
             Some(f) if f.state == expect && f.delivery.qos == qos => Some(self.finish(pid)),
             _ => None,
         }
@@ -393,7 +395,7 @@ impl Session {
 
     /// PUBREC: the flow moves on to PUBREL; false if no such flow.
     pub fn received(&mut self, pid: u16) -> bool {
-        match self.inflight.get_mut(&pid) {
+        match self.inflight.get_mut(pid) {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                 f.state = OutState::Released;
                 let seq = f.delivery.seq;
@@ -428,8 +430,8 @@ impl Session {
     /// What the session still owes its client: the window's messages not yet received (those
     /// waiting for PUBCOMP were), by packet id, then the queue in order.
     pub fn into_owed(self) -> Vec<Delivery> {
-        let window = self.inflight.into_values();
-        let unreceived = window.filter(|f| f.state == OutState::Published);
+        let unreceived = self.inflight.into_iter().map(|(_, f)| f);
+        let unreceived = unreceived.filter(|f| f.state == OutState::Published);
         unreceived.map(|f| f.delivery).chain(self.queue).collect()
     }
 
@@ -478,7 +480,7 @@ mod tests {
         s
     }
 
-    fn delivery(qos: QoS) -> Delivery {
+    pub(super) fn delivery(qos: QoS) -> Delivery {
         let now = Instant::now();
         let msg = Message::new(
             "t".into(),
@@ -547,7 +549,7 @@ mod tests {
         // The third is sent now that the window has room: its Put says so.
         assert!(s.next_queued(Instant::now()).is_some());
         assert_eq!(logged(&mut s), [("put-sent", 3)]);
-        let third = s.inflight.keys().copied().next().expect("in flight");
+        let third = s.inflight.last_pid().expect("in flight");
         assert!(s
             .complete(third, OutState::Published, QoS::AtLeastOnce)
             .is_some());
@@ -686,7 +688,10 @@ mod tests {
         assert_eq!(back.will.as_deref(), s.will.as_deref());
         assert_eq!(back.inbound_qos2, [5]);
         assert_eq!(back.inflight.len(), 2);
-        assert_eq!(back.inflight[&pid].state, OutState::Released);
+        assert_eq!(
+            back.inflight.get(pid).map(|f| f.state),
+            Some(OutState::Released)
+        );
         assert_eq!(back.queue.len(), 1);
         assert_eq!(&back.queue[0].msg.payload[..], b"x");
     }

@@ -510,7 +510,7 @@ impl Shard {
             .session
             .inflight
             .iter()
-            .map(|(p, f)| (*p, f.state))
+            .map(|(p, f)| (p, f.state))
             .collect();
         for (pid, state) in flows {
             match state {
@@ -518,7 +518,7 @@ impl Shard {
                     let Some(slot) = self.sessions.get_mut(key) else {
                         return;
                     };
-                    let Some(f) = slot.session.inflight.get(&pid) else {
+                    let Some(f) = slot.session.inflight.get(pid) else {
                         continue;
                     };
                     let d = f.delivery.clone();

@@ -247,7 +247,7 @@ impl Store {
             messages += session.queue.len() + session.inflight.len();
             let seqs = session.queue.iter().map(|d| d.seq);
             let last_seq = seqs
-                .chain(session.inflight.values().map(|f| f.delivery.seq))
+                .chain(session.inflight.iter().map(|(_, f)| f.delivery.seq))
                 .max()
                 .unwrap_or(0);
             sessions.push(RestoredSession {

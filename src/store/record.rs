@@ -225,7 +225,7 @@ impl Flight {
                 } else {
                     OutState::Published
                 };
-                s.inflight.insert(f.pid, Inflight { delivery: d, state });
+                s.inflight.restore(f.pid, Inflight { delivery: d, state });
             }
             None => s.queue.push_back(d),
         }
@@ -244,7 +244,7 @@ impl MovedSession {
     pub fn of(s: &Session, now: Instant, wall: u64) -> MovedSession {
         let window = s.inflight.iter().map(|(pid, f)| {
             let flight = Flight {
-                pid: *pid,
+                pid,
                 released: f.state == OutState::Released,
             };
             (StoredDelivery::of(&f.delivery, now, wall), Some(flight))

@@ -193,8 +193,8 @@ fn recovered(store: &Store) -> Model {
     for r in got.sessions {
         let s = r.session;
         let mut d: BTreeMap<u64, Option<u16>> = s.queue.iter().map(|d| (d.seq, None)).collect();
-        for (pid, f) in &s.inflight {
-            d.insert(f.delivery.seq, Some(*pid));
+        for (pid, f) in s.inflight.iter() {
+            d.insert(f.delivery.seq, Some(pid));
         }
         let filters = s.subscriptions.keys().map(|f| f.to_string()).collect();
         m.sessions
