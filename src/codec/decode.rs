@@ -2,7 +2,7 @@
 //! `Ok(None)` (and the buffer is grown once to the frame's size), an oversized one is rejected
 //! before its body is buffered, a complete one is split off as `Bytes` and parsed without copies.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use super::properties::{decode_properties, PropCtx};
@@ -60,8 +60,10 @@ pub fn decode(
         buf.reserve(header.total() - buf.len());
         return Ok(None);
     }
-    let mut frame = buf.split_to(header.total()).freeze();
-    let body = frame.split_off(header.header_len);
+    // The header is stepped over, not split off: a split is a reference-count increment
+    // (and a decrement when the header is dropped) on the shared read buffer.
+    let mut body = buf.split_to(header.total()).freeze();
+    body.advance(header.header_len);
     decode_body(header.first_byte, body, protocol).map(Some)
 }
 
