@@ -37,12 +37,21 @@ impl<'a> Levels<'a> {
             levels: SmallVec::new(),
             dollar: name.starts_with('$'),
         };
-        for level in name.split('/') {
+        // A byte scan: `str::split('/')` looks for a char, which it compares with `memcmp`.
+        let mut push = |level: &'a str| {
             out.levels.push(Level {
                 name: level,
                 hash: level_hash(level),
-            });
+            })
+        };
+        let mut start = 0;
+        for (i, b) in name.bytes().enumerate() {
+            if b == b'/' {
+                push(&name[start..i]);
+                start = i + 1;
+            }
         }
+        push(&name[start..]);
         out
     }
 
@@ -52,5 +61,36 @@ impl<'a> Levels<'a> {
 
     pub(crate) fn dollar(&self) -> bool {
         self.dollar
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte scan splits as `str::split('/')` does: empty levels at either end and between
+    /// slashes, multi-byte characters kept whole.
+    #[test]
+    fn splits_like_str_split() {
+        for name in [
+            "a",
+            "",
+            "/",
+            "a/b/c",
+            "/a",
+            "a/",
+            "a//b",
+            "//",
+            "$SYS/x",
+            "é/ü€/😀",
+            "+/#",
+        ] {
+            let levels = Levels::new(name);
+            let got: Vec<&str> = levels.levels().iter().map(|l| l.name).collect();
+            let want: Vec<&str> = name.split('/').collect();
+            assert_eq!(got, want, "{name:?}");
+            assert!(levels.levels().iter().all(|l| l.hash == level_hash(l.name)));
+            assert_eq!(levels.dollar(), name.starts_with('$'));
+        }
     }
 }
