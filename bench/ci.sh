@@ -45,7 +45,7 @@ cargo build --release --workspace -q
 command -v mosquitto >/dev/null || { echo "mosquitto is needed: apt-get install mosquitto" >&2; exit 1; }
 
 echo "== criterion"
-for b in codec trie ring; do
+for b in codec trie ring session; do
   cargo bench -q --bench "$b" -- "${crit[@]}" > "$work/criterion-$b.txt" 2>&1
 done
 
