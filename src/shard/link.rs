@@ -17,6 +17,13 @@ use crate::codec::{encode, put_publish_header, Connect, Packet, Protocol, Publis
 
 /// Payloads at least this big are written by reference rather than copied.
 const BY_REFERENCE: usize = 1024;
+/// What a header buffer starts with: a window of 16 acknowledgements, without growing four
+/// times on the way from a few bytes.
+const HEAD_START: usize = 64;
+/// A header buffer this size or more is kept once written out, up to `HEAD_KEPT_MAX`: a busy
+/// link does not reallocate at every flush, an idle one (a CONNACK, a PINGRESP) holds nothing.
+const HEAD_KEPT_MIN: usize = 256;
+const HEAD_KEPT_MAX: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
@@ -62,15 +69,23 @@ impl OutBuf {
         }
     }
 
+    /// The header buffer, given its starting room if it has none.
+    fn head(&mut self) -> &mut BytesMut {
+        if self.head.capacity() == 0 {
+            self.head.reserve(HEAD_START);
+        }
+        &mut self.head
+    }
+
     pub fn packet(&mut self, p: &Packet, protocol: Protocol) {
         let before = self.head.len();
-        encode(p, protocol, &mut self.head);
+        encode(p, protocol, self.head());
         self.len += self.head.len() - before;
     }
 
     pub fn publish(&mut self, p: &PublishRef<'_>, protocol: Protocol) {
         let before = self.head.len();
-        put_publish_header(&mut self.head, p, protocol);
+        put_publish_header(self.head(), p, protocol);
         self.len += self.head.len() - before + p.payload.len();
         if p.payload.len() >= BY_REFERENCE {
             self.seal_head();
@@ -110,10 +125,15 @@ impl OutBuf {
             self.chunks.pop_front();
         }
         // Nothing queued: a buffer that only ever held a few small packets (an idle client's
-        // CONNACK, PINGRESP) is let go, and one a busy client grew is kept up to 16 KiB.
-        let cap = self.head.capacity();
-        if self.len == 0 && !(256..=16 * 1024).contains(&cap) {
-            self.head = BytesMut::new();
+        // CONNACK, PINGRESP) is let go, and one a busy client grew is kept up to 16 KiB. The
+        // written bytes are reclaimed first: `capacity` counts only the room after them, and a
+        // buffer filled near its end looked small and was let go.
+        if self.len == 0 {
+            let kept = self.head.try_reclaim(HEAD_KEPT_MIN)
+                && (HEAD_KEPT_MIN..=HEAD_KEPT_MAX).contains(&self.head.capacity());
+            if !kept {
+                self.head = BytesMut::new();
+            }
         }
     }
 }
@@ -349,5 +369,38 @@ mod tests {
         assert_eq!(rest, flat[10..]);
         out.advance(total - 10);
         assert!(out.is_empty());
+    }
+
+    /// Written out, a header buffer a busy link grew stays for the next flush, even when it
+    /// was filled to its end; one that only held a few small packets is let go.
+    #[test]
+    fn outbuf_keeps_a_grown_header_buffer_and_lets_a_small_one_go() {
+        let mut out = OutBuf::default();
+        let ack = Packet::PubAck(crate::codec::PubResp::new(1, ReasonCode::Success));
+        out.packet(&ack, Protocol::V311);
+        assert_eq!(
+            out.head.capacity(),
+            HEAD_START,
+            "starts with room for a window of acks"
+        );
+        out.advance(out.len());
+        assert_eq!(out.head.capacity(), 0, "a few small packets: let go");
+        while out.len() < 1024 {
+            out.packet(&ack, Protocol::V311);
+        }
+        let allocated = out.head.capacity();
+        while out.head.capacity() - out.head.len() >= 16 {
+            out.packet(&Packet::PingResp, Protocol::V311);
+        }
+        assert_eq!(out.head.capacity(), allocated);
+        let at = out.head.as_ptr();
+        out.advance(out.len());
+        assert_eq!(
+            out.head.capacity(),
+            allocated,
+            "filled near its end, kept whole"
+        );
+        out.packet(&ack, Protocol::V311);
+        assert_eq!(out.head.as_ptr(), at, "the next flush writes into it");
     }
 }
