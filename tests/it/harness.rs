@@ -65,17 +65,22 @@ pub fn ringmq(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 /// offer a just-closed probe port again, and two brokers, or a broker's MQTT and admin
 /// listeners, would then collide).
 pub fn free_port() -> u16 {
+    fresh_listener().local_addr().expect("addr").port()
+}
+
+/// A listener on a loopback port never handed out before in this test process. Besides the
+/// collisions above: a port once given to a broker in a network namespace (`netns`) stays
+/// recorded as that namespace's, and a client of a broker in this process's namespace that got
+/// the same number again would be run in the other one.
+pub fn fresh_listener() -> TcpListener {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         if !given.contains(&port) {
             given.push(port);
-            return port;
+            return listener;
         }
     }
 }

@@ -20,9 +20,7 @@ fn in_process(shards: usize, body: impl FnOnce(&ringmq::broker::Broker, &[u16]))
     cfg.broker.pin_cores = false;
     cfg.broker.data_dir = dir.0.join("data");
     cfg.admin.enabled = false;
-    let sockets: Vec<Vec<TcpListener>> = (0..shards)
-        .map(|_| vec![TcpListener::bind("127.0.0.1:0").expect("bind")])
-        .collect();
+    let sockets: Vec<Vec<TcpListener>> = (0..shards).map(|_| vec![fresh_listener()]).collect();
     let ports: Vec<u16> = sockets
         .iter()
         .map(|s| s[0].local_addr().expect("addr").port())
