@@ -198,8 +198,8 @@ impl Session {
         }
     }
 
-    /// Recounts what a session read back from the store holds: the packet-id counter past
-    /// every id in flight, the queue's bytes and QoS 0 messages.
+    /// Recounts what a session read back from the store holds: the packet-id counter after
+    /// the id sent last, the queue's bytes and QoS 0 messages.
     pub fn after_restore(&mut self) {
         self.next_pid = self.inflight.last_pid().unwrap_or(0);
         self.recount_queue();
@@ -428,7 +428,7 @@ impl Session {
     }
 
     /// What the session still owes its client: the window's messages not yet received (those
-    /// waiting for PUBCOMP were), by packet id, then the queue in order.
+    /// waiting for PUBCOMP were), in the order sent, then the queue in order.
     pub fn into_owed(self) -> Vec<Delivery> {
         let unreceived = self.inflight.into_iter().map(|(_, f)| f);
         let unreceived = unreceived.filter(|f| f.state == OutState::Published);
