@@ -325,9 +325,7 @@ fn read(
     while total < READ_BUDGET && !drained {
         let got = match transport {
             None => {
-                if buf.capacity() - buf.len() < READ_ROOM {
-                    buf.reserve(READ_CHUNK);
-                }
+                make_room(&mut buf);
                 sock::recv(stream, &mut buf, READ_ROOM)
             }
             Some(t) => {
@@ -387,6 +385,13 @@ fn read(
         }
     }
     eof
+}
+
+/// Readies `buf` for a plain read: a fresh `READ_CHUNK` only once less than `READ_ROOM` is left.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 /// What stays of a read buffer once its whole packets were handled: the split frame to keep
@@ -598,7 +603,7 @@ mod tests {
             } else {
                 std::mem::take(&mut partial)
             };
-            buf.reserve(READ_CHUNK);
+            make_room(&mut buf);
             buf.extend_from_slice(&segment);
             let (kept, back) = keep_partial(buf);
             if let Some(back) = back {
