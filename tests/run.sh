@@ -11,6 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A clean run builds everything once, so incremental state would only take disk (1.7 GB of it).
+export CARGO_INCREMENTAL=0
+# When a step fails, say how much disk and memory were left: a linker that runs out of either
+# fails with a message that the rest of its output can bury.
+trap 'echo "== a step failed; disk and memory left:"; df -h . /tmp; free -m' ERR
+df -h . | tail -1
+
 echo "== cargo fmt --check, cargo clippy"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
