@@ -8,7 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringmq::codec::{Protocol, QoS};
-use ringmq::session::{Admit, Delivery, Message, OutState, Session, SessionLimits, SubIds};
+use ringmq::session::{
+    Admit, Delivery, Message, OutState, Outgoing, Session, SessionLimits, SubIds,
+};
 
 const LIMITS: SessionLimits = SessionLimits {
     max_queued: 1000,
@@ -44,7 +46,7 @@ fn window(c: &mut Criterion) {
                         seq: 0,
                         owed: None,
                     };
-                    if let Admit::Send(Some(pid), _) = s.admit(d, true, &LIMITS) {
+                    if let Admit::Send(Outgoing::Flow(pid)) = s.admit(d, true, &LIMITS) {
                         pids.push(pid);
                     }
                 }

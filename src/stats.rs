@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::session::Written;
+
 /// A counter or gauge written by one thread only (its shard; the stats thread for the few in
 /// [`Shared`]) and read by any. With one writer an update is a plain load and store, not a
 /// locked read-modify-write: the message path counts several times per message.
@@ -153,12 +155,12 @@ pub struct Stats {
 pub const SLOW_TRACKED: usize = 64;
 
 impl Stats {
-    /// Counts a delivery written (true) or dropped as too large for its client (false).
-    pub fn count_sent(&self, written: bool, qos: crate::codec::QoS) {
-        if written {
-            self.msgs_out[qos as usize].inc();
-        } else {
-            self.dropped(DropReason::TooLarge);
+    /// Counts a delivery written, or dropped as too large for its client.
+    pub fn count_written(&self, written: &Written) {
+        match written {
+            Written::Sent(qos) => self.msgs_out[*qos as usize].inc(),
+            Written::TooLarge => self.dropped(DropReason::TooLarge),
+            Written::Gone => {}
         }
     }
 

@@ -4,6 +4,7 @@
 //! holds only `Send` data so it can move between shards on a takeover.
 
 mod message;
+mod outgoing;
 mod stored;
 mod window;
 
@@ -19,6 +20,7 @@ use smallvec::SmallVec;
 use crate::codec::{Protocol, QoS, SubOptions, Will};
 
 pub use message::{owned, Message};
+pub use outgoing::{Outgoing, Written};
 pub use stored::{DeliveryOp, StoreLog};
 pub use window::Window;
 
@@ -74,8 +76,8 @@ pub struct Inflight {
 
 /// What the session says to do with a delivery.
 pub enum Admit {
-    /// Send now with this packet id (None at QoS 0).
-    Send(Option<u16>, Delivery),
+    /// Send now: a QoS 0 delivery, or the flow the window took it into.
+    Send(Outgoing),
     Queued,
     Dropped,
 }
@@ -232,11 +234,6 @@ impl Session {
         }
     }
 
-    /// Forgets an in-flight delivery that can never be sent (over the client's packet size).
-    pub fn abandon(&mut self, pid: u16) {
-        self.finish(pid);
-    }
-
     /// Resets what belongs to a connection rather than the session: its outbound window (the
     /// client's receive maximum, capped by the caller's configuration), limits and aliases.
     pub fn attach(
@@ -283,7 +280,7 @@ impl Session {
             // Behind queued QoS 0 messages it waits its turn (MQTT-4.6.0-6: in order within a
             // QoS); QoS 1/2 messages waiting for the window do not hold it back.
             if online && self.queued_qos0 == 0 {
-                return Admit::Send(None, d);
+                return Admit::Send(Outgoing::Once(d));
             }
             if !limits.queue_qos0 {
                 self.dropped += 1;
@@ -303,11 +300,11 @@ impl Session {
             self.inflight.push(
                 pid,
                 Inflight {
-                    delivery: d.clone(),
+                    delivery: d,
                     state: OutState::Published,
                 },
             );
-            return Admit::Send(Some(pid), d);
+            return Admit::Send(Outgoing::Flow(pid));
         }
         self.enqueue(d, limits)
     }
@@ -351,7 +348,7 @@ impl Session {
     }
 
     /// Takes the next queued delivery that fits the window, allocating its packet id.
-    pub fn next_queued(&mut self, now: Instant) -> Option<(Option<u16>, Delivery)> {
+    pub fn next_queued(&mut self, now: Instant) -> Option<Outgoing> {
         loop {
             let front = self.queue.front()?;
             if front.msg.is_expired(now) {
@@ -364,7 +361,7 @@ impl Session {
             if front.qos == QoS::AtMostOnce {
                 let d = self.pop_queued()?;
                 self.log_del(d.seq);
-                return Some((None, d));
+                return Some(Outgoing::Once(d));
             }
             if !self.window_open() {
                 return None;
@@ -377,11 +374,11 @@ impl Session {
             self.inflight.push(
                 pid,
                 Inflight {
-                    delivery: d.clone(),
+                    delivery: d,
                     state: OutState::Published,
                 },
             );
-            return Some((Some(pid), d));
+            return Some(Outgoing::Flow(pid));
         }
     }
 
@@ -406,25 +403,6 @@ impl Session {
             }
             _ => false,
         }
-    }
-
-    /// The outbound alias for `topic`: (alias, whether the topic must be sent with it).
-    pub fn alias_for(&mut self, topic: &ByteString) -> Option<(u16, bool)> {
-        if self.alias_max_out == 0 {
-            return None;
-        }
-        let aliases = self.aliases.get_or_insert_with(Box::default);
-        if let Some(a) = aliases.out.get(topic) {
-            return Some((*a, false));
-        }
-        // Aliases run 1..=alias_max_out; once all are given out, new topics go without one
-        // (the count is computed wide: at 65,535 aliases a u16 would wrap to alias 0).
-        if aliases.out.len() >= usize::from(self.alias_max_out) {
-            return None;
-        }
-        let next = u16::try_from(aliases.out.len() + 1).ok()?;
-        aliases.out.insert(topic.clone(), next);
-        Some((next, true))
     }
 
     /// What the session still owes its client: the window's messages not yet received (those
@@ -463,6 +441,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use super::outgoing::alias_for;
     use super::*;
     use crate::codec::Will;
     use bytes::Bytes;
@@ -528,10 +507,12 @@ mod tests {
             max_queued: 10,
             ..LIMITS
         };
-        let Admit::Send(Some(first), _) = s.admit(delivery(QoS::AtLeastOnce), true, &limits) else {
+        let Admit::Send(Outgoing::Flow(first)) = s.admit(delivery(QoS::AtLeastOnce), true, &limits)
+        else {
             panic!("sent at once");
         };
-        let Admit::Send(Some(second), _) = s.admit(delivery(QoS::ExactlyOnce), true, &limits)
+        let Admit::Send(Outgoing::Flow(second)) =
+            s.admit(delivery(QoS::ExactlyOnce), true, &limits)
         else {
             panic!("sent at once");
         };
@@ -561,11 +542,11 @@ mod tests {
         let mut s = session("c");
         assert!(matches!(
             s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
-            Admit::Send(Some(1), _)
+            Admit::Send(Outgoing::Flow(1))
         ));
         assert!(matches!(
             s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
-            Admit::Send(Some(2), _)
+            Admit::Send(Outgoing::Flow(2))
         ));
         for _ in 0..3 {
             assert!(matches!(
@@ -582,8 +563,10 @@ mod tests {
         assert!(s
             .complete(1, OutState::Published, QoS::AtLeastOnce)
             .is_some());
-        let (pid, _) = s.next_queued(Instant::now()).expect("queued one fits now");
-        assert_eq!(pid, Some(3));
+        assert!(matches!(
+            s.next_queued(Instant::now()),
+            Some(Outgoing::Flow(3))
+        ));
     }
 
     #[test]
@@ -605,8 +588,14 @@ mod tests {
             "an online QoS 0 must not overtake the queued one"
         );
         assert_eq!(s.queue.len(), 2);
-        assert!(matches!(s.next_queued(Instant::now()), Some((None, _))));
-        assert!(matches!(s.next_queued(Instant::now()), Some((None, _))));
+        assert!(matches!(
+            s.next_queued(Instant::now()),
+            Some(Outgoing::Once(_))
+        ));
+        assert!(matches!(
+            s.next_queued(Instant::now()),
+            Some(Outgoing::Once(_))
+        ));
         let mut window_full = session("w");
         for _ in 0..3 {
             window_full.admit(delivery(QoS::AtLeastOnce), true, &limits);
@@ -615,7 +604,7 @@ mod tests {
         assert!(
             matches!(
                 window_full.admit(delivery(QoS::AtMostOnce), true, &limits),
-                Admit::Send(None, _)
+                Admit::Send(Outgoing::Once(_))
             ),
             "QoS 0 is not held back by QoS 1 waiting for the window"
         );
@@ -628,7 +617,8 @@ mod tests {
             s.admit(delivery(QoS::AtMostOnce), false, &LIMITS),
             Admit::Dropped
         ));
-        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true, &LIMITS) else {
+        let Admit::Send(Outgoing::Flow(pid)) = s.admit(delivery(QoS::ExactlyOnce), true, &LIMITS)
+        else {
             panic!("expected send");
         };
         assert!(
@@ -649,11 +639,11 @@ mod tests {
         s.next_pid = u16::MAX - 1;
         assert!(matches!(
             s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
-            Admit::Send(Some(65535), _)
+            Admit::Send(Outgoing::Flow(65535))
         ));
         assert!(matches!(
             s.admit(delivery(QoS::AtLeastOnce), true, &LIMITS),
-            Admit::Send(Some(1), _)
+            Admit::Send(Outgoing::Flow(1))
         ));
     }
 
@@ -674,7 +664,8 @@ mod tests {
             properties: None,
         }));
         s.inbound_qos2.push(5);
-        let Admit::Send(Some(pid), _) = s.admit(delivery(QoS::ExactlyOnce), true, &LIMITS) else {
+        let Admit::Send(Outgoing::Flow(pid)) = s.admit(delivery(QoS::ExactlyOnce), true, &LIMITS)
+        else {
             panic!("expected send");
         };
         assert!(s.received(pid));
@@ -700,21 +691,23 @@ mod tests {
     fn aliases_assigned_up_to_max() {
         let mut s = session("c");
         s.alias_max_out = 1;
-        assert_eq!(s.alias_for(&"a".into()), Some((1, true)));
-        assert_eq!(s.alias_for(&"a".into()), Some((1, false)));
-        assert_eq!(s.alias_for(&"b".into()), None);
+        let mut alias = |topic: &str| alias_for(&mut s.aliases, s.alias_max_out, &topic.into());
+        assert_eq!(alias("a"), Some((1, true)));
+        assert_eq!(alias("a"), Some((1, false)));
+        assert_eq!(alias("b"), None);
     }
 
     #[test]
     fn aliases_never_wrap_at_the_largest_maximum() {
         let mut s = session("c");
         s.alias_max_out = u16::MAX;
+        let mut alias = |topic: &str| alias_for(&mut s.aliases, s.alias_max_out, &topic.into());
         for i in 1..=u32::from(u16::MAX) {
-            let topic: ByteString = format!("t/{i}").into();
-            assert_eq!(s.alias_for(&topic), Some((i as u16, true)), "topic {i}");
+            let topic = format!("t/{i}");
+            assert_eq!(alias(&topic), Some((i as u16, true)), "topic {i}");
         }
-        assert_eq!(s.alias_for(&"t/65536".into()), None);
-        assert_eq!(s.alias_for(&"t/1".into()), Some((1, false)));
+        assert_eq!(alias("t/65536"), None);
+        assert_eq!(alias("t/1"), Some((1, false)));
         assert_eq!(s.aliases.as_ref().map(|a| a.out.len()), Some(65535));
     }
 }

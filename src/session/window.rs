@@ -58,9 +58,14 @@ impl Window {
         self.position(pid).is_some()
     }
 
+    /// The flow `pid`. The newest is looked at first: a flow is written from the window right
+    /// after it enters it.
     pub fn get(&self, pid: u16) -> Option<&Inflight> {
-        let i = self.position(pid)?;
-        self.flows.as_ref().map(|f| &f[i].1)
+        let flows = self.flows.as_ref()?;
+        match flows.back() {
+            Some((p, flow)) if *p == pid => Some(flow),
+            _ => flows.iter().find(|(p, _)| *p == pid).map(|(_, f)| f),
+        }
     }
 
     pub fn get_mut(&mut self, pid: u16) -> Option<&mut Inflight> {

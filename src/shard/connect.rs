@@ -16,7 +16,7 @@ use super::{SessionSlot, Shard, TimerKind};
 use crate::auth::checker::{Check, Verdict};
 use crate::codec::{ConnAck, Connect, Packet, Properties, Protocol, PubResp, ReasonCode, Will};
 use crate::ring::{Grant, XMsg};
-use crate::session::{owned, Message, OutState, Session};
+use crate::session::{owned, Message, OutState, Outgoing, Session};
 
 impl Shard {
     pub(super) fn on_connect(
@@ -518,19 +518,11 @@ impl Shard {
                     let Some(slot) = self.sessions.get_mut(key) else {
                         return;
                     };
-                    let Some(f) = slot.session.inflight.get(pid) else {
-                        continue;
-                    };
-                    let d = f.delivery.clone();
-                    let written = super::route::write_publish(
-                        &mut slot.session,
-                        &link,
-                        Some(pid),
-                        &d,
-                        true,
-                        now,
-                    );
-                    self.stats.count_sent(written, d.qos);
+                    let flow = Outgoing::Flow(pid);
+                    let written = slot
+                        .session
+                        .write(&flow, true, now, |p| link.send_publish(p));
+                    self.stats.count_written(&written);
                 }
                 OutState::Released => {
                     link.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));

@@ -9,81 +9,15 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
-use super::link::ConnLink;
 use super::strategy::Choice;
 use super::{Shard, SubEntry};
-use crate::codec::{publish_len, Properties, PublishRef, QoS};
+use crate::codec::QoS;
 use crate::ring::XMsg;
-use crate::session::{Admit, Delivery, Message, Session, SubIds, Subscription};
+use crate::session::{Admit, Delivery, Message, Outgoing, Session, SubIds, Subscription, Written};
 use crate::stats::DropReason;
 use crate::store::record::{wall_now, StoredMessage};
 use crate::store::Op;
 use crate::topic::Levels;
-
-/// Encodes one delivery for `session`'s protocol: topic alias, message expiry left, subscription
-/// ids. Written from the message by reference: the shared topic and payload are not cloned (a
-/// payload past `link`'s by-reference size is queued by reference, the rest copied).
-pub(super) fn write_publish(
-    session: &mut Session,
-    link: &ConnLink,
-    pid: Option<u16>,
-    d: &Delivery,
-    dup: bool,
-    now: Instant,
-) -> bool {
-    let mut props = None;
-    if session.protocol.is_v5() {
-        let mut p = d.msg.props.as_deref().cloned().unwrap_or_default();
-        p.message_expiry_interval = d.msg.remaining_expiry(now);
-        p.subscription_identifiers = d.sub_ids.clone();
-        props = (!p.is_empty()).then_some(p);
-    }
-    fn publish<'a>(
-        d: &'a Delivery,
-        (dup, packet_id): (bool, Option<u16>),
-        topic: &'a str,
-        properties: Option<&'a Properties>,
-    ) -> PublishRef<'a> {
-        PublishRef {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic,
-            packet_id,
-            properties,
-            payload: &d.msg.payload,
-        }
-    }
-    // Sized with the full topic and room for an alias property: an upper bound, checked before
-    // an alias is given out that the client would then never learn. Only clients that set a
-    // maximum (v5) pay for the sizing.
-    let limited = session.max_packet_size != u32::MAX;
-    if limited
-        && publish_len(
-            &publish(d, (dup, pid), &d.msg.topic, props.as_ref()),
-            session.protocol,
-        ) + ALIAS_PROPERTY_LEN
-            > session.max_packet_size as usize
-    {
-        session.dropped += 1;
-        if let Some(pid) = pid {
-            session.abandon(pid);
-        }
-        return false;
-    }
-    let mut topic: &str = &d.msg.topic;
-    if let Some((alias, with_topic)) = session.alias_for(&d.msg.topic) {
-        props.get_or_insert_with(Properties::default).topic_alias = Some(alias);
-        if !with_topic {
-            topic = "";
-        }
-    }
-    link.send_publish(&publish(d, (dup, pid), topic, props.as_ref()));
-    true
-}
-
-/// A topic alias property (id and two bytes) and the property length growing by a byte.
-const ALIAS_PROPERTY_LEN: usize = 4;
 
 impl Shard {
     /// Stores a retained message (and tells every replica), then routes the message.
@@ -345,13 +279,17 @@ impl Shard {
             d.owed = self.durable.owed();
         }
         match slot.session.admit(d, link.is_some(), &limits) {
-            Admit::Send(pid, d) => {
-                if stored && pid.is_some() {
+            Admit::Send(out) => {
+                let session = &mut slot.session;
+                let written =
+                    link.map(|link| session.write(&out, false, now, |p| link.send_publish(p)));
+                // A flow ended as too large took its log entry along: nothing waits for it.
+                let dropped = written == Some(Written::TooLarge);
+                if stored && matches!(out, Outgoing::Flow(_)) && !dropped {
                     self.durable.produced_put();
                 }
-                if let Some(link) = link {
-                    let written = write_publish(&mut slot.session, &link, pid, &d, false, now);
-                    self.stats.count_sent(written, d.qos);
+                if let Some(written) = written {
+                    self.stats.count_written(&written);
                 }
             }
             Admit::Queued => {
@@ -384,11 +322,13 @@ impl Shard {
             return;
         };
         while link.out.borrow().len() < limit {
-            let Some((pid, d)) = slot.session.next_queued(now) else {
+            let Some(out) = slot.session.next_queued(now) else {
                 break;
             };
-            let written = write_publish(&mut slot.session, &link, pid, &d, false, now);
-            self.stats.count_sent(written, d.qos);
+            let written = slot
+                .session
+                .write(&out, false, now, |p| link.send_publish(p));
+            self.stats.count_written(&written);
         }
         if slot.session.stored.is_some() {
             self.touch(key);

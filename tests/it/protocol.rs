@@ -734,6 +734,32 @@ fn outbound_window_respects_client_receive_maximum() {
 }
 
 #[test]
+fn a_qos1_message_too_large_for_its_subscriber_gives_back_its_window_slot() {
+    let b = Broker::start(1);
+    for (id, clean) in [("small-clean", true), ("small-kept", false)] {
+        let mut c = connect_packet(Protocol::V5, id, clean);
+        c.properties = props(|p| {
+            p.maximum_packet_size = Some(200);
+            p.receive_maximum = Some(1);
+            p.session_expiry_interval = (!clean).then_some(300);
+        });
+        let (mut s, _) = Raw::connect_with(b.port, c);
+        s.subscribe("big/#", QoS::AtLeastOnce);
+        let (mut publ, _) = Raw::connect(b.port, Protocol::V5, &format!("{id}-pub"), true);
+        // Neither acknowledgement waits on the dropped delivery, kept session or not.
+        let dropped = publ.publish_acked("big/1", &[0u8; 500], QoS::AtLeastOnce, 1);
+        assert!(!dropped.reason.is_error(), "{dropped:?}");
+        publ.publish_acked("big/2", b"fits", QoS::AtLeastOnce, 2);
+        let got = s.recv_publish();
+        assert_eq!(got.topic, "big/2", "{id}: the one slot was free again");
+        s.ack(&got);
+        s.expect_silence(Duration::from_millis(200));
+    }
+    let too_large = b.metric("ringmq_messages_dropped_total{reason=\"too_large\"}");
+    assert_eq!(too_large, Some(2.0), "each drop counted");
+}
+
+#[test]
 fn a_port_in_use_is_an_error_at_start() {
     let b = Broker::start(2);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
