@@ -91,7 +91,12 @@ impl Session {
             return Written::TooLarge;
         }
         let mut topic: &str = &d.msg.topic;
-        let alias = alias_for(&mut self.aliases, self.alias_max_out, &d.msg.topic);
+        // Tested here, not in the call: most connections take no aliases, and the call was not
+        // inlined.
+        let max = self.alias_max_out;
+        let alias = (max > 0)
+            .then(|| alias_for(&mut self.aliases, max, &d.msg.topic))
+            .flatten();
         if let Some((alias, with_topic)) = alias {
             props.get_or_insert_with(Properties::default).topic_alias = Some(alias);
             if !with_topic {
@@ -104,15 +109,13 @@ impl Session {
 }
 
 /// The outbound alias for `topic` among a connection's `aliases` (allocated on first use, up
-/// to `max`): the alias, and whether the topic must be sent with it (its first use).
+/// to `max`, which is not 0): the alias, and whether the topic must be sent with it (its first
+/// use).
 pub(super) fn alias_for(
     aliases: &mut Option<Box<Aliases>>,
     max: u16,
     topic: &ByteString,
 ) -> Option<(u16, bool)> {
-    if max == 0 {
-        return None;
-    }
     let aliases = aliases.get_or_insert_with(Box::default);
     if let Some(a) = aliases.out.get(topic) {
         return Some((*a, false));

@@ -77,7 +77,12 @@ impl Window {
     pub fn remove(&mut self, pid: u16) -> Option<Inflight> {
         let i = self.position(pid)?;
         let flows = self.flows.as_mut()?;
-        let (_, flow) = flows.remove(i)?;
+        // The oldest, as nearly always: `pop_front` skips the general removal's arithmetic.
+        let (_, flow) = if i == 0 {
+            flows.pop_front()?
+        } else {
+            flows.remove(i)?
+        };
         if flows.is_empty() {
             self.flows = None;
         }
