@@ -50,22 +50,24 @@ impl Window {
         self.push(pid, flow);
     }
 
+    /// Where flow `pid` is. The newest is looked at first, since a flow is written from the
+    /// window right after it enters it; then from the oldest, since acknowledgements come in
+    /// send order.
     fn position(&self, pid: u16) -> Option<usize> {
-        self.flows.as_ref()?.iter().position(|(p, _)| *p == pid)
+        let flows = self.flows.as_ref()?;
+        match flows.back() {
+            Some((p, _)) if *p == pid => Some(flows.len() - 1),
+            _ => flows.iter().position(|(p, _)| *p == pid),
+        }
     }
 
     pub fn contains(&self, pid: u16) -> bool {
         self.position(pid).is_some()
     }
 
-    /// The flow `pid`. The newest is looked at first: a flow is written from the window right
-    /// after it enters it.
     pub fn get(&self, pid: u16) -> Option<&Inflight> {
-        let flows = self.flows.as_ref()?;
-        match flows.back() {
-            Some((p, flow)) if *p == pid => Some(flow),
-            _ => flows.iter().find(|(p, _)| *p == pid).map(|(_, f)| f),
-        }
+        let i = self.position(pid)?;
+        self.flows.as_ref().map(|f| &f[i].1)
     }
 
     pub fn get_mut(&mut self, pid: u16) -> Option<&mut Inflight> {
