@@ -178,6 +178,9 @@ impl Machine {
     pub fn apply(&mut self, cmd: Command, effects: &mut Vec<Effect>) -> Reply {
         let d = &mut self.data;
         match cmd {
+            // A change from a node dropped for silence was sent before it learnt so: it sends
+            // its whole set again (`RouteSet`) once it does, and until then it has no routes.
+            Command::Routes { node, .. } if d.down.contains(&node) => {}
             Command::Routes { node, add, remove } => {
                 let set = d.routes.entry(node).or_default();
                 for filter in add {
@@ -524,6 +527,36 @@ mod tests {
         assert_eq!(m.data.sessions.get("c"), Some(&(2, 30)));
         sessions(&mut m, 2, true, &[]);
         assert!(m.data.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_silent_node_keeps_no_route_until_it_sends_its_whole_set_again() {
+        let mut m = Machine::default();
+        let routes = |add: &[&str]| Command::Routes {
+            node: 2,
+            add: add.iter().map(|f| f.to_string()).collect(),
+            remove: Vec::new(),
+        };
+        m.apply(routes(&["a/#"]), &mut Vec::new());
+        let mut e = Vec::new();
+        m.apply(Command::Down { node: 2 }, &mut e);
+        assert!(matches!(
+            &e[..],
+            [Effect::Route { add: false, .. }, Effect::Down(2)]
+        ));
+        // A change it sent before it learnt it was dropped: it would never go again.
+        let mut e = Vec::new();
+        m.apply(routes(&["b"]), &mut e);
+        assert!(e.is_empty());
+        assert_eq!(m.data.routes.get(&2).map_or(0, |r| r.len()), 0);
+        // Its whole set, sent again, is taken.
+        let set = Command::RouteSet {
+            node: 2,
+            filters: vec!["a/#".into(), "b".into()],
+        };
+        m.apply(set, &mut Vec::new());
+        assert_eq!(m.data.routes[&2].len(), 2);
+        assert!(!m.data.down.contains(&2));
     }
 
     #[test]

@@ -43,6 +43,28 @@ pub struct Cluster {
     pub nodes: Vec<Option<Broker>>,
 }
 
+/// A failed test shows what each node still up logged above debug level: a wait that failed
+/// in CI is explained by its own output.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            let log = node.log_text();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+                .collect();
+            eprintln!("---- node {i} ({}): its last log lines", self.name(i));
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Starts `n` nodes seeded with each other and waits until they agree on one cluster.
     pub fn start(n: usize, shards: usize) -> Cluster {
