@@ -250,6 +250,15 @@ impl Session {
         self.aliases = None;
     }
 
+    /// Lets go of the room an empty window and an empty queue keep from when they were busy:
+    /// its connection went idle or away.
+    pub fn trim(&mut self) {
+        self.inflight.trim();
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// Forgets an inbound QoS 2 packet id on PUBREL; false if it was not awaiting one.
     pub fn release_inbound(&mut self, pid: u16) -> bool {
         match self.inbound_qos2.iter().position(|p| *p == pid) {

@@ -8,8 +8,11 @@
 //! window, whose size the operator bounds (`mqtt.max_inflight`). Send order is also the order
 //! a resumed session must resend in, which packet-id order is not once the ids wrap.
 //!
-//! An empty window holds no allocation and takes 8 bytes of the session: most sessions are
-//! idle, and most idle sessions have nothing in flight.
+//! A window that was never used holds no allocation and takes 8 bytes of the session: most
+//! sessions are idle, and most idle sessions have nothing in flight. One that empties keeps
+//! its room while its connection is busy (a window that empties between two messages would
+//! otherwise allocate and grow again for the next, about 400 instructions); the shard lets
+//! it go when the connection goes idle or away ([`Window::trim`]).
 
 use std::collections::VecDeque;
 
@@ -31,7 +34,14 @@ impl Window {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_none()
+        self.len() == 0
+    }
+
+    /// Lets an empty window's room go.
+    pub fn trim(&mut self) {
+        if self.is_empty() {
+            self.flows = None;
+        }
     }
 
     /// Adds a flow sent after every other one, under an id the window does not hold (the
@@ -50,14 +60,20 @@ impl Window {
         self.push(pid, flow);
     }
 
-    /// Where flow `pid` is. The newest is looked at first, since a flow is written from the
-    /// window right after it enters it; then from the oldest, since acknowledgements come in
-    /// send order.
+    /// Where flow `pid` is. The oldest is looked at first, since acknowledgements come in
+    /// send order, then the newest, since a flow is written from the window right after it
+    /// enters it, then the rest.
     fn position(&self, pid: u16) -> Option<usize> {
         let flows = self.flows.as_ref()?;
-        match flows.back() {
-            Some((p, _)) if *p == pid => Some(flows.len() - 1),
-            _ => flows.iter().position(|(p, _)| *p == pid),
+        let (Some((front, _)), Some((back, _))) = (flows.front(), flows.back()) else {
+            return None;
+        };
+        if *front == pid {
+            Some(0)
+        } else if *back == pid {
+            Some(flows.len() - 1)
+        } else {
+            flows.iter().position(|(p, _)| *p == pid)
         }
     }
 
@@ -85,9 +101,6 @@ impl Window {
         } else {
             flows.remove(i)?
         };
-        if flows.is_empty() {
-            self.flows = None;
-        }
         Some(flow)
     }
 
@@ -111,9 +124,6 @@ impl Window {
     pub fn retain(&mut self, mut keep: impl FnMut(u16, &mut Inflight) -> bool) {
         if let Some(flows) = self.flows.as_mut() {
             flows.retain_mut(|(p, f)| keep(*p, f));
-            if flows.is_empty() {
-                self.flows = None;
-            }
         }
     }
 }
@@ -165,7 +175,7 @@ mod tests {
     }
 
     /// Send order is kept whatever the ids (they wrap), the front and the middle are taken
-    /// out, and an empty window lets its allocation go.
+    /// out, and an empty window keeps its allocation until trimmed.
     #[test]
     fn flows_stay_in_send_order() {
         let mut w = Window::default();
@@ -190,6 +200,12 @@ mod tests {
         w.retain(|p, _| p != 2);
         assert_eq!(w.len(), 1);
         assert!(w.remove(65535).is_some());
+        assert!(w.is_empty() && w.flows.is_some());
+        w.push(3, flow());
+        w.trim();
+        assert!(w.flows.is_some(), "a window in use is not trimmed");
+        assert!(w.remove(3).is_some());
+        w.trim();
         assert!(w.is_empty() && w.flows.is_none());
         assert_eq!(std::mem::size_of::<Window>(), 8);
     }

@@ -554,6 +554,7 @@ impl Shard {
                     return;
                 };
                 slot.link = None;
+                slot.session.trim();
                 let dropped = slot.session.dropped;
                 tracing::info!(client = %slot.session.client_id, peer = %link.peer, dropped, "disconnected");
                 let id = slot.session.client_id.clone();

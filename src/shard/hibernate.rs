@@ -160,6 +160,9 @@ pub(super) fn hibernate(
     let added = sock::duplicate(stream).and_then(|socket| Ok((h.add(conn.idx, &socket)?, socket)));
     match added {
         Ok((waker, socket)) => {
+            if let Some(slot) = conn.link.session().and_then(|k| sh.sessions.get_mut(k)) {
+                slot.session.trim();
+            }
             conn.link.register(&waker);
             entry.hibernating = Some(socket);
             sh.stats.hibernating.inc();
