@@ -243,12 +243,13 @@ impl ConnLink {
         });
     }
 
+    /// Wakes the task once: the waker is used up, and the task registers again when it next
+    /// waits. A burst of sends to one connection (every delivery and acknowledgement of a read
+    /// wakes it) costs one wake, not one each.
     pub fn wake(&self) {
-        let waker = self.waker.take();
-        if let Some(w) = &waker {
-            w.wake_by_ref();
+        if let Some(w) = self.waker.take() {
+            w.wake();
         }
-        self.waker.set(waker);
     }
 
     pub fn send(&self, p: &Packet) {
