@@ -143,12 +143,33 @@ impl OutBuf {
 fn millis(now: Instant) -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    // Truncation is the wrap described above.
-    now.saturating_duration_since(epoch).as_millis() as u32
+    wrapped_millis(now.saturating_duration_since(epoch))
 }
 
+/// `span` in milliseconds with the wrap described above, in 32-bit arithmetic (`as_millis`
+/// works in 128 bits).
+fn wrapped_millis(span: Duration) -> u32 {
+    (span.as_secs() as u32)
+        .wrapping_mul(1000)
+        .wrapping_add(span.subsec_millis())
+}
+
+/// A time as a link's clocks keep it, taken once for many links (the sweep's, over every
+/// connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp(u32);
+
+impl Stamp {
+    pub fn of(now: Instant) -> Stamp {
+        Stamp(millis(now))
+    }
+}
+
+/// From `then` to `now`, across the wrap; zero when `then` is the later (`now` is a clock read
+/// before it, such as the shard's last sweep).
 fn since(now: u32, then: u32) -> Duration {
-    Duration::from_millis(u64::from(now.wrapping_sub(then)))
+    let span = now.wrapping_sub(then);
+    Duration::from_millis(u64::from(if span > u32::MAX / 2 { 0 } else { span }))
 }
 
 /// Why the shard closes a connection.
@@ -295,14 +316,14 @@ impl ConnLink {
     }
 
     /// How long since it opened (before its grant) or its client was last heard from.
-    pub fn silent_for(&self, now: Instant) -> Duration {
-        since(millis(now), self.last_seen.get())
+    pub fn silent_for(&self, now: Stamp) -> Duration {
+        since(now.0, self.last_seen.get())
     }
 
     /// How long since any traffic either way (or a resume).
-    pub fn idle_for(&self, now: Instant) -> Duration {
+    pub fn idle_for(&self, now: Stamp) -> Duration {
         self.silent_for(now)
-            .min(since(millis(now), self.last_active.get()))
+            .min(since(now.0, self.last_active.get()))
     }
 
     pub fn listener(&self) -> usize {
@@ -340,6 +361,26 @@ impl ConnLink {
 mod tests {
     use super::*;
     use crate::codec::{Publish, QoS};
+
+    /// Spans cross the wrap; a span that ends before it starts (a clock read earlier than the
+    /// link's own) is none, not 49 days.
+    #[test]
+    fn spans_cross_the_wrap_and_never_run_backwards() {
+        assert_eq!(since(1_500, 500), Duration::from_secs(1));
+        assert_eq!(since(499, u32::MAX - 500), Duration::from_secs(1));
+        assert_eq!(since(500, 1_500), Duration::ZERO);
+        for span in [
+            0,
+            999,
+            1_000,
+            4_294_967_295,
+            4_294_967_296,
+            123_456_789_012_345,
+        ] {
+            let span = Duration::from_millis(span) + Duration::from_micros(999);
+            assert_eq!(wrapped_millis(span), span.as_millis() as u32);
+        }
+    }
 
     #[test]
     fn outbuf_keeps_order_across_copied_and_referenced_payloads() {

@@ -153,6 +153,10 @@ pub(crate) struct Shard {
     conns: Slab<Conn>,
     /// The epoll set of hibernating connections (None with `broker.hibernate_after = 0`).
     hibernation: Option<hibernate::Hibernation>,
+    /// When the sweep last ran: the clock a connection's idle check reads (a second coarse at
+    /// most, against a `hibernate_after` of seconds), instead of the clock at every turn of
+    /// every connection's loop.
+    swept: link::Stamp,
     /// Sessions by slot, their client-id index and their timers.
     sessions: SessionTable,
     /// CONNECTs waiting for a password verdict or a grant.
@@ -222,6 +226,7 @@ impl Shard {
             mesh: Mesh::new(id, shards, outbox, stats.clone()),
             conns: Slab::new(),
             hibernation,
+            swept: link::Stamp::of(Instant::now()),
             sessions: SessionTable::default(),
             waiting: Waiting::new(checks),
             homes: Homes::default(),
@@ -383,7 +388,8 @@ impl Shard {
         }
     }
 
-    /// Whether a connected, idle, plain-TCP link with nothing pending may hibernate now.
+    /// Whether a connected plain-TCP link with nothing pending, idle at the last sweep, may
+    /// hibernate now.
     fn may_hibernate(&self, link: &ConnLink) -> bool {
         let after = self.cfg.broker.hibernate_after;
         self.hibernation.is_some()
@@ -391,7 +397,7 @@ impl Shard {
             && link.session().is_some()
             && link.out.borrow().is_empty()
             && !link.throttled()
-            && link.idle_for(Instant::now()) >= Duration::from_secs(after)
+            && link.idle_for(self.swept) >= Duration::from_secs(after)
     }
 
     /// A connection's task ended (or a hibernating one could not resume): it is forgotten, and
@@ -406,6 +412,8 @@ impl Shard {
     /// Once a second: keep-alive and CONNECT deadlines, will delays, session expiry, delayed
     /// publishes, expired retained messages and bans.
     fn sweep(&mut self, now: Instant) {
+        let stamp = link::Stamp::of(now);
+        self.swept = stamp;
         self.homes.prune_flapping(&self.cfg.limits, now);
         self.sweep_handovers(now);
         self.release_delayed(now);
@@ -420,13 +428,13 @@ impl Shard {
         for (_, conn) in &self.conns {
             let link = &conn.link;
             let dozing = hibernating && conn.plain && conn.hibernating.is_none();
-            if dozing && link.session().is_some() && link.idle_for(now) >= hibernate_after {
+            if dozing && link.session().is_some() && link.idle_for(stamp) >= hibernate_after {
                 // Its task looks at the link and hibernates if nothing else is going on.
                 link.wake();
             }
             match link.state.get() {
                 s if (s == link::LinkState::New || s.awaits_connect())
-                    && link.silent_for(now) > connect_timeout =>
+                    && link.silent_for(stamp) > connect_timeout =>
                 {
                     link.close(link::Close::new(
                         crate::codec::ReasonCode::MaximumConnectTime,
@@ -435,7 +443,7 @@ impl Shard {
                 }
                 link::LinkState::Active(_) if link.keep_alive.get() > 0 => {
                     let limit = Duration::from_secs_f32(f32::from(link.keep_alive.get()) * mult);
-                    if link.silent_for(now) > limit {
+                    if link.silent_for(stamp) > limit {
                         link.close(link::Close::new(
                             crate::codec::ReasonCode::KeepAliveTimeout,
                             "keep-alive timeout",
