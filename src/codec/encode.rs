@@ -41,10 +41,10 @@ pub fn encode(packet: &Packet, protocol: Protocol, buf: &mut BytesMut) {
                 buf.put_u8(c.reason.v3_connack_code());
             }
         }
-        Packet::PubAck(a) => put_pub_resp(buf, 0x40, a, remaining, v5),
-        Packet::PubRec(a) => put_pub_resp(buf, 0x50, a, remaining, v5),
-        Packet::PubRel(a) => put_pub_resp(buf, 0x62, a, remaining, v5),
-        Packet::PubComp(a) => put_pub_resp(buf, 0x70, a, remaining, v5),
+        Packet::PubAck(a) => put_pub_resp(buf, AckType::PubAck, a, remaining, v5),
+        Packet::PubRec(a) => put_pub_resp(buf, AckType::PubRec, a, remaining, v5),
+        Packet::PubRel(a) => put_pub_resp(buf, AckType::PubRel, a, remaining, v5),
+        Packet::PubComp(a) => put_pub_resp(buf, AckType::PubComp, a, remaining, v5),
         Packet::Subscribe(s) => {
             buf.put_u8(0x82);
             put_varint(buf, remaining);
@@ -198,8 +198,29 @@ fn put_reason_tail(buf: &mut BytesMut, first: u8, reason: ReasonCode, props: &Pr
     }
 }
 
-fn put_pub_resp(buf: &mut BytesMut, first: u8, a: &PubResp, remaining: usize, v5: bool) {
-    buf.put_u8(first);
+/// Which acknowledgement of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckType {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
+impl AckType {
+    /// Its fixed header's first byte (PUBREL's flags are 0b0010).
+    fn first_byte(self) -> u8 {
+        match self {
+            AckType::PubAck => 0x40,
+            AckType::PubRec => 0x50,
+            AckType::PubRel => 0x62,
+            AckType::PubComp => 0x70,
+        }
+    }
+}
+
+fn put_pub_resp(buf: &mut BytesMut, kind: AckType, a: &PubResp, remaining: usize, v5: bool) {
+    buf.put_u8(kind.first_byte());
     put_varint(buf, remaining);
     buf.put_u16(a.packet_id);
     if v5 && remaining > 2 {
@@ -207,6 +228,20 @@ fn put_pub_resp(buf: &mut BytesMut, first: u8, a: &PubResp, remaining: usize, v5
         if remaining > 3 {
             put_props(buf, a.properties.as_deref());
         }
+    }
+}
+
+/// A publish acknowledgement without properties, as the broker sends them, appended to
+/// `buf`: the bytes [`encode`] writes for that packet, without one built and dropped for
+/// every message.
+pub fn put_ack(buf: &mut BytesMut, kind: AckType, packet_id: u16, reason: ReasonCode, v5: bool) {
+    let remaining = 2 + reason_tail_len(reason, &None, v5);
+    buf.reserve(2 + remaining);
+    buf.put_u8(kind.first_byte());
+    buf.put_u8(remaining as u8);
+    buf.put_u16(packet_id);
+    if remaining > 2 {
+        buf.put_u8(reason as u8);
     }
 }
 

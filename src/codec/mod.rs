@@ -10,7 +10,7 @@ mod reason;
 pub mod wire;
 
 pub use decode::{decode, decode_body, frame_header, FrameHeader};
-pub use encode::{encode, encoded_len, publish_len, put_publish_header};
+pub use encode::{encode, encoded_len, publish_len, put_ack, put_publish_header, AckType};
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{Properties, Props};

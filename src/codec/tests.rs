@@ -273,6 +273,30 @@ fn acks_all_versions() {
     }
 }
 
+/// The bare acknowledgement writer gives the bytes `encode` gives for the same packet.
+#[test]
+fn bare_acks_are_encoded_packets() {
+    for (kind, make) in [
+        (AckType::PubAck, Packet::PubAck as fn(PubResp) -> Packet),
+        (AckType::PubRec, Packet::PubRec),
+        (AckType::PubRel, Packet::PubRel),
+        (AckType::PubComp, Packet::PubComp),
+    ] {
+        for reason in [ReasonCode::Success, ReasonCode::UnspecifiedError] {
+            for proto in [Protocol::V31, Protocol::V311, Protocol::V5] {
+                let mut bare = BytesMut::new();
+                put_ack(&mut bare, kind, 0x1234, reason, proto.is_v5());
+                let packet = make(PubResp::new(0x1234, reason));
+                assert_eq!(
+                    &bare[..],
+                    &enc(&packet, proto)[..],
+                    "{kind:?} {reason:?} {proto:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn subscribe_and_suback() {
     let sub = Subscribe {

@@ -14,7 +14,7 @@ use super::link::{Close, ConnLink, LinkState};
 use super::waiting::Successor;
 use super::{SessionSlot, Shard, TimerKind};
 use crate::auth::checker::{Check, Verdict};
-use crate::codec::{ConnAck, Connect, Packet, Properties, Protocol, PubResp, ReasonCode, Will};
+use crate::codec::{AckType, ConnAck, Connect, Packet, Properties, Protocol, ReasonCode, Will};
 use crate::ring::{Grant, XMsg};
 use crate::session::{owned, Message, OutState, Outgoing, Session};
 
@@ -525,7 +525,7 @@ impl Shard {
                     self.stats.count_written(&written);
                 }
                 OutState::Released => {
-                    link.send(&Packet::PubRel(PubResp::new(pid, ReasonCode::Success)));
+                    link.send_ack(AckType::PubRel, pid, ReasonCode::Success);
                 }
             }
         }

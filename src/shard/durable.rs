@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 
 use super::link::ConnLink;
-use crate::codec::{Packet, PubResp, QoS, ReasonCode};
+use crate::codec::{AckType, QoS, ReasonCode};
 use crate::control::Reply;
 use crate::session::Session;
 use crate::store::{Batch, Op, StoreLink};
@@ -718,10 +718,10 @@ pub fn send_ack(link: &ConnLink, ack: Ack, stored: bool) {
     } else {
         ack.reason
     };
-    let resp = PubResp::new(ack.packet_id, reason);
-    link.send(&match ack.kind {
-        AckKind::Ack => Packet::PubAck(resp),
-        AckKind::Rec => Packet::PubRec(resp),
-        AckKind::Comp => Packet::PubComp(resp),
-    });
+    let kind = match ack.kind {
+        AckKind::Ack => AckType::PubAck,
+        AckKind::Rec => AckType::PubRec,
+        AckKind::Comp => AckType::PubComp,
+    };
+    link.send_ack(kind, ack.packet_id, reason);
 }

@@ -157,7 +157,7 @@ impl Shard {
                     } else {
                         ReasonCode::PacketIdentifierNotFound
                     };
-                    link.send(&Packet::PubRel(PubResp::new(a.packet_id, reason)));
+                    link.send_ack(AckType::PubRel, a.packet_id, reason);
                 }
                 self.pump_session(key, now);
                 Ok(())

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use crate::codec::{encode, put_publish_header, Connect, Packet, Protocol, PublishRef, ReasonCode};
+use crate::codec::{
+    encode, put_ack, put_publish_header, AckType, Connect, Packet, Protocol, PublishRef, ReasonCode,
+};
 
 /// Payloads at least this big are written by reference rather than copied.
 const BY_REFERENCE: usize = 1024;
@@ -80,6 +82,13 @@ impl OutBuf {
     pub fn packet(&mut self, p: &Packet, protocol: Protocol) {
         let before = self.head.len();
         encode(p, protocol, self.head());
+        self.len += self.head.len() - before;
+    }
+
+    /// A publish acknowledgement without properties (see [`put_ack`]).
+    pub fn ack(&mut self, kind: AckType, packet_id: u16, reason: ReasonCode, protocol: Protocol) {
+        let before = self.head.len();
+        put_ack(self.head(), kind, packet_id, reason, protocol.is_v5());
         self.len += self.head.len() - before;
     }
 
@@ -275,6 +284,13 @@ impl ConnLink {
 
     pub fn send(&self, p: &Packet) {
         self.out.borrow_mut().packet(p, self.protocol.get());
+        self.wake();
+    }
+
+    /// Sends a publish acknowledgement without properties, written without a packet built.
+    pub fn send_ack(&self, kind: AckType, packet_id: u16, reason: ReasonCode) {
+        let protocol = self.protocol.get();
+        self.out.borrow_mut().ack(kind, packet_id, reason, protocol);
         self.wake();
     }
 
