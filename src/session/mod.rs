@@ -225,9 +225,14 @@ impl Session {
 
     /// Ends the in-flight delivery `pid`.
     fn finish(&mut self, pid: u16) -> Completed {
-        let Some(f) = self.inflight.remove(pid) else {
-            return Completed { owed: None };
-        };
+        match self.inflight.remove(pid) {
+            Some(f) => self.ended(f),
+            None => Completed { owed: None },
+        }
+    }
+
+    /// A flow taken out of the window ended: its log entry goes.
+    fn ended(&mut self, f: Inflight) -> Completed {
         let uncollected = self.log_del(f.delivery.seq);
         Completed {
             owed: f.delivery.owed.filter(|_| uncollected),
@@ -393,10 +398,10 @@ impl Session {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2 after PUBREL) ends a flow; `None` if no such flow.
     pub fn complete(&mut self, pid: u16, expect: OutState, qos: QoS) -> Option<Completed> {
-        match self.inflight.get(pid) {
-            Some(f) if f.state == expect && f.delivery.qos == qos => Some(self.finish(pid)),
-            _ => None,
-        }
+        let f = self
+            .inflight
+            .remove_if(pid, |f| f.state == expect && f.delivery.qos == qos)?;
+        Some(self.ended(f))
     }
 
     /// PUBREC: the flow moves on to PUBREL; false if no such flow.

@@ -93,8 +93,16 @@ impl Window {
 
     /// Ends the flow `pid`.
     pub fn remove(&mut self, pid: u16) -> Option<Inflight> {
+        self.remove_if(pid, |_| true)
+    }
+
+    /// Ends the flow `pid` if `end` says so of it (one lookup for both).
+    pub fn remove_if(&mut self, pid: u16, end: impl FnOnce(&Inflight) -> bool) -> Option<Inflight> {
         let i = self.position(pid)?;
         let flows = self.flows.as_mut()?;
+        if !end(&flows[i].1) {
+            return None;
+        }
         // The oldest, as nearly always: `pop_front` skips the general removal's arithmetic.
         let (_, flow) = if i == 0 {
             flows.pop_front()?
