@@ -35,22 +35,13 @@ use crate::store::{Batch, Op, StoreLink};
 
 use super::remote::Answers;
 
-/// Which acknowledgement. A PUBCOMP waits for the inbound QoS 2 id's removal to be stored: a
-/// stale id after a crash would make the client's next message with it look like a duplicate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckKind {
-    /// PUBACK
-    Ack,
-    /// PUBREC
-    Rec,
-    /// PUBCOMP
-    Comp,
-}
-
-/// An acknowledgement: its packet, id and the reason it carries once stored.
+/// An acknowledgement that waits for the store: its packet (PUBACK, PUBREC, or PUBCOMP, which
+/// waits for the inbound QoS 2 id's removal to be stored: a stale id after a crash would make
+/// the client's next message with it look like a duplicate), id and the reason it carries once
+/// stored.
 #[derive(Debug, Clone, Copy)]
 pub struct Ack {
-    pub kind: AckKind,
+    pub kind: AckType,
     pub packet_id: u16,
     pub reason: ReasonCode,
 }
@@ -60,8 +51,8 @@ impl Ack {
     pub fn of(qos: QoS, packet_id: Option<u16>, reason: ReasonCode) -> Option<Ack> {
         let kind = match qos {
             QoS::AtMostOnce => return None,
-            QoS::AtLeastOnce => AckKind::Ack,
-            QoS::ExactlyOnce => AckKind::Rec,
+            QoS::AtLeastOnce => AckType::PubAck,
+            QoS::ExactlyOnce => AckType::PubRec,
         };
         Some(Ack {
             kind,
@@ -705,7 +696,7 @@ pub fn send_ack(link: &ConnLink, ack: Ack, stored: bool) {
     if link.is_closing() {
         return;
     }
-    let refused = !stored && ack.kind != AckKind::Comp;
+    let refused = !stored && ack.kind != AckType::PubComp;
     if refused && !link.protocol.get().is_v5() {
         link.close(super::link::Close::new(
             ReasonCode::UnspecifiedError,
@@ -718,10 +709,5 @@ pub fn send_ack(link: &ConnLink, ack: Ack, stored: bool) {
     } else {
         ack.reason
     };
-    let kind = match ack.kind {
-        AckKind::Ack => AckType::PubAck,
-        AckKind::Rec => AckType::PubRec,
-        AckKind::Comp => AckType::PubComp,
-    };
-    link.send_ack(kind, ack.packet_id, reason);
+    link.send_ack(ack.kind, ack.packet_id, reason);
 }

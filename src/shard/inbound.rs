@@ -10,7 +10,7 @@ use bytestring::ByteString;
 
 use super::capabilities;
 use super::delayed::{self, Target};
-use super::durable::{Ack, AckKind, Wait};
+use super::durable::{Ack, Wait};
 use super::link::{Close, ConnLink, LinkState};
 use super::{SessionSlot, Shard};
 use crate::auth::Action;
@@ -183,7 +183,7 @@ impl Shard {
                     Wait::Now
                 };
                 let ack = Ack {
-                    kind: AckKind::Comp,
+                    kind: AckType::PubComp,
                     packet_id: a.packet_id,
                     reason,
                 };

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::durable::{send_ack, AckKind, Done, Durable};
+use super::durable::{send_ack, Done, Durable};
 use super::link::LinkState;
 use super::{SessionSlot, Shard, TimerKind};
-use crate::codec::QoS;
+use crate::codec::{AckType, QoS};
 use crate::ring::XMsg;
 use crate::session::{Message, OutState, Session, StoreLog};
 use crate::store::record::DelayedMessage;
@@ -241,7 +241,7 @@ impl Shard {
         {
             match d {
                 Done::Ack { link, ack, stored } => {
-                    if !stored && ack.kind == AckKind::Rec {
+                    if !stored && ack.kind == AckType::PubRec {
                         if let LinkState::Active(key) = link.state.get() {
                             if let Some(slot) = self.sessions.get_mut(key) {
                                 slot.session.release_inbound(ack.packet_id);
