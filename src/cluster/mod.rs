@@ -321,7 +321,7 @@ impl Shards {
             | Effect::Claimed { .. }
             | Effect::Down(_)
             | Effect::Membership
-            | Effect::Applied => {}
+            | Effect::Applied(_) => {}
         }
     }
 }

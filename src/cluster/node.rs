@@ -33,6 +33,9 @@ pub struct Core {
     heard: Mutex<HashMap<NodeId, Instant>>,
     /// `cluster.node_timeout_ms`.
     timeout: Duration,
+    /// The log index up to which what applying changed is with the shards (their rings hold
+    /// it ahead of anything a client sends after hearing of the change).
+    handed: tokio::sync::watch::Sender<u64>,
 }
 
 fn errors(e: impl std::fmt::Display) -> String {
@@ -57,6 +60,7 @@ impl Core {
             voter,
             machine,
             heard: Mutex::default(),
+            handed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -236,14 +240,23 @@ impl Core {
         }
     }
 
-    /// Whether this node has applied the log up to `index` (waiting up to half the node
-    /// timeout for it).
+    /// Whether what the log up to `index` changed is with this node's shards, waiting up to
+    /// half the node timeout for it: a publish a client sends here after hearing of the change
+    /// sees it. (Raft's applied index alone comes before the effects reach the shards.)
     async fn applied(&self, index: u64) -> bool {
-        self.raft
-            .wait(Some(self.timeout / 2))
-            .applied_index_at_least(Some(index), "applied")
+        let mut handed = self.handed.subscribe();
+        tokio::time::timeout(self.timeout / 2, handed.wait_for(|h| *h >= index))
             .await
-            .is_ok()
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// What the log up to `index` changed is with the shards.
+    fn handed_up_to(&self, index: u64) {
+        self.handed.send_if_modified(|h| {
+            let later = index > *h;
+            *h = (*h).max(index);
+            later
+        });
     }
 
     /// Waits until every member not dropped for silence has applied the log up to `index`
@@ -718,21 +731,27 @@ pub async fn effect_loop(
     loop {
         // Once a second without anything applied, the status (a peer's lag) is refreshed.
         let first = match tokio::time::timeout(Duration::from_secs(1), effects.recv()).await {
-            Ok(Some(e)) => e,
+            Ok(Some(e)) => Some(e),
             Ok(None) => return,
-            Err(_) => Effect::Applied,
+            Err(_) => None,
         };
         let now = core.members();
         if now != members {
             shards.members(core.me, &now);
             members = now;
         }
-        for e in std::iter::once(first).chain(std::iter::from_fn(|| effects.try_recv().ok())) {
-            if let Effect::Down(node) = &e {
-                if *node == core.me {
+        for e in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| effects.try_recv().ok()))
+        {
+            match &e {
+                Effect::Down(node) if *node == core.me => {
                     tracing::warn!("the cluster dropped this node's routes: sending them again");
                     let _ = resend.send(Event::Resend);
                 }
+                // The effects come in the log's order: those before this one were handed on.
+                Effect::Applied(index) => core.handed_up_to(*index),
+                _ => {}
             }
             shards.apply(core.me, e);
         }

@@ -76,8 +76,9 @@ pub enum Effect {
     Down(NodeId),
     /// The membership changed.
     Membership,
-    /// Entries were applied (what the status shows is brought up to date).
-    Applied,
+    /// The log was applied up to this index: once the effects before this one are with the
+    /// shards, a wait for the index ends, and what the status shows is brought up to date.
+    Applied(u64),
     /// A snapshot replaced the state: every remote route known so far is void; what the new
     /// state holds follows as `Route` and `Retain` effects.
     Reset,
@@ -277,6 +278,12 @@ impl Machine {
             }
         }
         effects.extend(self.data.retained.values().cloned().map(Effect::Retain));
+        effects.push(Effect::Applied(self.applied_index()));
+    }
+
+    /// The index of the last entry applied (0 before any).
+    fn applied_index(&self) -> u64 {
+        self.last_applied.map_or(0, |l| l.index)
     }
 }
 
@@ -393,8 +400,8 @@ impl RaftStateMachine<Types> for StateStore {
                 };
                 replies.push(reply);
             }
+            effects.push(Effect::Applied(m.applied_index()));
         }
-        effects.push(Effect::Applied);
         self.send(effects);
         Ok(replies)
     }
