@@ -43,8 +43,67 @@ pub struct Cluster {
     pub nodes: Vec<Option<Broker>>,
 }
 
-/// A failed test shows what each node still up logged above debug level: a wait that failed
-/// in CI is explained by its own output.
+thread_local! {
+    /// What the last panic on this thread said, for [`Cluster`]'s `Drop` to repeat.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Wraps the panic hook once so that each panic's message, with the test's own lines it came
+/// through, is also kept in [`LAST_PANIC`].
+fn keep_panic_messages() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let trace = std::backtrace::Backtrace::force_capture().to_string();
+            let through: Vec<&str> = trace
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("at ./tests/"))
+                .skip(1) // this hook
+                .collect();
+            let kept = format!("{info}\n{}", through.join("\n"));
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(kept));
+            default(info);
+        }));
+    });
+}
+
+/// What a leader logs at every beat toward a node it cannot reach: left out of a failed
+/// test's output, which it would fill.
+const BEAT_NOISE: [&str; 2] = [
+    "openraft::replication:",
+    "openraft::engine::handler::replication_handler:",
+];
+
+/// Keeps of `log` the lines above debug level but the beat noise, the last `n` of them, each
+/// run of lines alike but for their digits (a timestamp, a node's id) folded into its first and
+/// a count.
+fn log_tail(log: &str, n: usize) -> Vec<String> {
+    let text = |l: &str| -> String { l.chars().filter(|c| !c.is_ascii_digit()).collect() };
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for l in log.lines().filter(|l| {
+        !l.contains(" DEBUG ")
+            && !l.contains(" TRACE ")
+            && !BEAT_NOISE.iter().any(|n| l.contains(n))
+    }) {
+        match out.last_mut() {
+            Some((last, count)) if text(last) == text(l) => *count += 1,
+            _ => out.push((l.to_string(), 0)),
+        }
+    }
+    out[out.len().saturating_sub(n)..]
+        .iter()
+        .map(|(l, more)| match more {
+            0 => l.clone(),
+            _ => format!("{l}\n    (and {more} more like it)"),
+        })
+        .collect()
+}
+
+/// A failed test shows what each node still up logged above debug level, then what failed
+/// again: CI keeps only the tail of the output, and a wait that failed there is explained by
+/// its own output.
 impl Drop for Cluster {
     fn drop(&mut self) {
         if !std::thread::panicking() {
@@ -52,15 +111,13 @@ impl Drop for Cluster {
         }
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
-            let log = node.log_text();
-            let lines: Vec<&str> = log
-                .lines()
-                .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
-                .collect();
             eprintln!("---- node {i} ({}): its last log lines", self.name(i));
-            for l in &lines[lines.len().saturating_sub(40)..] {
+            for l in log_tail(&node.log_text(), 25) {
                 eprintln!("{l}");
             }
+        }
+        if let Some(failure) = LAST_PANIC.with(|p| p.borrow_mut().take()) {
+            eprintln!("---- the test failed: {failure}");
         }
     }
 }
@@ -108,6 +165,7 @@ impl Cluster {
     }
 
     fn seated(seats: Vec<Seat>, shards: usize, extra: &str) -> Cluster {
+        keep_panic_messages();
         let n = seats.len();
         let mut c = Cluster {
             seats,

@@ -153,7 +153,7 @@ impl Broker {
                 .expect("log"),
         );
         let child = netns::within(admin, || cmd.spawn().expect("start ringmq"));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while netns::within(admin, || TcpStream::connect(("127.0.0.1", admin))).is_err() {
             assert!(
                 Instant::now() < deadline,
