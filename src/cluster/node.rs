@@ -634,7 +634,13 @@ pub async fn propose_loop(
         while let Some(cmd) = routes.next(core.me) {
             let resend = matches!(cmd, Command::RouteSet { .. });
             match core.propose(cmd.clone(), &mut peers).await {
-                Ok((index, _)) => committed = Some(index),
+                Ok((index, reply)) => {
+                    committed = Some(index);
+                    // Dropped meanwhile: the whole set goes now, before the SUBACKs waiting.
+                    if reply == Reply::NodeDown {
+                        routes.resend = true;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "route change not taken yet: will retry");
                     routes.put_back(cmd);

@@ -180,8 +180,8 @@ impl Machine {
         let d = &mut self.data;
         match cmd {
             // A change from a node dropped for silence was sent before it learnt so: it sends
-            // its whole set again (`RouteSet`) once it does, and until then it has no routes.
-            Command::Routes { node, .. } if d.down.contains(&node) => {}
+            // its whole set again (`RouteSet`), and until then it has no routes.
+            Command::Routes { node, .. } if d.down.contains(&node) => return Reply::NodeDown,
             Command::Routes { node, add, remove } => {
                 let set = d.routes.entry(node).or_default();
                 for filter in add {
@@ -551,9 +551,10 @@ mod tests {
             &e[..],
             [Effect::Route { add: false, .. }, Effect::Down(2)]
         ));
-        // A change it sent before it learnt it was dropped: it would never go again.
+        // A change it sent before it learnt it was dropped is not taken, and its proposer is
+        // told so: it sends its whole set before it answers the subscribers waiting.
         let mut e = Vec::new();
-        m.apply(routes(&["b"]), &mut e);
+        assert_eq!(m.apply(routes(&["b"]), &mut e), Reply::NodeDown);
         assert!(e.is_empty());
         assert_eq!(m.data.routes.get(&2).map_or(0, |r| r.len()), 0);
         // Its whole set, sent again, is taken.
@@ -561,7 +562,7 @@ mod tests {
             node: 2,
             filters: vec!["a/#".into(), "b".into()],
         };
-        m.apply(set, &mut Vec::new());
+        assert_eq!(m.apply(set, &mut Vec::new()), Reply::Done);
         assert_eq!(m.data.routes[&2].len(), 2);
         assert!(!m.data.down.contains(&2));
     }

@@ -77,11 +77,14 @@ pub enum Command {
     },
 }
 
-/// The answer to a command, once applied (nothing waits on more than its commit).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The answer to a command, once applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     #[default]
     Done,
+    /// A route change from a node the cluster had dropped for silence: not taken. The node
+    /// sends its whole set (`RouteSet`) before it tells a subscriber its route is in place.
+    NodeDown,
 }
 
 openraft::declare_raft_types!(

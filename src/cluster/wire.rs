@@ -26,7 +26,7 @@ use super::types::{Command, NodeId, NodeInfo, Reply, Types};
 /// The largest frame a node takes (a snapshot chunk, a batch of log entries).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Bumped when a frame's meaning changes: nodes of other versions are refused at the hello.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What a node proves itself with, on every connection it makes or takes: the cookie, over
 /// mutual TLS when `[cluster.tls]` is set.
