@@ -28,7 +28,7 @@ fn trie(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(label, n), &name, |b, name| {
                 b.iter(|| {
                     let mut hits = 0;
-                    t.for_each_match(&Levels::new(name), |v| hits += v.len());
+                    Levels::with(name, |l| t.for_each_match(l, |v| hits += v.len()));
                     hits
                 })
             });

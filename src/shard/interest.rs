@@ -182,12 +182,13 @@ mod tests {
         i.apply(&"a/+".into(), 2, true);
         i.apply(&"$share/g/a/#".into(), 1, true);
         let mut shards = ShardSet::default();
-        i.plain
-            .for_each_match(&Levels::new("a/b"), |s| shards.union(s));
+        Levels::with("a/b", |l| i.plain.for_each_match(l, |s| shards.union(s)));
         assert_eq!(shards.iter().collect::<Vec<_>>(), [2]);
         let mut groups = Vec::new();
-        i.shared
-            .for_each_match(&Levels::new("a/b"), |g| groups.extend(g.keys().cloned()));
+        Levels::with("a/b", |l| {
+            i.shared
+                .for_each_match(l, |g| groups.extend(g.keys().cloned()))
+        });
         assert_eq!(groups, [ByteString::from("$share/g/a/#")]);
         i.apply(&"a/+".into(), 2, false);
         i.apply(&"$share/g/a/#".into(), 1, false);

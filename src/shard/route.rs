@@ -90,31 +90,33 @@ impl Shard {
     /// subscribers, once each.
     fn route_within(&mut self, msg: Arc<Message>, now: Instant, local: bool) {
         let choice = self.choice(&msg);
-        let levels = Levels::new(&msg.topic);
         // Alone, the shard needs no interest table to know where plain subscribers are: its
         // own trie says. With others, it walks its trie only if the table says it has some.
         let alone = self.shards == 1 && self.remote.is_none();
         let within = local.then_some(self.shards);
-        let (targets, groups) = self.router.targets(&levels, &choice, !alone, within);
-        let me = self.id;
-        for t in targets.iter().filter(|t| *t != me) {
-            if t < self.shards {
-                let confirm = self.durable.confirm();
-                self.send(
-                    t,
-                    XMsg::Publish {
-                        msg: msg.clone(),
-                        confirm,
-                    },
-                );
-            } else if !local {
-                let confirm = self.durable.confirm();
-                self.forward(t - self.shards, &msg, None, confirm, now);
+        let groups = Levels::with(&msg.topic, |levels| {
+            let (targets, groups) = self.router.targets(levels, &choice, !alone, within);
+            let me = self.id;
+            for t in targets.iter().filter(|t| *t != me) {
+                if t < self.shards {
+                    let confirm = self.durable.confirm();
+                    self.send(
+                        t,
+                        XMsg::Publish {
+                            msg: msg.clone(),
+                            confirm,
+                        },
+                    );
+                } else if !local {
+                    let confirm = self.durable.confirm();
+                    self.forward(t - self.shards, &msg, None, confirm, now);
+                }
             }
-        }
-        if alone || targets.contains(self.id) {
-            self.deliver_matches(&msg, &levels, now);
-        }
+            if alone || targets.contains(self.id) {
+                self.deliver_matches(&msg, levels, now);
+            }
+            groups
+        });
         for (group, shard) in groups {
             self.dispatch_shared(group, shard, msg.clone(), now);
         }
@@ -219,7 +221,7 @@ impl Shard {
 
     /// Delivers to this shard's own subscribers: one copy per session.
     pub(super) fn deliver_local(&mut self, msg: &Arc<Message>, now: Instant) {
-        self.deliver_matches(msg, &Levels::new(&msg.topic), now);
+        Levels::with(&msg.topic, |levels| self.deliver_matches(msg, levels, now));
     }
 
     /// Delivers to this shard's own subscribers of the name split in `levels`.

@@ -383,7 +383,7 @@ mod tests {
             prop_assert_eq!(trie.len(), distinct.len());
             for n in &names {
                 let mut got = Vec::new();
-                trie.for_each_match(&Levels::new(n), |v| got.extend(v.iter().copied()));
+                Levels::with(n, |l| trie.for_each_match(l, |v| got.extend(v.iter().copied())));
                 got.sort();
                 let mut want: Vec<usize> = live.iter().filter(|(_, f)| super::super::matches(f, n)).map(|(i, _)| *i).collect();
                 want.sort();
