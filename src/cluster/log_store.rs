@@ -3,6 +3,10 @@
 //! (big-endian, so they sort), `raft_meta` the vote, the last committed and the last purged
 //! log ids. Writes are synced before openraft is told they are done (a vote or an entry that
 //! vanished after a crash could elect two leaders).
+//!
+//! Appended entries are synced by a thread of their own ([`Flusher`]), not on the cluster
+//! thread's runtime: a slow disk must not stall heartbeats, pings and the failure detector
+//! behind an fsync. Appends that come while a sync runs share the next one.
 
 // openraft's storage traits fix the error type (`StorageError`, a large enum): the helpers
 // here return it as the traits do.
@@ -10,6 +14,8 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, PersistMode};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -52,12 +58,49 @@ pub fn forget_if_left(db: &Database) -> Result<bool, String> {
     Ok(true)
 }
 
+/// A sync slower than this is logged: the disk is delaying the cluster's commits.
+const SLOW_SYNC: Duration = Duration::from_millis(500);
+
 /// The log, readable from any task (a clone is a reader).
 #[derive(Clone)]
 pub struct LogStore {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
+    flusher: Flusher,
+}
+
+/// Syncs the store for appended entries on its own thread and tells openraft when they are
+/// on disk, in the order they were appended. The thread ends with the last handle.
+#[derive(Clone)]
+struct Flusher(Sender<LogFlushed<Types>>);
+
+impl Flusher {
+    fn start(db: Database) -> Result<Flusher, String> {
+        let (tx, rx) = channel();
+        std::thread::Builder::new()
+            .name("ringmq-raft-sync".into())
+            .spawn(move || Flusher::run(&db, &rx))
+            .map_err(|e| format!("cannot start the Raft log's sync thread: {e}"))?;
+        Ok(Flusher(tx))
+    }
+
+    fn run(db: &Database, rx: &Receiver<LogFlushed<Types>>) {
+        while let Ok(first) = rx.recv() {
+            let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
+            let started = Instant::now();
+            let synced = db.persist(PersistMode::SyncAll).map_err(|e| e.to_string());
+            if started.elapsed() > SLOW_SYNC {
+                tracing::warn!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "a sync of the Raft log was slow: the disk delays the cluster's commits"
+                );
+            }
+            for callback in waiting {
+                callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+            }
+        }
+    }
 }
 
 fn encode(v: &impl Serialize) -> Result<Vec<u8>, StorageError> {
@@ -78,6 +121,7 @@ impl LogStore {
             log: ks("raft_log")?,
             meta: ks("raft_meta")?,
             db: db.clone(),
+            flusher: Flusher::start(db.clone())?,
         })
     }
 
@@ -179,8 +223,13 @@ impl RaftLogStorage<Types> for LogStore {
         self.get_meta(VOTE)
     }
 
+    /// Written, not synced: openraft lets the committed id be kept lazily, and the next
+    /// append's sync takes it along. After a crash the kept mark may be older than the last
+    /// commit; the node learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(COMMITTED, &committed)
+        self.meta
+            .insert(COMMITTED, encode(&committed)?)
+            .map_err(storage_error)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -201,9 +250,10 @@ impl RaftLogStorage<Types> for LogStore {
             batch.insert(&self.log, key(e.log_id.index), encode(&e)?);
         }
         batch.commit().map_err(storage_error)?;
-        let synced = self.db.persist(PersistMode::SyncAll);
-        callback.log_io_completed(synced.map_err(std::io::Error::other));
-        Ok(())
+        self.flusher
+            .0
+            .send(callback)
+            .map_err(|_| storage_error("the Raft log's sync thread is gone"))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
