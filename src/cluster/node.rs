@@ -264,10 +264,18 @@ impl Core {
     pub async fn applied_everywhere(&self, index: u64, peers: &mut Peers) {
         let down = self.machine().data.down.clone();
         for node in self.members().into_keys().filter(|n| !down.contains(n)) {
-            if node == self.me {
-                self.applied(index).await;
-            } else if let Err(e) = peers.call(self, node, &Request::Applied(index)).await {
-                tracing::debug!(node = format!("{node:x}"), error = %e, "a node did not say it applied an entry");
+            let answer = if node == self.me {
+                Ok(Response::Applied(self.applied(index).await))
+            } else {
+                peers.call(self, node, &Request::Applied(index)).await
+            };
+            if !matches!(answer, Ok(Response::Applied(true))) {
+                tracing::debug!(
+                    node = format!("{node:x}"),
+                    index,
+                    ?answer,
+                    "a node did not say it applied an entry in time"
+                );
             }
         }
     }

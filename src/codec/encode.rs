@@ -220,14 +220,9 @@ impl AckType {
 }
 
 fn put_pub_resp(buf: &mut BytesMut, kind: AckType, a: &PubResp, remaining: usize, v5: bool) {
-    buf.put_u8(kind.first_byte());
-    put_varint(buf, remaining);
-    buf.put_u16(a.packet_id);
-    if v5 && remaining > 2 {
-        buf.put_u8(a.reason as u8);
-        if remaining > 3 {
-            put_props(buf, a.properties.as_deref());
-        }
+    put_ack_head(buf, kind, a.packet_id, a.reason, remaining);
+    if v5 && remaining > 3 {
+        put_props(buf, a.properties.as_deref());
     }
 }
 
@@ -237,8 +232,20 @@ fn put_pub_resp(buf: &mut BytesMut, kind: AckType, a: &PubResp, remaining: usize
 pub fn put_ack(buf: &mut BytesMut, kind: AckType, packet_id: u16, reason: ReasonCode, v5: bool) {
     let remaining = 2 + reason_tail_len(reason, &None, v5);
     buf.reserve(2 + remaining);
+    put_ack_head(buf, kind, packet_id, reason, remaining);
+}
+
+/// An acknowledgement up to its properties: the reason code is there when `remaining` leaves
+/// room for it (only v5 packets do).
+fn put_ack_head(
+    buf: &mut BytesMut,
+    kind: AckType,
+    packet_id: u16,
+    reason: ReasonCode,
+    remaining: usize,
+) {
     buf.put_u8(kind.first_byte());
-    buf.put_u8(remaining as u8);
+    put_varint(buf, remaining);
     buf.put_u16(packet_id);
     if remaining > 2 {
         buf.put_u8(reason as u8);
