@@ -126,6 +126,9 @@ pub fn start_connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<Tcp
     let kind = Type::STREAM.nonblocking();
     let socket = Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))?;
     if let Some(src) = source {
+        // With SO_REUSEADDR, what this connection leaves in TIME_WAIT on (src, port) does not
+        // keep a listener from binding that port on `src` for the next minute.
+        socket.set_reuse_address(true)?;
         socket.bind(&SocketAddr::new(src, 0).into())?;
     }
     socket.set_nodelay(true)?;

@@ -1,8 +1,9 @@
 //! The Raft log and vote, kept in the broker's store (fjall, the data dir) so that a node that
 //! restarts comes back with its log and its vote: keyspace `raft_log` holds entries by index
 //! (big-endian, so they sort), `raft_meta` the vote, the last committed and the last purged
-//! log ids. Writes are synced before openraft is told they are done (a vote or an entry that
-//! vanished after a crash could elect two leaders).
+//! log ids. The vote and appended entries are synced before openraft is told they are done (a
+//! vote or an entry that vanished after a crash could elect two leaders); the committed id is
+//! written lazily, as openraft allows.
 //!
 //! Appended entries are synced by a thread of their own ([`Flusher`]), not on the cluster
 //! thread's runtime: a slow disk must not stall heartbeats, pings and the failure detector

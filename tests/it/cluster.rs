@@ -134,8 +134,8 @@ impl Cluster {
             (1..=n)
                 .map(|i| Seat {
                     name: format!("n{i}@127.0.0.{i}"),
-                    listen: format!("127.0.0.{i}:{}", free_port()),
-                    rpc: format!("127.0.0.{i}:{}", free_port()),
+                    listen: format!("127.0.0.{i}:{}", free_port_on(&format!("127.0.0.{i}"))),
+                    rpc: format!("127.0.0.{i}:{}", free_port_on(&format!("127.0.0.{i}"))),
                     ns: None,
                 })
                 .collect(),
@@ -1028,8 +1028,8 @@ fn over_cluster_tls_nodes_route_and_a_node_without_a_certificate_of_the_ca_is_re
             "[broker]\npin_cores = false\nnode_name = \"n4@127.0.0.4\"\n\n[cluster]\n\
              enabled = true\nlisten = \"127.0.0.4:{}\"\nrpc_listen = \"127.0.0.4:{}\"\n\
              seeds = [{:?}]\ncookie = {COOKIE:?}\nnode_timeout_ms = {NODE_TIMEOUT_MS}\n{}",
-            free_port(),
-            free_port(),
+            free_port_on("127.0.0.4"),
+            free_port_on("127.0.0.4"),
             cl.seats[0].listen,
             cluster_tls(&certs.0, "other"),
         ),

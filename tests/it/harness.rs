@@ -65,7 +65,13 @@ pub fn ringmq(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 /// offer a just-closed probe port again, and two brokers, or a broker's MQTT and admin
 /// listeners, would then collide).
 pub fn free_port() -> u16 {
-    fresh_listener().local_addr().expect("addr").port()
+    free_port_on("127.0.0.1")
+}
+
+/// [`free_port`], free on loopback address `ip` itself: a port free on 127.0.0.1 may be held
+/// on 127.0.0.2 (by a connection a source-bound client left in TIME_WAIT, say).
+pub fn free_port_on(ip: &str) -> u16 {
+    fresh_listener_on(ip).local_addr().expect("addr").port()
 }
 
 /// A listener on a loopback port never handed out before in this test process. Besides the
@@ -73,10 +79,15 @@ pub fn free_port() -> u16 {
 /// recorded as that namespace's, and a client of a broker in this process's namespace that got
 /// the same number again would be run in the other one.
 pub fn fresh_listener() -> TcpListener {
+    fresh_listener_on("127.0.0.1")
+}
+
+/// [`fresh_listener`] on loopback address `ip`.
+fn fresh_listener_on(ip: &str) -> TcpListener {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listener = TcpListener::bind((ip, 0)).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         if !given.contains(&port) {
             given.push(port);
@@ -152,12 +163,13 @@ impl Broker {
                 .open(&log)
                 .expect("log"),
         );
-        let child = netns::within(admin, || cmd.spawn().expect("start ringmq"));
+        let mut child = netns::within(admin, || cmd.spawn().expect("start ringmq"));
         let deadline = Instant::now() + Duration::from_secs(30);
         while netns::within(admin, || TcpStream::connect(("127.0.0.1", admin))).is_err() {
+            let exited = child.try_wait().ok().flatten();
             assert!(
-                Instant::now() < deadline,
-                "broker did not start: {}",
+                Instant::now() < deadline && exited.is_none(),
+                "broker did not start ({exited:?}): {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
