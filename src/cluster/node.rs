@@ -9,17 +9,22 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::{ChangeMembers, Config, ServerState};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::net::Peer;
 use super::state::{Effect, Machine};
-use super::types::{node_id, Command, NodeId, NodeInfo, Raft, Reply};
+use super::types::{node_id, Command, NodeId, NodeInfo, Raft, Reply, Types};
 use super::wire::{Request, Response, Status, Trust};
 use super::{Event, Shards, Summary};
 
 /// How long a control call to a peer may take.
 const CALL: Duration = Duration::from_secs(3);
+
+/// What a membership change of openraft's can answer.
+type ChangeError = RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>;
 
 /// What the service and the loops share.
 pub struct Core {
@@ -130,21 +135,34 @@ impl Core {
         }
     }
 
-    /// (As the leader) makes `node` a learner, then a voter if asked.
+    /// (As the leader) makes `node` a learner, then a voter if asked. Each step waits, up to
+    /// half the joining node's call, for a membership change still in flight (another node's
+    /// admission) to commit: openraft refuses a second change meanwhile.
     async fn admit(&self, node: NodeId, info: NodeInfo, voter: bool) -> Result<(), String> {
         tracing::info!(node = %info, voter, "a node asks to join the cluster");
-        self.raft
-            .add_learner(node, info, true)
-            .await
-            .map_err(errors)?;
+        let deadline = Instant::now() + CALL / 2;
+        after_changes_in_flight(deadline, || self.raft.add_learner(node, info.clone(), true))
+            .await?;
         if voter {
             let ids = BTreeSet::from([node]);
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(ids), false)
-                .await
-                .map_err(errors)?;
+            after_changes_in_flight(deadline, || {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(ids.clone()), false)
+            })
+            .await?;
         }
         Ok(())
+    }
+
+    /// Whether this node is in the applied membership as what it asked to be (a voter, or a
+    /// learner). A node admitted as a learner whose promotion was refused is not joined yet.
+    fn joined(&self) -> bool {
+        let m = self.machine();
+        if self.voter {
+            m.membership.voter_ids().any(|id| id == self.me)
+        } else {
+            m.membership.membership().get_node(&self.me).is_some()
+        }
     }
 
     /// (As the leader) removes `node` from the membership, voter or learner.
@@ -401,10 +419,33 @@ pub async fn join(core: &Core, seeds: &[String]) {
             form(core).await;
             return;
         }
-        if core.raft.is_initialized().await.unwrap_or(false) {
+        // Admitted though the answer was lost or refused (the promotion to voter may still
+        // be owed: asking again carries it out).
+        if core.joined() {
+            tracing::info!("joined the cluster");
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the membership change `change` makes, again while another one is in flight, until
+/// `deadline`.
+async fn after_changes_in_flight<F, Fut>(deadline: Instant, mut change: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<ClientWriteResponse<Types>, ChangeError>>,
+{
+    loop {
+        match change().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(errors(e)),
+        }
     }
 }
 

@@ -245,8 +245,8 @@ impl Cluster {
         serde_json::from_str(&body).expect("JSON")
     }
 
-    /// Waits until every running node sees `members` members, the same leader and the same
-    /// applied log.
+    /// Waits until every running node sees `members` members, all voters, the same leader and
+    /// the same applied log.
     pub fn wait_agreed(&self, members: usize) {
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].is_some())
@@ -262,8 +262,10 @@ impl Cluster {
                     .map(|m| serde_json::json!([m["name"], m["voter"], m["routes"], m["down"]]))
                     .collect()
             };
+            // Every node of these tests is a voter: one still a learner is not through joining.
             let agreed = views.iter().all(|v| {
                 v["members"].as_array().map_or(0, Vec::len) == members
+                    && agreed_on(v).iter().all(|m| m[1] == true)
                     && !v["leader"].is_null()
                     && v["leader"] == views[0]["leader"]
                     && agreed_on(v) == agreed_on(&views[0])
