@@ -181,17 +181,25 @@ impl Client {
 
     /// Writes everything queued, waiting for writability when the socket is full.
     pub async fn flush(&mut self) -> io::Result<()> {
+        while !self.try_flush()? {
+            self.stream.writable(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the socket takes now; false when some is left (the socket is full).
+    pub fn try_flush(&mut self) -> io::Result<bool> {
         while !self.out.is_empty() {
             match sock::send(&self.stream, &[IoSlice::new(&self.out)]) {
                 Ok(n) => {
                     let _ = self.out.split_to(n);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.stream.writable(false).await?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A packet already received, without waiting.
