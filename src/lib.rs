@@ -12,7 +12,7 @@
 //! - [`ring`]: the SPSC mesh between shards and the messages that cross it.
 //! - [`shard`]: one event loop per core: listeners, connections, routing, timers.
 //! - [`sock`]: non-blocking socket I/O after readiness waits; the crate's only `unsafe` (an fd
-//!   borrow and a buffer length), allowed there alone.
+//!   borrow, a buffer length and a socket option), allowed there alone.
 //! - [`driver`]: the io driver under the shards (io_uring or epoll, by `broker.driver`).
 //! - [`server`]: boot, signals (reload, graceful shutdown), pinned shard threads.
 //! - [`listen`]: the listening sockets: TCP with SO_REUSEPORT per shard, Unix shared by all.
