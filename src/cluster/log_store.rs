@@ -86,6 +86,13 @@ impl Flusher {
         Ok(Flusher(tx))
     }
 
+    /// Calls `callback` once what was written before it is on disk.
+    fn after_sync(&self, callback: LogFlushed<Types>) -> Result<(), StorageError> {
+        self.0
+            .send(callback)
+            .map_err(|_| storage_error("the Raft log's sync thread is gone"))
+    }
+
     fn run(db: &Database, rx: &Receiver<LogFlushed<Types>>) {
         while let Ok(first) = rx.recv() {
             let waiting: Vec<_> = std::iter::once(first).chain(rx.try_iter()).collect();
@@ -139,11 +146,17 @@ impl LogStore {
         }
     }
 
+    /// Writes `v` under `key` and syncs it.
     fn put_meta(&self, key: &[u8], v: &impl Serialize) -> Result<(), StorageError> {
+        self.write_meta(key, v)?;
+        self.sync()
+    }
+
+    /// Writes `v` under `key`; the next sync takes it along.
+    fn write_meta(&self, key: &[u8], v: &impl Serialize) -> Result<(), StorageError> {
         self.meta
             .insert(key.to_vec(), encode(v)?)
-            .map_err(storage_error)?;
-        self.sync()
+            .map_err(storage_error)
     }
 
     fn sync(&self) -> Result<(), StorageError> {
@@ -228,9 +241,7 @@ impl RaftLogStorage<Types> for LogStore {
     /// append's sync takes it along. After a crash the kept mark may be older than the last
     /// commit; the node learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.meta
-            .insert(COMMITTED, encode(&committed)?)
-            .map_err(storage_error)
+        self.write_meta(COMMITTED, &committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -251,10 +262,7 @@ impl RaftLogStorage<Types> for LogStore {
             batch.insert(&self.log, key(e.log_id.index), encode(&e)?);
         }
         batch.commit().map_err(storage_error)?;
-        self.flusher
-            .0
-            .send(callback)
-            .map_err(|_| storage_error("the Raft log's sync thread is gone"))
+        self.flusher.after_sync(callback)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

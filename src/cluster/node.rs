@@ -430,14 +430,19 @@ pub async fn join(core: &Core, seeds: &[String]) {
 }
 
 /// Runs the membership change `change` makes, again while another one is in flight, until
-/// `deadline`.
+/// `deadline`. A change still unanswered then is given up: adding a learner waits for it to
+/// catch up, and a joining node that died would otherwise park its handler for good.
 async fn after_changes_in_flight<F, Fut>(deadline: Instant, mut change: F) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<ClientWriteResponse<Types>, ChangeError>>,
 {
+    let until = tokio::time::Instant::from_std(deadline);
     loop {
-        match change().await {
+        let Ok(answer) = tokio::time::timeout_at(until, change()).await else {
+            return Err("the membership change did not complete in time".into());
+        };
+        match answer {
             Ok(_) => return Ok(()),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 ChangeMembershipError::InProgress(_),
