@@ -339,16 +339,54 @@ impl Peers {
         to: NodeId,
         req: &Request,
     ) -> Result<Response, String> {
-        let addr = core
-            .members()
+        let mut peer = self.take(core, to)?;
+        let answer = peer.call(req, CALL).await;
+        self.0.insert(to, peer);
+        answer.map_err(errors)
+    }
+
+    /// Pings `nodes` all at once, each for at most `ttl`; the nodes that answered. (One after
+    /// another, every host that died without a reset held the round up a whole call, and the
+    /// noticing of the others with it.)
+    pub async fn ping_all(
+        &mut self,
+        core: &Core,
+        nodes: &[NodeId],
+        ttl: Duration,
+    ) -> BTreeSet<NodeId> {
+        let mut calls = tokio::task::JoinSet::new();
+        for &to in nodes {
+            let Ok(mut peer) = self.take(core, to) else {
+                continue;
+            };
+            calls.spawn(async move {
+                let pong = matches!(peer.call(&Request::Ping, ttl).await, Ok(Response::Pong));
+                (to, peer, pong)
+            });
+        }
+        let mut answered = BTreeSet::new();
+        while let Some(done) = calls.join_next().await {
+            if let Ok((to, peer, pong)) = done {
+                self.0.insert(to, peer);
+                if pong {
+                    answered.insert(to);
+                }
+            }
+        }
+        answered
+    }
+
+    /// The connection to member `to`, out of the cache (put it back after use); a new one when
+    /// none is kept.
+    fn take(&mut self, core: &Core, to: NodeId) -> Result<Peer, String> {
+        let members = core.members();
+        let info = members
             .get(&to)
-            .map(|n| n.addr.clone())
             .ok_or_else(|| format!("node {to:x} is not a member"))?;
-        let peer = self
+        Ok(self
             .0
-            .entry(to)
-            .or_insert_with(|| Peer::new(to, &addr, core.trust.clone(), core.me));
-        peer.call(req, CALL).await.map_err(errors)
+            .remove(&to)
+            .unwrap_or_else(|| Peer::new(to, &info.addr, core.trust.clone(), core.me)))
     }
 
     /// Calls a seed by address (it may not be a member yet).
@@ -749,8 +787,15 @@ pub async fn watch_loop(core: Arc<Core>, timeout: Duration) {
             continue;
         }
         let now = Instant::now();
-        for node in core.members().keys().copied().filter(|n| *n != core.me) {
-            if let Ok(Response::Pong) = peers.call(&core, node, &Request::Ping).await {
+        let others: Vec<NodeId> = core
+            .members()
+            .keys()
+            .copied()
+            .filter(|n| *n != core.me)
+            .collect();
+        let answered = peers.ping_all(&core, &others, timeout.min(CALL)).await;
+        for node in others {
+            if answered.contains(&node) {
                 core.heard_from(node);
                 told.remove(&node);
                 continue;
