@@ -365,12 +365,18 @@ impl Released {
         r
     }
 
+    /// Ready once released. Its task's waker is kept once, at the first poll: keep one of
+    /// these for the whole hold (a new one per wait would add a waker at every wake).
     async fn wait(&self) {
+        let mut registered = false;
         std::future::poll_fn(|cx| {
             if self.done.get() {
                 return std::task::Poll::Ready(());
             }
-            self.waiting.borrow_mut().push(cx.waker().clone());
+            if !registered {
+                self.waiting.borrow_mut().push(cx.waker().clone());
+                registered = true;
+            }
             std::task::Poll::Pending
         })
         .await
@@ -383,6 +389,7 @@ async fn keep(client: &mut Client, args: &ConnArgs, released: &Released) -> bool
     let ping_every =
         (args.keepalive > 0).then(|| Duration::from_secs(u64::from(args.keepalive.max(2)) / 2));
     let mut next_ping = ping_every.map(|every| Instant::now() + every);
+    let mut release = std::pin::pin!(released.wait());
     while !released.done.get() {
         let ping_due = async {
             match next_ping {
@@ -391,7 +398,7 @@ async fn keep(client: &mut Client, args: &ConnArgs, released: &Released) -> bool
             }
         };
         monoio::select! {
-            _ = released.wait() => {}
+            _ = &mut release => {}
             _ = ping_due => {}
             r = client.readable() => {
                 if r.is_err() || !client.fill().unwrap_or(false) {

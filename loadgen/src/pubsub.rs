@@ -3,12 +3,12 @@
 //! payload carries the publisher, a sequence number and its send time, so latency is measured
 //! end to end and lost or duplicated messages are counted. Open loop, a message the broker held
 //! back (its window full, its socket full) carries the time it was due instead: corrected for
-//! coordinated omission. Closed loop keeps at most W messages
-//! in flight end to end per publisher: the sustainable capacity. `--persistent` subscribers
-//! keep their sessions (publishers are always clean: a kept one would only add store work); a
-//! resumed session may first be sent messages from before the run, which are acknowledged and
-//! counted apart (stale), by their timestamp. Their default topics hold the run's client
-//! prefix, so that the sessions earlier runs left behind are sent none of this run's messages.
+//! coordinated omission. Closed loop keeps at most W messages in flight end to end per
+//! publisher: the sustainable capacity. `--persistent` subscribers keep their sessions
+//! (publishers are always clean: a kept one would only add store work); a resumed session may
+//! first be sent messages from before the run, which are acknowledged and counted apart
+//! (stale), by their timestamp. Their default topics hold the run's client prefix, so that the
+//! sessions earlier runs left behind are sent none of this run's messages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
